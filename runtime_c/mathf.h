@@ -1,0 +1,18 @@
+// Float32 elementary functions for the firmware: no libm on the board.
+// All three are within 2 ulp of the correctly rounded float32 result (measured: 1 ulp),
+// see tests/test_kernels_host.py. Build with -ffp-contract=off: the error analysis in
+// mathf.c assumes every + and * rounds separately.
+#ifndef MCUGPT_MATHF_H
+#define MCUGPT_MATHF_H
+
+// e^x. NaN -> NaN; x > 88.7228317 -> +inf; subnormal results are exact to 1 ulp;
+// x < -104 -> 0 (e^x < 2^-150 rounds to zero anyway).
+float mcu_expf(float x);
+
+// tanh(x) for every float: odd, tanh(+-0) = +-0, saturates to +-1 for |x| > 9.1.
+float mcu_tanhf(float x);
+
+// Correctly rounded square root (IEEE: the VSQRT.F32 instruction on the Cortex-M7).
+float mcu_sqrtf(float x);
+
+#endif // MCUGPT_MATHF_H
