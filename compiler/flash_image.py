@@ -133,12 +133,24 @@ def read_image(path: Path, verify_weights: bool = True, progress=None) -> Image:
             _bad(path, f"truncated: {size} bytes, smaller than the {HEADER.size}-byte header")
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
-            return _parse(path, buf, size, verify_weights, progress)
+            return _parse(path, f, buf, size, verify_weights, progress)
         finally:
             buf.close()
 
 
-def _parse(path, buf, size, verify_weights, progress) -> Image:
+def _crc_file(f, offset: int, size: int, bar=None, chunk=8 << 20) -> int:
+    crc = 0
+    f.seek(offset)
+    while size > 0:
+        data = f.read(min(chunk, size))
+        crc = zlib.crc32(data, crc)
+        size -= len(data)
+        if bar:
+            bar.update(len(data))
+    return crc
+
+
+def _parse(path, f, buf, size, verify_weights, progress) -> Image:
     h = HEADER.unpack(buf[:HEADER.size])
     if h["magic"] != MAGIC:
         _bad(path, f"not an mcugpt flash image (magic 0x{h['magic']:08x}, expected 0x{MAGIC:08x})")
@@ -156,9 +168,9 @@ def _parse(path, buf, size, verify_weights, progress) -> Image:
             _bad(path, f"{what} section at 0x{off:x} ({n:,} bytes): CRC32 mismatch "
                        f"(stored 0x{h[what + '_crc']:08x}, computed 0x{crc:08x})")
     off = h["tables_offset"]
-    stages = [STAGE_ENTRY.unpack(buf[off + i * STAGE_ENTRY.size:]) for i in range(h["stage_count"])]
+    stages = [STAGE_ENTRY.unpack(buf[off + i * STAGE_ENTRY.size:off + (i + 1) * STAGE_ENTRY.size]) for i in range(h["stage_count"])]
     off += h["stage_count"] * STAGE_ENTRY.size
-    tensors = [TENSOR_ENTRY.unpack(buf[off + i * TENSOR_ENTRY.size:]) for i in range(h["tensor_count"])]
+    tensors = [TENSOR_ENTRY.unpack(buf[off + i * TENSOR_ENTRY.size:off + (i + 1) * TENSOR_ENTRY.size]) for i in range(h["tensor_count"])]
     off, v = h["tokens_offset"], h["vocab_size"]
     offs = np.frombuffer(buf[off:off + 4 * (v + 1)], "<u4")
     blob = buf[off + 4 * (v + 1): off + h["tokens_size"]]
@@ -169,7 +181,7 @@ def _parse(path, buf, size, verify_weights, progress) -> Image:
         for i, t in enumerate(tensors):
             if t["offset"] % SECTOR or t["offset"] + t["size"] > h["image_size"]:
                 _bad(path, f"tensor {i} '{t['name']}' at 0x{t['offset']:x} is misaligned or past the end")
-            crc = _crc_chunks(memoryview(buf)[t["offset"]:t["offset"] + t["size"]], bar)
+            crc = _crc_file(f, t["offset"], t["size"], bar)
             if crc != t["crc"]:
                 _bad(path, f"tensor {i} '{t['name']}' at 0x{t['offset']:x} ({t['size']:,} bytes): "
                            f"CRC32 mismatch (stored 0x{t['crc']:08x}, computed 0x{crc:08x})")

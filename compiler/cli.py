@@ -1,0 +1,166 @@
+"""The `mcugpt` command: compile GPT-2 for a microcontroller, run the numpy reference, inspect
+an image. Every failure a user can cause ends in one line, `mcugpt: error: ...`, exit 1."""
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+from .config import preset_names
+from .errors import McugptError
+
+EXAMPLES = """examples:
+  mcugpt compile --model gpt2 --out build/gpt2          GPT-2 124M, synthetic weights, 64 MiB RAM
+  mcugpt compile --model tiny --ram 1MiB --out build/t  a tiny model under a 1 MiB budget
+  mcugpt compile --weights ~/gpt2-hf --out build/real   a Hugging Face checkpoint folder
+  mcugpt reference --model gpt2 --prompt "Hello" --tokens 8 --json
+  mcugpt inspect build/gpt2/flash.img
+"""
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '67108864', '64MiB', '512K', '8 MB' (K/M/G are powers of 1024)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(i?[bB])?\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size (examples: 65536, 512KiB, 64MiB)")
+    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()]
+    return int(float(m.group(1)) * scale)
+
+
+def _model_args(p: argparse.ArgumentParser):
+    p.add_argument("--model", metavar="PRESET",
+                   help=f"model shapes: one of {', '.join(preset_names())} (default gpt2; with "
+                        "--weights, the folder's config.json wins and this only names the model)")
+    p.add_argument("--weights", metavar="DIR",
+                   help="a Hugging Face GPT-2 checkpoint folder (config.json + model.safetensors, "
+                        "optional vocab.json + merges.txt); default: synthetic weights")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the synthetic weights (default 0); ignored with --weights")
+
+
+def _sampling_args(p: argparse.ArgumentParser):
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token (the default)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="sample with this temperature (> 0) instead of greedy decoding")
+    p.add_argument("--top-k", type=int, default=40, help="sample among the k most likely tokens (default 40)")
+    p.add_argument("--sample-seed", type=int, default=0, dest="sample_seed",
+                   help="seed of the sampling PRNG (xorshift64*, reproduced bit for bit by the firmware)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="mcugpt", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
+        description="Compile GPT-2 into staged firmware for a microcontroller with little RAM: the "
+                    "model is split into atomic stages (6 per transformer block) that run one after "
+                    "another, each streaming its weights from external flash.")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("compile", help="GPT-2 -> ONNX -> stages -> memory plan -> flash image",
+                       description="Export the model to ONNX, partition the graph into atomic stages, "
+                                   "plan RAM under a budget and write DIR/model.onnx, DIR/plan.json, "
+                                   "DIR/flash.img and the firmware's generated headers in DIR/include.")
+    _model_args(c)
+    c.add_argument("--ram", type=parse_size, default=64 << 20, metavar="BYTES",
+                   help="RAM the model may use on the board, stack included (default 64MiB)")
+    c.add_argument("--ctx", type=int, metavar="N",
+                   help="context to plan for (KV cache positions); default: the model's, or the "
+                        "largest the RAM budget allows")
+    c.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    c.add_argument("--json", action="store_true", help="print the plan as JSON instead of tables")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    r = sub.add_parser("reference", help="generate text with the numpy reference (the oracle)",
+                       description="Run GPT-2 in numpy, one token at a time with a KV cache, float32. "
+                                   "The emulated firmware must produce exactly these tokens.")
+    _model_args(r)
+    r.add_argument("--prompt", required=True, help="text to continue")
+    r.add_argument("--tokens", type=int, default=16, metavar="N", help="tokens to generate (default 16)")
+    r.add_argument("--ctx", type=int, metavar="N", help="context limit (default: the model's)")
+    _sampling_args(r)
+    r.add_argument("--json", action="store_true",
+                   help="print one JSON object: prompt_tokens, tokens, text and settings")
+
+    i = sub.add_parser("inspect", help="print and verify a flash image",
+                       description="Print the image's header, stage table and tensor table, and "
+                                   "check every CRC32 (header, tables, token table, each weight blob).")
+    i.add_argument("image", metavar="IMAGE", help="a flash.img written by `mcugpt compile`")
+    i.add_argument("--no-verify", action="store_true", help="skip the weight CRCs (fast)")
+    i.add_argument("--json", action="store_true", help="print the header and tables as JSON")
+    return ap
+
+
+def cmd_compile(a) -> None:
+    from .pipeline import compile_model
+    from .report import plan_summary, size, stage_table
+    t0 = time.time()
+    res = compile_model(a.model, Path(a.out), weights_dir=a.weights, seed=a.seed, ram=a.ram,
+                        ctx=a.ctx, quiet=a.quiet or a.json)
+    if a.json:
+        print(res.plan.to_json())
+        return
+    print(stage_table(res.plan.data))
+    print()
+    print(plan_summary(res.plan.data))
+    print(f"flash image  {res.out_dir / 'flash.img'}: {size(res.image_header['image_size'])}")
+    print(f"wrote        {res.out_dir}/model.onnx, plan.json, flash.img, include/*.h in {time.time() - t0:.1f} s")
+
+
+def cmd_reference(a) -> None:
+    from .pipeline import load_model
+    from .reference import Reference, generate
+    from .sampler import TOPK_MAX, Sampling
+    from .tokenizer import encode
+    if a.temperature < 0:
+        raise McugptError(f"--temperature {a.temperature}: must be >= 0")
+    if not 1 <= a.top_k <= TOPK_MAX:
+        raise McugptError(f"--top-k {a.top_k}: must be between 1 and {TOPK_MAX}")
+    if a.tokens < 1:
+        raise McugptError(f"--tokens {a.tokens}: must be at least 1")
+    cfg, weights, tok = load_model(a.model, a.weights, a.seed)
+    sampling = Sampling(0.0 if a.greedy else a.temperature, a.top_k, a.sample_seed)
+    prompt = encode(tok, a.prompt)
+    n_ctx = a.ctx or cfg.n_ctx
+    if a.ctx is not None and not 1 <= a.ctx <= cfg.n_ctx:
+        raise McugptError(f"--ctx {a.ctx} is outside 1..{cfg.n_ctx} (the model's context)")
+    gen = generate(Reference(cfg, weights), prompt, a.tokens, sampling, n_ctx=n_ctx)
+    text = tok.decode(gen.tokens)
+    if a.json:
+        print(json.dumps({"model": cfg.name, "prompt": a.prompt, "prompt_tokens": gen.prompt_tokens,
+                          "tokens": gen.tokens, "text": text,
+                          "sampling": {"greedy": sampling.greedy, "temperature": sampling.temperature,
+                                       "top_k": sampling.top_k, "seed": sampling.seed}}))
+    else:
+        print(a.prompt + text)
+
+
+def cmd_inspect(a) -> None:
+    from .flash_image import read_image
+    from .pipeline import progress_bar
+    from .report import image_tables
+    img = read_image(Path(a.image), verify_weights=not a.no_verify, progress=progress_bar(a.json))
+    if a.json:
+        print(json.dumps({"header": img.header, "stages": img.stages, "tensors": img.tensors,
+                          "verified": not a.no_verify}, indent=1))
+        return
+    print(image_tables(img))
+    checked = "header, tables, token table" + ("" if a.no_verify else f" and {len(img.tensors)} weight blobs")
+    print(f"\nCRC32 OK: {checked}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        {"compile": cmd_compile, "reference": cmd_reference, "inspect": cmd_inspect}[args.command](args)
+    except McugptError as e:
+        print(f"mcugpt: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mcugpt: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

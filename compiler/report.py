@@ -1,0 +1,80 @@
+"""Human-readable tables for the command line."""
+
+from .flash_layout import NO_LAYER
+from .stages import STAGE_KINDS
+
+
+def size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+
+
+def count(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def table(headers: list[str], rows: list[list], align: str) -> str:
+    cells = [headers] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    fmt = lambda r: "  ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(r, widths, align))
+    lines = [fmt(headers), fmt(["-" * w for w in widths])] + [fmt(r) for r in cells[1:]]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def stage_table(plan: dict) -> str:
+    rows = []
+    for s in plan["stages"]:
+        tiles = " + ".join(f"{m['tiles']}x{m['rows_per_tile']}r" for m in s["matrices"]) or "-"
+        rows.append([s["index"], s["name"], size(s["weight_bytes"]), size(s["flash_bytes_per_token"]),
+                     count(s["macs"]), size(s["act_bytes"]),
+                     size(s["kv_read_bytes"]) if s["kv_read_bytes"] else "-",
+                     size(s["ram_bytes"]), tiles])
+    return table(["#", "stage", "weights", "flash/token", "MACs", "act", "KV read", "RAM", "tiles"],
+                 rows, "rlrrrrrrl")
+
+
+def plan_summary(plan: dict) -> str:
+    m, t = plan["model"], plan["totals"]
+    ctx_note = (f" (the model's is {m['n_ctx']}; limited by the RAM budget, see --ctx/--ram)"
+                if plan["ctx_limited_by_ram"] else "")
+    kv = plan["kv"]
+    lines = [
+        f"model        {m['name']}: {m['n_layer']} layers, {m['n_head']} heads, n_embd {m['n_embd']}, "
+        f"vocab {m['vocab_size']}, {plan['dtype']}",
+        f"stages       {t['stages']} ({t['block_stages']} in blocks + embed + head)",
+        f"context      {plan['ctx']} tokens{ctx_note}",
+        f"weights      {size(t['weight_bytes'])} in flash; {size(t['flash_bytes_per_token'])} read per token",
+        f"compute      {count(t['macs_per_token_at_ctx'])} MACs per token at full context",
+        f"RAM budget   {size(plan['ram_budget'])} ({plan['ram_budget']:,} B)",
+        f"  KV cache   {size(kv['bytes'])} in {kv['placement']} ({kv['bytes_per_token']:,} B per token)",
+        f"  tile       {size(plan['tile_bytes'])} weight tile buffer",
+        f"  arena      {size(plan['arena_bytes'])} + stack {size(plan['reserved']['stack'])} "
+        f"+ firmware {size(plan['reserved']['firmware'])}",
+        f"  largest    stage {plan['largest_stage']['name']}: {size(plan['largest_stage']['ram_bytes'])} "
+        f"working set (without the KV cache)",
+        f"peak RAM     {size(plan['peak_ram_bytes'])} ({plan['peak_ram_bytes']:,} B)",
+    ]
+    return "\n".join(lines)
+
+
+def image_tables(img) -> str:
+    h = img.header
+    kinds = {k.id: k.name for k in STAGE_KINDS}
+    head = "\n".join(f"{k:15} {v if not isinstance(v, int) or k in ('n_layer', 'n_head', 'n_embd', 'n_ctx', 'n_ctx_model', 'vocab_size', 'eot_token', 'stage_count', 'tensor_count', 'version', 'dtype') else f'{v:#x} ({v:,})'}"
+                     for k, v in h.items() if k != "reserved")
+    rows = []
+    for i, s in enumerate(img.stages):
+        names = [img.tensors[j]["name"] for j in s["tensors"][:s["n_tensors"]]]
+        layer = "-" if s["layer"] == NO_LAYER else s["layer"]
+        rows.append([i, kinds.get(s["kind"], f"?{s['kind']}"), layer, size(s["flash_bytes_per_token"]),
+                     count(s["macs"]), ", ".join(names) or "-"])
+    stage_t = table(["#", "kind", "layer", "flash/token", "MACs", "tensors"], rows, "rlrrrl")
+    trows = [[i, t["name"], f"0x{t['offset']:08x}", size(t["size"]), f"{t['rows']}x{t['cols']}", f"{t['crc']:08x}"]
+             for i, t in enumerate(img.tensors)]
+    tensor_t = table(["#", "tensor", "offset", "bytes", "shape", "crc32"], trows, "rlrrrr")
+    return f"{head}\n\nstages\n{stage_t}\n\ntensors\n{tensor_t}"

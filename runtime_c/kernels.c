@@ -1,0 +1,158 @@
+// Numeric kernels of the firmware. The orders of summation are part of the interface
+// (see kernels.h): change one and the numpy mirror has to change with it.
+#include <stddef.h>
+#include "kernels.h"
+#include "mathf.h"
+
+// ----------------------------------------------------------------------------
+// dot product and matrix-vector
+
+float vec_dot(const float* a, const float* b, int n) {
+    // Four independent accumulators: the M7 FPU can start an add every cycle but each
+    // one takes a few cycles to finish, so a single running sum would stall on itself.
+    float acc0 = 0.0f, acc1 = 0.0f, acc2 = 0.0f, acc3 = 0.0f;
+    int c = 0;
+    for (; c + 4 <= n; c += 4) {
+        acc0 += a[c] * b[c];
+        acc1 += a[c + 1] * b[c + 1];
+        acc2 += a[c + 2] * b[c + 2];
+        acc3 += a[c + 3] * b[c + 3];
+    }
+    // the tail keeps the c % 4 rule
+    if (c < n) acc0 += a[c] * b[c];
+    if (c + 1 < n) acc1 += a[c + 1] * b[c + 1];
+    if (c + 2 < n) acc2 += a[c + 2] * b[c + 2];
+    return (acc0 + acc1) + (acc2 + acc3);
+}
+
+void matvec_rows(float* y, const float* w_tile, const float* bias_or_null, const float* x,
+                 int rows, int cols) {
+    for (int r = 0; r < rows; r++) {
+        float s = vec_dot(w_tile + (size_t)r * (size_t)cols, x, cols);
+        y[r] = bias_or_null ? bias_or_null[r] + s : s;
+    }
+}
+
+// ----------------------------------------------------------------------------
+// layer norm, GELU, softmax, residual
+
+void layernorm(float* out, const float* x, const float* gamma, const float* beta,
+               int n, float eps) {
+    // Two passes (mean, then squared deviations), not E[x^2] - E[x]^2: the one-pass
+    // form cancels catastrophically when |mean| >> std, as in GPT-2's residual stream.
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) sum += x[i];
+    float mean = sum / (float)n;
+    float ss = 0.0f;
+    for (int i = 0; i < n; i++) {
+        float d = x[i] - mean;
+        ss += d * d;
+    }
+    float var = ss / (float)n;
+    float std = mcu_sqrtf(var + eps);
+    // a division per element, not a multiply by 1/std: it is the reference's
+    // (x - mean) / np.sqrt(var + eps) operation for operation, and n divisions are
+    // cheap next to the matvec that follows.
+    for (int i = 0; i < n; i++) {
+        out[i] = (x[i] - mean) / std * gamma[i] + beta[i];
+    }
+}
+
+#define GELU_SQRT_2_OVER_PI 0.7978846f   // sqrt(2/pi) rounded to float32
+#define GELU_CUBIC          0.044715f
+
+void gelu_tanh(float* x, int n) {
+    for (int i = 0; i < n; i++) {
+        float v = x[i];
+        float u = GELU_SQRT_2_OVER_PI * (v + GELU_CUBIC * ((v * v) * v));
+        x[i] = (0.5f * v) * (1.0f + mcu_tanhf(u));
+    }
+}
+
+void softmax(float* x, int n) {
+    // subtracting the max makes every exponent <= 0: no overflow, and the largest term is 1
+    float max = x[0];
+    for (int i = 1; i < n; i++) {
+        if (x[i] > max) max = x[i];
+    }
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) {
+        x[i] = mcu_expf(x[i] - max);
+        sum += x[i];
+    }
+    for (int i = 0; i < n; i++) x[i] = x[i] / sum;
+}
+
+void add_inplace(float* a, const float* b, int n) {
+    for (int i = 0; i < n; i++) a[i] += b[i];
+}
+
+// ----------------------------------------------------------------------------
+// attention, one head
+
+void attention_head(float* out, const float* q, const float* k_cache, const float* v_cache,
+                    int n_pos, int head_dim, int row_stride, float* scores_scratch) {
+    float* scores = scores_scratch;   // (n_pos,)
+    // GPT-2 has head_dim = 64: sqrt is 8 and the scale 1/8 is exact, so multiplying by
+    // it equals numpy's division by sqrt(head_dim).
+    float scale = 1.0f / mcu_sqrtf((float)head_dim);
+    for (int t = 0; t < n_pos; t++) {
+        const float* k = k_cache + (size_t)t * (size_t)row_stride;   // (head_dim,)
+        scores[t] = vec_dot(q, k, head_dim) * scale;
+    }
+    softmax(scores, n_pos);
+    // q is no longer needed from here on, which is why out may alias it
+    for (int d = 0; d < head_dim; d++) out[d] = 0.0f;
+    for (int t = 0; t < n_pos; t++) {
+        const float* v = v_cache + (size_t)t * (size_t)row_stride;   // (head_dim,)
+        float s = scores[t];
+        for (int d = 0; d < head_dim; d++) out[d] += s * v[d];
+    }
+}
+
+// ----------------------------------------------------------------------------
+// running top-k
+
+// Does (va, ia) rank strictly before (vb, ib)? Larger value first, then lower index;
+// NaN after every number (numpy sorts NaN last), NaNs among themselves by index.
+static int ranks_before(float va, int ia, float vb, int ib) {
+    int a_nan = va != va, b_nan = vb != vb;
+    if (a_nan || b_nan) return a_nan == b_nan ? ia < ib : b_nan;
+    if (va != vb) return va > vb;
+    return ia < ib;
+}
+
+void topk_init(TopK* t, int k) {
+    if (k < 1) k = 1;
+    if (k > TOPK_MAX) k = TOPK_MAX;
+    t->k = k;
+    t->n = 0;
+}
+
+void topk_push(TopK* t, const float* logits_tile, int first_index, int count) {
+    for (int i = 0; i < count; i++) {
+        float v = logits_tile[i];
+        int ix = first_index + i;
+        int p;
+        if (t->n < t->k) {
+            p = t->n++;
+        } else {
+            // the common case over 50k logits: one compare against the current k-th
+            if (!ranks_before(v, ix, t->val[t->k - 1], t->idx[t->k - 1])) continue;
+            p = t->k - 1;   // evict the last
+        }
+        // Insertion by swaps rather than a shifting loop: a plain shift is the memmove
+        // idiom, which compilers may turn into a call to a memmove we do not have.
+        t->val[p] = v;
+        t->idx[p] = ix;
+        while (p > 0 && ranks_before(t->val[p], t->idx[p], t->val[p - 1], t->idx[p - 1])) {
+            float tv = t->val[p - 1];
+            int ti = t->idx[p - 1];
+            t->val[p - 1] = t->val[p];
+            t->idx[p - 1] = t->idx[p];
+            t->val[p] = tv;
+            t->idx[p] = ti;
+            p--;
+        }
+    }
+}

@@ -1,0 +1,96 @@
+"""The memory plan: exact RAM figures up front, tiles under a budget, clear refusals."""
+
+import onnx
+import pytest
+
+from compiler.config import load_preset
+from compiler.errors import McugptError
+from compiler.onnx_export import build_decode_graph
+from compiler.partition import partition
+from compiler.plan import make_plan
+from compiler.weights import tensor_shapes
+
+
+@pytest.fixture(scope="module")
+def gpt2_stages():
+    """GPT-2 124M's stages, from a graph whose initializers are shape-only placeholders."""
+    cfg = load_preset("gpt2")
+    fake = {n: _Shape(s) for n, s in tensor_shapes(cfg).items()}
+    graph, arrays = build_decode_graph(cfg, fake)
+    for name, a in arrays.items():
+        graph.initializer.append(onnx.TensorProto(name=name, data_type=onnx.TensorProto.FLOAT, dims=a.shape))
+    return cfg, partition(onnx.helper.make_model(graph))
+
+
+class _Shape:
+    def __init__(self, shape):
+        self.shape = shape
+
+
+def test_gpt2_has_72_block_stages_and_its_kv_bytes(gpt2_stages):
+    cfg, stages = gpt2_stages
+    plan = make_plan(cfg, stages).data
+    assert plan["totals"]["block_stages"] == 72 and plan["totals"]["stages"] == 74
+    assert plan["kv"]["bytes_per_token"] == 73_728
+    assert plan["kv"]["bytes"] == 73_728 * plan["ctx"]
+
+
+def test_default_context_is_the_largest_the_budget_allows(gpt2_stages):
+    cfg, stages = gpt2_stages
+    plan = make_plan(cfg, stages, ram=64 << 20).data
+    # 1024 positions of KV cache (72 MiB) cannot fit a 64 MiB board
+    assert plan["ctx_limited_by_ram"] and plan["ctx"] < 1024
+    assert plan["peak_ram_bytes"] <= 64 << 20
+    with pytest.raises(McugptError):
+        make_plan(cfg, stages, ram=64 << 20, ctx=plan["ctx"] + 1)
+    roomy = make_plan(cfg, stages, ram=128 << 20).data
+    assert roomy["ctx"] == 1024 and not roomy["ctx_limited_by_ram"]
+
+
+def test_buffers_are_aligned_and_do_not_overlap(gpt2_stages):
+    cfg, stages = gpt2_stages
+    plan = make_plan(cfg, stages, ram=8 << 20).data
+    spans = sorted((b["offset"], b["offset"] + b["bytes"]) for b in plan["buffers"])
+    assert all(start % 32 == 0 for start, _ in spans)
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+    assert spans[-1][1] <= plan["arena_bytes"]
+    assert plan["peak_ram_bytes"] == plan["arena_bytes"] + sum(plan["reserved"].values()) <= 8 << 20
+
+
+def test_weights_stream_in_tiles_that_fit_the_tile_buffer(gpt2_stages):
+    cfg, stages = gpt2_stages
+    for ram in (1 << 20, 8 << 20, 64 << 20):
+        plan = make_plan(cfg, stages, ram=ram).data
+        for s in plan["stages"]:
+            for m in s["matrices"]:
+                assert m["rows_per_tile"] * m["cols"] * 4 <= plan["tile_bytes"]
+                assert m["tiles"] * m["rows_per_tile"] >= m["rows"]
+    whole = make_plan(cfg, stages, ram=1 << 30, ctx=64).data  # room for the largest matrix whole
+    assert all(m["tiles"] == 1 for s in whole["stages"] for m in s["matrices"])
+
+
+def test_a_budget_too_small_gives_the_smallest_that_works(gpt2_stages):
+    cfg, stages = gpt2_stages
+    with pytest.raises(McugptError, match=r"too small for gpt2 with a context of 256 tokens: "
+                                          r"the smallest budget that works is ([\d,]+) bytes") as e:
+        make_plan(cfg, stages, ram=4 << 20, ctx=256)
+    smallest = int(str(e.value).split("works is ")[1].split(" ")[0].replace(",", ""))
+    assert make_plan(cfg, stages, ram=smallest, ctx=256).data["peak_ram_bytes"] <= smallest
+    with pytest.raises(McugptError):
+        make_plan(cfg, stages, ram=smallest - 1, ctx=256)
+
+
+def test_stage_figures(gpt2_stages):
+    cfg, stages = gpt2_stages
+    plan = make_plan(cfg, stages, ram=64 << 20, ctx=512).data
+    by = {s["name"]: s for s in plan["stages"]}
+    d = 768
+    assert by["h0.attn_qkv"]["weight_bytes"] == (3 * d * d + 3 * d) * 4
+    assert by["h0.attn_qkv"]["macs"] == 3 * d * d
+    assert by["h0.mlp"]["weight_bytes"] == (8 * d * d + 5 * d) * 4
+    assert by["h5.attn_core"]["kv_read_bytes"] == 2 * d * 4 * 512
+    assert by["h5.attn_core"]["kv_write_bytes"] == 2 * d * 4
+    assert by["embed"]["flash_bytes_per_token"] == 2 * d * 4  # two rows, not the whole table
+    assert by["head"]["macs"] == 50257 * d
+    assert plan["totals"]["weight_bytes"] == cfg.n_params() * 4  # wte stored once
+    assert plan["largest_stage"]["name"].endswith("mlp") or plan["largest_stage"]["name"] == "head"
