@@ -5,6 +5,7 @@ from pathlib import Path
 import jinja2
 
 from . import flash_layout as fl
+from . import memory_map
 from .plan import Plan
 from .stages import STAGE_KINDS
 
@@ -30,10 +31,15 @@ def render_model_plan(plan: Plan) -> str:
         plan=d, model=d["model"], tile_rows=tile_rows)
 
 
+def render_memory_map() -> str:
+    return _env.get_template("memory_map.h.j2").render(m=memory_map)
+
+
 def write_headers(out_dir: Path, plan: Plan) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, text in (("flash_layout.h", render_flash_layout()), ("model_plan.h", render_model_plan(plan))):
+    for name, text in (("flash_layout.h", render_flash_layout()), ("model_plan.h", render_model_plan(plan)),
+                       ("memory_map.h", render_memory_map())):
         p = out_dir / name
         p.write_text(text)
         paths.append(p)

@@ -1,0 +1,115 @@
+"""The emulated board's memory map and peripheral registers: defined once, here.
+
+The emulator (emulator/) maps exactly this, and compiler/codegen.py renders it into
+`include/memory_map.h` for the firmware, so neither side writes an address by hand.
+
+Peripherals are polled (the emulated M7 has no usable NVIC), 32-bit registers only.
+"""
+
+from dataclasses import dataclass
+
+CODE_BASE = 0x08000000     # internal flash: the firmware's code and read-only data
+CODE_SIZE = 2 << 20
+SRAM_BASE = 0x20000000     # the model's RAM: firmware statics, the arena, the stack
+SRAM_SIZE_DEFAULT = 64 << 20
+MAILBOX_BASE = 0x30000000  # host -> firmware: prompt and settings (not counted as model RAM)
+MAILBOX_SIZE = 64 << 10
+PERIPH_BASE = 0x40000000   # execute-never in the M-profile default map: fine for registers
+
+
+@dataclass(frozen=True)
+class Register:
+    name: str
+    offset: int
+    doc: str
+
+
+@dataclass(frozen=True)
+class Peripheral:
+    name: str
+    base: int
+    size: int
+    registers: tuple[Register, ...]
+    doc: str
+
+    def reg(self, name: str) -> int:
+        return next(r.offset for r in self.registers if r.name == name)
+
+
+# The flash controller: a quad/octal SPI NOR controller with a DMA engine and a CRC unit
+# on its data path, as MCUs have (STM32 OCTOSPI + MDMA + CRC). Writing CMD starts a command;
+# STATUS.DONE is set when it finishes. A DMA read moves LEN bytes from flash ADDR to RAM DST
+# and, when CRC_CTRL.ENABLE is set, feeds them through the CRC unit.
+FLASHCTL = Peripheral("FLASHCTL", PERIPH_BASE + 0x1000, 0x1000, (
+    Register("CMD", 0x00, "write a FLASH_CMD_* to start it"),
+    Register("ADDR", 0x04, "flash byte address"),
+    Register("DST", 0x08, "RAM address of a DMA read / source of a page program"),
+    Register("LEN", 0x0C, "bytes"),
+    Register("STATUS", 0x10, "FLASH_STATUS_* bits"),
+    Register("CRC_CTRL", 0x14, "write CRC_RESET to start a new CRC32; CRC_ENABLE feeds DMA reads through it"),
+    Register("CRC_VALUE", 0x18, "the CRC32 of the bytes fed since the last reset"),
+    Register("JEDEC_ID", 0x1C, "the device's JEDEC id (after FLASH_CMD_READ_ID)"),
+    Register("DEV_STATUS", 0x20, "the device's status register (after FLASH_CMD_READ_STATUS)"),
+), "SPI NOR flash controller + DMA + CRC unit")
+
+UART = Peripheral("UART", PERIPH_BASE + 0x2000, 0x1000, (
+    Register("DATA", 0x00, "write a byte to send it"),
+    Register("STATUS", 0x04, "bit 0: ready to send (always, in emulation)"),
+), "text out")
+
+# The trace unit lets the board attribute time and I/O to stages and collect results
+# without hooks on the run path: the firmware writes a register at each event.
+TRACE = Peripheral("TRACE", PERIPH_BASE + 0x3000, 0x1000, (
+    Register("STAGE", 0x00, "write the stage index when a stage starts; TRACE_IDLE between tokens"),
+    Register("TOKEN", 0x04, "write each generated token id"),
+    Register("LOGITS_ADDR", 0x08, "debug channel: RAM address of a tile of logits"),
+    Register("LOGITS_FIRST", 0x0C, "debug channel: vocabulary id of the tile's first logit"),
+    Register("LOGITS_COUNT", 0x10, "debug channel: write the count last; the board reads the tile"),
+    Register("POSITION", 0x14, "write the position of the token being computed"),
+), "stage/token trace and the logits debug channel")
+
+SYSCTL = Peripheral("SYSCTL", PERIPH_BASE + 0x4000, 0x1000, (
+    Register("ARG0", 0x00, "detail of an error"),
+    Register("ARG1", 0x04, "detail of an error"),
+    Register("ARG2", 0x08, "detail of an error"),
+    Register("EXIT", 0x0C, "write an EXIT_* code (args first) to stop the board"),
+), "run control")
+
+PERIPHERALS = (FLASHCTL, UART, TRACE, SYSCTL)
+
+FLASH_CMD = {"READ": 1, "READ_ID": 2, "READ_STATUS": 3, "WRITE_ENABLE": 4, "PAGE_PROGRAM": 5,
+             "SECTOR_ERASE": 6}
+FLASH_STATUS = {"DONE": 1 << 0, "BUSY": 1 << 1, "ERROR": 1 << 2}
+CRC_CTRL = {"RESET": 1 << 0, "ENABLE": 1 << 1}
+TRACE_IDLE = 0xFFFFFFFF
+
+# Mailbox layout (u32 words at these byte offsets). The host fills it before reset.
+MAILBOX = {
+    "MAGIC": 0x00,          # MAILBOX_MAGIC when valid
+    "N_PROMPT": 0x04,       # prompt tokens
+    "N_NEW": 0x08,          # tokens to generate
+    "TEMPERATURE": 0x0C,    # float32 bits; 0 = greedy
+    "TOP_K": 0x10,
+    "SEED_LO": 0x14,        # sampling seed, low and high words
+    "SEED_HI": 0x18,
+    "FLAGS": 0x1C,          # MAILBOX_FLAG_* bits
+    "PROMPT": 0x100,        # N_PROMPT u32 token ids
+}
+MAILBOX_MAGIC = 0x4D424F58  # "XOBM"
+MAILBOX_FLAGS = {"DUMP_LOGITS": 1 << 0}
+MAILBOX_MAX_PROMPT = (MAILBOX_SIZE - MAILBOX["PROMPT"]) // 4
+
+# Why the firmware stopped (SYSCTL.EXIT); ARG0..2 carry the numbers named here.
+EXIT_CODES = {
+    "OK": (0, "finished"),
+    "BAD_MAILBOX": (1, "mailbox magic wrong or settings out of range (ARG0: which field)"),
+    "BAD_MAGIC": (2, "flash image magic wrong (ARG0: found)"),
+    "BAD_VERSION": (3, "flash image format version (ARG0: found, ARG1: expected)"),
+    "BAD_HEADER_CRC": (4, "flash image header CRC (ARG0: stored, ARG1: computed)"),
+    "PLAN_MISMATCH": (5, "image made for another plan (ARG0: image plan_id, ARG1: firmware's)"),
+    "BAD_TENSOR_CRC": (6, "weight blob CRC (ARG0: tensor index, ARG1: stored, ARG2: computed)"),
+    "CONTEXT_FULL": (7, "prompt + new tokens exceed the planned context (ARG0: needed, ARG1: N_CTX)"),
+    "FLASH_ERROR": (8, "flash controller error (ARG0: status)"),
+    "BAD_STAGE": (9, "unknown stage kind in the stage table (ARG0: stage index, ARG1: kind)"),
+    "BAD_TABLES_CRC": (10, "flash image stage/tensor tables CRC (ARG0: stored, ARG1: computed)"),
+}
