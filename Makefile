@@ -16,7 +16,7 @@ PROMPT ?= The staged method runs a language model on a microcontroller by
 TOKENS ?= 16
 BUILD  := build/$(MODEL)
 
-.PHONY: run test flash-image clean distclean venv
+.PHONY: run test flash-image clean distclean venv toolchain
 
 venv: $(VENV)/.installed
 
@@ -26,6 +26,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
+# The default C compiler is the pip-installed zig (in the venv). arm-none-eabi-gcc must work
+# too: as root (CI) it is installed from Debian's packages when missing.
+toolchain:
+	@command -v arm-none-eabi-gcc >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -q gcc-arm-none-eabi >/dev/null || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q gcc-arm-none-eabi >/dev/null; }; \
+	  else echo "note: arm-none-eabi-gcc not found; its tests will be skipped"; fi; }
+
 flash-image: $(VENV)/.installed
 	$(BIN)/mcugpt compile --model $(MODEL) --ram $(RAM) --out $(BUILD)
 
@@ -34,7 +43,7 @@ run: flash-image
 	$(BIN)/mcugpt reference --model $(MODEL) --prompt "$(PROMPT)" --tokens $(TOKENS)
 	@echo "--- emulated Cortex-M7 board: not yet (the runtime and emulator arrive next) ---"
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed toolchain
 	$(BIN)/python -m pytest -q
 
 clean:
