@@ -1,5 +1,6 @@
 """`mcugpt compile`, step by step: weights -> ONNX -> stages -> plan -> flash image + C headers."""
 
+import json
 import sys
 from dataclasses import dataclass
 from functools import partial
@@ -70,4 +71,15 @@ def compile_model(model: str | None, out_dir: Path, weights_dir: str | None = No
                          lambda name: initializer_array(inits[name], out_dir),
                          token_bytes_table(tok, cfg.vocab_size), progress=progress)
     write_headers(out_dir / "include", plan)
+    # what `mcugpt run` needs to encode prompts and to rebuild the reference for --check
+    source = {"model": cfg.name, "preset": None if weights_dir else cfg.name,
+              "weights": str(Path(weights_dir).resolve()) if weights_dir else None, "seed": seed}
+    (out_dir / "build.json").write_text(json.dumps(source, indent=1))
     return Compiled(cfg, stages, plan, out_dir, header)
+
+
+def load_build_source(out_dir: Path) -> dict:
+    path = Path(out_dir) / "build.json"
+    if not path.is_file():
+        raise McugptError(f"{out_dir}: not a build folder (no build.json); run `mcugpt compile --out {out_dir}`")
+    return json.loads(path.read_text())
