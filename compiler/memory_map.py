@@ -102,14 +102,16 @@ MAILBOX_MAX_PROMPT = (MAILBOX_SIZE - MAILBOX["PROMPT"]) // 4
 # Why the firmware stopped (SYSCTL.EXIT); ARG0..2 carry the numbers named here.
 EXIT_CODES = {
     "OK": (0, "finished"),
-    "BAD_MAILBOX": (1, "mailbox magic wrong or settings out of range (ARG0: which field)"),
+    "BAD_MAILBOX": (1, "mailbox magic wrong or settings out of range (ARG0: field offset, ARG1: value)"),
     "BAD_MAGIC": (2, "flash image magic wrong (ARG0: found)"),
     "BAD_VERSION": (3, "flash image format version (ARG0: found, ARG1: expected)"),
     "BAD_HEADER_CRC": (4, "flash image header CRC (ARG0: stored, ARG1: computed)"),
-    "PLAN_MISMATCH": (5, "image made for another plan (ARG0: image plan_id, ARG1: firmware's)"),
+    "PLAN_MISMATCH": (5, "image made for another plan or model (ARG0: image's value, ARG1: firmware's, ARG2: header field offset)"),
     "BAD_TENSOR_CRC": (6, "weight blob CRC (ARG0: tensor index, ARG1: stored, ARG2: computed)"),
     "CONTEXT_FULL": (7, "prompt + new tokens exceed the planned context (ARG0: needed, ARG1: N_CTX)"),
-    "FLASH_ERROR": (8, "flash controller error (ARG0: status)"),
-    "BAD_STAGE": (9, "unknown stage kind in the stage table (ARG0: stage index, ARG1: kind)"),
+    "FLASH_ERROR": (8, "flash controller error (ARG0: status, ARG1: address, ARG2: length)"),
+    "BAD_STAGE": (9, "bad stage table entry (ARG0: stage index, ARG1: kind, ARG2: bad tensor index, role or layer)"),
     "BAD_TABLES_CRC": (10, "flash image stage/tensor tables CRC (ARG0: stored, ARG1: computed)"),
+    "FAULT": (11, "CPU exception taken by the firmware's handler (ARG0: exception number)"),
+    "BAD_TOKENS_CRC": (12, "flash image token table CRC (ARG0: stored, ARG1: computed)"),
 }

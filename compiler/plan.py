@@ -75,7 +75,8 @@ def _fixed_buffers(cfg: GPTConfig, stages: list[Stage]) -> dict[str, int]:
             by_kind[s.kind] = sum(t.shape[0] for t in s.tensors if len(t.shape) == 1)
     params = max(vectors + list(by_kind.values()))
     return {"x": d * F32, "h": d * F32, "qkv": 3 * d * F32, "att": d * F32,
-            "hidden": 4 * d * F32, "params": params * F32, "topk": TOPK_MAX * 8}
+            "hidden": 4 * d * F32, "params": params * F32,
+            "topk": 8 + TOPK_MAX * 8}  # runtime_c TopK: k, n, then values and ids
 
 
 def _matrices(stage: Stage):

@@ -1,0 +1,159 @@
+"""Build the firmware (runtime_c/) for the board, or as a host program, for one compiled model.
+
+    build(out_dir, plan, cc="zig")                -> out_dir/firmware.elf   (Cortex-M7, zig cc)
+    build(out_dir, plan, cc="arm-none-eabi-gcc")  -> out_dir/firmware.elf   (Cortex-M7, GNU)
+    build(out_dir, plan, cc="host")               -> out_dir/firmware_host  (native, for tests)
+
+`out_dir` is what `mcugpt compile` wrote: its include/ (flash_layout.h, model_plan.h,
+memory_map.h) is on the include path, so the firmware and its image come from one plan.
+The board builds link with a script rendered from memory_map.py and the plan
+(templates/firmware.ld.j2); a firmware that does not fit the RAM budget fails to link.
+Every failure is a one-line McugptError. A build whose inputs did not change is reused.
+"""
+
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jinja2
+
+from . import memory_map
+from .errors import McugptError
+from .plan import Plan
+
+RUNTIME_C = Path(__file__).resolve().parent.parent / "runtime_c"
+BOARD_ONLY = {"startup.c", "hal_board.c"}
+HOST_ONLY = {"hal_host.c"}
+COMPILERS = ("zig", "arm-none-eabi-gcc", "host")
+
+# Every build: no fused multiply-add (results must agree across compilers and with numpy),
+# no libm (-fno-math-errno keeps sqrtf an instruction), C11 for the headers' _Static_assert,
+# -fno-strict-aliasing because the arena is a byte array the runtime uses as floats.
+COMMON_FLAGS = ["-std=c11", "-O2", "-ffp-contract=off", "-fno-math-errno", "-fno-strict-aliasing",
+                "-Wall", "-Wextra", "-Wdouble-promotion"]
+# Board builds: Cortex-M7 with the single-precision FPU, hard-float ABI.
+ZIG_FLAGS = ["-target", "thumb-freestanding-eabihf", "-mcpu=cortex_m7+fp_armv8d16sp",
+             # zig's linker ignores ENTRY(); no -nostdlib: it would drop compiler_rt
+             "-Wl,--entry=Reset_Handler"]
+GCC_FLAGS = ["-mcpu=cortex-m7", "-mthumb", "-mfpu=fpv5-sp-d16", "-mfloat-abi=hard",
+             "-ffreestanding", "-nostdlib",
+             # gcc turns copy/zero loops into memcpy/memset calls, which -nostdlib lacks
+             "-fno-tree-loop-distribute-patterns"]
+SANITIZE_FLAGS = ["-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
+                  "-fno-sanitize-recover=all"]
+
+# The linker script's checks, quoted as the error when a link fails.
+LINK_ASSERTS = {
+    "budget": "firmware does not fit the RAM budget: .data + arena + .bss overlap the stack reserve",
+    "reserve": "firmware .data + .bss exceed the plan's firmware reserve",
+}
+
+_env = jinja2.Environment(loader=jinja2.PackageLoader("compiler", "templates"),
+                          undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+
+
+def render_linker_script(plan: Plan) -> str:
+    d = plan.data
+    return _env.get_template("firmware.ld.j2").render(
+        model=d["model"]["name"], plan_id=d["plan_id"], ram=d["ram_budget"],
+        code_base=memory_map.CODE_BASE, code_size=memory_map.CODE_SIZE,
+        sram_base=memory_map.SRAM_BASE, stack=d["reserved"]["stack"],
+        firmware=d["reserved"]["firmware"], asserts=LINK_ASSERTS)
+
+
+def sources(target: str) -> list[Path]:
+    """runtime_c/*.c for the board ("board") or the host ("host")."""
+    skip = HOST_ONLY if target == "board" else BOARD_ONLY
+    return sorted(p for p in RUNTIME_C.glob("*.c") if p.name not in skip)
+
+
+def _check_headers(include: Path, plan: Plan) -> None:
+    header = include / "model_plan.h"
+    if not header.is_file():
+        raise McugptError(f"{include}: no model_plan.h (run `mcugpt compile` into {include.parent} first)")
+    m = re.search(r"#define PLAN_ID\s+0x([0-9A-Fa-f]+)u", header.read_text())
+    if not m or int(m.group(1), 16) != plan.plan_id:
+        found = f"0x{int(m.group(1), 16):08X}" if m else "none"
+        raise McugptError(f"{header}: plan id {found} is not the plan's 0x{plan.plan_id:08X} "
+                          f"(headers and plan.json come from different compiles)")
+
+
+def _command(cc: str, include: Path, out: Path, ld: Path | None, plan: Plan,
+             sanitize: bool) -> list[str]:
+    defines = [f"-DTOPK_MAX={plan.data['topk_max']}"]   # kernels.c's TopK must match the plan's
+    paths = [f"-I{RUNTIME_C}", f"-I{include}"]
+    if cc == "zig":
+        if importlib.util.find_spec("ziglang") is None:
+            raise McugptError("the zig C compiler is not installed (pip package ziglang)")
+        head = [sys.executable, "-m", "ziglang", "cc", *ZIG_FLAGS, "-T", str(ld)]
+    elif cc == "arm-none-eabi-gcc":
+        if shutil.which(cc) is None:
+            raise McugptError("arm-none-eabi-gcc is not on PATH "
+                              "(Debian/Ubuntu: apt install gcc-arm-none-eabi)")
+        head = [cc, *GCC_FLAGS, "-T", str(ld)]
+    else:
+        host = os.environ.get("CC") or "cc"
+        if shutil.which(host) is None:
+            raise McugptError(f"no host C compiler: {host} is not on PATH (set CC)")
+        head = [host, *(SANITIZE_FLAGS if sanitize else [])]
+    target = "host" if cc == "host" else "board"
+    tail = ["-lgcc"] if cc == "arm-none-eabi-gcc" else []
+    return [*head, *COMMON_FLAGS, *defines, *paths, *map(str, sources(target)), "-o", str(out), *tail]
+
+
+def _first_error(output: str) -> str:
+    """The line that says what went wrong: our linker script's own ASSERT message, else the
+    first error line, else the first line (GNU ld says "region overflowed" without "error")."""
+    lines = [re.sub(r"^\S*/(ld(?:\.bfd|\.lld)?): ", r"\1: ", ln.strip()) for ln in output.splitlines()
+             if ln.strip() and not ln.startswith("collect2")]
+    for pick in (lambda ln: any(m in ln for m in LINK_ASSERTS.values()),
+                 lambda ln: re.search(r"\berror\b", ln, re.IGNORECASE)):
+        found = next((ln for ln in lines if pick(ln)), None)
+        if found:
+            return found
+    return lines[0] if lines else "no output"
+
+
+def build(out_dir, plan: Plan | dict, cc: str = "zig", sanitize: bool = False) -> Path:
+    """Compile runtime_c/ against out_dir/include for the board (cc = "zig" or
+    "arm-none-eabi-gcc": out_dir/firmware.elf) or the host (cc = "host":
+    out_dir/firmware_host; sanitize adds AddressSanitizer and UBSan). Returns the path."""
+    if cc not in COMPILERS:
+        raise McugptError(f"unknown firmware compiler '{cc}' (known: {', '.join(COMPILERS)})")
+    if sanitize and cc != "host":
+        raise McugptError("sanitize=True needs cc='host' (the sanitizers do not run on the board)")
+    plan = plan if isinstance(plan, Plan) else Plan(plan)
+    out_dir = Path(out_dir)
+    include = out_dir / "include"
+    _check_headers(include, plan)
+
+    ld = None
+    if cc == "host":
+        out = out_dir / "firmware_host"
+    else:
+        out = out_dir / "firmware.elf"
+        ld = out_dir / "firmware.ld"
+        text = render_linker_script(plan)
+        if not ld.is_file() or ld.read_text() != text:
+            ld.write_text(text)
+    cmd = _command(cc, include, out, ld, plan, sanitize)
+
+    # Rebuild only when something that goes into the binary changed.
+    h = hashlib.sha256("\0".join(cmd).encode())
+    for p in [*sorted(RUNTIME_C.glob("*.[ch]")), *sorted(include.glob("*.h")), *([ld] if ld else [])]:
+        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    stamp = out.with_name(out.name + ".inputs")
+    if out.is_file() and stamp.is_file() and stamp.read_text() == h.hexdigest():
+        return out
+
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        stamp.unlink(missing_ok=True)
+        raise McugptError(f"firmware build ({cc}) failed: {_first_error(res.stderr + res.stdout)}")
+    stamp.write_text(h.hexdigest())
+    return out

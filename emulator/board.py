@@ -1,0 +1,594 @@
+"""The emulated board: a Cortex-M7 (Unicorn) with SRAM, a flash controller and a SPI NOR flash.
+
+    board = Board("build/firmware.elf", "build/gpt2/flash.img")
+    result = board.run(prompt_tokens, n_new=8, on_text=print)
+
+Memory map (compiler/memory_map.py, rendered for the firmware as include/memory_map.h):
+code flash at CODE_BASE, SRAM at SRAM_BASE (exactly `ram_bytes`, rounded up to 4 KiB:
+touching anything beyond is a fault), the mailbox, and the peripherals of
+emulator/peripherals.py. The core's System Control Space (0xE000E000, 4 KiB: CPACR, CCR,
+cache maintenance...) is plain memory so startup code can enable the FPU; writes there have
+no effect.
+
+The run path has no per-instruction or per-access hook: peripherals are `mmio_map`ped and
+the only hooks are for faults (unmapped or protected access, CPU exceptions), which cost
+nothing until they fire. See docs/board.md.
+"""
+
+from __future__ import annotations
+
+import gc
+import mmap
+import re
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from elftools.elf.elffile import ELFFile
+from unicorn import (UC_ARCH_ARM, UC_ERR_INSN_INVALID, UC_HOOK_INTR, UC_HOOK_MEM_PROT,
+                     UC_HOOK_MEM_UNMAPPED, UC_MEM_FETCH_PROT, UC_MEM_FETCH_UNMAPPED,
+                     UC_MEM_READ_PROT, UC_MEM_READ_UNMAPPED, UC_MEM_WRITE_PROT,
+                     UC_MEM_WRITE_UNMAPPED, UC_MODE_THUMB, UC_PROT_ALL, UC_PROT_EXEC,
+                     UC_PROT_READ, Uc, UcError)
+from unicorn.arm_const import UC_ARM_REG_LR, UC_ARM_REG_PC, UC_ARM_REG_SP, UC_CPU_ARM_CORTEX_M7
+
+from compiler import memory_map as mm
+from compiler.errors import McugptError
+from compiler.flash_image import read_image
+from compiler.flash_layout import NO_LAYER
+from compiler.stages import STAGE_KINDS, stage_name
+from emulator.peripherals import Faults, FlashController, StageStats, SysCtl, Trace, Uart
+from emulator.spi_flash import SpiNorFlash
+
+__all__ = ["Board", "RunResult", "PeakRam", "StageStats", "BoardFault", "FirmwareError", "PAINT"]
+
+PAINT = 0x5AFEC0DE          # every SRAM word before reset; a word still holding it was never written
+PAGE = 4096                 # Unicorn maps whole 4 KiB pages
+SRAM_WINDOW = mm.MAILBOX_BASE - mm.SRAM_BASE  # the most SRAM the address map has room for
+CODE_WINDOW = 0x10000000                      # 0x08000000 .. 0x18000000: code flash addresses
+SCS_BASE, SCS_SIZE = 0xE000E000, 0x1000       # ARMv7-M System Control Space
+CPUID_OFFSET, CPUID_M7 = 0xD00, 0x411FC272    # Cortex-M7 r1p2
+
+# QEMU's exception numbers, as Unicorn passes them to a UC_HOOK_INTR callback.
+EXCEPTIONS = {
+    1: "undefined instruction", 2: "SVC", 3: "prefetch abort", 4: "data abort", 5: "IRQ",
+    6: "FIQ", 7: "breakpoint", 8: "exception return", 9: "kernel trap", 16: "semihosting call",
+    17: "coprocessor access (FPU disabled?)", 18: "invalid state (branch without the Thumb bit?)",
+    19: "stack limit", 20: "lazy FP stacking fault", 22: "unaligned access",
+}
+_ACCESS = {UC_MEM_READ_UNMAPPED: "read", UC_MEM_WRITE_UNMAPPED: "write", UC_MEM_FETCH_UNMAPPED: "fetch",
+           UC_MEM_READ_PROT: "read", UC_MEM_WRITE_PROT: "write", UC_MEM_FETCH_PROT: "fetch"}
+EXIT_NAMES = {code: name for name, (code, _doc) in mm.EXIT_CODES.items()}
+EXIT_OK = mm.EXIT_CODES["OK"][0]
+
+
+# ----------------------------------------------------------------------------
+# errors
+
+
+class BoardFault(McugptError):
+    """The firmware crashed or did not finish: one line naming what, where and when.
+
+    kind: "unmapped", "protection", "exception", "invalid_instruction", "bus_error",
+    "instruction_limit", "timeout", "fault_handler" or "stopped".
+    `result` holds what the run produced up to the fault (tokens, text, stages, RAM).
+    """
+
+    def __init__(self, message: str, *, kind: str, pc: int | None = None, function: str | None = None,
+                 address: int | None = None, stage: str | None = None, result: RunResult | None = None):
+        super().__init__(message)
+        self.kind, self.pc, self.function, self.address = kind, pc, function, address
+        self.stage, self.result = stage, result
+
+
+class FirmwareError(McugptError):
+    """The firmware stopped with an EXIT_* code other than OK (memory_map.EXIT_CODES)."""
+
+    def __init__(self, message: str, *, code: int, name: str, args: tuple[int, int, int],
+                 result: RunResult | None = None):
+        super().__init__(message)
+        self.code, self.name, self.exit_args, self.result = code, name, args, result
+
+
+# ----------------------------------------------------------------------------
+# results
+
+
+@dataclass
+class PeakRam:
+    """SRAM use measured after the run by scanning for words that lost the paint.
+
+    peak_bytes = static_bytes + arena_high_water + stack_used. Sizes a firmware does not
+    declare (no `arena` symbol, no `_stack_bottom`/`_estack`) are 0.
+    """
+
+    static_bytes: int        # .data + .bss (and any other SRAM section), arena and stack excluded
+    arena_bytes: int         # the arena's size
+    arena_high_water: int    # bytes from the arena's start to the end of its highest written word
+    stack_bytes: int         # the stack reserve, _stack_bottom .. _estack
+    stack_used: int          # bytes from _estack down to the lowest written word
+    ram_mapped: int          # the board's SRAM
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.static_bytes + self.arena_high_water + self.stack_used
+
+    @property
+    def stack_overflowed(self) -> bool:
+        """The lowest stack word was written: the stack may have run past its reserve."""
+        return self.stack_bytes > 0 and self.stack_used >= self.stack_bytes
+
+
+@dataclass
+class RunResult:
+    tokens: list[int]                        # generated token ids (TRACE.TOKEN writes)
+    text: str                                # the UART output, UTF-8 decoded
+    exit_code: int
+    exit_args: tuple[int, int, int]
+    logits: list[np.ndarray] | None          # with dump_logits: one float32 array per token (NaN where not dumped)
+    stages: list[StageStats]                 # per stage index that ran, in index order
+    positions: list[int]                     # TRACE.POSITION writes
+    flash_bytes: int                         # over the whole run
+    flash_ns: float                          # simulated flash time, program/erase waits included
+    flash_commands: dict                     # SpiNorFlash.stats()["commands"]: per command kind
+    wall_s: float                            # host seconds in emu_start
+    token_wall_s: list[float]                # host seconds up to each token (from the previous one)
+    peak_ram: PeakRam
+    uart_bytes: bytes = b""
+    flash_errors: list[str] = field(default_factory=list)  # flash controller errors, in order
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Emulated speed: generated tokens per host second."""
+        return len(self.tokens) / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def flash_tokens_per_s(self) -> float | None:
+        """The bound flash I/O alone sets: generated tokens per simulated flash second."""
+        return len(self.tokens) / (self.flash_ns * 1e-9) if self.flash_ns > 0 and self.tokens else None
+
+
+# ----------------------------------------------------------------------------
+# the firmware ELF
+
+
+@dataclass
+class _Firmware:
+    path: Path
+    # PT_LOAD segments: (load address, run address, memory size, file bytes). They differ
+    # for .data, loaded into code flash and copied to SRAM by the startup code.
+    segments: list[tuple[int, int, int, bytes]]
+    funcs: list[tuple[int, int, str]]        # sorted (start, end, name), Thumb bit cleared
+    symbols: dict[str, tuple[int, int]]      # name -> (address, size)
+    sram_sections: list[tuple[int, int, str]]  # allocated sections in SRAM: (start, end, name)
+
+    @classmethod
+    def load(cls, path) -> _Firmware:
+        path = Path(path)
+        if not path.is_file():
+            raise McugptError(f"{path}: no such firmware ELF")
+        with open(path, "rb") as f:
+            try:
+                elf = ELFFile(f)
+            except Exception as e:  # pyelftools raises its own ELFError, or struct errors
+                raise McugptError(f"{path}: not an ELF file ({e})") from None
+            if elf["e_machine"] != "EM_ARM" or elf.elfclass != 32:
+                raise McugptError(f"{path}: not a 32-bit ARM ELF ({elf['e_machine']}, {elf.elfclass}-bit)")
+            segments = []
+            for seg in elf.iter_segments():
+                if seg["p_type"] == "PT_LOAD" and seg["p_memsz"]:
+                    segments.append((seg["p_paddr"], seg["p_vaddr"], seg["p_memsz"], seg.data()))
+            funcs, symbols = [], {}
+            symtab = elf.get_section_by_name(".symtab")
+            for sym in symtab.iter_symbols() if symtab else ():
+                if not sym.name or sym["st_shndx"] == "SHN_UNDEF":
+                    continue
+                symbols[sym.name] = (sym["st_value"], sym["st_size"])
+                if sym["st_info"]["type"] == "STT_FUNC":
+                    start = sym["st_value"] & ~1
+                    funcs.append((start, start + max(sym["st_size"], 1), sym.name))
+            sram = []
+            for sec in elf.iter_sections():
+                if sec["sh_flags"] & 0x2 and sec["sh_size"] and mm.SRAM_BASE <= sec["sh_addr"] < mm.MAILBOX_BASE:
+                    sram.append((sec["sh_addr"], sec["sh_addr"] + sec["sh_size"], sec.name))
+        if not segments:
+            raise McugptError(f"{path}: the ELF has nothing to load")
+        return cls(path, segments, sorted(funcs), symbols, sorted(sram))
+
+    def function_at(self, pc: int) -> str | None:
+        """The STT_FUNC symbol whose [address, address + size) holds pc (the innermost)."""
+        pc &= ~1
+        hits = [(end - start, name) for start, end, name in self.funcs if start <= pc < end]
+        return min(hits)[1] if hits else None
+
+
+def _need(what: str, base: int, end: int, have: int) -> McugptError:
+    return McugptError(f"firmware needs {end - base:,} bytes of {what} at 0x{base:08x}, the board maps {have:,}")
+
+
+# ----------------------------------------------------------------------------
+# the board
+
+
+class Board:
+    """A Cortex-M7 board running `elf_path` with `flash_image_path` on its SPI NOR flash.
+
+    The image is memory-mapped copy-on-write (never read into memory, never modified on
+    disk: a page program or erase changes the board's private copy of that page only).
+    The flash device's clock and contents persist across runs, as on a real board; the
+    CPU, SRAM, mailbox and peripherals start afresh at every `run`.
+    """
+
+    def __init__(self, elf_path, flash_image_path, ram_bytes: int = mm.SRAM_SIZE_DEFAULT,
+                 flash_preset: str = "w25q-quad"):
+        if ram_bytes <= 0:
+            raise McugptError(f"SRAM size must be positive, got {ram_bytes}")
+        self.ram_bytes = -(-int(ram_bytes) // PAGE) * PAGE
+        if self.ram_bytes > SRAM_WINDOW:
+            raise McugptError(f"{ram_bytes:,} bytes of SRAM do not fit the memory map "
+                              f"(at most {SRAM_WINDOW:,} between 0x{mm.SRAM_BASE:08x} and 0x{mm.MAILBOX_BASE:08x})")
+        self.firmware = _Firmware.load(elf_path)
+        self._check_fits()
+
+        self.image_path = Path(flash_image_path)
+        if not self.image_path.is_file():
+            raise McugptError(f"{self.image_path}: no such flash image")
+        if self.image_path.stat().st_size == 0:
+            raise McugptError(f"{self.image_path}: the flash image is empty")
+        # The image's stage and tensor tables name things in reports. An image the reader
+        # rejects still goes on the flash: checking it is the firmware's job (BAD_MAGIC...).
+        try:
+            self.image = read_image(self.image_path, verify_weights=False)
+        except McugptError:
+            self.image = None
+        with open(self.image_path, "rb") as f:
+            try:
+                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            except OSError:  # no room to reserve a private copy: read-only, copied on first write
+                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            self.flash = SpiNorFlash(self._mmap, flash_preset)
+        except KeyError as e:
+            raise McugptError(str(e.args[0])) from None
+        self._paint = None
+        self.uc: Uc | None = None
+
+    # -- static checks ---------------------------------------------------------
+
+    def _check_fits(self) -> None:
+        fw = self.firmware
+        vectors = self._code_word(0), self._code_word(4)
+        if None in vectors:
+            raise McugptError(f"{fw.path}: no vector table at 0x{mm.CODE_BASE:08x} (initial SP, reset handler)")
+        sp, reset = vectors
+        if not mm.SRAM_BASE < sp <= mm.SRAM_BASE + SRAM_WINDOW:
+            raise McugptError(f"{fw.path}: initial stack pointer 0x{sp:08x} is not in SRAM")
+        if not reset & 1:
+            raise McugptError(f"{fw.path}: reset handler 0x{reset:08x} is not a Thumb address (odd)")
+        # Where the file bytes are loaded, and where the segment lives when running.
+        ranges = [(paddr, len(data)) for paddr, _v, _m, data in fw.segments if data]
+        ranges += [(vaddr, memsz) for _p, vaddr, memsz, _d in fw.segments]
+        code_end, sram_end = mm.CODE_BASE, sp
+        for addr, size in ranges:
+            if mm.CODE_BASE <= addr < mm.CODE_BASE + CODE_WINDOW:
+                code_end = max(code_end, addr + size)
+            elif mm.SRAM_BASE <= addr < mm.SRAM_BASE + SRAM_WINDOW:
+                sram_end = max(sram_end, addr + size)
+            else:
+                raise McugptError(f"{fw.path}: a segment at 0x{addr:08x} ({size:,} bytes) is outside "
+                                  f"the board's code flash and SRAM")
+        if code_end > mm.CODE_BASE + mm.CODE_SIZE:
+            raise _need("code flash", mm.CODE_BASE, code_end, mm.CODE_SIZE)
+        if sram_end > mm.SRAM_BASE + self.ram_bytes:
+            raise _need("SRAM", mm.SRAM_BASE, sram_end, self.ram_bytes)
+
+    def _code_word(self, offset: int) -> int | None:
+        addr = mm.CODE_BASE + offset
+        for start, _vaddr, _memsz, data in self.firmware.segments:
+            if start <= addr and addr + 4 <= start + len(data):
+                return struct.unpack_from("<I", data, addr - start)[0]
+        return None
+
+    # -- names for reports ------------------------------------------------------
+
+    def stage_label(self, index: int) -> str:
+        """'h3.mlp' from the image's stage table; 'stage 7' without one."""
+        if self.image is not None and index < len(self.image.stages):
+            s = self.image.stages[index]
+            kinds = {k.id: k.name for k in STAGE_KINDS}
+            kind = kinds.get(s["kind"], f"kind{s['kind']}")
+            return stage_name(kind, None if s["layer"] == NO_LAYER else s["layer"])
+        return f"stage {index}"
+
+    def tensor_label(self, index: int) -> str:
+        if self.image is not None and index < len(self.image.tensors):
+            return f"tensor {index} '{self.image.tensors[index]['name']}'"
+        return f"tensor {index}"
+
+    # -- power on ---------------------------------------------------------------
+
+    def _power_on(self, mailbox: bytes, on_text) -> int:
+        """A fresh CPU with everything mapped, loaded and painted; returns the entry point."""
+        if self.uc is not None:  # free the last run's SRAM now, not whenever the GC gets to it
+            self.uc = None
+            gc.collect()
+        uc = Uc(UC_ARCH_ARM, UC_MODE_THUMB)
+        uc.ctl_set_cpu_model(UC_CPU_ARM_CORTEX_M7)  # before any mapping (see the notes)
+        uc.mem_map(mm.CODE_BASE, mm.CODE_SIZE, UC_PROT_READ | UC_PROT_EXEC)
+        uc.mem_map(mm.SRAM_BASE, self.ram_bytes, UC_PROT_ALL)
+        uc.mem_map(mm.MAILBOX_BASE, mm.MAILBOX_SIZE, UC_PROT_ALL)
+        uc.mem_map(SCS_BASE, SCS_SIZE, UC_PROT_ALL)
+        uc.mem_write(SCS_BASE + CPUID_OFFSET, struct.pack("<I", CPUID_M7))
+
+        if self._paint is None:
+            self._paint = np.full(self.ram_bytes // 4, PAINT, "<u4").tobytes()
+        uc.mem_write(mm.SRAM_BASE, self._paint)
+        for addr, _vaddr, _memsz, data in self.firmware.segments:
+            if data:
+                uc.mem_write(addr, data)  # file bytes only: .bss and NOLOAD sections keep the paint
+        uc.mem_write(mm.MAILBOX_BASE, mailbox)
+
+        self.faults = Faults()
+        self.flashctl = FlashController(self.faults, self.flash, mm.SRAM_BASE, self.ram_bytes)
+        self.uart = Uart(self.faults, on_text)
+        vocab = self.image.header["vocab_size"] if self.image is not None else 0
+        self.trace = Trace(self.faults, self.flash, self.stage_label, vocab)
+        self.sysctl = SysCtl(self.faults)
+        for p in (self.flashctl, self.uart, self.trace, self.sysctl):
+            p.map(uc)
+        uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_bad_access)
+        uc.hook_add(UC_HOOK_MEM_PROT, self._on_bad_access)
+        uc.hook_add(UC_HOOK_INTR, self._on_exception)
+
+        sp, entry = struct.unpack("<II", uc.mem_read(mm.CODE_BASE, 8))
+        uc.reg_write(UC_ARM_REG_SP, sp)
+        uc.reg_write(UC_ARM_REG_LR, 0xFFFFFFFF)  # the reset value
+        self.uc = uc
+        return entry
+
+    def _on_bad_access(self, uc, access, address, size, value, _ud) -> bool:
+        kind = "unmapped" if access in (UC_MEM_READ_UNMAPPED, UC_MEM_WRITE_UNMAPPED, UC_MEM_FETCH_UNMAPPED) else "protection"
+        op = _ACCESS.get(access, "access")
+        if kind == "unmapped":
+            what = f"{size}-byte {op} at unmapped address 0x{address:08x} ({self._region_note(address)})"
+        else:
+            what = f"{size}-byte {op} at 0x{address:08x}, which is {self._protection_note(address, op)}"
+        self.faults.record(uc, kind, what, address)
+        return False
+
+    def _on_exception(self, uc, intno, _ud) -> None:
+        pc = uc.reg_read(UC_ARM_REG_PC)
+        name = EXCEPTIONS.get(intno, f"exception {intno}")
+        if intno == 7:  # BKPT #imm8: 0xBEii
+            try:
+                name = f"breakpoint (BKPT #0x{uc.mem_read(pc & ~1, 2)[0]:02x})"
+            except UcError:
+                pass
+        what, address = f"CPU exception: {name}", None
+        if intno == 3:
+            what, address = f"CPU exception: {name}: cannot execute at 0x{pc:08x} ({self._region_note(pc)})", pc
+        self.faults.record(uc, "exception", what, address)
+
+    def _region_note(self, addr: int) -> str:
+        if mm.SRAM_BASE <= addr < mm.SRAM_BASE + SRAM_WINDOW:
+            return f"past the end of SRAM: the board maps {self.ram_bytes:,} bytes at 0x{mm.SRAM_BASE:08x}"
+        if mm.CODE_BASE <= addr < mm.CODE_BASE + CODE_WINDOW:
+            return f"past the end of code flash: {mm.CODE_SIZE:,} bytes at 0x{mm.CODE_BASE:08x}"
+        if mm.MAILBOX_BASE <= addr < mm.PERIPH_BASE:
+            return f"past the end of the mailbox: {mm.MAILBOX_SIZE:,} bytes at 0x{mm.MAILBOX_BASE:08x}"
+        if mm.PERIPH_BASE <= addr < mm.PERIPH_BASE + 0x20000000:
+            return "peripheral space: execute-never, and no register there unless listed in memory_map.py"
+        if addr < 0x1000:
+            return "a null pointer?"
+        return "no memory there"
+
+    def _protection_note(self, addr: int, op: str) -> str:
+        if mm.CODE_BASE <= addr < mm.CODE_BASE + mm.CODE_SIZE:
+            return "read-only code flash"
+        return f"not {'executable' if op == 'fetch' else op + 'able'}"
+
+    # -- run --------------------------------------------------------------------
+
+    def run(self, prompt_tokens, n_new: int, temperature: float = 0.0, top_k: int = 40, seed: int = 0,
+            dump_logits: bool = False, on_text: Callable[[str], None] | None = None,
+            max_instructions: int | None = None, timeout_s: float | None = None) -> RunResult:
+        """Reset the board with this request in the mailbox and run until SYSCTL.EXIT.
+
+        Raises BoardFault if the firmware crashes, hits `max_instructions` or `timeout_s`,
+        and FirmwareError if it exits with an error code. Both carry the partial result.
+        """
+        mailbox = self._mailbox(prompt_tokens, n_new, temperature, top_k, seed, dump_logits)
+        entry = self._power_on(mailbox, on_text)
+        self.flash.reset_stats()
+        uc_error = None
+        t0 = time.perf_counter()
+        try:
+            self.uc.emu_start(entry, 0, timeout=int(timeout_s * 1e6) if timeout_s else 0,
+                              count=int(max_instructions or 0))
+        except UcError as e:
+            uc_error = e
+        wall_s = time.perf_counter() - t0
+        self._stage_at_stop = self.trace.current  # before _result closes the stage
+        result = self._result(wall_s, t0, dump_logits)
+
+        fault = self._diagnose(uc_error, wall_s, max_instructions, timeout_s, result)
+        if fault is not None:
+            raise fault
+        code, args = self.sysctl.exit_code, self.sysctl.exit_args
+        if code != EXIT_OK:
+            raise FirmwareError(self.exit_message(code, args, result.flash_errors),
+                                code=code, name=EXIT_NAMES[code], args=args, result=result)
+        return result
+
+    def _mailbox(self, prompt, n_new, temperature, top_k, seed, dump_logits) -> bytes:
+        prompt = [int(t) for t in prompt]
+        if len(prompt) > mm.MAILBOX_MAX_PROMPT:
+            raise McugptError(f"the prompt has {len(prompt):,} tokens, the mailbox holds at most {mm.MAILBOX_MAX_PROMPT:,}")
+        for what, v, limit in (("n_new", n_new, 1 << 32), ("top_k", top_k, 1 << 32), ("seed", seed, 1 << 64),
+                               *(("prompt token", t, 1 << 32) for t in prompt)):
+            if not 0 <= int(v) < limit:
+                raise McugptError(f"{what} {v} is out of range (0 .. {limit - 1})")
+        words = {"MAGIC": mm.MAILBOX_MAGIC, "N_PROMPT": len(prompt), "N_NEW": int(n_new),
+                 "TEMPERATURE": struct.unpack("<I", struct.pack("<f", float(temperature)))[0],
+                 "TOP_K": int(top_k), "SEED_LO": int(seed) & 0xFFFFFFFF, "SEED_HI": int(seed) >> 32,
+                 "FLAGS": mm.MAILBOX_FLAGS["DUMP_LOGITS"] if dump_logits else 0}
+        buf = bytearray(mm.MAILBOX_SIZE)
+        for name, value in words.items():
+            struct.pack_into("<I", buf, mm.MAILBOX[name], value)
+        struct.pack_into(f"<{len(prompt)}I", buf, mm.MAILBOX["PROMPT"], *prompt)
+        return bytes(buf)
+
+    def _result(self, wall_s: float, t0: float, dump_logits: bool) -> RunResult:
+        self.trace.finish()
+        text = self.uart.finish()
+        stats = self.flash.stats()
+        times = [t0, *self.trace.token_times]
+        logits = None
+        if dump_logits:
+            vocab = self.trace.vocab_size
+            logits = [np.full(vocab, np.nan, np.float32) if a is None else a for a in self.trace.logits]
+        return RunResult(
+            tokens=list(self.trace.tokens), text=text,
+            exit_code=self.sysctl.exit_code, exit_args=self.sysctl.exit_args, logits=logits,
+            stages=[self.trace.stages[i] for i in sorted(self.trace.stages)],
+            positions=list(self.trace.positions),
+            flash_bytes=stats["total"]["bytes"], flash_ns=stats["elapsed_ns"], flash_commands=stats["commands"],
+            wall_s=wall_s, token_wall_s=[b - a for a, b in zip(times, times[1:])],
+            peak_ram=self.measure_ram(), uart_bytes=bytes(self.uart.data),
+            flash_errors=list(self.flashctl.errors))
+
+    # -- after the run ------------------------------------------------------------
+
+    def _painted(self, start: int, end: int) -> np.ndarray:
+        """Per word of [start, end) (clipped to SRAM, word-aligned): still the paint?"""
+        start = max(start, mm.SRAM_BASE) + 3 & ~3
+        end = min(end, mm.SRAM_BASE + self.ram_bytes) & ~3
+        if end <= start:
+            return np.zeros(0, bool)
+        return np.frombuffer(bytes(self.uc.mem_read(start, end - start)), "<u4") == PAINT
+
+    def measure_ram(self) -> PeakRam:
+        """Scan SRAM for the words the firmware wrote (see PeakRam)."""
+        sym = self.firmware.symbols
+        arena_start, arena_size = sym.get("arena", (0, 0))
+        if "arena" in sym and arena_size == 0:  # no st_size: to the end of its section
+            arena_size = next((e - arena_start for s, e, _ in self.firmware.sram_sections if s <= arena_start < e), 0)
+        high_water = 0
+        if arena_size:
+            written = np.flatnonzero(~self._painted(arena_start, arena_start + arena_size))
+            high_water = 0 if written.size == 0 else int(written[-1] + 1) * 4 - (arena_start & 3)
+            high_water = min(high_water, arena_size)
+        stack_lo, stack_hi = sym.get("_stack_bottom", (0, 0))[0], sym.get("_estack", (0, 0))[0]
+        stack_bytes = stack_used = 0
+        if "_stack_bottom" in sym and "_estack" in sym and stack_hi > stack_lo:
+            stack_bytes = stack_hi - stack_lo
+            written = np.flatnonzero(~self._painted(stack_lo, stack_hi))
+            stack_used = 0 if written.size == 0 else stack_hi - ((stack_lo + 3 & ~3) + 4 * int(written[0]))
+        excluded = [(arena_start, arena_start + arena_size), (stack_lo, stack_hi)]
+        static = 0
+        for s, e, _name in self.firmware.sram_sections:
+            static += e - s - sum(max(0, min(e, xe) - max(s, xs)) for xs, xe in excluded)
+        return PeakRam(static, arena_size, high_water, stack_bytes, stack_used, self.ram_bytes)
+
+    def _where(self, pc: int) -> tuple[str, str | None, str]:
+        func = self.firmware.function_at(pc)
+        stage = self._stage_at_stop
+        if stage is None:
+            stage_text = "outside any stage"
+        else:
+            label = self.stage_label(stage)
+            stage_text = f"in {label}" if label.startswith("stage ") else f"in stage {stage} ({label})"
+        return (f"PC 0x{pc:08x} in {func or 'unknown code'}, {stage_text}", func,
+                None if stage is None else self.stage_label(stage))
+
+    def _diagnose(self, uc_error, wall_s, max_instructions, timeout_s, result) -> BoardFault | None:
+        uc = self.uc
+        pc = uc.reg_read(UC_ARM_REG_PC)
+        first = self.faults.first
+        code = self.sysctl.exit_code
+        address = None
+        if first is not None:
+            kind, what, address = first["kind"], first["what"], first["address"]
+        elif uc_error is not None and uc_error.errno == UC_ERR_INSN_INVALID:
+            kind, what = "invalid_instruction", f"invalid instruction {self._insn_hex(pc)}"
+        elif uc_error is not None:
+            kind, what = "exception", f"emulation error: {uc_error}"
+        elif code is None and timeout_s and wall_s >= timeout_s * 0.999:
+            kind, what = "timeout", f"firmware did not finish within the {timeout_s:g} s timeout"
+        elif code is None and max_instructions:
+            kind, what = "instruction_limit", f"firmware did not finish within {max_instructions:,} instructions"
+        elif code is None:
+            kind, what = "stopped", "emulation stopped without SYSCTL.EXIT"
+        elif code == mm.EXIT_CODES.get("FAULT", (None,))[0] or code not in EXIT_NAMES:
+            # The firmware's own fault handler reported it (never happens with Unicorn's
+            # exceptions, which stop the board first, but a firmware may call it itself).
+            a0, a1, a2 = self.sysctl.exit_args
+            label = "EXIT_FAULT" if code in EXIT_NAMES else f"unknown exit code {code} (0x{code:x}; a fault handler?)"
+            kind, what = "fault_handler", f"firmware exited with {label}, ARG0 {a0} (0x{a0:x}), ARG1 0x{a1:08x}, ARG2 0x{a2:08x}"
+        else:
+            return None
+        where, func, stage = self._where(pc)
+        return BoardFault(f"board fault: {what}; {where}", kind=kind, pc=pc, function=func,
+                          address=address, stage=stage, result=result)
+
+    def _insn_hex(self, pc: int) -> str:
+        try:
+            raw = bytes(self.uc.mem_read(pc & ~1, 4))
+        except UcError:
+            return "(unreadable)"
+        hw = struct.unpack("<HH", raw)
+        return f"0x{hw[0]:04x}" if (hw[0] >> 11) < 0b11101 else f"0x{hw[0]:04x}{hw[1]:04x}"
+
+    def exit_message(self, code: int, args: tuple[int, int, int], flash_errors=()) -> str:
+        """One line for an EXIT_* code and its arguments (memory_map.EXIT_CODES)."""
+        name = EXIT_NAMES[code]
+        a0, a1, a2 = args
+        if name == "BAD_TENSOR_CRC":
+            detail = (f"weight blob CRC32 mismatch in {self.tensor_label(a0)}: stored 0x{a1:08x}, "
+                      f"computed 0x{a2:08x} (the flash image is corrupt)")
+        elif name == "CONTEXT_FULL":
+            detail = f"prompt + new tokens need {a0:,} positions, the planned context is {a1:,}"
+        elif name == "BAD_MAILBOX":
+            if a0 >= mm.MAILBOX["PROMPT"]:
+                where = f"PROMPT[{(a0 - mm.MAILBOX['PROMPT']) // 4}]"
+            else:
+                where = {off: n for n, off in mm.MAILBOX.items()}.get(a0, f"at offset 0x{a0:x}")
+            detail = f"mailbox {where} = {a1} (0x{a1:x}) is wrong or out of range"
+        elif name == "BAD_STAGE":
+            detail = f"unknown stage kind {a1} in the stage table, stage {a0} ({self.stage_label(a0)})"
+        elif name == "FLASH_ERROR":
+            bits = "|".join(n for n, b in mm.FLASH_STATUS.items() if a0 & b) or "0"
+            why = flash_errors[-1] if flash_errors else f"ARG1 0x{a1:x}, ARG2 0x{a2:x}"
+            detail = f"flash controller error (STATUS {bits}): {why}"
+        else:
+            doc = mm.EXIT_CODES[name][1].split(" (")[0]
+            numbers = ", ".join(f"{label} 0x{v:08x}" for label, v in zip(self._arg_labels(name), args))
+            detail = f"{doc}: {numbers}" if numbers else doc
+        return f"firmware exit {name}: {detail}"
+
+    @staticmethod
+    def _arg_labels(name: str) -> list[str]:
+        """'ARG0: stored, ARG1: computed' in the code's doc -> ['stored', 'computed']."""
+        return re.findall(r"ARG\d: ([^,)]+)", mm.EXIT_CODES[name][1])
+
+    # -- cleanup ----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Unmap the flash image (the board is unusable afterwards)."""
+        self.uc = self.flash = None
+        self.flashctl = self.trace = None  # they hold the flash device, which holds a view of the map
+        gc.collect()  # Unicorn's callback wrappers form reference cycles with the Uc object
+        try:
+            self._mmap.close()
+        except BufferError:  # a view of the image is still alive somewhere: the GC closes it later
+            pass
+
+    def __enter__(self) -> Board:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+

@@ -1,0 +1,353 @@
+"""The board's memory-mapped peripherals: flash controller, UART, trace unit, run control.
+
+Registers and addresses come from compiler/memory_map.py (the firmware gets the same
+numbers through include/memory_map.h). Each peripheral is mapped with `uc.mmio_map`, so it
+costs nothing until the firmware touches it: no hook runs on ordinary instructions.
+
+Registers are 32-bit. A narrower access, an offset with no register, or a write to a
+read-only register is a bus error: the peripheral records it in the shared `Faults` and
+stops the emulation, and the board turns it into a one-line BoardFault. Callbacks never
+raise for a firmware mistake (an exception inside a Unicorn callback would only resurface
+later, out of context); they record what happened and let the board report it.
+"""
+
+from __future__ import annotations
+
+import codecs
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from unicorn import UcError
+
+from compiler import memory_map as mm
+from emulator.spi_flash import FlashError, SpiNorFlash
+
+DONE = mm.FLASH_STATUS["DONE"]
+ERROR = mm.FLASH_STATUS["ERROR"]
+CRC_RESET = mm.CRC_CTRL["RESET"]
+CRC_ENABLE = mm.CRC_CTRL["ENABLE"]
+
+
+class Faults:
+    """What went wrong inside a callback, for the board to report after emu_start returns.
+
+    Only the first fault counts: it is the cause, later ones are consequences.
+    """
+
+    def __init__(self):
+        self.first: dict | None = None
+
+    def record(self, uc, kind: str, what: str, address: int | None = None) -> None:
+        if self.first is None:
+            self.first = {"kind": kind, "what": what, "address": address}
+        uc.emu_stop()
+
+
+class Peripheral:
+    """Base: a register file at `spec.base`, dispatching 32-bit reads and writes by name."""
+
+    spec: mm.Peripheral
+    read_only: tuple[str, ...] = ()
+
+    def __init__(self, faults: Faults):
+        self.faults = faults
+        self._names = {r.offset: r.name for r in self.spec.registers}
+        self.regs = {r.name: 0 for r in self.spec.registers}
+
+    def map(self, uc) -> None:
+        uc.mmio_map(self.spec.base, self.spec.size, self._read, None, self._write, None)
+
+    def _register(self, uc, offset: int, size: int, access: str) -> str | None:
+        name = self._names.get(offset)
+        addr = self.spec.base + offset
+        if name is None:
+            self.faults.record(uc, "bus_error", f"{access} at {self.spec.name}+0x{offset:03x}, "
+                                                f"which has no register", addr)
+        elif size != 4:
+            self.faults.record(uc, "bus_error", f"{size}-byte {access} of {self.spec.name}.{name} "
+                                                f"(registers are 32-bit)", addr)
+        elif access == "write" and name in self.read_only:
+            self.faults.record(uc, "bus_error", f"write to read-only {self.spec.name}.{name}", addr)
+        else:
+            return name
+        return None
+
+    def _read(self, uc, offset, size, _ud) -> int:
+        name = self._register(uc, offset, size, "read")
+        return 0 if name is None else self.read(uc, name) & 0xFFFFFFFF
+
+    def _write(self, uc, offset, size, value, _ud) -> None:
+        name = self._register(uc, offset, size, "write")
+        if name is not None:
+            self.write(uc, name, value & 0xFFFFFFFF)
+
+    def read(self, uc, name: str) -> int:
+        return self.regs[name]
+
+    def write(self, uc, name: str, value: int) -> None:
+        self.regs[name] = value
+
+
+# ----------------------------------------------------------------------------
+# flash controller: SPI NOR commands, a DMA engine and a CRC unit on the read path
+
+
+class FlashController(Peripheral):
+    """Runs each command to completion when CMD is written; STATUS then reads DONE.
+
+    READ        LEN bytes at flash ADDR -> RAM DST in one `uc.mem_write`; through the CRC
+                unit when CRC_CTRL.ENABLE is set.
+    READ_ID     JEDEC_ID = manufacturer << 16 | type << 8 | capacity.
+    READ_STATUS DEV_STATUS = the device's status register 1 (BUSY bit 0, WEL bit 1).
+    WRITE_ENABLE, PAGE_PROGRAM (LEN bytes from RAM at DST to flash ADDR), SECTOR_ERASE
+    (the 4 KiB sector holding ADDR): the controller then polls the device until it is
+    ready (auto-polling, as the STM32 OCTOSPI does), so the program/erase time is on the
+    flash clock and the next command finds the device idle.
+
+    An out-of-range read, a DST range outside SRAM, a zero LEN, an unknown command or a
+    command the device refuses (no write enable...) sets STATUS = ERROR | DONE and records
+    why in `errors` (the firmware decides what to do; the board quotes the detail if it
+    exits with FLASH_ERROR). STATUS is write-1-to-clear.
+    """
+
+    spec = mm.FLASHCTL
+    read_only = ("CRC_VALUE", "JEDEC_ID", "DEV_STATUS")
+
+    def __init__(self, faults: Faults, flash: SpiNorFlash, ram_base: int, ram_size: int):
+        super().__init__(faults)
+        self.flash = flash
+        self.ram_base, self.ram_size = ram_base, ram_size
+        self.crc = 0
+        self.crc_enabled = False
+        self.errors: list[str] = []
+        self._commands = {v: k for k, v in mm.FLASH_CMD.items()}
+
+    def read(self, uc, name):
+        if name == "CRC_VALUE":
+            return self.crc
+        if name == "CRC_CTRL":
+            return CRC_ENABLE if self.crc_enabled else 0
+        return self.regs[name]
+
+    def write(self, uc, name, value):
+        if name == "CMD":
+            self.regs["CMD"] = value
+            self.regs["STATUS"] = self._execute(uc, value)
+        elif name == "STATUS":
+            self.regs["STATUS"] &= ~value
+        elif name == "CRC_CTRL":
+            if value & CRC_RESET:
+                self.crc = 0
+            self.crc_enabled = bool(value & CRC_ENABLE)
+        else:
+            self.regs[name] = value
+
+    def _fail(self, msg: str) -> int:
+        self.errors.append(msg)
+        return ERROR | DONE
+
+    def _ram_range_ok(self, start: int, length: int) -> bool:
+        return self.ram_base <= start and start + length <= self.ram_base + self.ram_size
+
+    def _execute(self, uc, cmd: int) -> int:
+        name = self._commands.get(cmd)
+        addr, dst, length = self.regs["ADDR"], self.regs["DST"], self.regs["LEN"]
+        f = self.flash
+        try:
+            if name == "READ":
+                if length == 0:
+                    return self._fail(f"READ of 0 bytes at flash 0x{addr:x}")
+                if not self._ram_range_ok(dst, length):
+                    return self._fail(f"READ of {length} bytes to 0x{dst:08x}..0x{dst + length:08x}: "
+                                      f"not inside SRAM (0x{self.ram_base:08x}..0x{self.ram_base + self.ram_size:08x})")
+                data = f.read(addr, length)
+                uc.mem_write(dst, data)  # the DMA: one write for the whole transfer
+                if self.crc_enabled:
+                    self.crc = zlib.crc32(data, self.crc)
+            elif name == "READ_ID":
+                self.regs["JEDEC_ID"] = int.from_bytes(f.read_jedec_id(), "big")
+            elif name == "READ_STATUS":
+                self.regs["DEV_STATUS"] = f.read_status()
+            elif name == "WRITE_ENABLE":
+                f.write_enable()
+            elif name == "PAGE_PROGRAM":
+                if not self._ram_range_ok(dst, length):
+                    return self._fail(f"PAGE_PROGRAM source 0x{dst:08x} ({length} bytes) is not inside SRAM")
+                f.page_program(addr, bytes(uc.mem_read(dst, length)))
+                f.wait_ready()
+            elif name == "SECTOR_ERASE":
+                f.sector_erase(addr)
+                f.wait_ready()
+            else:
+                return self._fail(f"unknown flash command {cmd}")
+        except (FlashError, ValueError, UcError) as e:
+            return self._fail(f"{name}: {e}")
+        return DONE
+
+
+# ----------------------------------------------------------------------------
+# UART: text out, streamed as it arrives
+
+
+class Uart(Peripheral):
+    """Each DATA write sends one byte. `on_text` gets decoded text as soon as a character
+    is complete: GPT-2 tokens are byte sequences, and a multi-byte UTF-8 character may be
+    split across two tokens (two runs of writes); the incremental decoder holds the first
+    part back until the rest arrives. Invalid UTF-8 becomes U+FFFD."""
+
+    spec = mm.UART
+    read_only = ("STATUS",)
+
+    def __init__(self, faults: Faults, on_text: Callable[[str], None] | None = None):
+        super().__init__(faults)
+        self.on_text = on_text
+        self.data = bytearray()
+        self._parts: list[str] = []
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def read(self, uc, name):
+        return 1 if name == "STATUS" else 0  # always ready to send
+
+    def write(self, uc, name, value):
+        byte = value & 0xFF
+        self.data.append(byte)
+        self._emit(self._decoder.decode(bytes((byte,))))
+
+    def _emit(self, piece: str) -> None:
+        if piece:
+            self._parts.append(piece)
+            if self.on_text is not None:
+                self.on_text(piece)
+
+    def finish(self) -> str:
+        """Flush an incomplete trailing character (as U+FFFD) and return all the text."""
+        self._emit(self._decoder.decode(b"", final=True))
+        return "".join(self._parts)
+
+
+# ----------------------------------------------------------------------------
+# trace unit: stage accounting, tokens, positions, the logits debug channel
+
+
+@dataclass
+class StageStats:
+    """What one stage cost over the whole run (all its calls, summed)."""
+
+    index: int
+    name: str
+    calls: int = 0
+    flash_bytes: int = 0      # bytes moved over the flash bus (data phases)
+    flash_ns: float = 0.0     # simulated flash time, program/erase waits included
+    wall_s: float = 0.0       # host seconds spent emulating it
+
+
+class Trace(Peripheral):
+    """STAGE opens a stage (closing the running one); TRACE_IDLE closes it.
+
+    A stage is charged the flash bytes and the simulated flash time of the commands issued
+    while it is open, and the host time that passed. TOKEN appends a generated token and
+    its wall time. The logits channel: on the LOGITS_COUNT write, COUNT float32 at
+    LOGITS_ADDR are copied into [FIRST:FIRST + COUNT] of the current step's logits; a step
+    ends at a TOKEN write, so the logits dumped before token k are the ones that chose it.
+    """
+
+    spec = mm.TRACE
+
+    def __init__(self, faults: Faults, flash: SpiNorFlash, stage_name: Callable[[int], str],
+                 vocab_size: int = 0):
+        super().__init__(faults)
+        self.flash = flash
+        self.stage_name = stage_name
+        self.vocab_size = vocab_size
+        self.stages: dict[int, StageStats] = {}
+        self.current: int | None = None
+        self._opened = (0, 0.0, 0.0)
+        self.tokens: list[int] = []
+        self.token_times: list[float] = []  # perf_counter at each TOKEN write
+        self.positions: list[int] = []
+        self.logits: list[np.ndarray | None] = []
+        self._step_logits: np.ndarray | None = None
+
+    def _flash_now(self) -> tuple[int, float]:
+        return self.flash.stats()["total"]["bytes"], self.flash.now_ns
+
+    def _close(self) -> None:
+        if self.current is None:
+            return
+        nbytes, ns = self._flash_now()
+        b0, ns0, t0 = self._opened
+        s = self.stages[self.current]
+        s.flash_bytes += nbytes - b0
+        s.flash_ns += ns - ns0
+        s.wall_s += time.perf_counter() - t0
+        self.current = None
+
+    def finish(self) -> None:
+        self._close()
+
+    def read(self, uc, name):
+        if name == "STAGE":
+            return mm.TRACE_IDLE if self.current is None else self.current
+        return self.regs[name]
+
+    def write(self, uc, name, value):
+        self.regs[name] = value
+        if name == "STAGE":
+            self._close()
+            if value != mm.TRACE_IDLE:
+                s = self.stages.get(value)
+                if s is None:
+                    s = self.stages[value] = StageStats(value, self.stage_name(value))
+                s.calls += 1
+                self.current = value
+                self._opened = (*self._flash_now(), time.perf_counter())
+        elif name == "TOKEN":
+            self.tokens.append(value)
+            self.token_times.append(time.perf_counter())
+            self.logits.append(self._step_logits)
+            self._step_logits = None
+        elif name == "POSITION":
+            self.positions.append(value)
+        elif name == "LOGITS_COUNT":
+            self._logits_tile(uc, self.regs["LOGITS_ADDR"], self.regs["LOGITS_FIRST"], value)
+
+    def _logits_tile(self, uc, addr: int, first: int, count: int) -> None:
+        try:
+            tile = np.frombuffer(bytes(uc.mem_read(addr, 4 * count)), "<f4")
+        except UcError:
+            self.faults.record(uc, "bus_error", f"logits tile of {count} floats at 0x{addr:08x} "
+                                                f"is outside mapped memory", addr)
+            return
+        end = first + count
+        step = self._step_logits
+        if step is None:
+            step = np.full(max(self.vocab_size, end), np.nan, np.float32)
+        elif len(step) < end:
+            step = np.concatenate([step, np.full(end - len(step), np.nan, np.float32)])
+        step[first:end] = tile
+        self._step_logits = step
+
+
+# ----------------------------------------------------------------------------
+# run control
+
+
+class SysCtl(Peripheral):
+    """ARG0..2 then EXIT: the run stops with that code (`exit_code`, `exit_args`)."""
+
+    spec = mm.SYSCTL
+
+    def __init__(self, faults: Faults):
+        super().__init__(faults)
+        self.exit_code: int | None = None
+        self.exit_args: tuple[int, int, int] = (0, 0, 0)
+
+    def write(self, uc, name, value):
+        self.regs[name] = value
+        if name == "EXIT":
+            self.exit_code = value
+            self.exit_args = (self.regs["ARG0"], self.regs["ARG1"], self.regs["ARG2"])
+            uc.emu_stop()

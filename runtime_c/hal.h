@@ -1,0 +1,53 @@
+// The hardware abstraction layer: everything the runtime asks of the board, and nothing more.
+//
+// Two implementations, one interface:
+//   hal_board.c  the Cortex-M7 board: memory-mapped registers from include/memory_map.h
+//   hal_host.c   a host program: the flash image is a file, the mailbox comes from argv
+// so the same runtime.c runs on the emulated board and as a native test program.
+#ifndef MCUGPT_HAL_H
+#define MCUGPT_HAL_H
+
+#include <stdint.h>
+
+// Called once by main() before anything else. The board ignores the arguments (it has
+// none); the host reads the image path and the request (prompt, settings) from them.
+void hal_init(int argc, char** argv);
+
+// ----------------------------------------------------------------------------
+// external flash: DMA reads, optionally fed through the CRC unit
+
+// Copy len bytes at flash byte address flash_addr to dst. The CRC unit does not see them.
+// A controller error ends the run: board_exit(EXIT_FLASH_ERROR, status, flash_addr, len).
+void flash_read(uint32_t flash_addr, void* dst, uint32_t len);
+
+// The CRC unit is single-channel: one running CRC32 (zlib's) at a time. To check a blob,
+//   crc_begin(); flash_read_crc(...) for each of its pieces, in order; crc_value()
+// with no plain flash_read of anything else in between.
+void crc_begin(void);
+void flash_read_crc(uint32_t flash_addr, void* dst, uint32_t len);
+uint32_t crc_value(void);
+
+// ----------------------------------------------------------------------------
+// output and trace
+
+// Bytes of generated text (the UART on the board, stdout on the host).
+void uart_write(const uint8_t* bytes, uint32_t n);
+
+// Events the board uses to attribute time and I/O, and to collect the results:
+void trace_stage(uint32_t stage_index);   // a stage starts; TRACE_IDLE between tokens
+void trace_position(uint32_t pos);        // a forward pass for position pos starts
+void trace_token(uint32_t token);         // a token was chosen
+// Debug channel: count logits of vocabulary ids first .. first+count-1 are at p.
+void trace_logits(const float* p, uint32_t first, uint32_t count);
+
+// ----------------------------------------------------------------------------
+// the request, and the end of the run
+
+// One u32 word of the mailbox the host filled before reset, at a MAILBOX_*_OFFSET byte
+// offset (memory_map.h). runtime.c decodes the settings and the prompt from these words.
+uint32_t mailbox_word(uint32_t byte_offset);
+
+// Stop with an EXIT_* code (memory_map.h) and three numbers that explain it.
+__attribute__((noreturn)) void board_exit(uint32_t code, uint32_t a0, uint32_t a1, uint32_t a2);
+
+#endif // MCUGPT_HAL_H

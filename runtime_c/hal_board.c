@@ -1,0 +1,79 @@
+// The HAL on the board: polled memory-mapped peripherals, addresses from memory_map.h.
+// Freestanding C99: no libc, no interrupts (the emulated M7 has no usable NVIC).
+#include <stdint.h>
+#include "hal.h"
+#include "memory_map.h"
+
+// The flash controller's DMA writes RAM behind the compiler's back, and the board reads
+// the logits tile from RAM when told to. "dsb" waits for the core's own writes to land;
+// the "memory" clobber stops the compiler from moving loads and stores across it.
+static inline void barrier(void) { __asm__ volatile("dsb" ::: "memory"); }
+
+void hal_init(int argc, char** argv) {
+    (void)argc;
+    (void)argv;
+}
+
+// ----------------------------------------------------------------------------
+// flash controller: ADDR, DST, LEN, then CMD = READ; poll STATUS until DONE
+
+static void dma_read(uint32_t flash_addr, void* dst, uint32_t len) {
+    if (len == 0) return;
+    barrier();
+    FLASHCTL_ADDR = flash_addr;
+    FLASHCTL_DST = (uint32_t)(uintptr_t)dst;
+    FLASHCTL_LEN = len;
+    FLASHCTL_CMD = FLASH_CMD_READ;
+    uint32_t status;
+    do {
+        status = FLASHCTL_STATUS;
+        if (status & FLASH_STATUS_ERROR) board_exit(EXIT_FLASH_ERROR, status, flash_addr, len);
+    } while (!(status & FLASH_STATUS_DONE));
+    barrier();
+}
+
+void flash_read(uint32_t flash_addr, void* dst, uint32_t len) {
+    FLASHCTL_CRC_CTRL = 0;            // keep these bytes out of any running CRC
+    dma_read(flash_addr, dst, len);
+}
+
+void crc_begin(void) { FLASHCTL_CRC_CTRL = CRC_RESET | CRC_ENABLE; }
+
+void flash_read_crc(uint32_t flash_addr, void* dst, uint32_t len) {
+    FLASHCTL_CRC_CTRL = CRC_ENABLE;   // no RESET: continue the blob's CRC
+    dma_read(flash_addr, dst, len);
+}
+
+uint32_t crc_value(void) { return FLASHCTL_CRC_VALUE; }
+
+// ----------------------------------------------------------------------------
+// UART and trace unit
+
+void uart_write(const uint8_t* bytes, uint32_t n) {
+    for (uint32_t i = 0; i < n; i++) UART_DATA = bytes[i];
+}
+
+void trace_stage(uint32_t stage_index) { TRACE_STAGE = stage_index; }
+void trace_position(uint32_t pos) { TRACE_POSITION = pos; }
+void trace_token(uint32_t token) { TRACE_TOKEN = token; }
+
+void trace_logits(const float* p, uint32_t first, uint32_t count) {
+    barrier();                        // the tile must be in RAM before the board reads it
+    TRACE_LOGITS_ADDR = (uint32_t)(uintptr_t)p;
+    TRACE_LOGITS_FIRST = first;
+    TRACE_LOGITS_COUNT = count;       // last: this write makes the board read the tile
+}
+
+// ----------------------------------------------------------------------------
+// mailbox and run control
+
+uint32_t mailbox_word(uint32_t byte_offset) { return REG32(MAILBOX_BASE + byte_offset); }
+
+void board_exit(uint32_t code, uint32_t a0, uint32_t a1, uint32_t a2) {
+    SYSCTL_ARG0 = a0;
+    SYSCTL_ARG1 = a1;
+    SYSCTL_ARG2 = a2;
+    SYSCTL_EXIT = code;               // the board stops here
+    for (;;) {
+    }
+}

@@ -1,0 +1,438 @@
+// The firmware's runtime: GPT-2, one atomic stage at a time, weights streamed from flash.
+//
+// A token's journey, in the order of this file:
+//   1. boot: check the flash image (header, plan id, tables) and the host's request
+//   2. forward(): for each stage of the image's stage table, in order, read its weights from
+//      flash into the arena (a tile of matrix rows at a time, every blob CRC-checked) and
+//      apply it to the activations: embed, then per block ln_1, attn_qkv, attn_core,
+//      attn_proj, ln_2, mlp, then the head's logits, one vocabulary tile at a time, into a
+//      running top-k
+//   3. choose the next token from the top-k (greedy or seeded sampling), print its bytes,
+//      and feed it back to 2.
+// It computes what compiler/reference.py computes, operation for operation.
+//
+// RAM: every buffer sits in one static arena at the offset the memory plan gave it
+// (model_plan.h). Nothing is allocated; nothing of the image's tables is kept in RAM
+// beyond the entry being used. Freestanding C11, float32 only.
+#include <stddef.h>
+#include <stdint.h>
+#include "flash_layout.h"
+#include "hal.h"
+#include "kernels.h"
+#include "memory_map.h"
+#include "model_plan.h"
+#include "prng.h"
+#include "runtime.h"
+
+// ----------------------------------------------------------------------------
+// the arena: one block of RAM, every buffer at its planned offset
+//
+// On the board it is a NOLOAD section that startup never zeroes (the board paints RAM
+// before reset to measure how much of the arena was really touched). Nothing here reads a
+// buffer before writing it, so it needs no zeroing either.
+
+#ifdef __arm__
+#define ARENA_SECTION __attribute__((section(".bss.arena")))
+#else
+#define ARENA_SECTION
+#endif
+uint8_t arena[ARENA_BYTES] ARENA_SECTION __attribute__((aligned(32)));
+
+#define BUF(name) ((float*)(arena + BUF_##name##_OFFSET))
+// x       (N_EMBD,)            the residual stream
+// h       (N_EMBD,)            layer-norm output; the input of the next matrix
+// qkv     (3 N_EMBD,)          query, key, value of this position
+// att     (N_EMBD,)            attention output, heads side by side
+// hidden  (4 N_EMBD,)          MLP hidden layer
+// scores  (N_CTX,)             one head's attention weights
+// params  (vector,)            the stage's current vector(s): gain+bias, or one bias
+// weights (tile rows, cols)    one tile of a matrix streamed from flash
+// logits  (head tile rows,)    one vocabulary tile of logits
+// kv      keys (N_LAYER, N_CTX, N_EMBD), then values (N_LAYER, N_CTX, N_EMBD)
+#define TOPK ((TopK*)(arena + BUF_TOPK_OFFSET))  // the head's running top-k
+#define KV_KEYS(layer) (BUF(KV) + (size_t)(layer) * N_CTX * N_EMBD)
+#define KV_VALUES(layer) (BUF(KV) + (size_t)(N_LAYER + (layer)) * N_CTX * N_EMBD)
+
+// The plan sized the buffers; these say what this file puts in them.
+#define F32 4u
+_Static_assert(BUF_X_BYTES >= N_EMBD * F32 && BUF_H_BYTES >= N_EMBD * F32, "x, h");
+_Static_assert(BUF_QKV_BYTES >= 3 * N_EMBD * F32 && BUF_ATT_BYTES >= N_EMBD * F32, "qkv, att");
+_Static_assert(BUF_HIDDEN_BYTES >= 4 * N_EMBD * F32 && BUF_SCORES_BYTES >= N_CTX * F32, "hidden, scores");
+_Static_assert(BUF_PARAMS_BYTES >= 4 * N_EMBD * F32, "params: the largest bias (b_fc), or gain+bias");
+_Static_assert(BUF_KV_BYTES >= 2u * N_LAYER * N_CTX * N_EMBD * F32, "kv");
+_Static_assert(BUF_LOGITS_BYTES >= TILE_ROWS_HEAD_WTE * F32, "logits");
+_Static_assert(TILE_ROWS_ATTN_QKV_W * N_EMBD * F32 <= BUF_WEIGHTS_BYTES &&
+               TILE_ROWS_ATTN_PROJ_W * N_EMBD * F32 <= BUF_WEIGHTS_BYTES &&
+               TILE_ROWS_MLP_W_FC * N_EMBD * F32 <= BUF_WEIGHTS_BYTES &&
+               TILE_ROWS_MLP_W_PROJ * 4 * N_EMBD * F32 <= BUF_WEIGHTS_BYTES &&
+               TILE_ROWS_HEAD_WTE * N_EMBD * F32 <= BUF_WEIGHTS_BYTES, "weight tiles");
+_Static_assert(BUF_TOPK_BYTES >= sizeof(TopK), "topk: the head's running top-k");
+_Static_assert(N_CTX <= N_CTX_MODEL && N_EMBD == N_HEAD * HEAD_DIM, "model shape");
+
+// The few things kept outside the arena (.bss, the plan's firmware reserve):
+static ImageHeader header;   // the image's header, checked at boot
+static Prng rng;             // seeded once per run
+
+// The host's request, from the mailbox.
+typedef struct {
+    uint32_t n_prompt;       // prompt tokens, 1..
+    uint32_t n_new;          // tokens to generate
+    float temperature;       // 0: greedy
+    uint32_t top_k;          // 1..TOPK_MAX, for sampling
+    uint64_t seed;
+    uint32_t flags;          // MAILBOX_FLAG_*
+} Request;
+static Request request;
+
+// ----------------------------------------------------------------------------
+// reading the image: one table entry at a time, every blob through the CRC unit
+
+static void read_stage(uint32_t i, StageEntry* s) {
+    flash_read(header.tables_offset + i * (uint32_t)sizeof(StageEntry), s, sizeof *s);
+}
+
+// The TensorEntry of the stage's tensor in role `role` (the kind's order, stages.py).
+// Returns its index in the tensor table.
+static uint32_t read_tensor(uint32_t stage, const StageEntry* s, uint32_t role, TensorEntry* t) {
+    if (role >= s->n_tensors) board_exit(EXIT_BAD_STAGE, stage, s->kind, role);
+    uint32_t index = s->tensors[role];
+    if (index >= header.tensor_count) board_exit(EXIT_BAD_STAGE, stage, s->kind, index);
+    uint32_t tensors_offset = header.tables_offset + header.stage_count * (uint32_t)sizeof(StageEntry);
+    flash_read(tensors_offset + index * (uint32_t)sizeof(TensorEntry), t, sizeof *t);
+    return index;
+}
+
+// A tensor must have the shape this code is about to put in a buffer, or it would overrun it.
+static void expect_shape(uint32_t stage, const StageEntry* s, uint32_t index, const TensorEntry* t,
+                         uint32_t rows, uint32_t cols) {
+    if (t->rows != rows || t->cols != cols || t->size != rows * cols * F32 || t->dtype != DTYPE_FP32) {
+        board_exit(EXIT_BAD_STAGE, stage, s->kind, index);
+    }
+}
+
+static void check_crc(uint32_t index, const TensorEntry* t) {
+    uint32_t computed = crc_value();
+    if (computed != t->crc) board_exit(EXIT_BAD_TENSOR_CRC, index, t->crc, computed);
+}
+
+// dst (n,) = a whole vector tensor (gain or bias), CRC-checked.
+static void load_vector(uint32_t stage, const StageEntry* s, uint32_t role, float* dst, uint32_t n) {
+    TensorEntry t;
+    uint32_t index = read_tensor(stage, s, role, &t);
+    expect_shape(stage, s, index, &t, 1, n);
+    crc_begin();
+    flash_read_crc(t.offset, dst, t.size);
+    check_crc(index, &t);
+}
+
+// A matrix [rows, cols] streamed through the weights buffer, tile_rows rows at a time:
+//   MatrixStream m; matrix_open(&m, ...);
+//   while (matrix_next_tile(&m)) { use BUF(WEIGHTS) = rows m.row .. m.row + m.n - 1 }
+//   matrix_close(&m);   // the blob's CRC, over all its tiles
+typedef struct {
+    TensorEntry t;
+    uint32_t index;       // in the tensor table
+    uint32_t tile_rows;   // rows per tile, from the plan
+    uint32_t row;         // first row of the current tile
+    uint32_t n;           // rows in the current tile (the last one may be short)
+} MatrixStream;
+
+static void matrix_open(MatrixStream* m, uint32_t stage, const StageEntry* s, uint32_t role,
+                        uint32_t rows, uint32_t cols, uint32_t tile_rows) {
+    m->index = read_tensor(stage, s, role, &m->t);
+    expect_shape(stage, s, m->index, &m->t, rows, cols);
+    m->tile_rows = tile_rows;
+    m->row = 0;
+    m->n = 0;
+    crc_begin();   // after the TensorEntry read: nothing else may feed this CRC
+}
+
+static int matrix_next_tile(MatrixStream* m) {
+    m->row += m->n;
+    if (m->row >= m->t.rows) return 0;
+    m->n = m->t.rows - m->row < m->tile_rows ? m->t.rows - m->row : m->tile_rows;
+    uint32_t row_bytes = m->t.cols * F32;
+    flash_read_crc(m->t.offset + m->row * row_bytes, BUF(WEIGHTS), m->n * row_bytes);
+    return 1;
+}
+
+static void matrix_close(MatrixStream* m) { check_crc(m->index, &m->t); }
+
+// y[r] = y[r] + (b[r] + w_r . x) for each row of a tile: a projection added to the
+// residual stream, in the reference's order x + (x_in @ W + b).
+static void matvec_rows_residual(float* y, const float* w_tile, const float* b, const float* x,
+                                 uint32_t rows, uint32_t cols) {
+    for (uint32_t r = 0; r < rows; r++) {
+        y[r] = y[r] + (b[r] + vec_dot(w_tile + (size_t)r * cols, x, (int)cols));
+    }
+}
+
+// ----------------------------------------------------------------------------
+// the stages: each reads its weights, transforms the activations, and is done
+
+// embed: x = wte[token] + wpe[pos]. Only two rows are read, so there is no CRC to check
+// (a CRC covers a whole blob); the head reads all of wte every token and checks it.
+static void stage_embed(uint32_t i, const StageEntry* s, uint32_t token, uint32_t pos) {
+    TensorEntry wte, wpe;
+    uint32_t wte_index = read_tensor(i, s, 0, &wte);
+    uint32_t wpe_index = read_tensor(i, s, 1, &wpe);
+    expect_shape(i, s, wte_index, &wte, VOCAB_SIZE, N_EMBD);
+    expect_shape(i, s, wpe_index, &wpe, N_CTX_MODEL, N_EMBD);
+    flash_read(wte.offset + token * N_EMBD * F32, BUF(X), N_EMBD * F32);
+    flash_read(wpe.offset + pos * N_EMBD * F32, BUF(H), N_EMBD * F32);
+    add_inplace(BUF(X), BUF(H), N_EMBD);
+}
+
+// ln_1, ln_2: h = layernorm(x) * gain + bias
+static void stage_layernorm(uint32_t i, const StageEntry* s) {
+    float* gain = BUF(PARAMS);
+    float* bias = BUF(PARAMS) + N_EMBD;
+    load_vector(i, s, 0, gain, N_EMBD);
+    load_vector(i, s, 1, bias, N_EMBD);
+    layernorm(BUF(H), BUF(X), gain, bias, N_EMBD, LN_EPS);
+}
+
+// attn_qkv: qkv = W h + b, W [3 N_EMBD, N_EMBD]
+static void stage_attn_qkv(uint32_t i, const StageEntry* s) {
+    float* b = BUF(PARAMS);
+    load_vector(i, s, 1, b, 3 * N_EMBD);   // the bias first: one blob in the CRC unit at a time
+    MatrixStream m;
+    matrix_open(&m, i, s, 0, 3 * N_EMBD, N_EMBD, TILE_ROWS_ATTN_QKV_W);
+    while (matrix_next_tile(&m)) {
+        matvec_rows(BUF(QKV) + m.row, BUF(WEIGHTS), b + m.row, BUF(H), (int)m.n, N_EMBD);
+    }
+    matrix_close(&m);
+}
+
+// attn_core: append this position's key and value to the layer's KV cache, then each head
+// attends over positions 0..pos: att = softmax(q k^T / sqrt(HEAD_DIM)) v
+static void stage_attn_core(uint32_t i, const StageEntry* s, uint32_t pos) {
+    if (s->layer >= N_LAYER) board_exit(EXIT_BAD_STAGE, i, s->kind, s->layer);
+    const float* q = BUF(QKV);
+    const float* k = BUF(QKV) + N_EMBD;
+    const float* v = BUF(QKV) + 2 * N_EMBD;
+    float* keys = KV_KEYS(s->layer);       // (N_CTX, N_EMBD): row t = every head's key at t
+    float* values = KV_VALUES(s->layer);
+    for (uint32_t d = 0; d < N_EMBD; d++) {
+        keys[(size_t)pos * N_EMBD + d] = k[d];
+        values[(size_t)pos * N_EMBD + d] = v[d];
+    }
+    for (uint32_t head = 0; head < N_HEAD; head++) {
+        uint32_t c = head * HEAD_DIM;      // the head's columns in q, the cache rows and att
+        attention_head(BUF(ATT) + c, q + c, keys + c, values + c, (int)pos + 1, HEAD_DIM, N_EMBD,
+                       BUF(SCORES));
+    }
+}
+
+// attn_proj: x += W att + b, W [N_EMBD, N_EMBD]
+static void stage_attn_proj(uint32_t i, const StageEntry* s) {
+    float* b = BUF(PARAMS);
+    load_vector(i, s, 1, b, N_EMBD);
+    MatrixStream m;
+    matrix_open(&m, i, s, 0, N_EMBD, N_EMBD, TILE_ROWS_ATTN_PROJ_W);
+    while (matrix_next_tile(&m)) {
+        matvec_rows_residual(BUF(X) + m.row, BUF(WEIGHTS), b + m.row, BUF(ATT), m.n, N_EMBD);
+    }
+    matrix_close(&m);
+}
+
+// mlp: hidden = gelu(W_fc h + b_fc), W_fc [4 N_EMBD, N_EMBD];
+//      x += W_proj hidden + b_proj, W_proj [N_EMBD, 4 N_EMBD]
+// Each bias is loaded just before its matrix: the params buffer holds one vector at a time.
+static void stage_mlp(uint32_t i, const StageEntry* s) {
+    float* b = BUF(PARAMS);
+    MatrixStream m;
+    load_vector(i, s, 1, b, 4 * N_EMBD);
+    matrix_open(&m, i, s, 0, 4 * N_EMBD, N_EMBD, TILE_ROWS_MLP_W_FC);
+    while (matrix_next_tile(&m)) {
+        matvec_rows(BUF(HIDDEN) + m.row, BUF(WEIGHTS), b + m.row, BUF(H), (int)m.n, N_EMBD);
+    }
+    matrix_close(&m);
+    gelu_tanh(BUF(HIDDEN), 4 * N_EMBD);
+
+    load_vector(i, s, 3, b, N_EMBD);
+    matrix_open(&m, i, s, 2, N_EMBD, 4 * N_EMBD, TILE_ROWS_MLP_W_PROJ);
+    while (matrix_next_tile(&m)) {
+        matvec_rows_residual(BUF(X) + m.row, BUF(WEIGHTS), b + m.row, BUF(HIDDEN), m.n, 4 * N_EMBD);
+    }
+    matrix_close(&m);
+}
+
+// head: h = layernorm(x) (ln_f); logits = wte h, one vocabulary tile at a time, each tile
+// offered to the running top-k and then overwritten: the whole logits vector never exists.
+static void stage_head(uint32_t i, const StageEntry* s) {
+    float* gain = BUF(PARAMS);
+    float* bias = BUF(PARAMS) + N_EMBD;
+    load_vector(i, s, 0, gain, N_EMBD);
+    load_vector(i, s, 1, bias, N_EMBD);
+    layernorm(BUF(H), BUF(X), gain, bias, N_EMBD, LN_EPS);
+
+    // greedy is top-k with k = 1: the largest logit, the lower id on ties
+    topk_init(TOPK, request.temperature == 0.0f ? 1 : (int)request.top_k);
+    MatrixStream m;
+    matrix_open(&m, i, s, 2, VOCAB_SIZE, N_EMBD, TILE_ROWS_HEAD_WTE);
+    while (matrix_next_tile(&m)) {
+        matvec_rows(BUF(LOGITS), BUF(WEIGHTS), NULL, BUF(H), (int)m.n, N_EMBD);
+        topk_push(TOPK, BUF(LOGITS), (int)m.row, (int)m.n);
+        if (request.flags & MAILBOX_FLAG_DUMP_LOGITS) trace_logits(BUF(LOGITS), m.row, m.n);
+    }
+    matrix_close(&m);   // checked before the token is chosen from these logits
+}
+
+// ----------------------------------------------------------------------------
+// one forward pass: the image's stages in order, for one token at one position
+
+static void forward(uint32_t token, uint32_t pos, int need_logits) {
+    trace_position(pos);
+    for (uint32_t i = 0; i < header.stage_count; i++) {
+        StageEntry s;
+        read_stage(i, &s);
+        if (s.kind == STAGE_HEAD && !need_logits) continue;   // nobody reads these logits
+        trace_stage(i);
+        switch (s.kind) {
+        case STAGE_EMBED: stage_embed(i, &s, token, pos); break;
+        case STAGE_LN_1:
+        case STAGE_LN_2: stage_layernorm(i, &s); break;
+        case STAGE_ATTN_QKV: stage_attn_qkv(i, &s); break;
+        case STAGE_ATTN_CORE: stage_attn_core(i, &s, pos); break;
+        case STAGE_ATTN_PROJ: stage_attn_proj(i, &s); break;
+        case STAGE_MLP: stage_mlp(i, &s); break;
+        case STAGE_HEAD: stage_head(i, &s); break;
+        default: board_exit(EXIT_BAD_STAGE, i, s.kind, 0);
+        }
+    }
+    trace_stage(TRACE_IDLE);
+}
+
+// ----------------------------------------------------------------------------
+// the token: choose it from the top-k, print its bytes
+
+static uint32_t choose(void) {
+    if (request.temperature == 0.0f) return (uint32_t)TOPK->idx[0];
+    return (uint32_t)sample_topk(TOPK, request.temperature, &rng);
+}
+
+// The token table: (VOCAB_SIZE + 1) u32 offsets, then the bytes; token t is
+// bytes[off[t] .. off[t+1]). Read in small pieces: a token is rarely longer than 16 bytes.
+static void print_token(uint32_t token) {
+    uint32_t off[2];
+    flash_read(header.tokens_offset + token * 4u, off, sizeof off);
+    uint32_t bytes = header.tokens_offset + (VOCAB_SIZE + 1) * 4u;
+    uint8_t chunk[64];
+    for (uint32_t p = off[0]; p < off[1];) {
+        uint32_t n = off[1] - p < sizeof chunk ? off[1] - p : (uint32_t)sizeof chunk;
+        flash_read(bytes + p, chunk, n);
+        uart_write(chunk, n);
+        p += n;
+    }
+}
+
+// ----------------------------------------------------------------------------
+// boot checks: the image, then the request
+
+// The image must be the one this firmware was generated for: its plan id, and so its
+// model's shape. Each mismatch ends the run naming the header field (byte offset) in ARG2.
+static void expect_field(uint32_t found, uint32_t expected, uint32_t field_offset) {
+    if (found != expected) board_exit(EXIT_PLAN_MISMATCH, found, expected, field_offset);
+}
+
+// CRC32 of a section of the image, streamed through the CRC unit a weights buffer at a time.
+static uint32_t section_crc(uint32_t offset, uint32_t size) {
+    crc_begin();
+    for (uint32_t done = 0; done < size;) {
+        uint32_t left = size - done;
+        uint32_t n = left < BUF_WEIGHTS_BYTES ? left : BUF_WEIGHTS_BYTES;
+        flash_read_crc(offset + done, BUF(WEIGHTS), n);
+        done += n;
+    }
+    return crc_value();
+}
+
+static void check_image(void) {
+    // the header: magic, version, then its CRC over the bytes before header_crc
+    crc_begin();
+    flash_read_crc(0, &header, HEADER_CRC_SPAN);
+    uint32_t computed = crc_value();
+    flash_read(HEADER_CRC_SPAN, &header.header_crc, sizeof header - HEADER_CRC_SPAN);
+    if (header.magic != IMAGE_MAGIC) board_exit(EXIT_BAD_MAGIC, header.magic, IMAGE_MAGIC, 0);
+    if (header.version != IMAGE_FORMAT_VERSION) {
+        board_exit(EXIT_BAD_VERSION, header.version, IMAGE_FORMAT_VERSION, 0);
+    }
+    if (header.header_crc != computed) board_exit(EXIT_BAD_HEADER_CRC, header.header_crc, computed, 0);
+
+    expect_field(header.plan_id, PLAN_ID, offsetof(ImageHeader, plan_id));
+    expect_field(header.n_layer, N_LAYER, offsetof(ImageHeader, n_layer));
+    expect_field(header.n_head, N_HEAD, offsetof(ImageHeader, n_head));
+    expect_field(header.n_embd, N_EMBD, offsetof(ImageHeader, n_embd));
+    expect_field(header.n_ctx_model, N_CTX_MODEL, offsetof(ImageHeader, n_ctx_model));
+    expect_field(header.n_ctx, N_CTX, offsetof(ImageHeader, n_ctx));
+    expect_field(header.vocab_size, VOCAB_SIZE, offsetof(ImageHeader, vocab_size));
+    expect_field(header.dtype, DTYPE_FP32, offsetof(ImageHeader, dtype));
+    union { float f; uint32_t u; } eps_found = {header.ln_eps}, eps_expected = {LN_EPS};
+    expect_field(eps_found.u, eps_expected.u, offsetof(ImageHeader, ln_eps));   // float bits
+
+    // the stage and tensor tables, and the token table the text comes from
+    computed = section_crc(header.tables_offset, header.tables_size);
+    if (computed != header.tables_crc) board_exit(EXIT_BAD_TABLES_CRC, header.tables_crc, computed, 0);
+    computed = section_crc(header.tokens_offset, header.tokens_size);
+    if (computed != header.tokens_crc) board_exit(EXIT_BAD_TOKENS_CRC, header.tokens_crc, computed, 0);
+}
+
+// A bad setting ends the run naming the mailbox field (its byte offset) and the value.
+__attribute__((noreturn)) static void bad_setting(uint32_t field_offset, uint32_t value) {
+    board_exit(EXIT_BAD_MAILBOX, field_offset, value, 0);
+}
+
+static void read_request(void) {
+    uint32_t magic = mailbox_word(MAILBOX_MAGIC_OFFSET);
+    if (magic != MAILBOX_MAGIC) bad_setting(MAILBOX_MAGIC_OFFSET, magic);
+    Request* r = &request;
+    r->n_prompt = mailbox_word(MAILBOX_N_PROMPT_OFFSET);
+    r->n_new = mailbox_word(MAILBOX_N_NEW_OFFSET);
+    union { uint32_t u; float f; } temperature = {mailbox_word(MAILBOX_TEMPERATURE_OFFSET)};
+    r->temperature = temperature.f;
+    r->top_k = mailbox_word(MAILBOX_TOP_K_OFFSET);
+    r->seed = (uint64_t)mailbox_word(MAILBOX_SEED_HI_OFFSET) << 32 | mailbox_word(MAILBOX_SEED_LO_OFFSET);
+    r->flags = mailbox_word(MAILBOX_FLAGS_OFFSET);
+
+    if (r->n_prompt < 1) bad_setting(MAILBOX_N_PROMPT_OFFSET, r->n_prompt);
+    // as reference.check_context: every prompt and new token needs a KV cache position
+    // (the last new token is never fed back, but counting it keeps the rule simple)
+    uint64_t needed = (uint64_t)r->n_prompt + r->n_new;
+    if (needed > N_CTX) {
+        board_exit(EXIT_CONTEXT_FULL, needed > UINT32_MAX ? UINT32_MAX : (uint32_t)needed, N_CTX, 0);
+    }
+    if (r->n_prompt > MAILBOX_MAX_PROMPT) bad_setting(MAILBOX_N_PROMPT_OFFSET, r->n_prompt);
+    if (!(r->temperature >= 0.0f)) bad_setting(MAILBOX_TEMPERATURE_OFFSET, temperature.u);  // NaN too
+    if (r->top_k < 1 || r->top_k > TOPK_MAX) bad_setting(MAILBOX_TOP_K_OFFSET, r->top_k);
+    for (uint32_t t = 0; t < r->n_prompt; t++) {
+        uint32_t id = mailbox_word(MAILBOX_PROMPT_OFFSET + 4 * t);
+        if (id >= VOCAB_SIZE) bad_setting(MAILBOX_PROMPT_OFFSET + 4 * t, id);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// generation: exactly compiler/reference.py generate()
+
+void mcugpt_run(void) {
+    check_image();
+    read_request();
+    prng_init(&rng, request.seed);
+    uint32_t n_prompt = request.n_prompt, n_total = request.n_prompt + request.n_new;
+
+    // the prompt fills the KV cache; only its last position's logits choose a token
+    for (uint32_t pos = 0; pos < n_prompt; pos++) {
+        int last = pos + 1 == n_prompt;
+        forward(mailbox_word(MAILBOX_PROMPT_OFFSET + 4 * pos), pos, last && request.n_new > 0);
+    }
+    // each new token is chosen, printed, and fed back (except the last: nobody needs
+    // the logits after it)
+    for (uint32_t pos = n_prompt; pos < n_total; pos++) {
+        uint32_t token = choose();
+        trace_token(token);
+        print_token(token);
+        if (pos + 1 < n_total) forward(token, pos, 1);
+    }
+    trace_stage(TRACE_IDLE);
+    board_exit(EXIT_OK, request.n_new, 0, 0);
+}
