@@ -16,6 +16,8 @@ EXAMPLES = """examples:
   mcugpt compile --model tiny --ram 1MiB --out build/t  a tiny model under a 1 MiB budget
   mcugpt compile --weights ~/gpt2-hf --out build/real   a Hugging Face checkpoint folder
   mcugpt reference --model gpt2 --prompt "Hello" --tokens 8 --json
+  mcugpt run --build build/gpt2 --prompt "Hello, my name is" --tokens 16
+  mcugpt run --build build/gpt2 --prompt "Once" --temperature 0.8 --top-k 40 --seed 7 --check
   mcugpt inspect build/gpt2/flash.img
 """
 
@@ -68,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="context to plan for (KV cache positions); default: the model's, or the "
                         "largest the RAM budget allows")
     c.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    c.add_argument("--cc", default="zig", choices=["zig", "arm-none-eabi-gcc"],
+                   help="C compiler for DIR/firmware.elf: zig (pip-installed, the default) or "
+                        "arm-none-eabi-gcc")
     c.add_argument("--json", action="store_true", help="print the plan as JSON instead of tables")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -81,6 +86,30 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(r)
     r.add_argument("--json", action="store_true",
                    help="print one JSON object: prompt_tokens, tokens, text and settings")
+
+    u = sub.add_parser("run", help="generate text on the emulated Cortex-M7 board",
+                       description="Run DIR/firmware.elf on the emulated board (Unicorn Cortex-M7, SPI NOR "
+                                   "flash holding DIR/flash.img), stream the text as it is generated, then "
+                                   "print a summary: emulation speed, simulated device time per token "
+                                   "(flash I/O simulated from datasheet timing, compute estimated from "
+                                   "the work done), flash bytes per token, measured peak RAM vs the plan, "
+                                   "and the slowest stage kinds.")
+    u.add_argument("--build", required=True, metavar="DIR", help="a folder written by `mcugpt compile`")
+    u.add_argument("--prompt", required=True, help="text to continue")
+    u.add_argument("--tokens", type=int, default=16, metavar="N", help="tokens to generate (default 16)")
+    u.add_argument("--greedy", action="store_true", help="always take the most likely token (the default)")
+    u.add_argument("--temperature", type=float, default=0.0, help="sample with this temperature (> 0)")
+    u.add_argument("--top-k", type=int, default=40, help="sample among the k most likely tokens (default 40)")
+    u.add_argument("--seed", "--sample-seed", type=int, default=0, dest="sample_seed",
+                   help="seed of the sampling PRNG (default 0)")
+    u.add_argument("--ram", type=parse_size, metavar="BYTES",
+                   help="SRAM the board maps (default: the plan's budget); touching more is a fault")
+    u.add_argument("--flash", default="w25q-quad", metavar="PRESET",
+                   help="flash timing preset: w25q-quad (quad SPI 133 MHz, default) or octal-dtr (200 MHz DTR)")
+    u.add_argument("--check", action="store_true",
+                   help="also run the numpy reference and compare tokens and logits")
+    u.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the board after this much host time")
+    u.add_argument("--json", action="store_true", help="print one JSON object (no streaming text)")
 
     i = sub.add_parser("inspect", help="print and verify a flash image",
                        description="Print the image's header, stage table and tensor table, and "
@@ -96,7 +125,7 @@ def cmd_compile(a) -> None:
     from .report import plan_summary, size, stage_table
     t0 = time.time()
     res = compile_model(a.model, Path(a.out), weights_dir=a.weights, seed=a.seed, ram=a.ram,
-                        ctx=a.ctx, quiet=a.quiet or a.json)
+                        ctx=a.ctx, quiet=a.quiet or a.json, cc=a.cc)
     if a.json:
         print(res.plan.to_json())
         return
@@ -104,7 +133,8 @@ def cmd_compile(a) -> None:
     print()
     print(plan_summary(res.plan.data))
     print(f"flash image  {res.out_dir / 'flash.img'}: {size(res.image_header['image_size'])}")
-    print(f"wrote        {res.out_dir}/model.onnx, plan.json, flash.img, include/*.h in {time.time() - t0:.1f} s")
+    print(f"wrote        {res.out_dir}/model.onnx, plan.json, flash.img, firmware.elf, include/*.h "
+          f"in {time.time() - t0:.1f} s")
 
 
 def cmd_reference(a) -> None:
@@ -135,6 +165,33 @@ def cmd_reference(a) -> None:
         print(a.prompt + text)
 
 
+def cmd_run(a) -> None:
+    from emulator.run import Build, run, to_json
+    from .report import run_summary
+    from .sampler import Sampling
+    build = Build.open(a.build)
+    sampling = Sampling(0.0 if a.greedy else a.temperature, a.top_k, a.sample_seed)
+
+    def stream(text):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    if not a.json:
+        stream(a.prompt)
+    report = run(build, a.prompt, a.tokens, sampling, ram=a.ram, flash=a.flash,
+                 on_text=None if a.json else stream, check=a.check, timeout_s=a.timeout)
+    if a.json:
+        print(to_json(report))
+    else:
+        print("\n")
+        print(run_summary(report))
+    if a.check and not (report["check"]["tokens_equal"] and report["check"]["logits_within_tolerance"]):
+        raise McugptError(f"the board's tokens {report['tokens']} differ from the reference's "
+                          f"{report['check']['reference_tokens']}" if not report["check"]["tokens_equal"] else
+                          f"the board's logits differ from the reference's by up to "
+                          f"{report['check']['logits_max_abs_error']:.3g}")
+
+
 def cmd_inspect(a) -> None:
     from .flash_image import read_image
     from .pipeline import progress_bar
@@ -152,7 +209,7 @@ def cmd_inspect(a) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"compile": cmd_compile, "reference": cmd_reference, "inspect": cmd_inspect}[args.command](args)
+        {"compile": cmd_compile, "reference": cmd_reference, "run": cmd_run, "inspect": cmd_inspect}[args.command](args)
     except McugptError as e:
         print(f"mcugpt: error: {e}", file=sys.stderr)
         return 1

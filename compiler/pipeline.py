@@ -12,6 +12,7 @@ from tqdm import tqdm
 from .codegen import write_headers
 from .config import GPTConfig, config_from_hf, load_preset
 from .errors import McugptError
+from .firmware import build as build_firmware
 from .flash_image import write_image
 from .onnx_export import export_onnx, initializer_array
 from .partition import Stage, partition
@@ -52,7 +53,9 @@ class Compiled:
 
 
 def compile_model(model: str | None, out_dir: Path, weights_dir: str | None = None, seed: int = 0,
-                  ram: int = DEFAULT_RAM, ctx: int | None = None, quiet: bool = False) -> Compiled:
+                  ram: int = DEFAULT_RAM, ctx: int | None = None, quiet: bool = False,
+                  cc: str | None = "zig") -> Compiled:
+    """Everything `mcugpt compile` writes; `cc=None` skips the firmware build."""
     progress = progress_bar(quiet)
     cfg, weights, tok = load_model(model, weights_dir, seed, progress)
     out_dir = Path(out_dir)
@@ -75,6 +78,8 @@ def compile_model(model: str | None, out_dir: Path, weights_dir: str | None = No
     source = {"model": cfg.name, "preset": None if weights_dir else cfg.name,
               "weights": str(Path(weights_dir).resolve()) if weights_dir else None, "seed": seed}
     (out_dir / "build.json").write_text(json.dumps(source, indent=1))
+    if cc:
+        build_firmware(out_dir, plan, cc=cc)
     return Compiled(cfg, stages, plan, out_dir, header)
 
 

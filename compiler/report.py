@@ -78,3 +78,41 @@ def image_tables(img) -> str:
              for i, t in enumerate(img.tensors)]
     tensor_t = table(["#", "tensor", "offset", "bytes", "shape", "crc32"], trows, "rlrrrr")
     return f"{head}\n\nstages\n{stage_t}\n\ntensors\n{tensor_t}"
+
+
+def seconds(s: float) -> str:
+    if s >= 1:
+        return f"{s:.2f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.1f} ms"
+    return f"{s * 1e6:.0f} us"
+
+
+def run_summary(r: dict) -> str:
+    d, ram = r["device"], r["peak_ram"]
+    n = len(r["tokens"])
+    lines = [
+        f"model        {r['model']} ({r['dtype']}) on the emulated Cortex-M7: {size(r['ram_mapped'])} SRAM, "
+        f"{r['flash']} flash",
+        f"tokens       {n} generated after a {len(r['prompt_tokens'])}-token prompt",
+        f"emulator     {seconds(r['wall_s'])} on this machine: {r['emulated_tokens_per_s']:.2f} tokens/s "
+        f"({seconds(r['decode_wall_s_per_token'])} per generated token)",
+        f"device time  {seconds(d['s_per_token'])} per token = flash I/O {seconds(d['io_s_per_token'])} "
+        f"+ compute {seconds(d['compute_s_per_token'])} -> {d['tokens_per_s']:.2f} tokens/s",
+        f"             I/O: {d['io_model']}",
+        f"             compute: {d['compute_model']}",
+        f"flash read   {size(r['flash_bytes_per_token'])} per token",
+        f"peak RAM     {size(ram['measured'])} measured ({ram['measured']:,} B: static {size(ram['static'])}, "
+        f"arena high-water {size(ram['arena_high_water'])}, stack {size(ram['stack_used'])}) "
+        f"vs plan {size(ram['plan'])}",
+    ]
+    if "check" in r:
+        c = r["check"]
+        verdict = "equal" if c["tokens_equal"] else f"DIFFERENT (reference {c['reference_tokens']})"
+        lines.append(f"reference    tokens {verdict}; logits max |error| {c['logits_max_abs_error']:.2g} "
+                     f"(tolerance {c['tolerance']['atol']:g} + {c['tolerance']['rtol']:g} x |logit|)")
+    rows = [[k["kind"], k["stages"], seconds(k["io_s"]), seconds(k["compute_s"]),
+             size(k["flash_bytes"]), f"{100 * k['share']:.0f}%"] for k in r["stage_kinds"]]
+    lines += ["", "slowest stage kinds, per token (all layers)",
+              table(["kind", "stages", "flash I/O", "compute", "flash read", "share"], rows, "lrrrrr")]
+    return "\n".join(lines)

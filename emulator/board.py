@@ -131,6 +131,7 @@ class RunResult:
     logits: list[np.ndarray] | None          # with dump_logits: one float32 array per token (NaN where not dumped)
     stages: list[StageStats]                 # per stage index that ran, in index order
     positions: list[int]                     # TRACE.POSITION writes
+    per_position: list                       # PositionStats per position computed, in order
     flash_bytes: int                         # over the whole run
     flash_ns: float                          # simulated flash time, program/erase waits included
     flash_commands: dict                     # SpiNorFlash.stats()["commands"]: per command kind
@@ -454,7 +455,7 @@ class Board:
             tokens=list(self.trace.tokens), text=text,
             exit_code=self.sysctl.exit_code, exit_args=self.sysctl.exit_args, logits=logits,
             stages=[self.trace.stages[i] for i in sorted(self.trace.stages)],
-            positions=list(self.trace.positions),
+            positions=list(self.trace.positions), per_position=list(self.trace.per_position),
             flash_bytes=stats["total"]["bytes"], flash_ns=stats["elapsed_ns"], flash_commands=stats["commands"],
             wall_s=wall_s, token_wall_s=[b - a for a, b in zip(times, times[1:])],
             peak_ram=self.measure_ram(), uart_bytes=bytes(self.uart.data),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import codecs
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -244,6 +244,17 @@ class StageStats:
     wall_s: float = 0.0       # host seconds spent emulating it
 
 
+@dataclass
+class PositionStats:
+    """What computing one position (one token through every stage) cost."""
+
+    position: int
+    stages: list[int] = field(default_factory=list)  # stage indices that ran, in order
+    flash_bytes: int = 0
+    flash_ns: float = 0.0
+    wall_s: float = 0.0
+
+
 class Trace(Peripheral):
     """STAGE opens a stage (closing the running one); TRACE_IDLE closes it.
 
@@ -268,6 +279,8 @@ class Trace(Peripheral):
         self.tokens: list[int] = []
         self.token_times: list[float] = []  # perf_counter at each TOKEN write
         self.positions: list[int] = []
+        self.per_position: list[PositionStats] = []
+        self._position_opened = (0, 0.0, 0.0)
         self.logits: list[np.ndarray | None] = []
         self._step_logits: np.ndarray | None = None
 
@@ -285,8 +298,16 @@ class Trace(Peripheral):
         s.wall_s += time.perf_counter() - t0
         self.current = None
 
+    def _close_position(self) -> None:
+        if self.per_position:
+            nbytes, ns = self._flash_now()
+            b0, ns0, t0 = self._position_opened
+            p = self.per_position[-1]
+            p.flash_bytes, p.flash_ns, p.wall_s = nbytes - b0, ns - ns0, time.perf_counter() - t0
+
     def finish(self) -> None:
         self._close()
+        self._close_position()
 
     def read(self, uc, name):
         if name == "STAGE":
@@ -303,6 +324,8 @@ class Trace(Peripheral):
                     s = self.stages[value] = StageStats(value, self.stage_name(value))
                 s.calls += 1
                 self.current = value
+                if self.per_position:
+                    self.per_position[-1].stages.append(value)
                 self._opened = (*self._flash_now(), time.perf_counter())
         elif name == "TOKEN":
             self.tokens.append(value)
@@ -311,6 +334,9 @@ class Trace(Peripheral):
             self._step_logits = None
         elif name == "POSITION":
             self.positions.append(value)
+            self._close_position()
+            self.per_position.append(PositionStats(value))
+            self._position_opened = (*self._flash_now(), time.perf_counter())
         elif name == "LOGITS_COUNT":
             self._logits_tile(uc, self.regs["LOGITS_ADDR"], self.regs["LOGITS_FIRST"], value)
 

@@ -1,0 +1,161 @@
+"""`mcugpt run`: a compiled build on the emulated board, and the figures a user asks for.
+
+    prompt text -> GPT-2 tokens -> mailbox -> firmware on the board -> tokens + UART text
+                -> summary: speed on this machine, simulated device time per token (flash I/O
+                   simulated from datasheet timing, compute estimated: compute_estimate.py),
+                   flash bytes per token, measured peak RAM against the plan
+"""
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from compiler.errors import McugptError
+from compiler.plan import Plan
+from compiler.pipeline import load_build_source, load_model
+from compiler.reference import Reference, check_context, generate
+from compiler.sampler import TOPK_MAX, Sampling
+from compiler.tokenizer import encode
+from emulator import compute_estimate
+from emulator.board import Board, RunResult
+from emulator.flash_timing import DEFAULT_PRESET, PRESETS
+
+# Emulator logits agree with numpy's to ~1e-6 relative (different summation orders);
+# this is the bound the tests and --check hold them to.
+LOGIT_ATOL, LOGIT_RTOL = 1e-4, 1e-4
+
+
+@dataclass
+class Build:
+    """A folder written by `mcugpt compile`."""
+    path: Path
+    plan: Plan
+    source: dict
+
+    @classmethod
+    def open(cls, path) -> "Build":
+        path = Path(path)
+        source = load_build_source(path)
+        for f in ("plan.json", "flash.img", "firmware.elf"):
+            if not (path / f).is_file():
+                raise McugptError(f"{path}: no {f}; rerun `mcugpt compile --out {path}`")
+        return cls(path, Plan.load(path / "plan.json"), source)
+
+    def model(self):
+        """(config, weights, tokenizer), as the build was compiled."""
+        return load_model(self.source["preset"] if not self.source["weights"] else self.source["model"],
+                          self.source["weights"], self.source["seed"])
+
+    def tokenizer(self):
+        from compiler.tokenizer import load_tokenizer
+        return load_tokenizer(self.source["weights"])
+
+
+def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | None = None,
+        flash: str = DEFAULT_PRESET, on_text=None, dump_logits: bool = False, check: bool = False,
+        timeout_s: float | None = None) -> dict:
+    if flash not in PRESETS:
+        raise McugptError(f"unknown flash preset '{flash}' (known: {', '.join(PRESETS)})")
+    if sampling.temperature < 0:
+        raise McugptError(f"--temperature {sampling.temperature}: must be >= 0")
+    if not 1 <= sampling.top_k <= TOPK_MAX:
+        raise McugptError(f"--top-k {sampling.top_k}: must be between 1 and {TOPK_MAX}")
+    if n_new < 1:
+        raise McugptError(f"--tokens {n_new}: must be at least 1")
+    tok = build.tokenizer()
+    prompt_tokens = encode(tok, prompt)
+    check_context(len(prompt_tokens), n_new, build.plan.data["ctx"])
+    with Board(build.path / "firmware.elf", build.path / "flash.img",
+               ram_bytes=ram or build.plan.data["ram_budget"], flash_preset=flash) as board:
+        result = board.run(prompt_tokens, n_new, temperature=sampling.temperature, top_k=sampling.top_k,
+                           seed=sampling.seed, dump_logits=dump_logits or check, on_text=on_text,
+                           timeout_s=timeout_s)
+    report = summarize(build, result, prompt, prompt_tokens, flash)
+    if check:
+        report["check"] = compare_with_reference(build, prompt_tokens, n_new, sampling, result)
+    return report
+
+
+def compare_with_reference(build: Build, prompt_tokens, n_new, sampling, result: RunResult) -> dict:
+    cfg, weights, _ = build.model()
+    t0 = time.perf_counter()
+    ref = generate(Reference(cfg, weights), prompt_tokens, n_new, sampling,
+                   n_ctx=build.plan.data["ctx"], keep_logits=True)
+    err = max(float(np.max(np.abs(a - b))) for a, b in zip(result.logits, ref.logits))
+    scale = max(float(np.max(np.abs(b))) for b in ref.logits)
+    close = all(np.allclose(a, b, atol=LOGIT_ATOL, rtol=LOGIT_RTOL) for a, b in zip(result.logits, ref.logits))
+    return {"reference_tokens": ref.tokens, "tokens_equal": ref.tokens == result.tokens,
+            "logits_max_abs_error": err, "logits_max_abs": scale, "logits_within_tolerance": close,
+            "tolerance": {"atol": LOGIT_ATOL, "rtol": LOGIT_RTOL},
+            "reference_wall_s": time.perf_counter() - t0}
+
+
+def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[int], flash: str) -> dict:
+    plan = build.plan.data
+    m = plan["model"]
+    stages = plan["stages"]
+    n_prompt = len(prompt_tokens)
+
+    def compute_ns(p):
+        return sum(compute_estimate.stage_compute_ns(stages[i], m["n_embd"], m["n_head"], p.position)
+                   for i in p.stages)
+
+    # A generated token costs one forward pass that ends in the head: positions
+    # n_prompt-1 onwards. The prompt's other positions skip the head (prefill).
+    decode = [p for p in result.per_position if p.position >= n_prompt - 1]
+    prefill = [p for p in result.per_position if p.position < n_prompt - 1]
+    mean = lambda xs: sum(xs) / len(xs) if xs else 0.0
+    io_s = mean([p.flash_ns for p in decode]) * 1e-9
+    compute_s = mean([compute_ns(p) for p in decode]) * 1e-9
+    device_s = io_s + compute_s
+
+    by_kind = {}
+    n_decode = max(len(decode), 1)
+    last_pos = decode[-1].position if decode else 0
+    for s in result.stages:
+        row = stages[s.index]
+        k = by_kind.setdefault(row["kind"], {"kind": row["kind"], "stages": 0, "io_s": 0.0, "compute_s": 0.0,
+                                             "flash_bytes": 0})
+        k["stages"] += 1
+        # per generated token: this stage's share of the run, scaled to decode passes
+        per_call_io = s.flash_ns * 1e-9 / s.calls
+        k["io_s"] += per_call_io
+        k["flash_bytes"] += s.flash_bytes // s.calls
+        k["compute_s"] += compute_estimate.stage_compute_ns(row, m["n_embd"], m["n_head"], last_pos) * 1e-9
+    kinds = sorted(by_kind.values(), key=lambda k: -(k["io_s"] + k["compute_s"]))
+    total = sum(k["io_s"] + k["compute_s"] for k in kinds) or 1.0
+    for k in kinds:
+        k["share"] = (k["io_s"] + k["compute_s"]) / total
+
+    ram = result.peak_ram
+    return {
+        "model": m["name"], "dtype": plan["dtype"], "flash": flash, "ram_mapped": ram.ram_mapped,
+        "prompt": prompt, "prompt_tokens": prompt_tokens, "tokens": result.tokens, "text": result.text,
+        "wall_s": result.wall_s,
+        "emulated_tokens_per_s": len(result.tokens) / result.wall_s if result.wall_s else 0.0,
+        "decode_wall_s_per_token": mean([p.wall_s for p in decode]),
+        "prefill_positions": len(prefill),
+        "device": {
+            "io_s_per_token": io_s, "compute_s_per_token": compute_s, "s_per_token": device_s,
+            "tokens_per_s": 1.0 / device_s if device_s else 0.0,
+            "compute_model": f"{compute_estimate.CYCLES_PER_MAC:g} cycles/MAC at "
+                             f"{compute_estimate.CPU_HZ / 1e6:g} MHz (estimate, emulator/compute_estimate.py)",
+            "io_model": f"{flash} flash, simulated from datasheet timing (emulator/flash_timing.py)",
+        },
+        "flash_bytes_per_token": int(mean([p.flash_bytes for p in decode])),
+        "flash_bytes_total": result.flash_bytes,
+        "peak_ram": {"measured": ram.peak_bytes, "static": ram.static_bytes,
+                     "arena_high_water": ram.arena_high_water, "arena": ram.arena_bytes,
+                     "stack_used": ram.stack_used, "stack_reserve": ram.stack_bytes,
+                     "plan": plan["peak_ram_bytes"], "plan_arena": plan["arena_bytes"]},
+        "stage_kinds": kinds,
+        "stages": [{"index": s.index, "name": s.name, "calls": s.calls, "flash_bytes": s.flash_bytes,
+                    "flash_s": s.flash_ns * 1e-9, "wall_s": s.wall_s} for s in result.stages],
+    }
+
+
+def to_json(report: dict) -> str:
+    return json.dumps(report, indent=1)
