@@ -1,11 +1,13 @@
 # mcugpt: `make run` and `make test` set up everything they need (a venv in .venv/).
 #
-#   make run          compile MODEL into build/MODEL and generate TOKENS tokens from PROMPT
+#   make run          compile MODEL into build/MODEL (if needed), generate TOKENS tokens from
+#                     PROMPT on the emulated board, check them against the numpy reference
 #   make test         the whole pytest suite (what CI runs)
 #   make flash-image  compile MODEL: build/MODEL/{model.onnx,plan.json,flash.img,include/}
 #   make clean        remove build/ (keeps the venv); `make distclean` removes the venv too
 #
-# Variables: MODEL (gpt2, distilgpt2, gpt2-medium, tiny), RAM (e.g. 4MiB), PROMPT, TOKENS.
+# Variables: MODEL (gpt2, distilgpt2, gpt2-medium, tiny), RAM (e.g. 4MiB), PROMPT, TOKENS,
+#            FLASH (w25q-quad, octal-dtr).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -14,6 +16,7 @@ MODEL  ?= gpt2
 RAM    ?= 64MiB
 PROMPT ?= The staged method runs a language model on a microcontroller by
 TOKENS ?= 16
+FLASH  ?= w25q-quad
 BUILD  := build/$(MODEL)
 
 .PHONY: run test flash-image clean distclean venv toolchain
@@ -38,10 +41,13 @@ toolchain:
 flash-image: $(VENV)/.installed
 	$(BIN)/mcugpt compile --model $(MODEL) --ram $(RAM) --out $(BUILD)
 
-run: flash-image
-	@echo "--- numpy reference (the tokens the emulated board must produce) ---"
-	$(BIN)/mcugpt reference --model $(MODEL) --prompt "$(PROMPT)" --tokens $(TOKENS)
-	@echo "--- emulated Cortex-M7 board: not yet (the runtime and emulator arrive next) ---"
+# Compile (weights, ONNX, stages, plan, flash image, firmware) only when something changed,
+# then generate on the emulated board and compare with the numpy reference (--check).
+run: $(BUILD)/firmware.elf
+	$(BIN)/mcugpt run --build $(BUILD) --prompt "$(PROMPT)" --tokens $(TOKENS) --flash $(FLASH) --check
+
+$(BUILD)/firmware.elf: $(VENV)/.installed $(wildcard compiler/*.py compiler/templates/* runtime_c/* models/*)
+	$(BIN)/mcugpt compile --model $(MODEL) --ram $(RAM) --out $(BUILD)
 
 test: $(VENV)/.installed toolchain
 	$(BIN)/python -m pytest -q

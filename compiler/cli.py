@@ -172,12 +172,16 @@ def cmd_run(a) -> None:
     build = Build.open(a.build)
     sampling = Sampling(0.0 if a.greedy else a.temperature, a.top_k, a.sample_seed)
 
-    def stream(text):
+    started = False
+
+    def stream(text):  # the prompt, then the text as the board prints it
+        nonlocal started
+        if not started:
+            sys.stdout.write(a.prompt)
+            started = True
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    if not a.json:
-        stream(a.prompt)
     report = run(build, a.prompt, a.tokens, sampling, ram=a.ram, flash=a.flash,
                  on_text=None if a.json else stream, check=a.check, timeout_s=a.timeout)
     if a.json:

@@ -66,10 +66,10 @@ def render_linker_script(plan: Plan) -> str:
         firmware=d["reserved"]["firmware"], asserts=LINK_ASSERTS)
 
 
-def sources(target: str) -> list[Path]:
+def sources(target: str, runtime: Path = RUNTIME_C) -> list[Path]:
     """runtime_c/*.c for the board ("board") or the host ("host")."""
     skip = HOST_ONLY if target == "board" else BOARD_ONLY
-    return sorted(p for p in RUNTIME_C.glob("*.c") if p.name not in skip)
+    return sorted(p for p in runtime.glob("*.c") if p.name not in skip)
 
 
 def _check_headers(include: Path, plan: Plan) -> None:
@@ -84,9 +84,9 @@ def _check_headers(include: Path, plan: Plan) -> None:
 
 
 def _command(cc: str, include: Path, out: Path, ld: Path | None, plan: Plan,
-             sanitize: bool) -> list[str]:
+             sanitize: bool, runtime: Path) -> list[str]:
     defines = [f"-DTOPK_MAX={plan.data['topk_max']}"]   # kernels.c's TopK must match the plan's
-    paths = [f"-I{RUNTIME_C}", f"-I{include}"]
+    paths = [f"-I{runtime}", f"-I{include}"]
     if cc == "zig":
         if importlib.util.find_spec("ziglang") is None:
             raise McugptError("the zig C compiler is not installed (pip package ziglang)")
@@ -103,7 +103,7 @@ def _command(cc: str, include: Path, out: Path, ld: Path | None, plan: Plan,
         head = [host, *(SANITIZE_FLAGS if sanitize else [])]
     target = "host" if cc == "host" else "board"
     tail = ["-lgcc"] if cc == "arm-none-eabi-gcc" else []
-    return [*head, *COMMON_FLAGS, *defines, *paths, *map(str, sources(target)), "-o", str(out), *tail]
+    return [*head, *COMMON_FLAGS, *defines, *paths, *map(str, sources(target, runtime)), "-o", str(out), *tail]
 
 
 def _first_error(output: str) -> str:
@@ -119,10 +119,12 @@ def _first_error(output: str) -> str:
     return lines[0] if lines else "no output"
 
 
-def build(out_dir, plan: Plan | dict, cc: str = "zig", sanitize: bool = False) -> Path:
+def build(out_dir, plan: Plan | dict, cc: str = "zig", sanitize: bool = False,
+          runtime: Path = RUNTIME_C) -> Path:
     """Compile runtime_c/ against out_dir/include for the board (cc = "zig" or
     "arm-none-eabi-gcc": out_dir/firmware.elf) or the host (cc = "host":
-    out_dir/firmware_host; sanitize adds AddressSanitizer and UBSan). Returns the path."""
+    out_dir/firmware_host; sanitize adds AddressSanitizer and UBSan). Returns the path.
+    `runtime` is the C source folder: tests pass a deliberately broken copy of runtime_c/."""
     if cc not in COMPILERS:
         raise McugptError(f"unknown firmware compiler '{cc}' (known: {', '.join(COMPILERS)})")
     if sanitize and cc != "host":
@@ -141,11 +143,11 @@ def build(out_dir, plan: Plan | dict, cc: str = "zig", sanitize: bool = False) -
         text = render_linker_script(plan)
         if not ld.is_file() or ld.read_text() != text:
             ld.write_text(text)
-    cmd = _command(cc, include, out, ld, plan, sanitize)
+    cmd = _command(cc, include, out, ld, plan, sanitize, Path(runtime))
 
     # Rebuild only when something that goes into the binary changed.
     h = hashlib.sha256("\0".join(cmd).encode())
-    for p in [*sorted(RUNTIME_C.glob("*.[ch]")), *sorted(include.glob("*.h")), *([ld] if ld else [])]:
+    for p in [*sorted(Path(runtime).glob("*.[ch]")), *sorted(include.glob("*.h")), *([ld] if ld else [])]:
         h.update(p.name.encode() + b"\0" + p.read_bytes())
     stamp = out.with_name(out.name + ".inputs")
     if out.is_file() and stamp.is_file() and stamp.read_text() == h.hexdigest():

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from compiler.errors import McugptError
+from compiler.flash_image import read_image
 from compiler.plan import Plan
 from compiler.pipeline import load_build_source, load_model
 from compiler.reference import Reference, check_context, generate
@@ -68,6 +69,9 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
     tok = build.tokenizer()
     prompt_tokens = encode(tok, prompt)
     check_context(len(prompt_tokens), n_new, build.plan.data["ctx"])
+    # The firmware checks the image too (and is tested to); checking here first gives the
+    # host's clearer message for a truncated, foreign or damaged image.
+    read_image(build.path / "flash.img", verify_weights=False)
     with Board(build.path / "firmware.elf", build.path / "flash.img",
                ram_bytes=ram or build.plan.data["ram_budget"], flash_preset=flash) as board:
         result = board.run(prompt_tokens, n_new, temperature=sampling.temperature, top_k=sampling.top_k,

@@ -13,7 +13,7 @@ import pytest
 
 from compiler import memory_map
 from compiler.errors import McugptError
-from compiler.firmware import _command, build, render_linker_script
+from compiler.firmware import RUNTIME_C, _command, build, render_linker_script
 from compiler.plan import Plan
 
 elffile = pytest.importorskip("elftools.elf.elffile")
@@ -109,7 +109,8 @@ def test_sources_compile_without_warnings(tiny_build, tmp_path):
     ld = tmp_path / "firmware.ld"
     ld.write_text(render_linker_script(tiny_build.plan))
     for cc in ["zig", "host", *(["arm-none-eabi-gcc"] if shutil.which("arm-none-eabi-gcc") else [])]:
-        cmd = _command(cc, tiny_build.out_dir / "include", tmp_path / f"fw_{cc}", ld, tiny_build.plan, False)
+        cmd = _command(cc, tiny_build.out_dir / "include", tmp_path / f"fw_{cc}", ld, tiny_build.plan, False,
+                       RUNTIME_C)
         res = subprocess.run([*cmd, *strict], capture_output=True, text=True)
         assert res.returncode == 0, f"{cc}: {res.stderr}"
 

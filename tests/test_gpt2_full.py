@@ -1,4 +1,4 @@
-"""GPT-2 124M at full size: the compile a user runs with `make flash-image`."""
+"""GPT-2 124M at full size: `make flash-image`, then a few tokens on the emulated board."""
 
 import json
 
@@ -10,13 +10,29 @@ from conftest import mcugpt
 pytestmark = pytest.mark.slow
 
 
-def test_gpt2_124m_compiles_to_72_stages_and_a_verified_image(tmp_path):
-    out = mcugpt("compile", "--model", "gpt2", "--out", tmp_path, "--quiet", check=True).stdout
-    plan = json.loads((tmp_path / "plan.json").read_text())
+@pytest.fixture(scope="module")
+def gpt2_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpt2")
+    stdout = mcugpt("compile", "--model", "gpt2", "--out", out, "--quiet", check=True).stdout
+    return out, stdout
+
+
+def test_gpt2_124m_compiles_to_72_stages_and_a_verified_image(gpt2_build):
+    out, stdout = gpt2_build
+    plan = json.loads((out / "plan.json").read_text())
     assert plan["totals"]["block_stages"] == 72
     assert plan["totals"]["weight_bytes"] == 124_439_808 * 4
     assert plan["peak_ram_bytes"] <= 64 << 20
-    assert f"context      {plan['ctx']} tokens (the model's is 1024" in out
-    img = read_image(tmp_path / "flash.img")  # every CRC
+    assert f"context      {plan['ctx']} tokens (the model's is 1024" in stdout
+    img = read_image(out / "flash.img")  # every CRC
     assert img.header["stage_count"] == 74
-    assert img.header["image_size"] > 124_439_808 * 4
+    assert (out / "firmware.elf").is_file()
+
+
+def test_gpt2_124m_on_the_board_equals_the_reference(gpt2_build):
+    out, _ = gpt2_build
+    r = json.loads(mcugpt("run", "--build", out, "--prompt", "Hello, my name is", "--tokens", "3",
+                          "--json", "--check", check=True).stdout)
+    assert r["check"]["tokens_equal"] and r["check"]["logits_within_tolerance"]
+    assert r["peak_ram"]["measured"] <= r["peak_ram"]["plan"] <= 64 << 20
+    assert r["flash_bytes_per_token"] >= 124_439_808 * 4 * 0.99

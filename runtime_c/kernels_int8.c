@@ -1,0 +1,187 @@
+// int8 kernels of the firmware: the arithmetic is compiler/quantize.py's, bit for bit
+// (see kernels_int8.h for the exact definitions and the alignment rules).
+#include <stddef.h>
+#include <stdint.h>
+#include "kernels_int8.h"
+
+#define QMAX 127.0f
+
+// ----------------------------------------------------------------------------
+// activation quantization
+
+void quantize_vector_i8(int8_t* q, float* scale, const float* x, int n) {
+    // |x| by comparison rather than by clearing the sign bit: -0.0f stays -0.0f, which
+    // compares equal to 0 and so never becomes the maximum. The maximum of a set does not
+    // depend on the order it is taken in, so this equals numpy's np.abs(x).max().
+    float amax = 0.0f;
+    for (int i = 0; i < n; i++) {
+        float a = x[i] < 0.0f ? -x[i] : x[i];
+        if (a > amax) amax = a;
+    }
+    if (amax == 0.0f) {
+        for (int i = 0; i < n; i++) q[i] = 0;
+        *scale = 0.0f;
+        return;
+    }
+    float inv = QMAX / amax;
+    for (int i = 0; i < n; i++) {
+        float v = x[i] * inv;
+        // quantize.py's round_half_away: v + where(v >= 0, 0.5, -0.5), one float32 add
+        // (so -0.0f gets +0.5f, as np.where does), then truncation toward zero: C's
+        // float -> int conversion (VCVT.S32.F32 on the M7, CVTTSS2SI on x86).
+        float t = v + (v >= 0.0f ? 0.5f : -0.5f);
+        q[i] = (int8_t)(int32_t)t;
+    }
+    *scale = amax / QMAX;
+}
+
+// ----------------------------------------------------------------------------
+// exact int8 dot products
+
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+#include <arm_acle.h>
+
+// Four int8 from any address as one word. The aligned(1) type makes the unaligned load
+// defined C (GNU) and keeps the compiler from pairing loads into LDRD/LDM, which fault
+// when unaligned; a plain LDR does not on the M7 (see kernels_int8.h). Little-endian:
+// byte k of the word is element k.
+typedef uint32_t __attribute__((aligned(1), may_alias)) u32_unaligned;
+
+static inline uint32_t load4(const int8_t* p) {
+    return *(const u32_unaligned*)(const void*)p;
+}
+
+// Elements 0, 2 and 1, 3 of a word of four int8, sign-extended to two int16 lanes each:
+// SXTB16 and SXTB16 ROR #8. Written as inline assembly because GCC 12's arm_acle.h has
+// no __ror and neither compiler is guaranteed to fold a C rotate into SXTB16's operand.
+static inline int32_t even_pairs(uint32_t v) {
+    return __sxtb16((int32_t)v);
+}
+
+static inline int32_t odd_pairs(uint32_t v) {
+    int32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+    return r;
+}
+
+// acc + w0*x0 + w1*x1 + w2*x2 + w3*x3 for one word of weights against an unpacked word
+// of activations: two SMLAD (each adds the products of both int16 lanes).
+#define MAC4(acc, wv, x02, x13)                                   \
+    do {                                                          \
+        (acc) = __smlad(even_pairs(wv), (x02), (acc));            \
+        (acc) = __smlad(odd_pairs(wv), (x13), (acc));             \
+    } while (0)
+
+// One word (4 columns) of x against the same 4 columns of two rows, post-incrementing
+// the three pointers: 3 LDR + 6 SXTB16 + 4 SMLAD for 8 multiply-accumulates.
+#define DOT2_WORD                                   \
+    "ldr    %[xa], [%[x]], #4\n\t"                  \
+    "ldr    %[v0], [%[w0]], #4\n\t"                 \
+    "ldr    %[v1], [%[w1]], #4\n\t"                 \
+    "sxtb16 %[x13], %[xa], ror #8\n\t"              \
+    "sxtb16 %[xa], %[xa]\n\t"                       \
+    "sxtb16 %[t], %[v0], ror #8\n\t"                \
+    "sxtb16 %[v0], %[v0]\n\t"                       \
+    "smlad  %[a0], %[t], %[x13], %[a0]\n\t"         \
+    "smlad  %[a0], %[v0], %[xa], %[a0]\n\t"         \
+    "sxtb16 %[t], %[v1], ror #8\n\t"                \
+    "sxtb16 %[v1], %[v1]\n\t"                       \
+    "smlad  %[a1], %[t], %[x13], %[a1]\n\t"         \
+    "smlad  %[a1], %[v1], %[xa], %[a1]\n\t"
+
+// Two rows against the same activations: each activation word is loaded and unpacked
+// once for both rows. The main loop, 16 columns per iteration, is one assembly block so
+// that both compilers emit the same 54 instructions per 32 multiply-accumulates
+// (1.69 per MAC; compiled from intrinsics it was 2.0-2.06: GCC does not fold the rotate
+// into SXTB16 and both spend registers on index arithmetic). Then 8, 4, and the last
+// 0..3 columns in C.
+static void dot2_i8(int32_t* out, const int8_t* w0, const int8_t* w1, const int8_t* x, int n) {
+    int32_t a0 = 0, a1 = 0;
+    int k = n >> 4;
+    if (k > 0) {
+        uint32_t xa, x13, v0, v1, t;
+        __asm__ volatile(
+            "1:\n\t"
+            DOT2_WORD DOT2_WORD DOT2_WORD DOT2_WORD
+            "subs   %[k], %[k], #1\n\t"
+            "bne    1b\n\t"
+            : [a0] "+r"(a0), [a1] "+r"(a1), [x] "+r"(x), [w0] "+r"(w0), [w1] "+r"(w1),
+              [k] "+r"(k), [xa] "=&r"(xa), [x13] "=&r"(x13), [v0] "=&r"(v0), [v1] "=&r"(v1),
+              [t] "=&r"(t)
+            :
+            : "cc", "memory");
+    }
+    for (int j = 0; j < ((n >> 2) & 3); j++) {
+        uint32_t xa = load4(x);
+        int32_t xa02 = even_pairs(xa), xa13 = odd_pairs(xa);
+        uint32_t v;
+        v = load4(w0); MAC4(a0, v, xa02, xa13);
+        v = load4(w1); MAC4(a1, v, xa02, xa13);
+        x += 4;
+        w0 += 4;
+        w1 += 4;
+    }
+    for (int c = 0; c < (n & 3); c++) {
+        a0 += (int32_t)w0[c] * (int32_t)x[c];
+        a1 += (int32_t)w1[c] * (int32_t)x[c];
+    }
+    out[0] = a0;
+    out[1] = a1;
+}
+
+static int32_t dot_i8(const int8_t* w, const int8_t* x, int n) {
+    int32_t a = 0;
+    for (int k = n >> 2; k > 0; k--) {
+        uint32_t xa = load4(x), v = load4(w);
+        MAC4(a, v, even_pairs(xa), odd_pairs(xa));
+        x += 4;
+        w += 4;
+    }
+    for (int c = 0; c < (n & 3); c++) a += (int32_t)w[c] * (int32_t)x[c];
+    return a;
+}
+
+#else  // portable C: the host build
+
+static void dot2_i8(int32_t* out, const int8_t* w0, const int8_t* w1, const int8_t* x, int n) {
+    int32_t a0 = 0, a1 = 0;
+    for (int c = 0; c < n; c++) {
+        a0 += (int32_t)w0[c] * (int32_t)x[c];
+        a1 += (int32_t)w1[c] * (int32_t)x[c];
+    }
+    out[0] = a0;
+    out[1] = a1;
+}
+
+static int32_t dot_i8(const int8_t* w, const int8_t* x, int n) {
+    int32_t a = 0;
+    for (int c = 0; c < n; c++) a += (int32_t)w[c] * (int32_t)x[c];
+    return a;
+}
+
+#endif
+
+// ----------------------------------------------------------------------------
+// matrix-vector
+
+// quantize.py's dequantization: float32(acc) * float32(s_w * s_x), then + b.
+static inline float dequant(int32_t acc, float row_scale, float sx, const float* bias, int r) {
+    float y = (float)acc * (row_scale * sx);
+    return bias ? y + bias[r] : y;
+}
+
+void matvec_rows_i8(float* y, const int8_t* w_tile, const float* row_scales,
+                    const float* bias_or_null, const int8_t* qx, float sx, int rows, int cols) {
+    int r = 0;
+    for (; r + 2 <= rows; r += 2) {
+        const int8_t* w0 = w_tile + (size_t)r * (size_t)cols;
+        int32_t acc[2];
+        dot2_i8(acc, w0, w0 + cols, qx, cols);
+        y[r] = dequant(acc[0], row_scales[r], sx, bias_or_null, r);
+        y[r + 1] = dequant(acc[1], row_scales[r + 1], sx, bias_or_null, r + 1);
+    }
+    if (r < rows) {
+        int32_t acc = dot_i8(w_tile + (size_t)r * (size_t)cols, qx, cols);
+        y[r] = dequant(acc, row_scales[r], sx, bias_or_null, r);
+    }
+}

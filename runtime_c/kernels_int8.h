@@ -1,0 +1,44 @@
+// int8 kernels of the firmware: per-vector activation quantization and the int8 x int8
+// matrix-vector product with an exact int32 dot product. Freestanding C99, no libc.
+//
+// The numbers are defined by compiler/quantize.py (quantize_vector, matvec_int8) and these
+// kernels reproduce them bit for bit: every float operation below is one IEEE float32
+// operation in the order written. Build with -ffp-contract=off (no fused multiply-add).
+//
+// Two implementations of matvec_rows_i8, with identical results (integer sums are exact):
+// - Cortex-M with the DSP extension (__ARM_FEATURE_DSP, e.g. -mcpu=cortex-m7): four int8
+//   per 32-bit load, SXTB16 / SXTB16 ROR #8 to unpack them into two int16 pairs, SMLAD to
+//   multiply-accumulate a pair per instruction; two rows per pass share the unpacked
+//   activations (the CMSIS-NN arm_nn_mat_mult pattern).
+// - anywhere else (the host tests): a plain C loop.
+#ifndef MCUGPT_KERNELS_INT8_H
+#define MCUGPT_KERNELS_INT8_H
+
+#include <stdint.h>
+
+// Quantize x to int8 with one scale, half away from zero:
+//   amax = max_i |x[i]|  (+0.0f when x is empty or all zeros)
+//   amax == 0:  q[i] = 0, *scale = 0
+//   otherwise:  inv = 127.0f / amax;  v = x[i] * inv;
+//               q[i] = (int8_t) trunc(v + (v >= 0 ? 0.5f : -0.5f));  *scale = amax / 127.0f
+// Each of /, *, + is one float32 operation; the truncation is C's float -> int conversion.
+// Preconditions: x finite, and amax = 0 or amax >= 127 / FLT_MAX (~3.7e-37) so that inv is
+// finite (quantize.py has no defined result otherwise either). Then |q[i]| <= 127.
+// q (n,), x (n,), n >= 0. q may be unaligned.
+void quantize_vector_i8(int8_t* q, float* scale, const float* x, int n);
+
+// One tile of rows of an int8 row-major weight matrix times a quantized vector:
+//   acc = sum_c w_tile[r*cols + c] * qx[c]   (exact, int32; no overflow for cols < 133,000)
+//   y[r] = (float)acc * (row_scales[r] * sx)          (two float32 roundings, in this order)
+//   y[r] = y[r] + bias[r]                             (if bias_or_null is not NULL)
+// Alignment: none required. Rows are cols bytes long, so with cols % 4 != 0 every other
+// row starts unaligned even in a 32-byte aligned tile buffer; the DSP path reads 4 bytes at
+// a time with plain LDR, which the Cortex-M7 performs unaligned in normal memory (CCR
+// UNALIGN_TRP must stay clear, the reset value; never LDRD/LDM on these pointers). Aligned
+// rows (cols % 4 == 0, tile 4-byte aligned) are the fast case on real silicon.
+// y (rows,), w_tile (rows, cols), row_scales (rows,), bias_or_null (rows,) or NULL,
+// qx (cols,) as produced by quantize_vector_i8 with scale sx. y must not alias the inputs.
+void matvec_rows_i8(float* y, const int8_t* w_tile, const float* row_scales,
+                    const float* bias_or_null, const int8_t* qx, float sx, int rows, int cols);
+
+#endif // MCUGPT_KERNELS_INT8_H

@@ -1,0 +1,128 @@
+/* The int8 kernels (runtime_c/kernels_int8.c) and the fp32 matvec on the board.
+ *
+ * PROMPT: n, then n cases of 9 words: mode, rows, cols, flags, x, w, scales, bias, reps.
+ * x, w, scales, bias are flash addresses (bias only with FLAG_BIAS); each is DMAed into
+ * the arena before the case runs. The weights land FLAGS bits 8..10 bytes past a 32-byte
+ * boundary and the quantized vector FLAGS bits 12..14 bytes past one (to exercise
+ * unaligned rows and vectors).
+ *   mode 1 (int8):  quantize_vector_i8(x) then matvec_rows_i8 with int8 w [rows, cols] and
+ *                   float scales [rows]. Two logits steps: y [rows]; then the quantized
+ *                   vector's bytes as ceil(cols / 4) raw words followed by its scale.
+ *   mode 2 (fp32):  matvec_rows with float w [rows, cols] (scales unused). One step: y.
+ * The kernel calls run inside trace stages (int8: stage 1 quantize_vector_i8, stage 2
+ * matvec_rows_i8; fp32: stage 3 matvec_rows), `reps` times each (>= 1), so the board's
+ * per-stage wall time is the kernels' alone. A flash controller error ends the run with
+ * EXIT_FLASH_ERROR, a bad case with EXIT_BAD_MAILBOX (ARG0: case, ARG1: word).
+ */
+#include <stddef.h>
+#include "board_test.h"
+#include "kernels.h"
+#include "kernels_int8.h"
+
+#ifndef ARENA_BYTES
+#define ARENA_BYTES (14u * 1024u * 1024u)
+#endif
+uint8_t arena[ARENA_BYTES] __attribute__((section(".arena"), aligned(32)));
+
+#define CASE_WORDS 9u
+#define FLAG_BIAS 1u
+#define MODE_INT8 1u
+#define MODE_FP32 2u
+#define STAGE_QUANTIZE 1u
+#define STAGE_MATVEC_I8 2u
+#define STAGE_MATVEC_F32 3u
+
+__attribute__((noreturn)) void board_exit(uint32_t code);
+
+static void dma_read(uint32_t addr, void* dst, uint32_t len) {
+    barrier();
+    FLASHCTL_ADDR = addr;
+    FLASHCTL_DST = (uint32_t)(uintptr_t)dst;
+    FLASHCTL_LEN = len;
+    FLASHCTL_CMD = FLASH_CMD_READ;
+    uint32_t status;
+    while (!((status = FLASHCTL_STATUS) & FLASH_STATUS_DONE)) {}
+    barrier();
+    if (status & FLASH_STATUS_ERROR) {
+        SYSCTL_ARG0 = status;
+        SYSCTL_ARG1 = addr;
+        SYSCTL_ARG2 = len;
+        board_exit(EXIT_FLASH_ERROR);
+    }
+}
+
+/* Bump allocation in the arena, 32-byte aligned (as the firmware's tile buffers) + skew. */
+static uint8_t* take(uint32_t* used, uint32_t bytes, uint32_t skew) {
+    uint32_t at = (*used + 31u) & ~31u;
+    *used = at + skew + bytes;
+    if (*used > ARENA_BYTES) return NULL;
+    return arena + at + skew;
+}
+
+static void dump(const void* p, uint32_t first, uint32_t count) {
+    barrier();
+    TRACE_LOGITS_ADDR = (uint32_t)(uintptr_t)p;
+    TRACE_LOGITS_FIRST = first;
+    TRACE_LOGITS_COUNT = count;
+}
+
+static int bad(uint32_t c, uint32_t word) {
+    SYSCTL_ARG0 = c;
+    SYSCTL_ARG1 = word;
+    return EXIT_BAD_MAILBOX;
+}
+
+int main(void) {
+    uint32_t n = PROMPT(0);
+    for (uint32_t c = 0; c < n; c++) {
+        uint32_t base = 1u + CASE_WORDS * c;
+        uint32_t mode = PROMPT(base), rows = PROMPT(base + 1), cols = PROMPT(base + 2);
+        uint32_t flags = PROMPT(base + 3), x_addr = PROMPT(base + 4), w_addr = PROMPT(base + 5);
+        uint32_t s_addr = PROMPT(base + 6), b_addr = PROMPT(base + 7), reps = PROMPT(base + 8);
+        if (mode != MODE_INT8 && mode != MODE_FP32) return bad(c, 0);
+        if (rows == 0 || rows > 0x100000u) return bad(c, 1);
+        if (cols == 0 || cols > 0x100000u) return bad(c, 2);
+        if (reps == 0) return bad(c, 8);
+        uint32_t elem = mode == MODE_INT8 ? 1u : 4u;
+        if ((uint64_t)rows * cols * elem > ARENA_BYTES) return bad(c, 2);
+        uint32_t used = 0;
+        uint8_t* w = take(&used, rows * cols * elem, (flags >> 8) & 7u);
+        float* x = (float*)take(&used, 4u * cols, 0);
+        float* s = (float*)take(&used, 4u * rows, 0);
+        float* b = (float*)take(&used, 4u * rows, 0);
+        float* y = (float*)take(&used, 4u * rows, 0);
+        int8_t* qx = (int8_t*)take(&used, cols + 4u, (flags >> 12) & 7u);
+        if (!w || !x || !s || !b || !y || !qx) return bad(c, 2);
+        const float* bias = (flags & FLAG_BIAS) ? b : NULL;
+
+        dma_read(w_addr, w, rows * cols * elem);
+        dma_read(x_addr, x, 4u * cols);
+        if (mode == MODE_INT8) dma_read(s_addr, s, 4u * rows);
+        if (bias) dma_read(b_addr, b, 4u * rows);
+
+        if (mode == MODE_INT8) {
+            float sx = 0.0f;
+            TRACE_STAGE = STAGE_QUANTIZE;
+            for (uint32_t r = 0; r < reps; r++) quantize_vector_i8(qx, &sx, x, (int)cols);
+            TRACE_STAGE = STAGE_MATVEC_I8;
+            for (uint32_t r = 0; r < reps; r++)
+                matvec_rows_i8(y, (const int8_t*)w, s, bias, qx, sx, (int)rows, (int)cols);
+            TRACE_STAGE = TRACE_IDLE;
+            dump(y, 0, rows);
+            TRACE_TOKEN = 2u * c;
+            uint32_t words = (cols + 3u) / 4u;
+            for (uint32_t i = cols; i < 4u * words; i++) qx[i] = 0;
+            dump(qx, 0, words);
+            dump(&sx, words, 1);
+            TRACE_TOKEN = 2u * c + 1u;
+        } else {
+            TRACE_STAGE = STAGE_MATVEC_F32;
+            for (uint32_t r = 0; r < reps; r++)
+                matvec_rows(y, (const float*)(const void*)w, bias, x, (int)rows, (int)cols);
+            TRACE_STAGE = TRACE_IDLE;
+            dump(y, 0, rows);
+            TRACE_TOKEN = 2u * c;
+        }
+    }
+    return EXIT_OK;
+}

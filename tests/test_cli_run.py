@@ -1,0 +1,120 @@
+"""`mcugpt run`, as a user meets it: streamed text, a summary, JSON, one-line errors."""
+
+import json
+import shutil
+import struct
+
+import pytest
+
+from compiler.flash_image import read_image
+from conftest import mcugpt
+
+
+def run_json(build_dir, *args):
+    return json.loads(mcugpt("run", "--build", build_dir, "--json", *args, check=True).stdout)
+
+
+def test_run_streams_text_then_a_summary(tiny_build):
+    out = mcugpt("run", "--build", tiny_build.out_dir, "--prompt", "Hello, my name is", "--tokens", "6",
+                 "--check", check=True).stdout
+    assert out.startswith("Hello, my name is")
+    for line in ("emulator", "device time", "flash read", "peak RAM", "reference    tokens equal",
+                 "slowest stage kinds"):
+        assert line in out, line
+
+
+def test_run_json_has_tokens_text_and_figures(tiny_build, tok):
+    r = run_json(tiny_build.out_dir, "--prompt", "Hello, my name is", "--tokens", "5", "--check")
+    assert r["prompt_tokens"] == tok.encode("Hello, my name is")
+    assert len(r["tokens"]) == 5 and r["text"] == tok.decode(r["tokens"])
+    assert r["check"]["tokens_equal"] and r["check"]["reference_tokens"] == r["tokens"]
+    d = r["device"]
+    assert d["s_per_token"] == pytest.approx(d["io_s_per_token"] + d["compute_s_per_token"])
+    assert r["flash_bytes_per_token"] >= tiny_build.plan.data["totals"]["flash_bytes_per_token"]
+    ram = r["peak_ram"]
+    assert 0 < ram["measured"] <= ram["plan"] and ram["stack_used"] > 0
+    assert {k["kind"] for k in r["stage_kinds"]} == {"embed", "ln_1", "attn_qkv", "attn_core", "attn_proj",
+                                                     "ln_2", "mlp", "head"}
+
+
+def test_sampling_options_reach_the_board(tiny_build):
+    args = ("--prompt", "Once upon a time", "--tokens", "8", "--temperature", "0.9", "--top-k", "30")
+    a = run_json(tiny_build.out_dir, *args, "--seed", "4", "--check")
+    b = run_json(tiny_build.out_dir, *args, "--seed", "5", "--check")
+    assert a["check"]["tokens_equal"] and b["check"]["tokens_equal"] and a["tokens"] != b["tokens"]
+
+
+def test_octal_flash_is_faster_than_quad(tiny_build):
+    quad = run_json(tiny_build.out_dir, "--prompt", "Hi", "--tokens", "2")
+    octal = run_json(tiny_build.out_dir, "--prompt", "Hi", "--tokens", "2", "--flash", "octal-dtr")
+    assert quad["tokens"] == octal["tokens"]
+    ratio = quad["device"]["io_s_per_token"] / octal["device"]["io_s_per_token"]
+    assert 5 < ratio < 7  # ~66 MB/s quad SPI vs ~400 MB/s octal DTR
+
+
+@pytest.fixture
+def damaged(tiny_build, tmp_path):
+    """A copy of the tiny build whose flash image a test may damage."""
+    dst = tmp_path / "build"
+    shutil.copytree(tiny_build.out_dir, dst)
+    return dst
+
+
+def _flip(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x01]))
+
+
+def test_corrupt_weight_blob_is_caught_by_the_firmware(damaged):
+    img = read_image(damaged / "flash.img", verify_weights=False)
+    t = next(t for t in img.tensors if t["name"] == "h.1.mlp.c_fc.weight")
+    _flip(damaged / "flash.img", t["offset"] + 123)
+    proc = mcugpt("run", "--build", damaged, "--prompt", "Hi", "--tokens", "2")
+    assert proc.returncode == 1
+    assert "BAD_TENSOR_CRC" in proc.stderr and "'h.1.mlp.c_fc.weight'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate", "truncated:"),
+    ("version", "format version 7, this mcugpt reads version 1"),
+])
+def test_truncated_or_foreign_image_is_refused(damage, message, damaged):
+    path = damaged / "flash.img"
+    if damage == "truncate":
+        with open(path, "r+b") as f:
+            f.truncate(path.stat().st_size - 10_000)
+    else:
+        import zlib
+        from compiler.flash_layout import HEADER, HEADER_CRC_SPAN
+        raw = bytearray(path.read_bytes()[:HEADER.size])
+        struct.pack_into("<I", raw, 4, 7)
+        struct.pack_into("<I", raw, HEADER_CRC_SPAN, zlib.crc32(raw[:HEADER_CRC_SPAN]))
+        with open(path, "r+b") as f:
+            f.write(raw)
+    proc = mcugpt("run", "--build", damaged, "--prompt", "Hi", "--tokens", "2")
+    assert proc.returncode == 1 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ram", "1MiB"], "firmware needs 67,108,864 bytes of SRAM at 0x20000000, the board maps 1,048,576"),
+    (["--prompt", "word " * 127 + "word", "--tokens", "4"], "prompt (128 tokens) + 4 new tokens = 132 exceeds the context of 128"),
+    (["--prompt", ""], "the prompt is empty"),
+    (["--timeout", "0.05"], "board fault: firmware did not finish within the 0.05 s timeout; PC 0x"),
+    (["--flash", "nor9"], "unknown flash preset 'nor9'"),
+    (["--top-k", "500", "--temperature", "1"], "--top-k 500: must be between 1 and 128"),
+])
+def test_bad_run_input_gives_one_line_error(args, message, tiny_build):
+    base = ["run", "--build", tiny_build.out_dir, "--prompt", "Hi", "--tokens", "3"]
+    proc = mcugpt(*base, *args)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("mcugpt: error: ") and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_run_needs_a_build_folder(tmp_path):
+    proc = mcugpt("run", "--build", tmp_path, "--prompt", "Hi")
+    assert proc.returncode == 1 and "not a build folder" in proc.stderr
