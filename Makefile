@@ -6,18 +6,22 @@
 #   make flash-image  compile MODEL: build/MODEL/{model.onnx,plan.json,flash.img,include/}
 #   make clean        remove build/ (keeps the venv); `make distclean` removes the venv too
 #
-# Variables: MODEL (gpt2, distilgpt2, gpt2-medium, tiny), RAM (e.g. 4MiB), PROMPT, TOKENS,
-#            FLASH (w25q-quad, octal-dtr).
+# Variables: MODEL (gpt2, distilgpt2, gpt2-medium, tiny), BOARD (sim64, stm32h7,
+#            esp32s3-class), DTYPE (fp32, int8), RAM (default: the board's SRAM), PROMPT,
+#            TOKENS, FLASH (default: the board's flash part; w25q-quad, octal-dtr, w25q-quad-80).
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 MODEL  ?= gpt2
-RAM    ?= 64MiB
+BOARD  ?= sim64
+DTYPE  ?= fp32
+RAM    ?=
 PROMPT ?= The staged method runs a language model on a microcontroller by
 TOKENS ?= 16
-FLASH  ?= w25q-quad
-BUILD  := build/$(MODEL)
+FLASH  ?=
+BUILD  := build/$(MODEL)$(if $(filter-out sim64,$(BOARD)),-$(BOARD))$(if $(filter-out fp32,$(DTYPE)),-$(DTYPE))
+COMPILE_FLAGS := --model $(MODEL) --board $(BOARD) --dtype $(DTYPE) $(if $(RAM),--ram $(RAM))
 
 .PHONY: run test flash-image clean distclean venv toolchain
 
@@ -39,15 +43,15 @@ toolchain:
 	  else echo "note: arm-none-eabi-gcc not found; its tests will be skipped"; fi; }
 
 flash-image: $(VENV)/.installed
-	$(BIN)/mcugpt compile --model $(MODEL) --ram $(RAM) --out $(BUILD)
+	$(BIN)/mcugpt compile $(COMPILE_FLAGS) --out $(BUILD)
 
 # Compile (weights, ONNX, stages, plan, flash image, firmware) only when something changed,
 # then generate on the emulated board and compare with the numpy reference (--check).
 run: $(BUILD)/firmware.elf
-	$(BIN)/mcugpt run --build $(BUILD) --prompt "$(PROMPT)" --tokens $(TOKENS) --flash $(FLASH) --check
+	$(BIN)/mcugpt run --build $(BUILD) --prompt "$(PROMPT)" --tokens $(TOKENS) $(if $(FLASH),--flash $(FLASH)) --check
 
 $(BUILD)/firmware.elf: $(VENV)/.installed $(wildcard compiler/*.py compiler/templates/* runtime_c/* models/*)
-	$(BIN)/mcugpt compile --model $(MODEL) --ram $(RAM) --out $(BUILD)
+	$(BIN)/mcugpt compile $(COMPILE_FLAGS) --out $(BUILD)
 
 test: $(VENV)/.installed toolchain
 	$(BIN)/python -m pytest -q

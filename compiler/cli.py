@@ -64,8 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "plan RAM under a budget and write DIR/model.onnx, DIR/plan.json, "
                                    "DIR/flash.img and the firmware's generated headers in DIR/include.")
     _model_args(c)
-    c.add_argument("--ram", type=parse_size, default=64 << 20, metavar="BYTES",
-                   help="RAM the model may use on the board, stack included (default 64MiB)")
+    c.add_argument("--board", default="sim64", metavar="NAME",
+                   help="target board: sim64 (64 MiB SRAM map, the default), stm32h7 (512 KiB SRAM, "
+                        "octal flash, 8 MiB octal PSRAM), esp32s3-class (512 KiB, quad flash and PSRAM "
+                        "at 80 MHz); see docs/boards.md")
+    c.add_argument("--dtype", default="fp32", choices=["fp32", "int8"],
+                   help="weights in flash: fp32, or int8 per output row with float32 scales "
+                        "(activations quantized per vector; exact integer dot products)")
+    c.add_argument("--ram", type=parse_size, metavar="BYTES",
+                   help="SRAM the model may use, stack included (default: all the board's SRAM)")
     c.add_argument("--ctx", type=int, metavar="N",
                    help="context to plan for (KV cache positions); default: the model's, or the "
                         "largest the RAM budget allows")
@@ -103,9 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--seed", "--sample-seed", type=int, default=0, dest="sample_seed",
                    help="seed of the sampling PRNG (default 0)")
     u.add_argument("--ram", type=parse_size, metavar="BYTES",
-                   help="SRAM the board maps (default: the plan's budget); touching more is a fault")
-    u.add_argument("--flash", default="w25q-quad", metavar="PRESET",
-                   help="flash timing preset: w25q-quad (quad SPI 133 MHz, default) or octal-dtr (200 MHz DTR)")
+                   help="SRAM the board maps (default: all the board has); touching more is a fault")
+    u.add_argument("--flash", metavar="PRESET",
+                   help="flash part: w25q-quad (quad SPI 133 MHz), octal-dtr (200 MHz DTR), w25q-quad-80; "
+                        "default: the board's (sim64: w25q-quad, stm32h7: octal-dtr)")
     u.add_argument("--check", action="store_true",
                    help="also run the numpy reference and compare tokens and logits")
     u.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the board after this much host time")
@@ -125,7 +133,7 @@ def cmd_compile(a) -> None:
     from .report import plan_summary, size, stage_table
     t0 = time.time()
     res = compile_model(a.model, Path(a.out), weights_dir=a.weights, seed=a.seed, ram=a.ram,
-                        ctx=a.ctx, quiet=a.quiet or a.json, cc=a.cc)
+                        ctx=a.ctx, quiet=a.quiet or a.json, cc=a.cc, dtype=a.dtype, board=a.board)
     if a.json:
         print(res.plan.to_json())
         return
@@ -220,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mcugpt: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `mcugpt ... | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 0
     return 0
 
 

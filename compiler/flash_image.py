@@ -12,7 +12,8 @@ from .errors import McugptError
 from .flash_layout import (DTYPES, FORMAT_VERSION, HEADER, HEADER_CRC_SPAN, MAGIC, NO_LAYER,
                            SECTOR, STAGE_ENTRY, TENSOR_ENTRY, align)
 from .partition import Stage
-from .plan import Plan
+from .plan import Plan, is_quantized, row_bytes
+from .quantize import quantize_rows
 from .stages import KIND_BY_NAME
 
 ERASED = 0xFF  # NOR flash reads 0xFF where nothing was programmed: padding looks like it
@@ -35,6 +36,28 @@ def _crc_chunks(data, bar=None, chunk=16 << 20) -> int:
     return crc
 
 
+def _tile_rows(plan: Plan) -> dict[str, int]:
+    """Rows per tile of every streamed matrix, by initializer (wte: the head's tiles)."""
+    out = {}
+    for s in plan.data["stages"]:
+        for m in s["matrices"]:
+            name = next(t["initializer"] for t in s["tensors"] if t["role"] == m["role"])
+            out[name] = m["rows_per_tile"]
+    return out
+
+
+def int8_tiles(w_out_in: np.ndarray, tile_rows: int) -> np.ndarray:
+    """A matrix [out, in] quantized per row and laid out tile by tile: each tile of
+    `tile_rows` rows (the last may be short) is its rows' float32 scales, then their int8
+    values row after row (flash_layout.DTYPES["int8_tiled"])."""
+    q, scale = quantize_rows(w_out_in)
+    parts = []
+    for start in range(0, q.shape[0], tile_rows):
+        parts.append(scale[start:start + tile_rows].astype("<f4").view(np.uint8))
+        parts.append(q[start:start + tile_rows].reshape(-1).view(np.uint8))
+    return np.concatenate(parts)
+
+
 def token_table_bytes(tokens: list[bytes]) -> bytes:
     offsets = np.zeros(len(tokens) + 1, "<u4")
     offsets[1:] = np.cumsum([len(t) for t in tokens])
@@ -55,12 +78,16 @@ def write_image(path: Path, cfg: GPTConfig, plan: Plan, stages: list[Stage], arr
     tables_offset = SECTOR
     tokens_offset = align(tables_offset + tables_size)
     weights_offset = align(tokens_offset + len(tokens_blob))
+    dtype = plan.data["dtype"]
+    tile_rows = _tile_rows(plan)
     offset, entries = weights_offset, []
     for t in order:
         rows, cols = (t.shape[0], t.shape[1]) if len(t.shape) == 2 else (1, t.shape[0])
-        entries.append({"name": t.initializer, "offset": offset, "size": rows * cols * 4,
-                        "dtype": DTYPES[plan.data["dtype"]], "rows": rows, "cols": cols})
-        offset = align(offset + rows * cols * 4)
+        quantized = is_quantized(t, dtype)
+        nbytes = rows * row_bytes(cols, dtype) if quantized else rows * cols * 4
+        entries.append({"name": t.initializer, "offset": offset, "size": nbytes,
+                        "dtype": DTYPES["int8_tiled" if quantized else "fp32"], "rows": rows, "cols": cols})
+        offset = align(offset + nbytes)
     image_size = offset
     if image_size >= 1 << 32:
         raise McugptError(f"{cfg.name}: the image would be {image_size:,} bytes, over the format's 4 GiB")
@@ -71,8 +98,12 @@ def write_image(path: Path, cfg: GPTConfig, plan: Plan, stages: list[Stage], arr
         f.seek(tokens_offset)
         f.write(tokens_blob)
         for t, e in zip(order, entries):
-            a = arrays(t.initializer)
-            data = np.ascontiguousarray(a.T if t.transpose else a, dtype="<f4").reshape(-1)
+            a = np.ascontiguousarray(arrays(t.initializer).T if t.transpose else arrays(t.initializer),
+                                     dtype="<f4")
+            if is_quantized(t, dtype):
+                data = int8_tiles(a, tile_rows[t.initializer])
+            else:
+                data = a.reshape(-1)
             assert data.nbytes == e["size"], (t.initializer, data.nbytes, e["size"])
             f.seek(e["offset"])
             raw = memoryview(data).cast("B")
@@ -97,7 +128,8 @@ def write_image(path: Path, cfg: GPTConfig, plan: Plan, stages: list[Stage], arr
             magic=MAGIC, version=FORMAT_VERSION, header_size=HEADER.size, image_size=image_size,
             n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, n_ctx_model=cfg.n_ctx,
             n_ctx=plan.data["ctx"], vocab_size=cfg.vocab_size, eot_token=EOT_TOKEN,
-            ln_eps=cfg.layer_norm_epsilon, dtype=DTYPES[plan.data["dtype"]], plan_id=plan.plan_id,
+            ln_eps=cfg.layer_norm_epsilon, dtype=DTYPES["int8_tiled" if dtype == "int8" else "fp32"],
+            plan_id=plan.plan_id,
             stage_count=len(stages), tensor_count=len(entries),
             tables_offset=tables_offset, tables_size=tables_size, tables_crc=zlib.crc32(tables),
             tokens_offset=tokens_offset, tokens_size=len(tokens_blob), tokens_crc=zlib.crc32(tokens_blob),

@@ -27,8 +27,10 @@ STAGE_MAX_TENSORS = 4   # the most tensors a stage kind streams (the MLP: 2 matr
 HEADER_RESERVED_WORDS = 16  # zero; room for later fields without moving the CRC
 
 
-# Weight data types in the image (only fp32 so far).
-DTYPES = {"fp32": 0}
+# Weight data types in the image. int8_tiled: a matrix quantized per row (compiler/quantize.py)
+# and stored in the plan's tiles of rows, each tile = its rows' float32 scales, then their
+# int8 values; a tile is one contiguous read that brings its own scales.
+DTYPES = {"fp32": 0, "int8_tiled": 1}
 
 _CTYPES = {"u32": ("I", "uint32_t"), "f32": ("f", "float")}
 

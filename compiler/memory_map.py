@@ -75,10 +75,23 @@ SYSCTL = Peripheral("SYSCTL", PERIPH_BASE + 0x4000, 0x1000, (
     Register("EXIT", 0x0C, "write an EXIT_* code (args first) to stop the board"),
 ), "run control")
 
-PERIPHERALS = (FLASHCTL, UART, TRACE, SYSCTL)
+# External PSRAM behind a memory controller with DMA (STM32 OCTOSPI/FMC + MDMA): the KV cache
+# lives there when SRAM cannot hold it. Writing CMD starts a transfer of LEN bytes between
+# PSRAM address ADDR and SRAM address RAM; STATUS.DONE is set when it finishes. Boards
+# without PSRAM answer STATUS = ERROR | DONE.
+PSRAMCTL = Peripheral("PSRAMCTL", PERIPH_BASE + 0x5000, 0x1000, (
+    Register("CMD", 0x00, "write a PSRAM_CMD_* to start it"),
+    Register("ADDR", 0x04, "PSRAM byte address"),
+    Register("RAM", 0x08, "SRAM address: destination of a read, source of a write"),
+    Register("LEN", 0x0C, "bytes"),
+    Register("STATUS", 0x10, "FLASH_STATUS_* bits (the same DONE/BUSY/ERROR meaning)"),
+), "PSRAM controller + DMA")
+
+PERIPHERALS = (FLASHCTL, UART, TRACE, SYSCTL, PSRAMCTL)
 
 FLASH_CMD = {"READ": 1, "READ_ID": 2, "READ_STATUS": 3, "WRITE_ENABLE": 4, "PAGE_PROGRAM": 5,
              "SECTOR_ERASE": 6}
+PSRAM_CMD = {"READ": 1, "WRITE": 2}
 FLASH_STATUS = {"DONE": 1 << 0, "BUSY": 1 << 1, "ERROR": 1 << 2}
 CRC_CTRL = {"RESET": 1 << 0, "ENABLE": 1 << 1}
 TRACE_IDLE = 0xFFFFFFFF
@@ -114,4 +127,5 @@ EXIT_CODES = {
     "BAD_TABLES_CRC": (10, "flash image stage/tensor tables CRC (ARG0: stored, ARG1: computed)"),
     "FAULT": (11, "CPU exception taken by the firmware's handler (ARG0: exception number)"),
     "BAD_TOKENS_CRC": (12, "flash image token table CRC (ARG0: stored, ARG1: computed)"),
+    "PSRAM_ERROR": (13, "PSRAM controller error (ARG0: status, ARG1: PSRAM address, ARG2: length)"),
 }

@@ -16,7 +16,8 @@ from .firmware import build as build_firmware
 from .flash_image import write_image
 from .onnx_export import export_onnx, initializer_array
 from .partition import Stage, partition
-from .plan import DEFAULT_RAM, Plan, make_plan
+from .boards import DEFAULT_BOARD
+from .plan import Plan, make_plan
 from .tokenizer import load_tokenizer, token_bytes_table
 from .weights import load_checkpoint, synthetic_weights
 
@@ -53,8 +54,8 @@ class Compiled:
 
 
 def compile_model(model: str | None, out_dir: Path, weights_dir: str | None = None, seed: int = 0,
-                  ram: int = DEFAULT_RAM, ctx: int | None = None, quiet: bool = False,
-                  cc: str | None = "zig") -> Compiled:
+                  ram: int | None = None, ctx: int | None = None, quiet: bool = False,
+                  cc: str | None = "zig", dtype: str = "fp32", board: str = DEFAULT_BOARD) -> Compiled:
     """Everything `mcugpt compile` writes; `cc=None` skips the firmware build."""
     progress = progress_bar(quiet)
     cfg, weights, tok = load_model(model, weights_dir, seed, progress)
@@ -66,7 +67,7 @@ def compile_model(model: str | None, out_dir: Path, weights_dir: str | None = No
 
     graph = onnx.load(str(onnx_path), load_external_data=False)
     stages = partition(graph)
-    plan = make_plan(cfg, stages, ram=ram, ctx=ctx)
+    plan = make_plan(cfg, stages, ram=ram, ctx=ctx, dtype=dtype, board=board)
     (out_dir / "plan.json").write_text(plan.to_json())
 
     inits = {t.name: t for t in graph.graph.initializer}

@@ -19,23 +19,27 @@ import json
 import zlib
 from dataclasses import dataclass
 
+from .boards import DEFAULT_BOARD, get_board
 from .config import GPTConfig
 from .errors import McugptError
 from .partition import Stage
 from .sampler import TOPK_MAX
+from .stages import MATRIX_ROLES
 
 F32 = 4
 ALIGN = 32                 # Cortex-M7 cache line: buffers never share one
 STACK_RESERVE = 16 << 10   # measured stack use is compared against this at run time
 FIRMWARE_RESERVE = 16 << 10  # .data/.bss of the firmware outside the arena
-DEFAULT_RAM = 64 << 20     # the board's SRAM map
+DEFAULT_RAM = 64 << 20     # the sim64 board's SRAM map
+DTYPES = ("fp32", "int8")
+KV_BLOCK_POSITIONS = 32    # with the KV cache in PSRAM: positions of one head read per DMA
 
 # Which arena buffers each stage kind touches (for its working-set figure).
 STAGE_BUFFERS = {
     "embed": ("x", "h"),
     "ln_1": ("x", "h", "params"),
     "attn_qkv": ("h", "qkv", "params", "weights"),
-    "attn_core": ("qkv", "att", "scores", "kv"),
+    "attn_core": ("qkv", "att", "scores", "kv"),  # kv_block instead when the cache is in PSRAM
     "attn_proj": ("att", "x", "params", "weights"),
     "ln_2": ("x", "h", "params"),
     "mlp": ("h", "hidden", "x", "params", "weights"),
@@ -66,7 +70,7 @@ class Plan:
         return cls(json.loads(open(path).read()))
 
 
-def _fixed_buffers(cfg: GPTConfig, stages: list[Stage]) -> dict[str, int]:
+def _fixed_buffers(cfg: GPTConfig, stages: list[Stage], dtype: str) -> dict[str, int]:
     d = cfg.n_embd
     vectors = [t.shape[0] for s in stages for t in s.tensors if len(t.shape) == 1]
     by_kind = {}
@@ -74,60 +78,99 @@ def _fixed_buffers(cfg: GPTConfig, stages: list[Stage]) -> dict[str, int]:
         if s.kind in ("ln_1", "ln_2", "head"):
             by_kind[s.kind] = sum(t.shape[0] for t in s.tensors if len(t.shape) == 1)
     params = max(vectors + list(by_kind.values()))
-    return {"x": d * F32, "h": d * F32, "qkv": 3 * d * F32, "att": d * F32,
-            "hidden": 4 * d * F32, "params": params * F32,
-            "topk": 8 + TOPK_MAX * 8}  # runtime_c TopK: k, n, then values and ids
+    sizes = {"x": d * F32, "h": d * F32, "qkv": 3 * d * F32, "att": d * F32,
+             "hidden": 4 * d * F32, "params": params * F32,
+             "topk": 8 + TOPK_MAX * 8}  # runtime_c TopK: k, n, then values and ids
+    # int8: the input vector of a matrix-vector product, quantized (the widest is 4 n_embd)
+    sizes["xq"] = 4 * d if dtype == "int8" else 0
+    return sizes
 
 
 def _matrices(stage: Stage):
     return [t for t in stage.tensors if len(t.shape) == 2 and stage.kind != "embed"]
 
 
-def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int = DEFAULT_RAM, ctx: int | None = None,
-              dtype: str = "fp32") -> Plan:
-    fixed = _fixed_buffers(cfg, stages)
+def is_quantized(t, dtype: str) -> bool:
+    """int8 builds quantize every matrix a matrix-vector product streams (and so wte, which
+    the embedding shares with the LM head); wpe and all vectors stay float32."""
+    return dtype == "int8" and t.role in MATRIX_ROLES
+
+
+def row_bytes(cols: int, dtype: str) -> int:
+    """Bytes one matrix row takes in flash and in the weight tile: float32 values, or int8
+    values plus the row's float32 scale (flash_layout.py: DTYPE_INT8_TILED)."""
+    return cols * F32 if dtype == "fp32" else cols + F32
+
+
+def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: int | None = None,
+              dtype: str = "fp32", board: str = DEFAULT_BOARD) -> Plan:
+    prof = get_board(board)
+    if dtype not in DTYPES:
+        raise McugptError(f"unknown --dtype '{dtype}' (known: {', '.join(DTYPES)})")
+    if ram is None:
+        ram = prof.sram_bytes
+    if ram > prof.sram_bytes:
+        raise McugptError(f"RAM budget of {ram:,} bytes exceeds the {prof.name} board's "
+                          f"{prof.sram_bytes:,} bytes of SRAM")
+    fixed = _fixed_buffers(cfg, stages, dtype)
     mats = [t for s in stages for t in _matrices(s)]
-    min_tile = max(t.shape[1] * F32 for t in mats)           # one row of the widest matrix
-    max_tile = max(t.shape[0] * t.shape[1] * F32 for t in mats)  # the largest whole matrix
-    head_cols = _matrices(stages[-1])[0].shape[1]
+    min_tile = max(row_bytes(t.shape[1], dtype) for t in mats)        # one row of the widest matrix
+    max_tile = max(t.shape[0] * row_bytes(t.shape[1], dtype) for t in mats)  # the largest whole matrix
+    head_row = row_bytes(_matrices(stages[-1])[0].shape[1], dtype)
     reserved = STACK_RESERVE + FIRMWARE_RESERVE
+    kv_token = cfg.kv_bytes_per_token
+    block_bytes = lambda c: min(c, KV_BLOCK_POSITIONS) * cfg.head_dim * F32
 
-    def total(c, tile):
-        logits = (tile // (head_cols * F32)) * F32
+    def total(c, tile, kv_in_sram):
+        logits = (tile // head_row) * F32
+        kv = c * kv_token if kv_in_sram else block_bytes(c)
         return (reserved + sum(_align(b) for b in fixed.values()) + _align(c * F32)
-                + _align(tile) + _align(logits) + _align(c * cfg.kv_bytes_per_token))
+                + _align(tile) + _align(logits) + _align(kv))
 
+    def largest_ctx(kv_in_sram, cap):
+        if cap < 1 or total(1, min_tile, kv_in_sram) > ram:
+            return 0
+        lo, hi = 1, cap
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if total(mid, min_tile, kv_in_sram) <= ram else (lo, mid - 1)
+        return lo
+
+    psram_ctx_cap = prof.psram_bytes // kv_token
     if ctx is not None:
         if not 1 <= ctx <= cfg.n_ctx:
             raise McugptError(f"--ctx {ctx} is outside 1..{cfg.n_ctx} (the model's context)")
-        if total(ctx, min_tile) > ram:
+        kv_in_sram = total(ctx, min_tile, True) <= ram or ctx > psram_ctx_cap
+        if total(ctx, min_tile, kv_in_sram) > ram:
             raise McugptError(
                 f"RAM budget of {ram:,} bytes is too small for {cfg.name} with a context of {ctx} "
-                f"tokens: the smallest budget that works is {total(ctx, min_tile):,} bytes")
+                f"tokens: the smallest budget that works is {total(ctx, min_tile, kv_in_sram):,} bytes")
     else:
-        if total(1, min_tile) > ram:
+        in_sram = largest_ctx(True, cfg.n_ctx)
+        in_psram = largest_ctx(False, min(cfg.n_ctx, psram_ctx_cap)) if in_sram < cfg.n_ctx else 0
+        kv_in_sram = in_sram >= in_psram
+        ctx = max(in_sram, in_psram)
+        if ctx < 1:
+            smallest = min(total(1, min_tile, True), total(1, min_tile, False) if psram_ctx_cap else 1 << 62)
             raise McugptError(
                 f"RAM budget of {ram:,} bytes is too small for {cfg.name}: the smallest budget "
-                f"that works (context of 1 token) is {total(1, min_tile):,} bytes")
-        lo, hi = 1, cfg.n_ctx  # largest context that fits, by bisection
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            lo, hi = (mid, hi) if total(mid, min_tile) <= ram else (lo, mid - 1)
-        ctx = lo
+                f"that works (context of 1 token) is {smallest:,} bytes")
     tile = max_tile
-    if total(ctx, tile) > ram:
+    if total(ctx, tile, kv_in_sram) > ram:
         lo, hi = min_tile, max_tile  # largest tile that fits beside the context
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            lo, hi = (mid, hi) if total(ctx, mid) <= ram else (lo, mid - 1)
+            lo, hi = (mid, hi) if total(ctx, mid, kv_in_sram) <= ram else (lo, mid - 1)
         tile = lo
-    head_rows_per_tile = min(cfg.vocab_size, tile // (head_cols * F32))
+    head_rows_per_tile = min(cfg.vocab_size, tile // head_row)
 
     # arena: fixed offsets, in the order a reader meets them in a stage
     sizes = dict(fixed)
     sizes.update({"scores": ctx * F32, "weights": tile, "logits": head_rows_per_tile * F32,
-                  "kv": ctx * cfg.kv_bytes_per_token})
-    order = ["x", "h", "qkv", "att", "hidden", "scores", "params", "weights", "logits", "topk", "kv"]
+                  "kv": ctx * kv_token if kv_in_sram else 0,
+                  "kv_block": 0 if kv_in_sram else block_bytes(ctx)})
+    order = ["x", "h", "qkv", "att", "hidden", "xq", "scores", "params", "weights", "logits", "topk",
+             "kv_block", "kv"]
     buffers, offset = [], 0
     for name in order:
         buffers.append({"name": name, "offset": offset, "bytes": sizes[name]})
@@ -136,41 +179,57 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int = DEFAULT_RAM, ctx: 
 
     stage_rows, unique_weights, seen = [], 0, set()
     for s in stages:
-        weight_bytes = sum(_nbytes(t) for t in s.tensors)
+        weight_bytes = sum(_nbytes(t, dtype) for t in s.tensors)
         for t in s.tensors:
             if t.initializer not in seen:
                 seen.add(t.initializer)
-                unique_weights += _nbytes(t)
+                unique_weights += _nbytes(t, dtype)
         matrices = []
         for t in _matrices(s):
             rows, cols = t.shape
-            per_tile = min(rows, tile // (cols * F32))
+            per_tile = min(rows, tile // row_bytes(cols, dtype))
             matrices.append({"role": t.role, "rows": rows, "cols": cols, "rows_per_tile": per_tile,
-                             "tiles": -(-rows // per_tile)})
+                             "tiles": -(-rows // per_tile), "row_bytes": row_bytes(cols, dtype)})
         macs = sum(m["rows"] * m["cols"] for m in matrices)
         kv_read = kv_write = 0
         if s.kind == "attn_core":  # at the last position of the planned context
             macs = 2 * cfg.n_embd * ctx
             kv_read, kv_write = 2 * cfg.n_embd * F32 * ctx, 2 * cfg.n_embd * F32
-        flash = 2 * cfg.n_embd * F32 if s.kind == "embed" else weight_bytes
+        if s.kind == "embed":  # one row of wte, one of wpe
+            flash = row_bytes(cfg.n_embd, dtype if is_quantized(s.tensors[0], dtype) else "fp32") + cfg.n_embd * F32
+        else:
+            flash = weight_bytes
         bufs = STAGE_BUFFERS[s.kind]
-        act = sum(sizes[b] for b in bufs if b not in ("params", "weights", "kv", "topk"))
+        if s.kind == "attn_core" and not kv_in_sram:
+            bufs = tuple(b if b != "kv" else "kv_block" for b in bufs)
+        if dtype == "int8" and "weights" in bufs:
+            bufs = bufs + ("xq",)
+        act = sum(sizes[b] for b in bufs if b not in ("params", "weights", "kv", "kv_block", "topk"))
         in_ram = sum(sizes[b] for b in bufs if b not in ("weights", "kv"))
         if "weights" in bufs:
-            in_ram += max(min(m["rows_per_tile"] * m["cols"] * F32, tile) for m in matrices)
+            in_ram += max(min(m["rows_per_tile"] * m["row_bytes"], tile) for m in matrices)
         stage_rows.append({
             "index": s.index, "name": s.name, "kind": s.kind, "layer": s.layer,
-            "tensors": [{"role": t.role, "initializer": t.initializer, "shape": list(t.shape)} for t in s.tensors],
+            "tensors": [{"role": t.role, "initializer": t.initializer, "shape": list(t.shape),
+                         "dtype": "int8" if is_quantized(t, dtype) else "fp32"} for t in s.tensors],
             "weight_bytes": weight_bytes, "flash_bytes_per_token": flash, "macs": macs,
             "act_bytes": act, "kv_read_bytes": kv_read, "kv_write_bytes": kv_write,
             "ram_bytes": in_ram, "matrices": matrices,
         })
     largest = max(stage_rows, key=lambda r: r["ram_bytes"])
+    kv = {"placement": "sram" if kv_in_sram else "psram", "bytes": ctx * kv_token, "bytes_per_token": kv_token}
+    if kv_in_sram:
+        kv.update(offset=next(b["offset"] for b in buffers if b["name"] == "kv"),
+                  layout="keys [layer][position][n_embd], then values [layer][position][n_embd]")
+    else:
+        kv.update(offset=0, block_positions=min(ctx, KV_BLOCK_POSITIONS), psram_bytes=prof.psram_bytes,
+                  layout="[layer][keys, values][head][position][head_dim] from PSRAM address 0")
     data = {
         "format": 1,
         "plan_id": 0,
         "model": cfg.to_dict(),
         "dtype": dtype,
+        "board": prof.to_dict(),
         "ram_budget": ram,
         "ctx": ctx,
         "ctx_limited_by_ram": ctx < cfg.n_ctx,
@@ -179,8 +238,7 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int = DEFAULT_RAM, ctx: 
         "topk_max": TOPK_MAX,
         "buffers": buffers,
         "arena_bytes": arena,
-        "kv": {"placement": "sram", "offset": next(b["offset"] for b in buffers if b["name"] == "kv"),
-               "bytes": sizes["kv"], "bytes_per_token": cfg.kv_bytes_per_token},
+        "kv": kv,
         "stages": stage_rows,
         "totals": {
             "stages": len(stages),
@@ -196,7 +254,9 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int = DEFAULT_RAM, ctx: 
     return Plan(data)
 
 
-def _nbytes(t) -> int:
+def _nbytes(t, dtype: str = "fp32") -> int:
+    if len(t.shape) == 2 and is_quantized(t, dtype):
+        return t.shape[0] * row_bytes(t.shape[1], dtype)
     n = F32
     for d in t.shape:
         n *= d

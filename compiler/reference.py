@@ -3,33 +3,21 @@
 Laid out as the firmware runs it: each block is six atomic stages (ln_1, attn_qkv, attn_core,
 attn_proj, ln_2, mlp), after the embedding and before the head. Weights use Hugging Face's
 names and layout (y = x @ W + b, W is [in, out]).
+
+Every float operation goes through compiler/numerics.py, which performs runtime_c/'s
+operations in runtime_c/'s order (sums, dot products, exp, tanh): the firmware's logits
+equal these bit for bit, in fp32 and in int8 (whose integer products are exact anyway).
 """
 
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import numerics as nx
 from .config import GPTConfig
 from .errors import McugptError
+from .quantize import matvec_int8, quantize_rows
 from .sampler import Prng, Sampling, choose
-
-GELU_C = np.float32(np.sqrt(2.0 / np.pi))
-
-
-def layer_norm(x, gain, bias, eps):
-    mean = x.mean()
-    var = ((x - mean) ** 2).mean()
-    return (x - mean) / np.sqrt(var + np.float32(eps)) * gain + bias
-
-
-def gelu(x):
-    # GPT-2's tanh approximation, not the exact erf GELU
-    return np.float32(0.5) * x * (np.float32(1.0) + np.tanh(GELU_C * (x + np.float32(0.044715) * x ** 3)))
-
-
-def softmax(x):
-    e = np.exp(x - x.max())
-    return e / e.sum()
 
 
 @dataclass
@@ -44,41 +32,59 @@ class KVCache:
 
 
 class Reference:
-    def __init__(self, cfg: GPTConfig, weights: dict[str, np.ndarray]):
-        self.cfg, self.w = cfg, weights
+    """dtype "int8": every matrix a matrix-vector product streams (and so wte) is quantized
+    per output row, and each product quantizes its input vector: compiler/quantize.py."""
+
+    def __init__(self, cfg: GPTConfig, weights: dict[str, np.ndarray], dtype: str = "fp32"):
+        self.cfg, self.w, self.dtype = cfg, weights, dtype
+        self.q = {}
+        if dtype == "int8":
+            for name, w in weights.items():
+                if w.ndim == 2 and name != "wpe.weight":  # stored [out, in], as the firmware has them
+                    self.q[name] = quantize_rows(w if name == "wte.weight" else w.T)
+
+    def linear(self, x, w: str, b: str | None) -> np.ndarray:
+        """x @ W (+ b) for a weight W [in, out] (wte: x @ wte.T, the tied LM head)."""
+        bias = self.w[b] if b else None
+        if self.dtype == "int8":
+            return matvec_int8(*self.q[w], x, bias)
+        if w == "wte.weight":  # [vocab, n_embd]: one row per logit, as the head streams it
+            return nx.matvec_rows(self.w[w], x)
+        return nx.matvec(x, self.w[w], bias)
+
+    def token_embedding(self, token: int) -> np.ndarray:
+        if self.dtype == "int8":
+            q, s = self.q["wte.weight"]
+            return q[token].astype(np.float32) * s[token]
+        return self.w["wte.weight"][token]
 
     def forward(self, token: int, pos: int, kv: KVCache) -> np.ndarray:
         """Logits (vocab_size,) for `token` at `pos`; writes this position's keys/values."""
         cfg, w = self.cfg, self.w
-        nh, hd, eps = cfg.n_head, cfg.head_dim, cfg.layer_norm_epsilon
+        nh, eps = cfg.n_head, np.float32(cfg.layer_norm_epsilon)
         # embed
-        x = w["wte.weight"][token] + w["wpe.weight"][pos]  # (n_embd,)
+        x = nx.add(self.token_embedding(token), w["wpe.weight"][pos])  # (n_embd,)
         for layer in range(cfg.n_layer):
             p = f"h.{layer}."
             # ln_1
-            h = layer_norm(x, w[p + "ln_1.weight"], w[p + "ln_1.bias"], eps)
+            h = nx.layernorm(x, w[p + "ln_1.weight"], w[p + "ln_1.bias"], eps)
             # attn_qkv
-            qkv = h @ w[p + "attn.c_attn.weight"] + w[p + "attn.c_attn.bias"]  # (3 n_embd,)
+            qkv = self.linear(h, p + "attn.c_attn.weight", p + "attn.c_attn.bias")  # (3 n_embd,)
             q, k, v = np.split(qkv, 3)
             kv.keys[layer, pos], kv.values[layer, pos] = k, v
-            # attn_core: each head attends over positions 0..pos of the cache
-            keys = kv.keys[layer, : pos + 1].reshape(pos + 1, nh, hd)     # (T, nh, hd)
-            values = kv.values[layer, : pos + 1].reshape(pos + 1, nh, hd)
-            att = np.empty(cfg.n_embd, np.float32)
-            for head in range(nh):
-                qh = q[head * hd:(head + 1) * hd]
-                scores = keys[:, head] @ qh * np.float32(1.0 / np.sqrt(hd))  # (T,)
-                att[head * hd:(head + 1) * hd] = softmax(scores) @ values[:, head]
+            # attn_core: each head attends over positions 0..pos of the cache,
+            # softmax(q k^T / sqrt(head_dim)) v (numerics.attention: every head at once)
+            att = nx.attention(q, kv.keys[layer, : pos + 1], kv.values[layer, : pos + 1], nh)
             # attn_proj (+ residual)
-            x = x + (att @ w[p + "attn.c_proj.weight"] + w[p + "attn.c_proj.bias"])
+            x = nx.add(x, self.linear(att, p + "attn.c_proj.weight", p + "attn.c_proj.bias"))
             # ln_2
-            h = layer_norm(x, w[p + "ln_2.weight"], w[p + "ln_2.bias"], eps)
+            h = nx.layernorm(x, w[p + "ln_2.weight"], w[p + "ln_2.bias"], eps)
             # mlp (+ residual)
-            hidden = gelu(h @ w[p + "mlp.c_fc.weight"] + w[p + "mlp.c_fc.bias"])  # (4 n_embd,)
-            x = x + (hidden @ w[p + "mlp.c_proj.weight"] + w[p + "mlp.c_proj.bias"])
+            hidden = nx.gelu_tanh(self.linear(h, p + "mlp.c_fc.weight", p + "mlp.c_fc.bias"))  # (4 n_embd,)
+            x = nx.add(x, self.linear(hidden, p + "mlp.c_proj.weight", p + "mlp.c_proj.bias"))
         # head: final layer norm, then the LM head tied to the token embedding
-        x = layer_norm(x, w["ln_f.weight"], w["ln_f.bias"], eps)
-        return w["wte.weight"] @ x  # (vocab_size,)
+        x = nx.layernorm(x, w["ln_f.weight"], w["ln_f.bias"], eps)
+        return self.linear(x, "wte.weight", None)  # (vocab_size,)
 
 
 @dataclass

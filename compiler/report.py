@@ -50,6 +50,7 @@ def plan_summary(plan: dict) -> str:
         f"context      {plan['ctx']} tokens{ctx_note}",
         f"weights      {size(t['weight_bytes'])} in flash; {size(t['flash_bytes_per_token'])} read per token",
         f"compute      {count(t['macs_per_token_at_ctx'])} MACs per token at full context",
+        f"board        {plan['board']['name']}: {plan['board']['doc']}",
         f"RAM budget   {size(plan['ram_budget'])} ({plan['ram_budget']:,} B)",
         f"  KV cache   {size(kv['bytes'])} in {kv['placement']} ({kv['bytes_per_token']:,} B per token)",
         f"  tile       {size(plan['tile_bytes'])} weight tile buffer",
@@ -92,16 +93,17 @@ def run_summary(r: dict) -> str:
     d, ram = r["device"], r["peak_ram"]
     n = len(r["tokens"])
     lines = [
-        f"model        {r['model']} ({r['dtype']}) on the emulated Cortex-M7: {size(r['ram_mapped'])} SRAM, "
-        f"{r['flash']} flash",
+        f"model        {r['model']} ({r['dtype']}) on the emulated {r['board']} board: {size(r['ram_mapped'])} "
+        f"SRAM, {r['flash']} flash; context {r['ctx']}, KV cache in {r['kv_placement']}",
         f"tokens       {n} generated after a {len(r['prompt_tokens'])}-token prompt",
         f"emulator     {seconds(r['wall_s'])} on this machine: {r['emulated_tokens_per_s']:.2f} tokens/s "
         f"({seconds(r['decode_wall_s_per_token'])} per generated token)",
-        f"device time  {seconds(d['s_per_token'])} per token = flash I/O {seconds(d['io_s_per_token'])} "
+        f"device time  {seconds(d['s_per_token'])} per token = I/O {seconds(d['io_s_per_token'])} "
         f"+ compute {seconds(d['compute_s_per_token'])} -> {d['tokens_per_s']:.2f} tokens/s",
         f"             I/O: {d['io_model']}",
         f"             compute: {d['compute_model']}",
-        f"flash read   {size(r['flash_bytes_per_token'])} per token",
+        f"flash read   {size(r['flash_bytes_per_token'])} per token"
+        + (f"; PSRAM {size(r['psram_bytes_per_token'])} per token" if r["kv_placement"] == "psram" else ""),
         f"peak RAM     {size(ram['measured'])} measured ({ram['measured']:,} B: static {size(ram['static'])}, "
         f"arena high-water {size(ram['arena_high_water'])}, stack {size(ram['stack_used'])}) "
         f"vs plan {size(ram['plan'])}",
@@ -114,5 +116,5 @@ def run_summary(r: dict) -> str:
     rows = [[k["kind"], k["stages"], seconds(k["io_s"]), seconds(k["compute_s"]),
              size(k["flash_bytes"]), f"{100 * k['share']:.0f}%"] for k in r["stage_kinds"]]
     lines += ["", "slowest stage kinds, per token (all layers)",
-              table(["kind", "stages", "flash I/O", "compute", "flash read", "share"], rows, "lrrrrr")]
+              table(["kind", "stages", "I/O", "compute", "flash read", "share"], rows, "lrrrrr")]
     return "\n".join(lines)

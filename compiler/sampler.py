@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .numerics import expf
+
 MASK64 = (1 << 64) - 1
 TOPK_MAX = 128  # the firmware's top-k buffer holds this many candidates
 
@@ -59,7 +61,7 @@ def choose(logits: np.ndarray, sampling: Sampling, rng: Prng | None) -> int:
     ids = top_k(logits, sampling.top_k)
     vals = logits[ids].astype(np.float32)
     t = np.float32(sampling.temperature)
-    w = np.exp((vals - vals[0]) / t).astype(np.float32)
+    w = expf((vals - vals[0]) / t)  # subtract, divide, exp: every weight in (0, 1]
     total = np.float32(0.0)
     for x in w:  # sequential float32 sum, as the firmware adds them
         total = np.float32(total + x)

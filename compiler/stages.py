@@ -29,6 +29,7 @@ STAGE_KINDS = (
 KIND_BY_NAME = {k.name: k for k in STAGE_KINDS}
 BLOCK_STAGES = ("ln_1", "attn_qkv", "attn_core", "attn_proj", "ln_2", "mlp")
 MAX_STAGE_TENSORS = max(len(k.tensors) for k in STAGE_KINDS)
+MATRIX_ROLES = frozenset({"w", "w_fc", "w_proj", "wte"})  # streamed by matrix-vector products
 
 
 def stage_name(kind: str, layer: int | None) -> str:

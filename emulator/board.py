@@ -1,4 +1,5 @@
-"""The emulated board: a Cortex-M7 (Unicorn) with SRAM, a flash controller and a SPI NOR flash.
+"""The emulated board: a Cortex-M7 (Unicorn) with SRAM, a flash controller and a SPI NOR flash,
+and optionally a PSRAM controller with an external PSRAM (the KV cache's home on small boards).
 
     board = Board("build/firmware.elf", "build/gpt2/flash.img")
     result = board.run(prompt_tokens, n_new=8, on_text=print)
@@ -40,10 +41,13 @@ from compiler.errors import McugptError
 from compiler.flash_image import read_image
 from compiler.flash_layout import NO_LAYER
 from compiler.stages import STAGE_KINDS, stage_name
-from emulator.peripherals import Faults, FlashController, StageStats, SysCtl, Trace, Uart
+from emulator.peripherals import (Faults, FlashController, PositionStats, PsramController, StageStats,
+                                  SysCtl, Trace, Uart)
+from emulator.psram import Psram
 from emulator.spi_flash import SpiNorFlash
 
-__all__ = ["Board", "RunResult", "PeakRam", "StageStats", "BoardFault", "FirmwareError", "PAINT"]
+__all__ = ["Board", "RunResult", "PeakRam", "StageStats", "PositionStats", "BoardFault", "FirmwareError",
+           "PAINT"]
 
 PAINT = 0x5AFEC0DE          # every SRAM word before reset; a word still holding it was never written
 PAGE = 4096                 # Unicorn maps whole 4 KiB pages
@@ -140,6 +144,10 @@ class RunResult:
     peak_ram: PeakRam
     uart_bytes: bytes = b""
     flash_errors: list[str] = field(default_factory=list)  # flash controller errors, in order
+    psram_bytes: int = 0                     # PSRAM reads + writes over the whole run (0 without PSRAM)
+    psram_ns: float = 0.0                    # simulated PSRAM bus time of those transfers
+    psram_transfers: dict = field(default_factory=dict)  # Psram.stats(): "read"/"write" count, bursts, bytes, ns
+    psram_errors: list[str] = field(default_factory=list)  # PSRAM controller errors, in order
 
     @property
     def tokens_per_s(self) -> float:
@@ -221,10 +229,27 @@ class Board:
     disk: a page program or erase changes the board's private copy of that page only).
     The flash device's clock and contents persist across runs, as on a real board; the
     CPU, SRAM, mailbox and peripherals start afresh at every `run`.
+
+    `psram_preset` (a name from emulator/psram_timing.PRESETS) attaches an external PSRAM of
+    `psram_bytes` (default: the preset's part, 8 MiB) behind the PSRAM controller; without
+    one every PSRAMCTL command fails (STATUS = ERROR | DONE). Like the flash, the PSRAM's
+    clock and contents persist across runs (a reset, not a power cycle).
     """
 
     def __init__(self, elf_path, flash_image_path, ram_bytes: int = mm.SRAM_SIZE_DEFAULT,
-                 flash_preset: str = "w25q-quad"):
+                 flash_preset: str = "w25q-quad", psram_preset: str | None = None, psram_bytes: int = 0):
+        if psram_preset is None and psram_bytes:
+            raise McugptError(f"{psram_bytes:,} bytes of PSRAM without a PSRAM preset (psram_preset)")
+        if psram_bytes < 0:
+            raise McugptError(f"PSRAM size must not be negative, got {psram_bytes}")
+        self.psram: Psram | None = None
+        if psram_preset is not None:
+            try:
+                self.psram = Psram(psram_bytes or None, psram_preset)
+            except KeyError as e:
+                raise McugptError(str(e.args[0])) from None
+            except ValueError as e:
+                raise McugptError(f"PSRAM: {e}") from None
         if ram_bytes <= 0:
             raise McugptError(f"SRAM size must be positive, got {ram_bytes}")
         self.ram_bytes = -(-int(ram_bytes) // PAGE) * PAGE
@@ -256,6 +281,15 @@ class Board:
             raise McugptError(str(e.args[0])) from None
         self._paint = None
         self.uc: Uc | None = None
+
+    @classmethod
+    def for_profile(cls, elf_path, flash_image_path, profile, ram_bytes: int | None = None,
+                    flash_preset: str | None = None) -> Board:
+        """The board a compiler.boards.BoardProfile describes: its SRAM (or `ram_bytes`), its
+        default flash (or `flash_preset`) and its PSRAM, if it has one."""
+        return cls(elf_path, flash_image_path, ram_bytes=ram_bytes or profile.sram_bytes,
+                   flash_preset=flash_preset or profile.flash[0], psram_preset=profile.psram,
+                   psram_bytes=profile.psram_bytes if profile.psram else 0)
 
     # -- static checks ---------------------------------------------------------
 
@@ -334,11 +368,12 @@ class Board:
 
         self.faults = Faults()
         self.flashctl = FlashController(self.faults, self.flash, mm.SRAM_BASE, self.ram_bytes)
+        self.psramctl = PsramController(self.faults, self.psram, mm.SRAM_BASE, self.ram_bytes)
         self.uart = Uart(self.faults, on_text)
         vocab = self.image.header["vocab_size"] if self.image is not None else 0
-        self.trace = Trace(self.faults, self.flash, self.stage_label, vocab)
+        self.trace = Trace(self.faults, self.flash, self.stage_label, vocab, psram=self.psram)
         self.sysctl = SysCtl(self.faults)
-        for p in (self.flashctl, self.uart, self.trace, self.sysctl):
+        for p in (self.flashctl, self.psramctl, self.uart, self.trace, self.sysctl):
             p.map(uc)
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_bad_access)
         uc.hook_add(UC_HOOK_MEM_PROT, self._on_bad_access)
@@ -402,8 +437,10 @@ class Board:
         and FirmwareError if it exits with an error code. Both carry the partial result.
         """
         mailbox = self._mailbox(prompt_tokens, n_new, temperature, top_k, seed, dump_logits)
-        entry = self._power_on(mailbox, on_text)
+        if self.psram is not None:  # before the trace unit (built at power-on) reads the counters
+            self.psram.reset_stats()
         self.flash.reset_stats()
+        entry = self._power_on(mailbox, on_text)
         uc_error = None
         t0 = time.perf_counter()
         try:
@@ -420,7 +457,7 @@ class Board:
             raise fault
         code, args = self.sysctl.exit_code, self.sysctl.exit_args
         if code != EXIT_OK:
-            raise FirmwareError(self.exit_message(code, args, result.flash_errors),
+            raise FirmwareError(self.exit_message(code, args, result.flash_errors, result.psram_errors),
                                 code=code, name=EXIT_NAMES[code], args=args, result=result)
         return result
 
@@ -446,6 +483,7 @@ class Board:
         self.trace.finish()
         text = self.uart.finish()
         stats = self.flash.stats()
+        psram = self.psram.stats() if self.psram is not None else None
         times = [t0, *self.trace.token_times]
         logits = None
         if dump_logits:
@@ -459,7 +497,10 @@ class Board:
             flash_bytes=stats["total"]["bytes"], flash_ns=stats["elapsed_ns"], flash_commands=stats["commands"],
             wall_s=wall_s, token_wall_s=[b - a for a, b in zip(times, times[1:])],
             peak_ram=self.measure_ram(), uart_bytes=bytes(self.uart.data),
-            flash_errors=list(self.flashctl.errors))
+            flash_errors=list(self.flashctl.errors),
+            psram_bytes=psram["total"]["bytes"] if psram else 0, psram_ns=psram["total"]["ns"] if psram else 0.0,
+            psram_transfers={d: psram[d] for d in ("read", "write")} if psram else {},
+            psram_errors=list(self.psramctl.errors))
 
     # -- after the run ------------------------------------------------------------
 
@@ -543,7 +584,7 @@ class Board:
         hw = struct.unpack("<HH", raw)
         return f"0x{hw[0]:04x}" if (hw[0] >> 11) < 0b11101 else f"0x{hw[0]:04x}{hw[1]:04x}"
 
-    def exit_message(self, code: int, args: tuple[int, int, int], flash_errors=()) -> str:
+    def exit_message(self, code: int, args: tuple[int, int, int], flash_errors=(), psram_errors=()) -> str:
         """One line for an EXIT_* code and its arguments (memory_map.EXIT_CODES)."""
         name = EXIT_NAMES[code]
         a0, a1, a2 = args
@@ -564,6 +605,10 @@ class Board:
             bits = "|".join(n for n, b in mm.FLASH_STATUS.items() if a0 & b) or "0"
             why = flash_errors[-1] if flash_errors else f"ARG1 0x{a1:x}, ARG2 0x{a2:x}"
             detail = f"flash controller error (STATUS {bits}): {why}"
+        elif name == "PSRAM_ERROR":
+            bits = "|".join(n for n, b in mm.FLASH_STATUS.items() if a0 & b) or "0"
+            why = psram_errors[-1] if psram_errors else f"{a2:,} bytes at PSRAM 0x{a1:x}"
+            detail = f"PSRAM controller error (STATUS {bits}): {why}"
         else:
             doc = mm.EXIT_CODES[name][1].split(" (")[0]
             numbers = ", ".join(f"{label} 0x{v:08x}" for label, v in zip(self._arg_labels(name), args))
@@ -580,7 +625,7 @@ class Board:
     def close(self) -> None:
         """Unmap the flash image (the board is unusable afterwards)."""
         self.uc = self.flash = None
-        self.flashctl = self.trace = None  # they hold the flash device, which holds a view of the map
+        self.flashctl = self.psramctl = self.trace = None  # they hold the flash device, which holds a view of the map
         gc.collect()  # Unicorn's callback wrappers form reference cycles with the Uc object
         try:
             self._mmap.close()

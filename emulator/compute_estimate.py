@@ -17,7 +17,7 @@ CYCLES_PER_TRANSCENDENTAL: expf/tanhf by range reduction and a degree-5/6 polyno
 about 30-40 FP operations.
 """
 
-CPU_HZ = 480e6                  # STM32H743-class Cortex-M7
+CPU_HZ = 480e6                  # default clock; the board profile's (compiler/boards.py) is used
 CYCLES_PER_MAC = 2.0
 CYCLES_PER_TRANSCENDENTAL = 40.0
 CYCLES_PER_ELEMENT = 4.0
@@ -46,5 +46,5 @@ def stage_cycles(stage: dict, n_embd: int, n_head: int, position: int) -> float:
     return CYCLES_PER_MAC * macs + CYCLES_PER_TRANSCENDENTAL * trans + CYCLES_PER_ELEMENT * elems
 
 
-def stage_compute_ns(stage: dict, n_embd: int, n_head: int, position: int) -> float:
-    return stage_cycles(stage, n_embd, n_head, position) / CPU_HZ * 1e9
+def stage_compute_ns(stage: dict, n_embd: int, n_head: int, position: int, cpu_hz: float = CPU_HZ) -> float:
+    return stage_cycles(stage, n_embd, n_head, position) / cpu_hz * 1e9

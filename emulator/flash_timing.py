@@ -218,7 +218,20 @@ MX_OCTAL_DTR = FlashTiming(
     deselect_after_write_ns=50.0,
 )
 
-PRESETS: dict[str, FlashTiming] = {t.name: t for t in (W25Q_QUAD, MX_OCTAL_DTR)}
+# The same quad part clocked at 80 MHz, as ESP32-S3 modules run their QIO flash (ESP-IDF
+# CONFIG_ESPTOOLPY_FLASHFREQ_80M; the MCU's SPI0/1 tops out at 80 MHz in SDR): ~40 MB/s.
+_W25Q_80_HZ = 80_000_000
+W25Q_QUAD_80 = replace(
+    W25Q_QUAD,
+    name="w25q-quad-80",
+    part="Winbond W25Q128JV-class quad SPI NOR at 80 MHz (ESP32-S3 QIO flash clock)",
+    read_modes={mode: replace(frame, clock_hz=min(frame.clock_hz, _W25Q_80_HZ))
+                for mode, frame in W25Q_QUAD.read_modes.items()},
+    command_frame=replace(W25Q_QUAD.command_frame, clock_hz=_W25Q_80_HZ),
+    status_frame=replace(W25Q_QUAD.status_frame, clock_hz=_W25Q_80_HZ),
+)
+
+PRESETS: dict[str, FlashTiming] = {t.name: t for t in (W25Q_QUAD, MX_OCTAL_DTR, W25Q_QUAD_80)}
 DEFAULT_PRESET = "w25q-quad"
 
 

@@ -1,4 +1,5 @@
-"""The board's memory-mapped peripherals: flash controller, UART, trace unit, run control.
+"""The board's memory-mapped peripherals: flash controller, PSRAM controller, UART, trace
+unit, run control.
 
 Registers and addresses come from compiler/memory_map.py (the firmware gets the same
 numbers through include/memory_map.h). Each peripheral is mapped with `uc.mmio_map`, so it
@@ -23,6 +24,7 @@ import numpy as np
 from unicorn import UcError
 
 from compiler import memory_map as mm
+from emulator.psram import Psram, PsramError
 from emulator.spi_flash import FlashError, SpiNorFlash
 
 DONE = mm.FLASH_STATUS["DONE"]
@@ -189,6 +191,70 @@ class FlashController(Peripheral):
 
 
 # ----------------------------------------------------------------------------
+# PSRAM controller: DMA between the external PSRAM and SRAM
+
+
+class PsramController(Peripheral):
+    """Runs each transfer to completion when CMD is written; STATUS then reads DONE.
+
+    READ   LEN bytes at PSRAM ADDR -> SRAM at RAM, with one `uc.mem_write` (the DMA).
+    WRITE  LEN bytes of SRAM at RAM (one `uc.mem_read`) -> PSRAM ADDR.
+
+    The device (emulator/psram.py) charges each transfer its bus time on its own clock.
+    A board without PSRAM (`psram` None), a zero LEN, an ADDR range past the end of the
+    device, a RAM range not inside SRAM or an unknown command sets STATUS = ERROR | DONE and
+    records why in `errors` (the board quotes it if the firmware exits with PSRAM_ERROR).
+    STATUS is write-1-to-clear.
+    """
+
+    spec = mm.PSRAMCTL
+
+    def __init__(self, faults: Faults, psram: Psram | None, ram_base: int, ram_size: int):
+        super().__init__(faults)
+        self.psram = psram
+        self.ram_base, self.ram_size = ram_base, ram_size
+        self.errors: list[str] = []
+        self._commands = {v: k for k, v in mm.PSRAM_CMD.items()}
+
+    def write(self, uc, name, value):
+        if name == "CMD":
+            self.regs["CMD"] = value
+            self.regs["STATUS"] = self._execute(uc, value)
+        elif name == "STATUS":
+            self.regs["STATUS"] &= ~value
+        else:
+            self.regs[name] = value
+
+    def _fail(self, msg: str) -> int:
+        self.errors.append(msg)
+        return ERROR | DONE
+
+    def _execute(self, uc, cmd: int) -> int:
+        name = self._commands.get(cmd)
+        addr, ram, length = self.regs["ADDR"], self.regs["RAM"], self.regs["LEN"]
+        if name is None:
+            return self._fail(f"unknown PSRAM command {cmd}")
+        what = f"{name} of {length:,} bytes at PSRAM 0x{addr:x}"
+        if self.psram is None:
+            return self._fail(f"{what}: this board has no PSRAM")
+        if length == 0:
+            return self._fail(f"{what}: zero length")
+        if addr + length > self.psram.size:
+            return self._fail(f"{what}: past the end of the {self.psram.size:,}-byte PSRAM")
+        if not (self.ram_base <= ram and ram + length <= self.ram_base + self.ram_size):
+            return self._fail(f"{what}: SRAM range 0x{ram:08x}..0x{ram + length:08x} is not inside SRAM "
+                              f"(0x{self.ram_base:08x}..0x{self.ram_base + self.ram_size:08x})")
+        try:
+            if name == "READ":
+                uc.mem_write(ram, self.psram.read(addr, length))  # the DMA: one write
+            else:
+                self.psram.write(addr, bytes(uc.mem_read(ram, length)))  # one read
+        except (PsramError, ValueError, UcError) as e:
+            return self._fail(f"{what}: {e}")
+        return DONE
+
+
+# ----------------------------------------------------------------------------
 # UART: text out, streamed as it arrives
 
 
@@ -241,6 +307,8 @@ class StageStats:
     calls: int = 0
     flash_bytes: int = 0      # bytes moved over the flash bus (data phases)
     flash_ns: float = 0.0     # simulated flash time, program/erase waits included
+    psram_bytes: int = 0      # bytes moved to and from PSRAM (reads + writes)
+    psram_ns: float = 0.0     # simulated PSRAM bus time
     wall_s: float = 0.0       # host seconds spent emulating it
 
 
@@ -252,6 +320,8 @@ class PositionStats:
     stages: list[int] = field(default_factory=list)  # stage indices that ran, in order
     flash_bytes: int = 0
     flash_ns: float = 0.0
+    psram_bytes: int = 0
+    psram_ns: float = 0.0
     wall_s: float = 0.0
 
 
@@ -259,51 +329,61 @@ class Trace(Peripheral):
     """STAGE opens a stage (closing the running one); TRACE_IDLE closes it.
 
     A stage is charged the flash bytes and the simulated flash time of the commands issued
-    while it is open, and the host time that passed. TOKEN appends a generated token and
-    its wall time. The logits channel: on the LOGITS_COUNT write, COUNT float32 at
-    LOGITS_ADDR are copied into [FIRST:FIRST + COUNT] of the current step's logits; a step
-    ends at a TOKEN write, so the logits dumped before token k are the ones that chose it.
+    while it is open, likewise the PSRAM bytes and time of its transfers, and the host time
+    that passed. TOKEN appends a generated token and its wall time. The logits channel: on
+    the LOGITS_COUNT write, COUNT float32 at LOGITS_ADDR are copied into [FIRST:FIRST + COUNT]
+    of the current step's logits; a step ends at a TOKEN write, so the logits dumped before
+    token k are the ones that chose it.
     """
 
     spec = mm.TRACE
 
     def __init__(self, faults: Faults, flash: SpiNorFlash, stage_name: Callable[[int], str],
-                 vocab_size: int = 0):
+                 vocab_size: int = 0, psram: Psram | None = None):
         super().__init__(faults)
         self.flash = flash
+        self.psram = psram
         self.stage_name = stage_name
         self.vocab_size = vocab_size
         self.stages: dict[int, StageStats] = {}
         self.current: int | None = None
-        self._opened = (0, 0.0, 0.0)
+        self._opened = self._now()
         self.tokens: list[int] = []
         self.token_times: list[float] = []  # perf_counter at each TOKEN write
         self.positions: list[int] = []
         self.per_position: list[PositionStats] = []
-        self._position_opened = (0, 0.0, 0.0)
+        self._position_opened = self._opened
         self.logits: list[np.ndarray | None] = []
         self._step_logits: np.ndarray | None = None
 
-    def _flash_now(self) -> tuple[int, float]:
-        return self.flash.stats()["total"]["bytes"], self.flash.now_ns
+    def _now(self) -> tuple[int, float, int, float, float]:
+        """(flash bytes, flash ns, PSRAM bytes, PSRAM ns, perf_counter) so far."""
+        if self.psram is None:
+            pb, pns = 0, 0.0
+        else:
+            total = self.psram.stats()["total"]
+            pb, pns = total["bytes"], total["ns"]
+        return self.flash.stats()["total"]["bytes"], self.flash.now_ns, pb, pns, time.perf_counter()
+
+    @staticmethod
+    def _charge(acc, opened, now) -> None:
+        acc.flash_bytes += now[0] - opened[0]
+        acc.flash_ns += now[1] - opened[1]
+        acc.psram_bytes += now[2] - opened[2]
+        acc.psram_ns += now[3] - opened[3]
+        acc.wall_s += now[4] - opened[4]
 
     def _close(self) -> None:
         if self.current is None:
             return
-        nbytes, ns = self._flash_now()
-        b0, ns0, t0 = self._opened
-        s = self.stages[self.current]
-        s.flash_bytes += nbytes - b0
-        s.flash_ns += ns - ns0
-        s.wall_s += time.perf_counter() - t0
+        self._charge(self.stages[self.current], self._opened, self._now())
         self.current = None
 
     def _close_position(self) -> None:
         if self.per_position:
-            nbytes, ns = self._flash_now()
-            b0, ns0, t0 = self._position_opened
-            p = self.per_position[-1]
-            p.flash_bytes, p.flash_ns, p.wall_s = nbytes - b0, ns - ns0, time.perf_counter() - t0
+            p = self.per_position[-1]  # closed once: at the next POSITION, or at the end
+            p.flash_bytes, p.psram_bytes, p.flash_ns, p.psram_ns, p.wall_s = 0, 0, 0.0, 0.0, 0.0
+            self._charge(p, self._position_opened, self._now())
 
     def finish(self) -> None:
         self._close()
@@ -326,7 +406,7 @@ class Trace(Peripheral):
                 self.current = value
                 if self.per_position:
                     self.per_position[-1].stages.append(value)
-                self._opened = (*self._flash_now(), time.perf_counter())
+                self._opened = self._now()
         elif name == "TOKEN":
             self.tokens.append(value)
             self.token_times.append(time.perf_counter())
@@ -336,7 +416,7 @@ class Trace(Peripheral):
             self.positions.append(value)
             self._close_position()
             self.per_position.append(PositionStats(value))
-            self._position_opened = (*self._flash_now(), time.perf_counter())
+            self._position_opened = self._now()
         elif name == "LOGITS_COUNT":
             self._logits_tile(uc, self.regs["LOGITS_ADDR"], self.regs["LOGITS_FIRST"], value)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from compiler.boards import get_board
 from compiler.errors import McugptError
 from compiler.flash_image import read_image
 from compiler.plan import Plan
@@ -22,7 +23,7 @@ from compiler.sampler import TOPK_MAX, Sampling
 from compiler.tokenizer import encode
 from emulator import compute_estimate
 from emulator.board import Board, RunResult
-from emulator.flash_timing import DEFAULT_PRESET, PRESETS
+from emulator.flash_timing import PRESETS
 
 # Emulator logits agree with numpy's to ~1e-6 relative (different summation orders);
 # this is the bound the tests and --check hold them to.
@@ -56,8 +57,12 @@ class Build:
 
 
 def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | None = None,
-        flash: str = DEFAULT_PRESET, on_text=None, dump_logits: bool = False, check: bool = False,
+        flash: str | None = None, on_text=None, dump_logits: bool = False, check: bool = False,
         timeout_s: float | None = None) -> dict:
+    """Generate on the board the build was planned for: its SRAM (or `ram`, to map less), its
+    flash part (or `flash`), its PSRAM."""
+    profile = get_board(build.plan.data["board"]["name"])
+    flash = flash or profile.flash[0]
     if flash not in PRESETS:
         raise McugptError(f"unknown flash preset '{flash}' (known: {', '.join(PRESETS)})")
     if sampling.temperature < 0:
@@ -72,8 +77,8 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
     # The firmware checks the image too (and is tested to); checking here first gives the
     # host's clearer message for a truncated, foreign or damaged image.
     read_image(build.path / "flash.img", verify_weights=False)
-    with Board(build.path / "firmware.elf", build.path / "flash.img",
-               ram_bytes=ram or build.plan.data["ram_budget"], flash_preset=flash) as board:
+    with Board.for_profile(build.path / "firmware.elf", build.path / "flash.img", profile,
+                           ram_bytes=ram, flash_preset=flash) as board:
         result = board.run(prompt_tokens, n_new, temperature=sampling.temperature, top_k=sampling.top_k,
                            seed=sampling.seed, dump_logits=dump_logits or check, on_text=on_text,
                            timeout_s=timeout_s)
@@ -86,7 +91,7 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
 def compare_with_reference(build: Build, prompt_tokens, n_new, sampling, result: RunResult) -> dict:
     cfg, weights, _ = build.model()
     t0 = time.perf_counter()
-    ref = generate(Reference(cfg, weights), prompt_tokens, n_new, sampling,
+    ref = generate(Reference(cfg, weights, dtype=build.plan.data["dtype"]), prompt_tokens, n_new, sampling,
                    n_ctx=build.plan.data["ctx"], keep_logits=True)
     err = max(float(np.max(np.abs(a - b))) for a, b in zip(result.logits, ref.logits))
     scale = max(float(np.max(np.abs(b))) for b in ref.logits)
@@ -103,8 +108,10 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
     stages = plan["stages"]
     n_prompt = len(prompt_tokens)
 
+    cpu_hz = plan["board"]["cpu_hz"]
+
     def compute_ns(p):
-        return sum(compute_estimate.stage_compute_ns(stages[i], m["n_embd"], m["n_head"], p.position)
+        return sum(compute_estimate.stage_compute_ns(stages[i], m["n_embd"], m["n_head"], p.position, cpu_hz)
                    for i in p.stages)
 
     # A generated token costs one forward pass that ends in the head: positions
@@ -112,7 +119,7 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
     decode = [p for p in result.per_position if p.position >= n_prompt - 1]
     prefill = [p for p in result.per_position if p.position < n_prompt - 1]
     mean = lambda xs: sum(xs) / len(xs) if xs else 0.0
-    io_s = mean([p.flash_ns for p in decode]) * 1e-9
+    io_s = mean([p.flash_ns + p.psram_ns for p in decode]) * 1e-9
     compute_s = mean([compute_ns(p) for p in decode]) * 1e-9
     device_s = io_s + compute_s
 
@@ -125,10 +132,10 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
                                              "flash_bytes": 0})
         k["stages"] += 1
         # per generated token: this stage's share of the run, scaled to decode passes
-        per_call_io = s.flash_ns * 1e-9 / s.calls
+        per_call_io = (s.flash_ns + s.psram_ns) * 1e-9 / s.calls
         k["io_s"] += per_call_io
         k["flash_bytes"] += s.flash_bytes // s.calls
-        k["compute_s"] += compute_estimate.stage_compute_ns(row, m["n_embd"], m["n_head"], last_pos) * 1e-9
+        k["compute_s"] += compute_estimate.stage_compute_ns(row, m["n_embd"], m["n_head"], last_pos, cpu_hz) * 1e-9
     kinds = sorted(by_kind.values(), key=lambda k: -(k["io_s"] + k["compute_s"]))
     total = sum(k["io_s"] + k["compute_s"] for k in kinds) or 1.0
     for k in kinds:
@@ -146,11 +153,14 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
             "io_s_per_token": io_s, "compute_s_per_token": compute_s, "s_per_token": device_s,
             "tokens_per_s": 1.0 / device_s if device_s else 0.0,
             "compute_model": f"{compute_estimate.CYCLES_PER_MAC:g} cycles/MAC at "
-                             f"{compute_estimate.CPU_HZ / 1e6:g} MHz (estimate, emulator/compute_estimate.py)",
-            "io_model": f"{flash} flash, simulated from datasheet timing (emulator/flash_timing.py)",
+                             f"{cpu_hz / 1e6:g} MHz (estimate, emulator/compute_estimate.py)",
+            "io_model": f"{flash} flash" + (f" + {plan['board']['psram']} PSRAM" if plan["kv"]["placement"] == "psram" else "")
+                        + ", simulated from datasheet timing",
         },
         "flash_bytes_per_token": int(mean([p.flash_bytes for p in decode])),
         "flash_bytes_total": result.flash_bytes,
+        "psram_bytes_per_token": int(mean([p.psram_bytes for p in decode])),
+        "kv_placement": plan["kv"]["placement"], "ctx": plan["ctx"], "board": plan["board"]["name"],
         "peak_ram": {"measured": ram.peak_bytes, "static": ram.static_bytes,
                      "arena_high_water": ram.arena_high_water, "arena": ram.arena_bytes,
                      "stack_used": ram.stack_used, "stack_reserve": ram.stack_bytes,

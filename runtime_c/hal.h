@@ -28,6 +28,16 @@ void flash_read_crc(uint32_t flash_addr, void* dst, uint32_t len);
 uint32_t crc_value(void);
 
 // ----------------------------------------------------------------------------
+// external PSRAM (the KV cache when SRAM cannot hold it): DMA between PSRAM and SRAM
+
+// Copy len bytes at PSRAM byte address psram_addr to dst (SRAM), or len bytes at src to
+// psram_addr. Each call is one DMA transfer; len 0 issues none. A controller error (an
+// address past the end, a board without PSRAM) ends the run:
+// board_exit(EXIT_PSRAM_ERROR, status, psram_addr, len).
+void psram_read(uint32_t psram_addr, void* dst, uint32_t len);
+void psram_write(uint32_t psram_addr, const void* src, uint32_t len);
+
+// ----------------------------------------------------------------------------
 // output and trace
 
 // Bytes of generated text (the UART on the board, stdout on the host).

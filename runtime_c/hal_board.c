@@ -47,6 +47,32 @@ void flash_read_crc(uint32_t flash_addr, void* dst, uint32_t len) {
 uint32_t crc_value(void) { return FLASHCTL_CRC_VALUE; }
 
 // ----------------------------------------------------------------------------
+// PSRAM controller: ADDR, RAM, LEN, then CMD = READ or WRITE; poll STATUS until DONE
+
+static void psram_dma(uint32_t cmd, uint32_t psram_addr, uint32_t ram, uint32_t len) {
+    if (len == 0) return;
+    barrier();                        // a write's source must be in RAM before the DMA reads it
+    PSRAMCTL_ADDR = psram_addr;
+    PSRAMCTL_RAM = ram;
+    PSRAMCTL_LEN = len;
+    PSRAMCTL_CMD = cmd;
+    uint32_t status;
+    do {
+        status = PSRAMCTL_STATUS;
+        if (status & FLASH_STATUS_ERROR) board_exit(EXIT_PSRAM_ERROR, status, psram_addr, len);
+    } while (!(status & FLASH_STATUS_DONE));
+    barrier();
+}
+
+void psram_read(uint32_t psram_addr, void* dst, uint32_t len) {
+    psram_dma(PSRAM_CMD_READ, psram_addr, (uint32_t)(uintptr_t)dst, len);
+}
+
+void psram_write(uint32_t psram_addr, const void* src, uint32_t len) {
+    psram_dma(PSRAM_CMD_WRITE, psram_addr, (uint32_t)(uintptr_t)src, len);
+}
+
+// ----------------------------------------------------------------------------
 // UART and trace unit
 
 void uart_write(const uint8_t* bytes, uint32_t n) {

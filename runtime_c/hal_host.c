@@ -15,6 +15,7 @@
 #include <string.h>
 #include "hal.h"
 #include "memory_map.h"
+#include "model_plan.h"
 
 #define EXIT_USAGE 64
 
@@ -145,6 +146,34 @@ void flash_read_crc(uint32_t flash_addr, void* dst, uint32_t len) {
 }
 
 uint32_t crc_value(void) { return crc_state; }
+
+// ----------------------------------------------------------------------------
+// PSRAM: a static byte array as large as the plan's KV cache (none when it is in SRAM)
+
+#if KV_IN_SRAM
+#define HOST_PSRAM_BYTES 0u
+#else
+#define HOST_PSRAM_BYTES (2u * N_LAYER * N_CTX * N_EMBD * (uint32_t)sizeof(float))
+#endif
+static uint8_t psram[HOST_PSRAM_BYTES > 0 ? HOST_PSRAM_BYTES : 1];
+
+static void psram_check(uint32_t psram_addr, uint32_t len) {
+    if ((uint64_t)psram_addr + len > HOST_PSRAM_BYTES) {
+        board_exit(EXIT_PSRAM_ERROR, FLASH_STATUS_ERROR | FLASH_STATUS_DONE, psram_addr, len);
+    }
+}
+
+void psram_read(uint32_t psram_addr, void* dst, uint32_t len) {
+    if (len == 0) return;
+    psram_check(psram_addr, len);
+    memcpy(dst, psram + psram_addr, len);
+}
+
+void psram_write(uint32_t psram_addr, const void* src, uint32_t len) {
+    if (len == 0) return;
+    psram_check(psram_addr, len);
+    memcpy(psram + psram_addr, src, len);
+}
 
 // ----------------------------------------------------------------------------
 // output, trace, mailbox, exit

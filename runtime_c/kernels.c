@@ -90,24 +90,37 @@ void add_inplace(float* a, const float* b, int n) {
 // ----------------------------------------------------------------------------
 // attention, one head
 
-void attention_head(float* out, const float* q, const float* k_cache, const float* v_cache,
-                    int n_pos, int head_dim, int row_stride, float* scores_scratch) {
-    float* scores = scores_scratch;   // (n_pos,)
+float attention_scale(int head_dim) {
     // GPT-2 has head_dim = 64: sqrt is 8 and the scale 1/8 is exact, so multiplying by
     // it equals numpy's division by sqrt(head_dim).
-    float scale = 1.0f / mcu_sqrtf((float)head_dim);
-    for (int t = 0; t < n_pos; t++) {
-        const float* k = k_cache + (size_t)t * (size_t)row_stride;   // (head_dim,)
+    return 1.0f / mcu_sqrtf((float)head_dim);
+}
+
+void attention_scores(float* scores, const float* q, const float* k_rows, int n, int head_dim,
+                      int row_stride, float scale) {
+    for (int t = 0; t < n; t++) {
+        const float* k = k_rows + (size_t)t * (size_t)row_stride;   // (head_dim,)
         scores[t] = vec_dot(q, k, head_dim) * scale;
     }
-    softmax(scores, n_pos);
-    // q is no longer needed from here on, which is why out may alias it
-    for (int d = 0; d < head_dim; d++) out[d] = 0.0f;
-    for (int t = 0; t < n_pos; t++) {
-        const float* v = v_cache + (size_t)t * (size_t)row_stride;   // (head_dim,)
+}
+
+void attention_accumulate(float* out, const float* scores, const float* v_rows, int n, int head_dim,
+                          int row_stride) {
+    for (int t = 0; t < n; t++) {
+        const float* v = v_rows + (size_t)t * (size_t)row_stride;   // (head_dim,)
         float s = scores[t];
         for (int d = 0; d < head_dim; d++) out[d] += s * v[d];
     }
+}
+
+void attention_head(float* out, const float* q, const float* k_cache, const float* v_cache,
+                    int n_pos, int head_dim, int row_stride, float* scores_scratch) {
+    float* scores = scores_scratch;   // (n_pos,)
+    attention_scores(scores, q, k_cache, n_pos, head_dim, row_stride, attention_scale(head_dim));
+    softmax(scores, n_pos);
+    // q is no longer needed from here on, which is why out may alias it
+    for (int d = 0; d < head_dim; d++) out[d] = 0.0f;
+    attention_accumulate(out, scores, v_cache, n_pos, head_dim, row_stride);
 }
 
 // ----------------------------------------------------------------------------

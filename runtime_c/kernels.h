@@ -38,12 +38,26 @@ void softmax(float* x, int n);
 // a += b (the residual connection). a (n,), b (n,)
 void add_inplace(float* a, const float* b, int n);
 
+// Attention in pieces, so a KV cache that arrives in blocks (from PSRAM) gets the very
+// operations of attention_head, in the same order:
+//   attention_scale(head_dim) = 1.0f / mcu_sqrtf((float)head_dim)
+//   attention_scores: scores[t] = vec_dot(q, k_t, head_dim) * scale for t = 0..n-1,
+//     k_t = k_rows + t*row_stride
+//   attention_accumulate: for t = 0..n-1 in order, for each d: out[d] += scores[t] * v_t[d],
+//     v_t = v_rows + t*row_stride (out is not zeroed: call it block after block)
+float attention_scale(int head_dim);
+void attention_scores(float* scores, const float* q, const float* k_rows, int n, int head_dim,
+                      int row_stride, float scale);
+void attention_accumulate(float* out, const float* scores, const float* v_rows, int n, int head_dim,
+                          int row_stride);
+
 // One attention head for the newest position, over positions 0..n_pos-1 of the KV cache:
 // scores[t] = vec_dot(q, k_t, head_dim) * (1/sqrt(head_dim)); softmax(scores);
 // out[d] = sum over t = 0..n_pos-1 in order of scores[t] * v_t[d] (starting from +0.0f).
 // k_t = k_cache + t*row_stride (the cache is [pos][n_embd] per layer: pass the base plus
 // the head's offset, and row_stride = n_embd); likewise v_t.
 // out (head_dim,), q (head_dim,), scores_scratch (n_pos,). out may equal q. n_pos >= 1.
+// = attention_scores, softmax, out = 0, attention_accumulate.
 void attention_head(float* out, const float* q, const float* k_cache, const float* v_cache,
                     int n_pos, int head_dim, int row_stride, float* scores_scratch);
 

@@ -93,8 +93,9 @@ static inline int32_t odd_pairs(uint32_t v) {
 // once for both rows. The main loop, 16 columns per iteration, is one assembly block so
 // that both compilers emit the same 54 instructions per 32 multiply-accumulates
 // (1.69 per MAC; compiled from intrinsics it was 2.0-2.06: GCC does not fold the rotate
-// into SXTB16 and both spend registers on index arithmetic). Then 8, 4, and the last
-// 0..3 columns in C.
+// into SXTB16 and both spend registers on index arithmetic). It needs 11 registers, so it
+// also builds at -O0 with a frame pointer. Then up to three more words with intrinsics,
+// and the last 0..3 columns in plain C.
 static void dot2_i8(int32_t* out, const int8_t* w0, const int8_t* w1, const int8_t* x, int n) {
     int32_t a0 = 0, a1 = 0;
     int k = n >> 4;

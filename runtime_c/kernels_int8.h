@@ -9,7 +9,9 @@
 // - Cortex-M with the DSP extension (__ARM_FEATURE_DSP, e.g. -mcpu=cortex-m7): four int8
 //   per 32-bit load, SXTB16 / SXTB16 ROR #8 to unpack them into two int16 pairs, SMLAD to
 //   multiply-accumulate a pair per instruction; two rows per pass share the unpacked
-//   activations (the CMSIS-NN arm_nn_mat_mult pattern).
+//   activations (the CMSIS-NN arm_nn_vec_mat_mult_t_s8 pattern). The main loop is inline
+//   assembly (16 columns x 2 rows, 1.69 instructions per MAC with zig cc and GCC alike),
+//   the tails use the ACLE intrinsics of <arm_acle.h>.
 // - anywhere else (the host tests): a plain C loop.
 #ifndef MCUGPT_KERNELS_INT8_H
 #define MCUGPT_KERNELS_INT8_H

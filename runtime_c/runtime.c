@@ -19,6 +19,7 @@
 #include "flash_layout.h"
 #include "hal.h"
 #include "kernels.h"
+#include "kernels_int8.h"
 #include "memory_map.h"
 #include "model_plan.h"
 #include "prng.h"
@@ -55,17 +56,35 @@ uint8_t arena[ARENA_BYTES] ARENA_SECTION __attribute__((aligned(32)));
 
 // The plan sized the buffers; these say what this file puts in them.
 #define F32 4u
+// Bytes of one matrix row in flash and in the weights buffer. int8 builds store each tile
+// of rows as the rows' float32 scales, then their int8 values (DTYPE_INT8_TILED), so a
+// tile is one contiguous read and the rows before tile k always take k * tile_rows rows.
+#if WEIGHTS_INT8
+#define MATRIX_DTYPE DTYPE_INT8_TILED
+#define MATRIX_ROW_BYTES(cols) ((cols) + F32)
+#else
+#define MATRIX_DTYPE DTYPE_FP32
+#define MATRIX_ROW_BYTES(cols) ((cols) * F32)
+#endif
+
 _Static_assert(BUF_X_BYTES >= N_EMBD * F32 && BUF_H_BYTES >= N_EMBD * F32, "x, h");
 _Static_assert(BUF_QKV_BYTES >= 3 * N_EMBD * F32 && BUF_ATT_BYTES >= N_EMBD * F32, "qkv, att");
 _Static_assert(BUF_HIDDEN_BYTES >= 4 * N_EMBD * F32 && BUF_SCORES_BYTES >= N_CTX * F32, "hidden, scores");
 _Static_assert(BUF_PARAMS_BYTES >= 4 * N_EMBD * F32, "params: the largest bias (b_fc), or gain+bias");
+#if KV_IN_SRAM
 _Static_assert(BUF_KV_BYTES >= 2u * N_LAYER * N_CTX * N_EMBD * F32, "kv");
+#else  // the cache is in PSRAM; the arena holds one block of one head's rows
+_Static_assert(KV_BLOCK_POSITIONS >= 1 && BUF_KV_BLOCK_BYTES >= KV_BLOCK_POSITIONS * HEAD_DIM * F32, "kv_block");
+#endif
 _Static_assert(BUF_LOGITS_BYTES >= TILE_ROWS_HEAD_WTE * F32, "logits");
-_Static_assert(TILE_ROWS_ATTN_QKV_W * N_EMBD * F32 <= BUF_WEIGHTS_BYTES &&
-               TILE_ROWS_ATTN_PROJ_W * N_EMBD * F32 <= BUF_WEIGHTS_BYTES &&
-               TILE_ROWS_MLP_W_FC * N_EMBD * F32 <= BUF_WEIGHTS_BYTES &&
-               TILE_ROWS_MLP_W_PROJ * 4 * N_EMBD * F32 <= BUF_WEIGHTS_BYTES &&
-               TILE_ROWS_HEAD_WTE * N_EMBD * F32 <= BUF_WEIGHTS_BYTES, "weight tiles");
+_Static_assert(TILE_ROWS_ATTN_QKV_W * MATRIX_ROW_BYTES(N_EMBD) <= BUF_WEIGHTS_BYTES &&
+               TILE_ROWS_ATTN_PROJ_W * MATRIX_ROW_BYTES(N_EMBD) <= BUF_WEIGHTS_BYTES &&
+               TILE_ROWS_MLP_W_FC * MATRIX_ROW_BYTES(N_EMBD) <= BUF_WEIGHTS_BYTES &&
+               TILE_ROWS_MLP_W_PROJ * MATRIX_ROW_BYTES(4 * N_EMBD) <= BUF_WEIGHTS_BYTES &&
+               TILE_ROWS_HEAD_WTE * MATRIX_ROW_BYTES(N_EMBD) <= BUF_WEIGHTS_BYTES, "weight tiles");
+#if WEIGHTS_INT8
+_Static_assert(BUF_XQ_BYTES >= 4 * N_EMBD, "xq: the widest quantized input");
+#endif
 _Static_assert(BUF_TOPK_BYTES >= sizeof(TopK), "topk: the head's running top-k");
 _Static_assert(N_CTX <= N_CTX_MODEL && N_EMBD == N_HEAD * HEAD_DIM, "model shape");
 
@@ -103,11 +122,16 @@ static uint32_t read_tensor(uint32_t stage, const StageEntry* s, uint32_t role, 
 }
 
 // A tensor must have the shape this code is about to put in a buffer, or it would overrun it.
-static void expect_shape(uint32_t stage, const StageEntry* s, uint32_t index, const TensorEntry* t,
-                         uint32_t rows, uint32_t cols) {
-    if (t->rows != rows || t->cols != cols || t->size != rows * cols * F32 || t->dtype != DTYPE_FP32) {
+static void expect_tensor(uint32_t stage, const StageEntry* s, uint32_t index, const TensorEntry* t,
+                          uint32_t rows, uint32_t cols, uint32_t dtype, uint32_t row_bytes) {
+    if (t->rows != rows || t->cols != cols || t->size != rows * row_bytes || t->dtype != dtype) {
         board_exit(EXIT_BAD_STAGE, stage, s->kind, index);
     }
+}
+
+static void expect_shape(uint32_t stage, const StageEntry* s, uint32_t index, const TensorEntry* t,
+                         uint32_t rows, uint32_t cols) {
+    expect_tensor(stage, s, index, t, rows, cols, DTYPE_FP32, cols * F32);
 }
 
 static void check_crc(uint32_t index, const TensorEntry* t) {
@@ -133,6 +157,7 @@ typedef struct {
     TensorEntry t;
     uint32_t index;       // in the tensor table
     uint32_t tile_rows;   // rows per tile, from the plan
+    uint32_t row_bytes;   // MATRIX_ROW_BYTES(cols)
     uint32_t row;         // first row of the current tile
     uint32_t n;           // rows in the current tile (the last one may be short)
 } MatrixStream;
@@ -140,7 +165,8 @@ typedef struct {
 static void matrix_open(MatrixStream* m, uint32_t stage, const StageEntry* s, uint32_t role,
                         uint32_t rows, uint32_t cols, uint32_t tile_rows) {
     m->index = read_tensor(stage, s, role, &m->t);
-    expect_shape(stage, s, m->index, &m->t, rows, cols);
+    m->row_bytes = MATRIX_ROW_BYTES(cols);
+    expect_tensor(stage, s, m->index, &m->t, rows, cols, MATRIX_DTYPE, m->row_bytes);
     m->tile_rows = tile_rows;
     m->row = 0;
     m->n = 0;
@@ -151,19 +177,49 @@ static int matrix_next_tile(MatrixStream* m) {
     m->row += m->n;
     if (m->row >= m->t.rows) return 0;
     m->n = m->t.rows - m->row < m->tile_rows ? m->t.rows - m->row : m->tile_rows;
-    uint32_t row_bytes = m->t.cols * F32;
-    flash_read_crc(m->t.offset + m->row * row_bytes, BUF(WEIGHTS), m->n * row_bytes);
+    flash_read_crc(m->t.offset + m->row * m->row_bytes, BUF(WEIGHTS), m->n * m->row_bytes);
     return 1;
 }
 
 static void matrix_close(MatrixStream* m) { check_crc(m->index, &m->t); }
 
-// y[r] = y[r] + (b[r] + w_r . x) for each row of a tile: a projection added to the
-// residual stream, in the reference's order x + (x_in @ W + b).
-static void matvec_rows_residual(float* y, const float* w_tile, const float* b, const float* x,
-                                 uint32_t rows, uint32_t cols) {
-    for (uint32_t r = 0; r < rows; r++) {
-        y[r] = y[r] + (b[r] + vec_dot(w_tile + (size_t)r * cols, x, (int)cols));
+// The input vector of a matrix-vector product. int8 builds quantize it once per matrix
+// (compiler/quantize.py): one scale for the vector, its int8 values in BUF(XQ).
+typedef struct {
+    const float* f;       // (cols,)
+    const int8_t* q;      // (cols,) int8 builds only
+    float scale;
+} Input;
+
+static Input input(const float* x, uint32_t cols) {
+    Input in = {x, 0, 0.0f};
+    (void)cols;   // fp32 builds read x as it is
+#if WEIGHTS_INT8
+    int8_t* q = (int8_t*)(arena + BUF_XQ_OFFSET);
+    quantize_vector_i8(q, &in.scale, x, (int)cols);
+    in.q = q;
+#endif
+    return in;
+}
+
+// y (m->n,) = the current tile's rows . x (+ b): float32 dot products, or exact int32 ones
+// dequantized with the row's scale times the input's.
+static void tile_product(const MatrixStream* m, float* y, const float* b, const Input* in) {
+#if WEIGHTS_INT8
+    const float* scales = BUF(WEIGHTS);
+    const int8_t* rows = (const int8_t*)(BUF(WEIGHTS) + m->n);
+    matvec_rows_i8(y, rows, scales, b, in->q, in->scale, (int)m->n, (int)m->t.cols);
+#else
+    matvec_rows(y, BUF(WEIGHTS), b, in->f, (int)m->n, (int)m->t.cols);
+#endif
+}
+
+// x += W in + b, tile by tile, in the reference's order x + (in @ W + b); the tile's
+// product goes through BUF(H), which no projection back into the residual stream reads.
+static void residual_product(MatrixStream* m, const float* b, const Input* in) {
+    while (matrix_next_tile(m)) {
+        tile_product(m, BUF(H) + m->row, b + m->row, in);
+        add_inplace(BUF(X) + m->row, BUF(H) + m->row, (int)m->n);
     }
 }
 
@@ -176,9 +232,23 @@ static void stage_embed(uint32_t i, const StageEntry* s, uint32_t token, uint32_
     TensorEntry wte, wpe;
     uint32_t wte_index = read_tensor(i, s, 0, &wte);
     uint32_t wpe_index = read_tensor(i, s, 1, &wpe);
-    expect_shape(i, s, wte_index, &wte, VOCAB_SIZE, N_EMBD);
+    expect_tensor(i, s, wte_index, &wte, VOCAB_SIZE, N_EMBD, MATRIX_DTYPE, MATRIX_ROW_BYTES(N_EMBD));
     expect_shape(i, s, wpe_index, &wpe, N_CTX_MODEL, N_EMBD);
+#if WEIGHTS_INT8
+    // wte is the head's matrix, stored in the head's tiles: find the row's tile, then its
+    // scale and its int8 values; x = float(q) * scale, as the reference dequantizes it
+    uint32_t tile = token / TILE_ROWS_HEAD_WTE, j = token % TILE_ROWS_HEAD_WTE;
+    uint32_t first = tile * TILE_ROWS_HEAD_WTE;
+    uint32_t n = VOCAB_SIZE - first < TILE_ROWS_HEAD_WTE ? VOCAB_SIZE - first : TILE_ROWS_HEAD_WTE;
+    uint32_t tile_offset = wte.offset + first * MATRIX_ROW_BYTES(N_EMBD);
+    float scale;
+    int8_t* q = (int8_t*)(arena + BUF_XQ_OFFSET);
+    flash_read(tile_offset + j * F32, &scale, F32);
+    flash_read(tile_offset + n * F32 + j * N_EMBD, q, N_EMBD);
+    for (uint32_t d = 0; d < N_EMBD; d++) BUF(X)[d] = (float)q[d] * scale;
+#else
     flash_read(wte.offset + token * N_EMBD * F32, BUF(X), N_EMBD * F32);
+#endif
     flash_read(wpe.offset + pos * N_EMBD * F32, BUF(H), N_EMBD * F32);
     add_inplace(BUF(X), BUF(H), N_EMBD);
 }
@@ -198,19 +268,55 @@ static void stage_attn_qkv(uint32_t i, const StageEntry* s) {
     load_vector(i, s, 1, b, 3 * N_EMBD);   // the bias first: one blob in the CRC unit at a time
     MatrixStream m;
     matrix_open(&m, i, s, 0, 3 * N_EMBD, N_EMBD, TILE_ROWS_ATTN_QKV_W);
-    while (matrix_next_tile(&m)) {
-        matvec_rows(BUF(QKV) + m.row, BUF(WEIGHTS), b + m.row, BUF(H), (int)m.n, N_EMBD);
-    }
+    Input in = input(BUF(H), N_EMBD);
+    while (matrix_next_tile(&m)) tile_product(&m, BUF(QKV) + m.row, b + m.row, &in);
     matrix_close(&m);
 }
 
+#if !KV_IN_SRAM
+// The KV cache in PSRAM, from address 0: [layer][keys, values][head][position][head_dim]
+// floats, N_CTX positions per head. One head's rows 0..pos are contiguous, so a block of
+// KV_BLOCK_POSITIONS of them is one DMA read.
+_Static_assert(2ull * N_LAYER * N_CTX * N_EMBD * F32 <= 0xFFFFFFFFull, "PSRAM addresses are 32-bit");
+
+static uint32_t kv_psram_addr(uint32_t layer, uint32_t values, uint32_t head, uint32_t pos) {
+    return (((layer * 2u + values) * N_HEAD + head) * N_CTX + pos) * HEAD_DIM * F32;
+}
+
+// pass 1: scores[t] = q . k_t * scale for t = 0..n_pos-1, the keys read a block at a time
+static void psram_head_scores(float* scores, const float* q, uint32_t layer, uint32_t head,
+                              uint32_t n_pos) {
+    float scale = attention_scale(HEAD_DIM);
+    for (uint32_t t = 0; t < n_pos; t += KV_BLOCK_POSITIONS) {
+        uint32_t n = n_pos - t < KV_BLOCK_POSITIONS ? n_pos - t : KV_BLOCK_POSITIONS;
+        psram_read(kv_psram_addr(layer, 0, head, t), BUF(KV_BLOCK), n * HEAD_DIM * F32);
+        attention_scores(scores + t, q, BUF(KV_BLOCK), (int)n, HEAD_DIM, HEAD_DIM, scale);
+    }
+}
+
+// pass 2: out = sum over t = 0..n_pos-1, in order, of scores[t] v_t, the values read a
+// block at a time
+static void psram_head_values(float* out, const float* scores, uint32_t layer, uint32_t head,
+                              uint32_t n_pos) {
+    for (uint32_t d = 0; d < HEAD_DIM; d++) out[d] = 0.0f;
+    for (uint32_t t = 0; t < n_pos; t += KV_BLOCK_POSITIONS) {
+        uint32_t n = n_pos - t < KV_BLOCK_POSITIONS ? n_pos - t : KV_BLOCK_POSITIONS;
+        psram_read(kv_psram_addr(layer, 1, head, t), BUF(KV_BLOCK), n * HEAD_DIM * F32);
+        attention_accumulate(out, scores + t, BUF(KV_BLOCK), (int)n, HEAD_DIM, HEAD_DIM);
+    }
+}
+#endif
+
 // attn_core: append this position's key and value to the layer's KV cache, then each head
-// attends over positions 0..pos: att = softmax(q k^T / sqrt(HEAD_DIM)) v
+// attends over positions 0..pos: att = softmax(q k^T / sqrt(HEAD_DIM)) v.
+// With the cache in PSRAM the same kernels (kernels.h: attention_head in pieces) run over
+// blocks read back by DMA, in the same order, so the result has the same bits.
 static void stage_attn_core(uint32_t i, const StageEntry* s, uint32_t pos) {
     if (s->layer >= N_LAYER) board_exit(EXIT_BAD_STAGE, i, s->kind, s->layer);
     const float* q = BUF(QKV);
     const float* k = BUF(QKV) + N_EMBD;
     const float* v = BUF(QKV) + 2 * N_EMBD;
+#if KV_IN_SRAM
     float* keys = KV_KEYS(s->layer);       // (N_CTX, N_EMBD): row t = every head's key at t
     float* values = KV_VALUES(s->layer);
     for (uint32_t d = 0; d < N_EMBD; d++) {
@@ -222,6 +328,19 @@ static void stage_attn_core(uint32_t i, const StageEntry* s, uint32_t pos) {
         attention_head(BUF(ATT) + c, q + c, keys + c, values + c, (int)pos + 1, HEAD_DIM, N_EMBD,
                        BUF(SCORES));
     }
+#else
+    for (uint32_t head = 0; head < N_HEAD; head++) {   // row pos of every head: k, then v
+        uint32_t c = head * HEAD_DIM;
+        psram_write(kv_psram_addr(s->layer, 0, head, pos), k + c, HEAD_DIM * F32);
+        psram_write(kv_psram_addr(s->layer, 1, head, pos), v + c, HEAD_DIM * F32);
+    }
+    for (uint32_t head = 0; head < N_HEAD; head++) {
+        uint32_t c = head * HEAD_DIM;
+        psram_head_scores(BUF(SCORES), q + c, s->layer, head, pos + 1);
+        softmax(BUF(SCORES), (int)pos + 1);
+        psram_head_values(BUF(ATT) + c, BUF(SCORES), s->layer, head, pos + 1);
+    }
+#endif
 }
 
 // attn_proj: x += W att + b, W [N_EMBD, N_EMBD]
@@ -230,9 +349,8 @@ static void stage_attn_proj(uint32_t i, const StageEntry* s) {
     load_vector(i, s, 1, b, N_EMBD);
     MatrixStream m;
     matrix_open(&m, i, s, 0, N_EMBD, N_EMBD, TILE_ROWS_ATTN_PROJ_W);
-    while (matrix_next_tile(&m)) {
-        matvec_rows_residual(BUF(X) + m.row, BUF(WEIGHTS), b + m.row, BUF(ATT), m.n, N_EMBD);
-    }
+    Input in = input(BUF(ATT), N_EMBD);
+    residual_product(&m, b, &in);
     matrix_close(&m);
 }
 
@@ -244,17 +362,15 @@ static void stage_mlp(uint32_t i, const StageEntry* s) {
     MatrixStream m;
     load_vector(i, s, 1, b, 4 * N_EMBD);
     matrix_open(&m, i, s, 0, 4 * N_EMBD, N_EMBD, TILE_ROWS_MLP_W_FC);
-    while (matrix_next_tile(&m)) {
-        matvec_rows(BUF(HIDDEN) + m.row, BUF(WEIGHTS), b + m.row, BUF(H), (int)m.n, N_EMBD);
-    }
+    Input in = input(BUF(H), N_EMBD);
+    while (matrix_next_tile(&m)) tile_product(&m, BUF(HIDDEN) + m.row, b + m.row, &in);
     matrix_close(&m);
     gelu_tanh(BUF(HIDDEN), 4 * N_EMBD);
 
     load_vector(i, s, 3, b, N_EMBD);
     matrix_open(&m, i, s, 2, N_EMBD, 4 * N_EMBD, TILE_ROWS_MLP_W_PROJ);
-    while (matrix_next_tile(&m)) {
-        matvec_rows_residual(BUF(X) + m.row, BUF(WEIGHTS), b + m.row, BUF(HIDDEN), m.n, 4 * N_EMBD);
-    }
+    in = input(BUF(HIDDEN), 4 * N_EMBD);
+    residual_product(&m, b, &in);
     matrix_close(&m);
 }
 
@@ -271,8 +387,9 @@ static void stage_head(uint32_t i, const StageEntry* s) {
     topk_init(TOPK, request.temperature == 0.0f ? 1 : (int)request.top_k);
     MatrixStream m;
     matrix_open(&m, i, s, 2, VOCAB_SIZE, N_EMBD, TILE_ROWS_HEAD_WTE);
+    Input in = input(BUF(H), N_EMBD);
     while (matrix_next_tile(&m)) {
-        matvec_rows(BUF(LOGITS), BUF(WEIGHTS), NULL, BUF(H), (int)m.n, N_EMBD);
+        tile_product(&m, BUF(LOGITS), NULL, &in);
         topk_push(TOPK, BUF(LOGITS), (int)m.row, (int)m.n);
         if (request.flags & MAILBOX_FLAG_DUMP_LOGITS) trace_logits(BUF(LOGITS), m.row, m.n);
     }
@@ -367,7 +484,7 @@ static void check_image(void) {
     expect_field(header.n_ctx_model, N_CTX_MODEL, offsetof(ImageHeader, n_ctx_model));
     expect_field(header.n_ctx, N_CTX, offsetof(ImageHeader, n_ctx));
     expect_field(header.vocab_size, VOCAB_SIZE, offsetof(ImageHeader, vocab_size));
-    expect_field(header.dtype, DTYPE_FP32, offsetof(ImageHeader, dtype));
+    expect_field(header.dtype, WEIGHTS_INT8 ? DTYPE_INT8_TILED : DTYPE_FP32, offsetof(ImageHeader, dtype));
     union { float f; uint32_t u; } eps_found = {header.ln_eps}, eps_expected = {LN_EPS};
     expect_field(eps_found.u, eps_expected.u, offsetof(ImageHeader, ln_eps));   // float bits
 

@@ -367,7 +367,7 @@ def function_body(dis, name):
 
 
 def hottest_loop(insns):
-    """The innermost backward branch whose body holds the most SMLADs: (body, macs)."""
+    """The loop (backward branch) with the fewest instructions per SMLAD MAC: (body, macs)."""
     best = None
     for i, (addr, op, args) in enumerate(insns):
         t = re.search(r"0x([0-9a-f]+)", args)
@@ -416,6 +416,16 @@ def test_m7_object_is_single_precision_and_self_contained(compiler):
     assert undefined - ehabi == set(), f"{compiler}: needs {sorted(undefined - ehabi)}"
     q = [op for _a, op, _r in function_body(dis, "quantize_vector_i8")]
     assert "vdiv.f32" in q and "vcvt.s32.f32" in q
+
+
+@pytest.mark.parametrize("compiler", ["zig", "gcc"])
+@pytest.mark.parametrize("opt", ["-O0", "-Os", "-O3"])
+def test_m7_builds_at_every_optimization_level(compiler, opt, tmp_path):
+    # the inline assembly must find its registers even at -O0 (frame pointer, no inlining)
+    cmd = [*m7_compiler(compiler), *WARN_FLAGS, opt, f"-I{kh.RUNTIME_C}", "-c",
+           str(kh.RUNTIME_C / SOURCE), "-o", str(tmp_path / "x.o")]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stderr}"
 
 
 def test_host_build_has_no_warnings(tmp_path):
