@@ -127,19 +127,19 @@ def seq_sum(v, axis: int = -1) -> np.ndarray:
 
 
 def _combine_lanes(acc: np.ndarray) -> np.ndarray:
-    """vec_dot's last line: (acc0 + acc1) + (acc2 + acc3), acc (4, ...)."""
-    return (acc[0] + acc[1]) + (acc[2] + acc[3])
+    """vec_dot's last line: (acc0 + acc1) + (acc2 + acc3), acc (..., 4)."""
+    return (acc[..., 0] + acc[..., 1]) + (acc[..., 2] + acc[..., 3])
 
 
 def dot(a, b) -> np.ndarray:
     """vec_dot(a, b, n) along the last axis, broadcasting the others:
     acc[c % 4] += a[c] * b[c] for c = 0 .. n-1 from +0.0f, then (acc0 + acc1) + (acc2 + acc3)."""
     p = np.multiply(np.asarray(a, f32), np.asarray(b, f32))
-    p = np.moveaxis(p, -1, 0)   # (n, ...): a group of four columns is p[c:c + 4]
-    acc = np.zeros((4,) + p.shape[1:], f32)
-    for c in range(0, p.shape[0], 4):
-        group = p[c:c + 4]
-        acc[:len(group)] += group
+    n = p.shape[-1]
+    acc = np.zeros(p.shape[:-1] + (4,), f32)
+    for c in range(0, n, 4):   # columns c .. c+3 go to accumulators 0 .. 3
+        group = p[..., c:c + 4]
+        acc[..., :group.shape[-1]] += group
     return _combine_lanes(acc)
 
 
@@ -153,15 +153,15 @@ def matvec(x, w, bias=None) -> np.ndarray:
     n, out = w.shape
     acc = np.zeros((4, out), f32)
     prod = np.empty((4, out), f32)
-    for c in range(0, n, 4):
+    for c in range(0, n, 4):   # rows c .. c+3 of W go to accumulators 0 .. 3
         k = min(4, n - c)
         np.multiply(w[c:c + k], x[c:c + k, None], out=prod[:k])
         acc[:k] += prod[:k]
-    y = _combine_lanes(acc)
+    y = (acc[0] + acc[1]) + (acc[2] + acc[3])
     return y if bias is None else np.asarray(bias, f32) + y
 
 
-def matvec_rows(w, x, bias=None, chunk: int = 4096) -> np.ndarray:
+def matvec_rows(w, x, bias=None, chunk: int = 512) -> np.ndarray:
     """matvec_rows for W [rows, cols] as the firmware stores it: y[r] = bias[r] + vec_dot(W[r], x).
     Works through the rows `chunk` at a time (the products of a chunk are one temporary)."""
     w, x = np.asarray(w, f32), np.asarray(x, f32)

@@ -33,6 +33,9 @@ FIRMWARE_RESERVE = 16 << 10  # .data/.bss of the firmware outside the arena
 DEFAULT_RAM = 64 << 20     # the sim64 board's SRAM map
 DTYPES = ("fp32", "int8")
 KV_BLOCK_POSITIONS = 32    # with the KV cache in PSRAM: positions of one head read per DMA
+# Weight tiles are double-buffered: the DMA fills one buffer while the CPU computes on the
+# other, so a stage's time approaches max(I/O, compute) instead of their sum.
+WEIGHT_BUFFERS = 2
 
 # Which arena buffers each stage kind touches (for its working-set figure).
 STAGE_BUFFERS = {
@@ -125,7 +128,7 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
         logits = (tile // head_row) * F32
         kv = c * kv_token if kv_in_sram else block_bytes(c)
         return (reserved + sum(_align(b) for b in fixed.values()) + _align(c * F32)
-                + _align(tile) + _align(logits) + _align(kv))
+                + WEIGHT_BUFFERS * _align(tile) + _align(logits) + _align(kv))
 
     def largest_ctx(kv_in_sram, cap):
         if cap < 1 or total(1, min_tile, kv_in_sram) > ram:
@@ -166,10 +169,11 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
 
     # arena: fixed offsets, in the order a reader meets them in a stage
     sizes = dict(fixed)
-    sizes.update({"scores": ctx * F32, "weights": tile, "logits": head_rows_per_tile * F32,
+    sizes.update({"scores": ctx * F32, "weights": tile, "weights_next": tile if WEIGHT_BUFFERS == 2 else 0,
+                  "logits": head_rows_per_tile * F32,
                   "kv": ctx * kv_token if kv_in_sram else 0,
                   "kv_block": 0 if kv_in_sram else block_bytes(ctx)})
-    order = ["x", "h", "qkv", "att", "hidden", "xq", "scores", "params", "weights", "logits", "topk",
+    order = ["x", "h", "qkv", "att", "hidden", "xq", "scores", "params", "weights", "weights_next", "logits", "topk",
              "kv_block", "kv"]
     buffers, offset = [], 0
     for name in order:
@@ -207,7 +211,7 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
         act = sum(sizes[b] for b in bufs if b not in ("params", "weights", "kv", "kv_block", "topk"))
         in_ram = sum(sizes[b] for b in bufs if b not in ("weights", "kv"))
         if "weights" in bufs:
-            in_ram += max(min(m["rows_per_tile"] * m["row_bytes"], tile) for m in matrices)
+            in_ram += WEIGHT_BUFFERS * max(min(m["rows_per_tile"] * m["row_bytes"], tile) for m in matrices)
         stage_rows.append({
             "index": s.index, "name": s.name, "kind": s.kind, "layer": s.layer,
             "tensors": [{"role": t.role, "initializer": t.initializer, "shape": list(t.shape),
@@ -233,8 +237,11 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
         "ram_budget": ram,
         "ctx": ctx,
         "ctx_limited_by_ram": ctx < cfg.n_ctx,
+        "ctx_limited_by": None if ctx >= cfg.n_ctx else (
+            "psram" if not kv_in_sram and ctx == min(cfg.n_ctx, psram_ctx_cap) else "sram"),
         "reserved": {"stack": STACK_RESERVE, "firmware": FIRMWARE_RESERVE},
         "tile_bytes": tile,
+        "weight_buffers": WEIGHT_BUFFERS,
         "topk_max": TOPK_MAX,
         "buffers": buffers,
         "arena_bytes": arena,

@@ -40,8 +40,9 @@ def stage_table(plan: dict) -> str:
 
 def plan_summary(plan: dict) -> str:
     m, t = plan["model"], plan["totals"]
-    ctx_note = (f" (the model's is {m['n_ctx']}; limited by the RAM budget, see --ctx/--ram)"
-                if plan["ctx_limited_by_ram"] else "")
+    limit = {"sram": "the RAM budget, see --ctx/--ram",
+             "psram": f"the board's {size(plan['board']['psram_bytes'])} of PSRAM"}.get(plan.get("ctx_limited_by"))
+    ctx_note = f" (the model's is {m['n_ctx']}; limited by {limit})" if limit else ""
     kv = plan["kv"]
     lines = [
         f"model        {m['name']}: {m['n_layer']} layers, {m['n_head']} heads, n_embd {m['n_embd']}, "
@@ -53,7 +54,7 @@ def plan_summary(plan: dict) -> str:
         f"board        {plan['board']['name']}: {plan['board']['doc']}",
         f"RAM budget   {size(plan['ram_budget'])} ({plan['ram_budget']:,} B)",
         f"  KV cache   {size(kv['bytes'])} in {kv['placement']} ({kv['bytes_per_token']:,} B per token)",
-        f"  tile       {size(plan['tile_bytes'])} weight tile buffer",
+        f"  tiles      {plan['weight_buffers']} x {size(plan['tile_bytes'])} weight tile buffers (double-buffered)",
         f"  arena      {size(plan['arena_bytes'])} + stack {size(plan['reserved']['stack'])} "
         f"+ firmware {size(plan['reserved']['firmware'])}",
         f"  largest    stage {plan['largest_stage']['name']}: {size(plan['largest_stage']['ram_bytes'])} "

@@ -36,3 +36,16 @@ def test_gpt2_124m_on_the_board_equals_the_reference(gpt2_build):
     assert r["check"]["tokens_equal"] and r["check"]["logits_within_tolerance"]
     assert r["peak_ram"]["measured"] <= r["peak_ram"]["plan"] <= 64 << 20
     assert r["flash_bytes_per_token"] >= 124_439_808 * 4 * 0.99
+
+
+def test_gpt2_124m_int8_fits_512_kib_on_stm32h7_and_equals_the_reference(tmp_path):
+    """The issue's headline: GPT-2 124M, int8, on an STM32H7-class board: measured SRAM
+    (stack paint + arena high-water mark) within 512 KiB, KV cache in PSRAM, and tokens and
+    logits exactly the int8 reference's."""
+    mcugpt("compile", "--model", "gpt2", "--board", "stm32h7", "--dtype", "int8", "--out", tmp_path,
+           "--quiet", check=True)
+    r = json.loads(mcugpt("run", "--build", tmp_path, "--prompt", "Hello, my name is", "--tokens", "3",
+                          "--json", "--check", check=True).stdout)
+    assert r["kv_placement"] == "psram" and r["board"] == "stm32h7"
+    assert r["peak_ram"]["measured"] <= 512 << 10
+    assert r["check"]["tokens_equal"] and r["check"]["logits_max_abs_error"] == 0.0

@@ -97,12 +97,12 @@ def _special_inputs():
 
 def test_expf_sweep():
     # GPT-2 calls exp on x - max <= 0 (softmax) and (v - v0) / T <= 0 (sampling): every
-    # 7th float of [-104, 0] near 0 and every 61st beyond, plus a stride over the whole
-    # line and the switches of mathf.c (the clamps, where 2^k stops being normal, 0.5 ulp
-    # rounding of k)
+    # 3rd float of [-104, -1], every 61st of [-1, 0] (a billion floats, most of them tiny),
+    # plus a stride over the whole line and the switches of mathf.c (the clamps, where 2^k
+    # stops being normal, the rounding of k)
     x = np.concatenate([
-        floats_from_bits(0x80000000, bits(-1.0), 7),
-        floats_from_bits(bits(-1.0), bits(-104.0), 61),
+        floats_from_bits(bits(-1.0), bits(-104.0), 3),
+        floats_from_bits(0x80000000, bits(-1.0), 61),
         floats_from_bits(0, 0xFFFFFFFF, 1021),
         *(around(v) for v in (-104.0, 88.72283, 88.0, -87.33654, -87.0, -88.0, -100.0, -103.9,
                               0.34657359, -0.34657359, 0.0, -0.0)),
@@ -263,11 +263,11 @@ def test_attention_every_head(n_pos, n_head, head_dim):
 def test_sampler_draws_what_sample_topk_draws(k, temperature):
     rng = np.random.default_rng(k)
     # many near-equal logits: the weights' last bits decide some of the draws
-    logits = (rng.standard_normal(50257) * 0.5).astype(f32)
+    logits = (rng.standard_normal(5000) * 0.5).astype(f32)
     t = kh.topk_new(k)
     kh.topk_push(t, logits, 0)
     sampling = Sampling(temperature, k)
-    for seed in range(300):
+    for seed in range(200):
         c = kh.Prng(seed)
         py = Prng(seed)
         assert choose(logits, sampling, py) == c.sample_topk(t, temperature), seed
