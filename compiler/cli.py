@@ -119,6 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the board after this much host time")
     u.add_argument("--json", action="store_true", help="print one JSON object (no streaming text)")
 
+    b = sub.add_parser("bench", help="GPT-2 on every board, dtype and flash part, beside the paper",
+                       description="Compile and run the model for every board profile (sim64, stm32h7, "
+                                   "esp32s3-class), fp32 and int8, and each of the board's flash parts; "
+                                   "check every run against the numpy reference; compare with the paper's "
+                                   "figures at context 512; sweep the RAM budget. Writes DIR/bench.json, "
+                                   "DIR/bench.md and PNG plots. Takes several minutes for GPT-2 124M.")
+    b.add_argument("--model", default="gpt2", metavar="PRESET", help="model preset (default gpt2)")
+    b.add_argument("--tokens", type=int, default=3, metavar="N", help="tokens per run (default 3)")
+    b.add_argument("--out", default="build/bench", metavar="DIR", help="output folder (default build/bench)")
+    b.add_argument("--json", action="store_true", help="print bench.json instead of the Markdown table")
+
     i = sub.add_parser("inspect", help="print and verify a flash image",
                        description="Print the image's header, stage table and tensor table, and "
                                    "check every CRC32 (header, tables, token table, each weight blob).")
@@ -204,6 +215,20 @@ def cmd_run(a) -> None:
                           f"{report['check']['logits_max_abs_error']:.3g}")
 
 
+def cmd_bench(a) -> None:
+    from emulator.bench import bench
+    from .pipeline import progress_bar
+    out = Path(a.out)
+    result = bench(out, a.model, a.tokens, progress=progress_bar(a.json),
+                   command=" ".join(["mcugpt", *sys.argv[1:]]))
+    if a.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print((out / "bench.md").read_text())
+        print(f"wrote {out}/bench.json, bench.md, time_split.png, frontier.png "
+              f"in {result['info']['wall_s']:.0f} s")
+
+
 def cmd_inspect(a) -> None:
     from .flash_image import read_image
     from .pipeline import progress_bar
@@ -221,7 +246,8 @@ def cmd_inspect(a) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"compile": cmd_compile, "reference": cmd_reference, "run": cmd_run, "inspect": cmd_inspect}[args.command](args)
+        {"compile": cmd_compile, "reference": cmd_reference, "run": cmd_run, "bench": cmd_bench,
+         "inspect": cmd_inspect}[args.command](args)
     except McugptError as e:
         print(f"mcugpt: error: {e}", file=sys.stderr)
         return 1

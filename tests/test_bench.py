@@ -1,0 +1,23 @@
+"""`mcugpt bench` writes its figures (JSON, Markdown, plots) from real runs."""
+
+import json
+
+from conftest import mcugpt
+
+
+def test_bench_on_tiny_writes_json_markdown_and_plots(tmp_path):
+    out = tmp_path / "bench"
+    proc = mcugpt("bench", "--model", "tiny", "--tokens", "1", "--out", out, check=True)
+    result = json.loads((out / "bench.json").read_text())
+    configs = {(r["board"], r["dtype"], r["flash"]) for r in result["configs"]}
+    assert ("stm32h7", "int8", "octal-dtr") in configs and ("sim64", "fp32", "w25q-quad") in configs
+    assert all(r["tokens_equal_reference"] for r in result["configs"])
+    assert all(r["peak_sram_measured"] <= 512 << 10 for r in result["configs"] if r["board"] != "sim64")
+    octal = {r["dtype"]: r for r in result["configs"] if r["board"] == "sim64" and r["flash"] == "octal-dtr"}
+    assert octal["int8"]["flash_bytes_per_token"] < 0.3 * octal["fp32"]["flash_bytes_per_token"]
+    paper = result["paper"]["dtypes"]["fp32"]
+    assert paper["classic_ram"] > paper["staged_ram_whole_stage"] > paper["staged_ram_streamed_min"]
+    assert len(result["frontier"]) == 16
+    for f in ("bench.md", "time_split.png", "frontier.png"):
+        assert (out / f).stat().st_size > 1000, f
+    assert "The paper's case" in proc.stdout
