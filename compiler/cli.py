@@ -208,7 +208,7 @@ def cmd_run(a) -> None:
     else:
         print("\n")
         print(run_summary(report))
-    if a.check and not (report["check"]["tokens_equal"] and report["check"]["logits_within_tolerance"]):
+    if a.check and not (report["check"]["tokens_equal"] and report["check"]["logits_identical"]):
         raise McugptError(f"the board's tokens {report['tokens']} differ from the reference's "
                           f"{report['check']['reference_tokens']}" if not report["check"]["tokens_equal"] else
                           f"the board's logits differ from the reference's by up to "

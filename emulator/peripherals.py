@@ -3,7 +3,17 @@ unit, run control.
 
 Registers and addresses come from compiler/memory_map.py (the firmware gets the same
 numbers through include/memory_map.h). Each peripheral is mapped with `uc.mmio_map`, so it
-costs nothing until the firmware touches it: no hook runs on ordinary instructions.
+costs nothing until the firmware touches it: no Python hook runs on ordinary instructions.
+
+Time: the board has one simulated clock, the CPU's (`CpuClock`): it advances by the
+instructions the core executed since the last peripheral access (counted by
+emulator/instruction_count.py) times the board's cycles per instruction over its clock
+rate, and jumps forward when the CPU waits for a transfer. The flash and PSRAM controllers
+are DMA engines (`DmaChannel`) on that clock: a transfer starts when its command is
+written and runs for its simulated bus time *while the CPU goes on computing*; STATUS
+reads BUSY until the CPU's clock reaches its end. So a firmware that starts the next
+weight tile before computing on the current one (runtime_c/runtime.c) pays
+max(I/O, compute) per tile, not their sum (docs/board.md, "Time").
 
 Registers are 32-bit. A narrower access, an offset with no register, or a write to a
 read-only register is a bus error: the peripheral records it in the shared `Faults` and
@@ -28,6 +38,7 @@ from emulator.psram import Psram, PsramError
 from emulator.spi_flash import FlashError, SpiNorFlash
 
 DONE = mm.FLASH_STATUS["DONE"]
+BUSY = mm.FLASH_STATUS["BUSY"]
 ERROR = mm.FLASH_STATUS["ERROR"]
 CRC_RESET = mm.CRC_CTRL["RESET"]
 CRC_ENABLE = mm.CRC_CTRL["ENABLE"]
@@ -91,6 +102,127 @@ class Peripheral:
 
     def write(self, uc, name: str, value: int) -> None:
         self.regs[name] = value
+
+
+# ----------------------------------------------------------------------------
+# the board's clock, and the DMA engines that run on it
+
+
+class CpuClock:
+    """The board's simulated time, in ns: the CPU's clock.
+
+    now_ns = instructions x ns_per_instruction + stall_ns, where ns_per_instruction =
+    cpi / cpu_hz (the board profile's cycles per instruction and clock, compiler/boards.py)
+    and stall_ns is the time the CPU spent waiting for a DMA transfer to finish. It moves
+    only when a peripheral looks at it (`sync`, at every MMIO access): between two accesses
+    the CPU executed `counter.count` minus the last count instructions. Without a counter
+    (counting off) compute takes no time and the clock is the I/O alone.
+    """
+
+    def __init__(self, counter=None, cpu_hz: float = 480e6, cpi: float = 1.0):
+        if cpu_hz <= 0 or cpi <= 0:
+            raise ValueError(f"clock {cpu_hz} Hz and {cpi} cycles per instruction must be positive")
+        self.counter = counter
+        self.cpu_hz, self.cpi = float(cpu_hz), float(cpi)
+        self.ns_per_instruction = self.cpi * 1e9 / self.cpu_hz
+        self.instructions = 0      # executed so far (as of the last sync)
+        self.stall_ns = 0.0        # CPU time spent waiting for DMA transfers
+        self._seen = 0
+
+    @property
+    def compute_ns(self) -> float:
+        return self.instructions * self.ns_per_instruction
+
+    @property
+    def now_ns(self) -> float:
+        return self.compute_ns + self.stall_ns
+
+    def sync(self) -> float:
+        """Bring the clock up to the present: charge the instructions executed since the last
+        call. Returns now_ns."""
+        if self.counter is not None:
+            n = self.counter.count
+            if n != self._seen:
+                self.instructions += n - self._seen
+                self._seen = n
+        return self.now_ns
+
+    def execute(self, instructions: int) -> float:
+        """Charge `instructions` executed outside the counter's view (models and tests)."""
+        self.sync()
+        self.instructions += int(instructions)
+        return self.now_ns
+
+    def stall_until(self, t_ns: float) -> float:
+        """The CPU waits (polls a status register) until t_ns."""
+        now = self.sync()
+        if t_ns > now:
+            self.stall_ns += t_ns - now
+        return self.now_ns
+
+
+class DmaChannel:
+    """One DMA engine on the board's clock: its transfers run one after another, each for
+    its simulated bus time, concurrently with the CPU.
+
+    `start(duration_ns, retire)` begins a transfer at max(now, end of the previous one);
+    `poll()` is a STATUS read: before the end it makes the CPU wait until the end and
+    answers False (the status a real poll sees while the transfer runs: BUSY); at or after
+    the end it completes the transfer (`retire()`: a read's bytes land in RAM then, not
+    before, so a firmware that touches a buffer under DMA reads stale bytes) and answers True.
+    """
+
+    def __init__(self, clock: CpuClock):
+        self.clock = clock
+        self.free_at_ns = 0.0
+        self._pending: tuple[float, Callable[[], None] | None] | None = None
+        self.transfers = 0
+        self.overlapped_instructions = 0   # executed by the CPU while transfers were in flight
+        self._started_at = 0
+
+    @property
+    def in_flight(self) -> bool:
+        return self._pending is not None
+
+    def start(self, duration_ns: float, retire: Callable[[], None] | None = None) -> float:
+        """Start a transfer of `duration_ns`; returns its end time."""
+        now = self.clock.sync()
+        end = max(now, self.free_at_ns) + duration_ns
+        self.free_at_ns = end
+        self._pending = (end, retire)
+        self._started_at = self.clock.instructions
+        self.transfers += 1
+        return end
+
+    def poll(self) -> bool:
+        """True when no transfer is in flight any more (the pending one completed now)."""
+        if self._pending is None:
+            return True
+        end, retire = self._pending
+        if self.clock.sync() < end:
+            self.overlapped_instructions += self.clock.instructions - self._started_at
+            self._started_at = self.clock.instructions
+            self.clock.stall_until(end)
+            return False
+        self.overlapped_instructions += self.clock.instructions - self._started_at
+        self._pending = None
+        if retire is not None:
+            retire()
+        return True
+
+
+def pipelined_ns(io_ns, compute_ns) -> float:
+    """Time of a double-buffered stream of tiles on this model: tile i+1's transfer runs
+    while tile i is computed, so
+        io[0] + sum over i of max(io[i + 1], compute[i]) + compute[-1]
+    (the closed form of what DmaChannel and CpuClock do for runtime.c's matrix stream;
+    tests check the two agree)."""
+    io, comp = list(io_ns), list(compute_ns)
+    if len(io) != len(comp):
+        raise ValueError("one transfer time and one compute time per tile")
+    if not io:
+        return 0.0
+    return io[0] + sum(max(io[i + 1], comp[i]) for i in range(len(io) - 1)) + comp[-1]
 
 
 # ----------------------------------------------------------------------------

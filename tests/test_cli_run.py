@@ -18,7 +18,7 @@ def test_run_streams_text_then_a_summary(tiny_build):
     out = mcugpt("run", "--build", tiny_build.out_dir, "--prompt", "Hello, my name is", "--tokens", "6",
                  "--check", check=True).stdout
     assert out.startswith("Hello, my name is")
-    for line in ("emulator", "device time", "flash read", "peak RAM", "reference    tokens equal",
+    for line in ("emulator", "device time", "flash read", "peak RAM", "reference    tokens equal; logits bit-identical",
                  "slowest stage kinds"):
         assert line in out, line
 
@@ -28,6 +28,7 @@ def test_run_json_has_tokens_text_and_figures(tiny_build, tok):
     assert r["prompt_tokens"] == tok.encode("Hello, my name is")
     assert len(r["tokens"]) == 5 and r["text"] == tok.decode(r["tokens"])
     assert r["check"]["tokens_equal"] and r["check"]["reference_tokens"] == r["tokens"]
+    assert r["check"]["logits_identical"] and r["check"]["logits_max_abs_error"] == 0.0
     d = r["device"]
     assert d["s_per_token"] == pytest.approx(d["io_s_per_token"] + d["compute_s_per_token"])
     assert r["flash_bytes_per_token"] >= tiny_build.plan.data["totals"]["flash_bytes_per_token"]

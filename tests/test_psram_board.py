@@ -31,7 +31,6 @@ from compiler.sampler import Sampling
 from compiler.weights import synthetic_weights
 from emulator.board import Board, FirmwareError
 from emulator.psram_timing import transfer_time_ns
-from emulator.run import LOGIT_ATOL, LOGIT_RTOL
 from test_board import image, program  # noqa: F401  (fixtures: the board's test programs)
 from test_runtime_host import run_host
 
@@ -85,7 +84,7 @@ def assert_matches_reference(result, ref):
     assert result.tokens == ref.tokens
     assert len(result.logits) == len(ref.logits)
     for step, (got, want) in enumerate(zip(result.logits, ref.logits)):
-        np.testing.assert_allclose(got, want, atol=LOGIT_ATOL, rtol=LOGIT_RTOL, err_msg=f"logits of step {step}")
+        np.testing.assert_array_equal(got, want, err_msg=f"logits of step {step}")
 
 
 def layout(plan):
@@ -376,7 +375,7 @@ def test_the_host_build_with_the_cache_in_psram_equals_the_reference(sanitize, p
     ref = generate(tiny_ref, prompt, 6, Sampling(), keep_logits=True, n_ctx=psram_tiny.plan.data["ctx"])
     run = run_host(binary, psram_tiny.out_dir / "flash.img", prompt, 6, dump_dir=tmp_path)
     assert run.code == 0 and run.tokens == ref.tokens, run.stderr[-3000:]
-    np.testing.assert_allclose(run.logits, np.stack(ref.logits), atol=LOGIT_ATOL, rtol=LOGIT_RTOL)
+    np.testing.assert_array_equal(run.logits, np.stack(ref.logits))
 
 
 # ----------------------------------------------------------------------------

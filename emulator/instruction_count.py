@@ -1,0 +1,244 @@
+"""Counting the instructions the firmware executes, exactly, on every run, for next to nothing.
+
+The device's compute time is counted, not guessed (docs/board.md, "Time"): the board's CPU
+clock advances by instructions x cycles-per-instruction / clock (compiler/boards.py). The
+count comes from a `UC_HOOK_BLOCK` hook, called once per translation block (TB) executed,
+whose callback is **native code**: a 30-line C function compiled once per machine (below)
+and handed to Unicorn by address, so no Python runs per block. It adds the block's
+instruction count to a 64-bit counter the board reads (through ctypes, no call) at every
+peripheral access. Measured cost: within noise of an uninstrumented run on GPT-2 124M
+(docs/board.md has the figures); a Python callback per block would cost ~10x the run.
+
+A block's instruction count is decoded from the code bytes on its first execution and
+cached per start address: Thumb-2 instructions are 2 or 4 bytes, and a halfword whose top
+five bits are 0b11101, 0b11110 or 0b11111 starts a 4-byte one. The callback gets the TB's
+start and size, so the count covers every instruction the TB issues, including those an
+IT block skips (the Cortex-M7 issues those too: they take pipeline slots). Checked against
+a `UC_HOOK_CODE` count (one Python call per instruction) in tests/test_compute_time.py:
+equal, except for the IT-skipped instructions, which UC_HOOK_CODE does not report.
+
+When no host C compiler is found ($CC, cc, or the pip package ziglang's `zig cc`), the same
+count is taken by a Python callback: exact, but slow (`kind == "python"`); the summary
+says which one ran. MCUGPT_COUNTER=python forces it (tests), =off disables counting.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.util
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from unicorn import UC_HOOK_BLOCK
+
+__all__ = ["InstructionCounter", "thumb_instructions", "native_library", "counter_mode"]
+
+C_SOURCE = r"""
+#include <stdint.h>
+
+/* Shared with Python (emulator/instruction_count.py _Counter): keep the field order. */
+typedef struct {
+    uint64_t instructions;    /* running total */
+    uint64_t blocks;          /* translation blocks executed */
+    const uint16_t* code;     /* the code region's halfwords */
+    uint64_t base;            /* its address */
+    uint64_t halfwords;       /* its size in halfwords */
+    uint32_t* cache;          /* per halfword: size << 16 | instructions of the TB starting there */
+    uint64_t outside;         /* blocks executed outside the code region (counted size / 2) */
+} Counter;
+
+/* UC_HOOK_BLOCK callback: void (*)(uc_engine*, uint64_t address, uint32_t size, void* user_data) */
+void mcugpt_count_block(void* uc, uint64_t addr, uint32_t size, void* user_data) {
+    Counter* c = (Counter*)user_data;
+    (void)uc;
+    c->blocks++;
+    uint64_t off = (addr - c->base) >> 1;
+    if (addr < c->base || off >= c->halfwords) {
+        c->outside++;
+        c->instructions += size / 2;
+        return;
+    }
+    uint32_t e = c->cache[off];
+    if ((e >> 16) != size || e == 0) {
+        uint64_t i = off, end = off + size / 2;
+        uint32_t n = 0;
+        if (end > c->halfwords) end = c->halfwords;
+        while (i < end) {
+            uint16_t h = c->code[i];
+            i += (h >> 11) >= 0x1D ? 2 : 1;   /* 0b11101, 0b11110, 0b11111: a 32-bit encoding */
+            n++;
+        }
+        e = (size << 16) | (n & 0xFFFF);
+        c->cache[off] = e;
+    }
+    c->instructions += e & 0xFFFF;
+}
+"""
+
+
+class _Counter(ctypes.Structure):
+    _fields_ = [("instructions", ctypes.c_uint64), ("blocks", ctypes.c_uint64), ("code", ctypes.c_void_p),
+                ("base", ctypes.c_uint64), ("halfwords", ctypes.c_uint64), ("cache", ctypes.c_void_p),
+                ("outside", ctypes.c_uint64)]
+
+
+def thumb_instructions(code: bytes, offset: int, size: int) -> int:
+    """Instructions in code[offset:offset + size] (Thumb-2: 2- or 4-byte encodings)."""
+    n, i, end = 0, offset, offset + size
+    while i < end:
+        h = code[i] | code[i + 1] << 8 if i + 1 < len(code) else 0
+        i += 4 if (h >> 11) >= 0x1D else 2
+        n += 1
+    return n
+
+
+def counter_mode() -> str:
+    """"native" (default), "python" or "off", from MCUGPT_COUNTER."""
+    mode = os.environ.get("MCUGPT_COUNTER", "native").strip().lower() or "native"
+    if mode not in ("native", "python", "off"):
+        raise ValueError(f"MCUGPT_COUNTER={mode!r}: expected native, python or off")
+    return mode
+
+
+# ----------------------------------------------------------------------------
+# the native callback: compiled once per machine, cached
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("MCUGPT_CACHE") or os.environ.get("XDG_CACHE_HOME")
+    path = Path(base) / "mcugpt" if base else Path.home() / ".cache" / "mcugpt"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if os.access(path, os.W_OK):
+            return path
+    except OSError:
+        pass
+    path = Path(tempfile.gettempdir()) / f"mcugpt-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _compilers() -> list[list[str]]:
+    found = []
+    cc = os.environ.get("CC")
+    for name in ([cc] if cc else []) + ["cc", "gcc", "clang"]:
+        if name and shutil.which(name):
+            found.append([name])
+    if importlib.util.find_spec("ziglang") is not None:
+        found.append([sys.executable, "-m", "ziglang", "cc"])
+    return found
+
+
+_library = None
+_library_error: str | None = None
+
+
+def native_library():
+    """The compiled counter (a ctypes.CDLL), or None when no compiler could build it."""
+    global _library, _library_error
+    if _library is not None or _library_error is not None:
+        return _library
+    tag = hashlib.sha256((C_SOURCE + platform.machine() + sys.platform).encode()).hexdigest()[:16]
+    suffix = ".dll" if sys.platform == "win32" else ".dylib" if sys.platform == "darwin" else ".so"
+    lib = _cache_dir() / f"block_counter-{tag}{suffix}"
+    errors = []
+    if not lib.is_file():
+        src = lib.with_suffix(".c")
+        src.write_text(C_SOURCE)
+        for cmd in _compilers():
+            tmp = lib.with_name(f"{lib.stem}.{os.getpid()}.tmp{suffix}")
+            res = subprocess.run([*cmd, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(src)],
+                                 capture_output=True, text=True)
+            if res.returncode == 0 and tmp.is_file():
+                os.replace(tmp, lib)   # atomic: concurrent runs never load a half-written file
+                break
+            tmp.unlink(missing_ok=True)
+            errors.append(f"{' '.join(cmd)}: {(res.stderr or res.stdout).strip().splitlines()[:1]}")
+    try:
+        _library = ctypes.CDLL(str(lib))
+    except OSError as e:
+        _library_error = "; ".join(errors) or str(e)
+        return None
+    return _library
+
+
+# ----------------------------------------------------------------------------
+# the counter
+
+
+class InstructionCounter:
+    """Counts the instructions `uc` executes from now on.
+
+    `code` is the code region's bytes (the firmware's code flash, as loaded) at `base`;
+    `count` is the running total, cheap to read at any time (at every MMIO access).
+    `kind`: "native" (a C callback) or "python" (the fallback, exact but slow).
+    """
+
+    def __init__(self, uc, base: int, code: bytes, mode: str | None = None):
+        mode = mode or counter_mode()
+        if mode == "off":
+            raise ValueError("InstructionCounter with counting off")
+        self.base = base
+        self._code = bytes(code) + b"\0\0"     # a 4-byte encoding may straddle the end
+        lib = native_library() if mode == "native" else None
+        if lib is not None:
+            self.kind = "native"
+            n = len(code) // 2
+            self._code_buf = ctypes.create_string_buffer(self._code, len(self._code))
+            self._cache = (ctypes.c_uint32 * max(n, 1))()
+            self._state = _Counter(0, 0, ctypes.cast(self._code_buf, ctypes.c_void_p), base, n,
+                                   ctypes.cast(self._cache, ctypes.c_void_p), 0)
+            self._callback = ctypes.cast(lib.mcugpt_count_block, ctypes.c_void_p)
+            self._hook = _native_hook_add(uc, UC_HOOK_BLOCK, self._callback, ctypes.addressof(self._state))
+        else:
+            self.kind = "python"
+            self._py_count = 0
+            self._py_blocks = 0
+            self._py_outside = 0
+            self._sizes: dict[int, tuple[int, int]] = {}
+            self._hook = uc.hook_add(UC_HOOK_BLOCK, self._on_block)
+
+    def _on_block(self, uc, address, size, _ud) -> None:
+        self._py_blocks += 1
+        cached = self._sizes.get(address)
+        if cached is None or cached[0] != size:
+            off = address - self.base
+            if 0 <= off < len(self._code) - 2:
+                n = thumb_instructions(self._code, off, size)
+            else:
+                self._py_outside += 1
+                n = size // 2
+            cached = self._sizes[address] = (size, n)
+        self._py_count += cached[1]
+
+    @property
+    def count(self) -> int:
+        return self._state.instructions if self.kind == "native" else self._py_count
+
+    @property
+    def blocks(self) -> int:
+        return self._state.blocks if self.kind == "native" else self._py_blocks
+
+    @property
+    def outside(self) -> int:
+        """Blocks executed outside the code region (none for a sane firmware)."""
+        return self._state.outside if self.kind == "native" else self._py_outside
+
+
+def _native_hook_add(uc, htype: int, callback: ctypes.c_void_p, user_data: int) -> int:
+    """uc_hook_add with a C function pointer: the Python binding only takes Python callables."""
+    from unicorn.unicorn_py3.unicorn import uc_hook_h, uclib
+
+    handle = uc_hook_h()
+    status = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), htype, callback, ctypes.c_void_p(user_data),
+                               ctypes.c_uint64(1), ctypes.c_uint64(0))
+    if status != 0:
+        from unicorn import UcError
+        raise UcError(status)
+    return handle.value
