@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(activations quantized per vector; exact integer dot products)")
     c.add_argument("--ram", type=parse_size, metavar="BYTES",
                    help="SRAM the model may use, stack included (default: all the board's SRAM)")
+    c.add_argument("--group", default="auto", choices=["auto", "none"],
+                   help="auto (default): keep weights resident in the SRAM left after the context "
+                        "and buffers, smallest tensors first (most I/O time saved per byte), so "
+                        "whole groups of stages run without flash I/O; none: stream every weight "
+                        "every token")
     c.add_argument("--ctx", type=int, metavar="N",
                    help="context to plan for (KV cache positions); default: the model's, or the "
                         "largest the RAM budget allows")
@@ -144,7 +149,8 @@ def cmd_compile(a) -> None:
     from .report import plan_summary, size, stage_table
     t0 = time.time()
     res = compile_model(a.model, Path(a.out), weights_dir=a.weights, seed=a.seed, ram=a.ram,
-                        ctx=a.ctx, quiet=a.quiet or a.json, cc=a.cc, dtype=a.dtype, board=a.board)
+                        ctx=a.ctx, quiet=a.quiet or a.json, cc=a.cc, dtype=a.dtype, board=a.board,
+                        group=a.group)
     if a.json:
         print(res.plan.to_json())
         return

@@ -12,7 +12,7 @@ from .errors import McugptError
 from .flash_layout import (DTYPES, FORMAT_VERSION, HEADER, HEADER_CRC_SPAN, MAGIC, NO_LAYER,
                            SECTOR, STAGE_ENTRY, TENSOR_ENTRY, align)
 from .partition import Stage
-from .plan import Plan, is_quantized, row_bytes
+from .plan import Plan, is_quantized, row_bytes, tensor_order
 from .quantize import quantize_rows
 from .stages import KIND_BY_NAME
 
@@ -67,12 +67,8 @@ def token_table_bytes(tokens: list[bytes]) -> bytes:
 def write_image(path: Path, cfg: GPTConfig, plan: Plan, stages: list[Stage], arrays,
                 tokens: list[bytes], progress=None) -> dict:
     """Write `path`; `arrays(name)` returns an initializer's values in ONNX layout."""
-    order, index = [], {}
-    for s in stages:
-        for t in s.tensors:
-            if t.initializer not in index:
-                index[t.initializer] = len(order)
-                order.append(t)
+    order = tensor_order(stages)
+    index = {t.initializer: i for i, t in enumerate(order)}
     tables_size = len(stages) * STAGE_ENTRY.size + len(order) * TENSOR_ENTRY.size
     tokens_blob = token_table_bytes(tokens)
     tables_offset = SECTOR

@@ -55,7 +55,8 @@ class Compiled:
 
 def compile_model(model: str | None, out_dir: Path, weights_dir: str | None = None, seed: int = 0,
                   ram: int | None = None, ctx: int | None = None, quiet: bool = False,
-                  cc: str | None = "zig", dtype: str = "fp32", board: str = DEFAULT_BOARD) -> Compiled:
+                  cc: str | None = "zig", dtype: str = "fp32", board: str = DEFAULT_BOARD,
+                  group: str = "auto") -> Compiled:
     """Everything `mcugpt compile` writes; `cc=None` skips the firmware build."""
     progress = progress_bar(quiet)
     cfg, weights, tok = load_model(model, weights_dir, seed, progress)
@@ -67,7 +68,7 @@ def compile_model(model: str | None, out_dir: Path, weights_dir: str | None = No
 
     graph = onnx.load(str(onnx_path), load_external_data=False)
     stages = partition(graph)
-    plan = make_plan(cfg, stages, ram=ram, ctx=ctx, dtype=dtype, board=board)
+    plan = make_plan(cfg, stages, ram=ram, ctx=ctx, dtype=dtype, board=board, group=group)
     (out_dir / "plan.json").write_text(plan.to_json())
 
     inits = {t.name: t for t in graph.graph.initializer}

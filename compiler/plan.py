@@ -36,6 +36,11 @@ KV_BLOCK_POSITIONS = 32    # with the KV cache in PSRAM: positions of one head r
 # Weight tiles are double-buffered: the DMA fills one buffer while the CPU computes on the
 # other, so a stage's time approaches max(I/O, compute) instead of their sum.
 WEIGHT_BUFFERS = 2
+GROUPING = ("auto", "none")
+# With grouping, a weight tile needs no more than this: past it a bigger tile saves nothing
+# measurable (the per-command overhead of a 256 KiB read is ~0.01%), and the RAM is worth
+# more holding weights resident.
+TILE_TARGET = 256 << 10
 
 # Which arena buffers each stage kind touches (for its working-set figure).
 STAGE_BUFFERS = {
@@ -105,11 +110,44 @@ def row_bytes(cols: int, dtype: str) -> int:
     return cols * F32 if dtype == "fp32" else cols + F32
 
 
+def tensor_order(stages: list[Stage]) -> list:
+    """The image's tensor table: every stage's tensors in stage order, each stored once (the
+    tied wte is embed's and the head's). flash_image.py writes it; the plan indexes it."""
+    order, seen = [], set()
+    for s in stages:
+        for t in s.tensors:
+            if t.initializer not in seen:
+                seen.add(t.initializer)
+                order.append(t)
+    return order
+
+
+def choose_resident(stages: list[Stage], dtype: str, room: int) -> list:
+    """The tensors to keep in SRAM across tokens, within `room` bytes: the paper's stage
+    grouping, decided per tensor. Every streamed tensor costs its bytes plus one flash
+    command (address, dummy clocks, deselect) per token, so I/O time saved per byte of RAM
+    is highest for the smallest tensors: take them smallest first while they fit. wpe is
+    never a candidate: the embedding reads one row of it per token."""
+    candidates = [t for t in tensor_order(stages) if t.role != "wpe"]
+    chosen, used = [], 0
+    for t in sorted(candidates, key=lambda t: _nbytes(t, dtype)):
+        size = _align(_nbytes(t, dtype))
+        if used + size <= room:
+            chosen.append(t)
+            used += size
+    return chosen
+
+
 def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: int | None = None,
-              dtype: str = "fp32", board: str = DEFAULT_BOARD) -> Plan:
+              dtype: str = "fp32", board: str = DEFAULT_BOARD, group: str = "auto") -> Plan:
+    """group "auto": weight tiles stay moderate (TILE_TARGET) and the RAM left after the
+    context and the buffers keeps weights resident; "none": every weight streams every
+    token and the tiles take all the RAM left."""
     prof = get_board(board)
     if dtype not in DTYPES:
         raise McugptError(f"unknown --dtype '{dtype}' (known: {', '.join(DTYPES)})")
+    if group not in GROUPING:
+        raise McugptError(f"unknown --group '{group}' (known: {', '.join(GROUPING)})")
     if ram is None:
         ram = prof.sram_bytes
     if ram > prof.sram_bytes:
@@ -158,7 +196,7 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
             raise McugptError(
                 f"RAM budget of {ram:,} bytes is too small for {cfg.name}: the smallest budget "
                 f"that works (context of 1 token) is {smallest:,} bytes")
-    tile = max_tile
+    tile = max_tile if group == "none" else min(max_tile, max(min_tile, TILE_TARGET))
     if total(ctx, tile, kv_in_sram) > ram:
         lo, hi = min_tile, max_tile  # largest tile that fits beside the context
         while lo < hi:
@@ -166,15 +204,20 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
             lo, hi = (mid, hi) if total(ctx, mid, kv_in_sram) <= ram else (lo, mid - 1)
         tile = lo
     head_rows_per_tile = min(cfg.vocab_size, tile // head_row)
+    resident = []
+    if group == "auto":
+        resident = choose_resident(stages, dtype, ram - total(ctx, tile, kv_in_sram) - ALIGN)
+    resident_names = {t.initializer for t in resident}
 
     # arena: fixed offsets, in the order a reader meets them in a stage
     sizes = dict(fixed)
     sizes.update({"scores": ctx * F32, "weights": tile, "weights_next": tile if WEIGHT_BUFFERS == 2 else 0,
                   "logits": head_rows_per_tile * F32,
                   "kv": ctx * kv_token if kv_in_sram else 0,
-                  "kv_block": 0 if kv_in_sram else block_bytes(ctx)})
+                  "kv_block": 0 if kv_in_sram else block_bytes(ctx),
+                  "resident": sum(_align(_nbytes(t, dtype)) for t in resident)})
     order = ["x", "h", "qkv", "att", "hidden", "xq", "scores", "params", "weights", "weights_next", "logits", "topk",
-             "kv_block", "kv"]
+             "kv_block", "resident", "kv"]
     buffers, offset = [], 0
     for name in order:
         buffers.append({"name": name, "offset": offset, "bytes": sizes[name]})
@@ -199,10 +242,12 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
         if s.kind == "attn_core":  # at the last position of the planned context
             macs = 2 * cfg.n_embd * ctx
             kv_read, kv_write = 2 * cfg.n_embd * F32 * ctx, 2 * cfg.n_embd * F32
-        if s.kind == "embed":  # one row of wte, one of wpe
-            flash = row_bytes(cfg.n_embd, dtype if is_quantized(s.tensors[0], dtype) else "fp32") + cfg.n_embd * F32
+        if s.kind == "embed":  # one row of wte (unless resident), one of wpe
+            flash = cfg.n_embd * F32
+            if s.tensors[0].initializer not in resident_names:
+                flash += row_bytes(cfg.n_embd, dtype if is_quantized(s.tensors[0], dtype) else "fp32")
         else:
-            flash = weight_bytes
+            flash = sum(_nbytes(t, dtype) for t in s.tensors if t.initializer not in resident_names)
         bufs = STAGE_BUFFERS[s.kind]
         if s.kind == "attn_core" and not kv_in_sram:
             bufs = tuple(b if b != "kv" else "kv_block" for b in bufs)
@@ -219,6 +264,7 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
             "weight_bytes": weight_bytes, "flash_bytes_per_token": flash, "macs": macs,
             "act_bytes": act, "kv_read_bytes": kv_read, "kv_write_bytes": kv_write,
             "ram_bytes": in_ram, "matrices": matrices,
+            "resident": [t.role for t in s.tensors if t.initializer in resident_names],
         })
     largest = max(stage_rows, key=lambda r: r["ram_bytes"])
     kv = {"placement": "sram" if kv_in_sram else "psram", "bytes": ctx * kv_token, "bytes_per_token": kv_token}
@@ -247,6 +293,8 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
         "arena_bytes": arena,
         "kv": kv,
         "stages": stage_rows,
+        "resident": _resident_summary(stages, stage_rows, resident, dtype,
+                                      next(b["offset"] for b in buffers if b["name"] == "resident"), group),
         "totals": {
             "stages": len(stages),
             "block_stages": sum(1 for s in stages if s.layer is not None),
@@ -259,6 +307,30 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
     }
     data["plan_id"] = zlib.crc32(json.dumps(data, sort_keys=True).encode())
     return Plan(data)
+
+
+def _resident_summary(stages, stage_rows, resident, dtype, base, group) -> dict:
+    """Where each resident tensor sits in the arena, by image tensor index, and which runs of
+    consecutive stages now run without any flash I/O (the groups the paper proposes)."""
+    index = {t.initializer: i for i, t in enumerate(tensor_order(stages))}
+    offset, tensors = base, []
+    for t in resident:
+        tensors.append({"tensor": index[t.initializer], "name": t.initializer, "offset": offset,
+                        "bytes": _nbytes(t, dtype)})
+        offset += _align(_nbytes(t, dtype))
+    groups, run = [], []
+    for r in stage_rows:
+        if r["flash_bytes_per_token"] == 0 and r["weight_bytes"] > 0 or (run and r["kind"] == "attn_core"):
+            run.append(r["name"])
+        else:
+            if len(run) > 1:
+                groups.append(run)
+            run = []
+    if len(run) > 1:
+        groups.append(run)
+    return {"group": group, "bytes": offset - base, "tensors": tensors,
+            "stages_fully_resident": sum(1 for r in stage_rows if r["weight_bytes"] and not r["flash_bytes_per_token"]),
+            "groups_without_flash_io": groups}
 
 
 def _nbytes(t, dtype: str = "fp32") -> int:

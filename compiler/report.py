@@ -57,6 +57,8 @@ def plan_summary(plan: dict) -> str:
         f"  tiles      {plan['weight_buffers']} x {size(plan['tile_bytes'])} weight tile buffers (double-buffered)",
         f"  arena      {size(plan['arena_bytes'])} + stack {size(plan['reserved']['stack'])} "
         f"+ firmware {size(plan['reserved']['firmware'])}",
+        f"  resident   {size(plan['resident']['bytes'])} of weights kept in SRAM ({len(plan['resident']['tensors'])} "
+        f"tensors; {plan['resident']['stages_fully_resident']} stages read no flash; --group {plan['resident']['group']})",
         f"  largest    stage {plan['largest_stage']['name']}: {size(plan['largest_stage']['ram_bytes'])} "
         f"working set (without the KV cache)",
         f"peak RAM     {size(plan['peak_ram_bytes'])} ({plan['peak_ram_bytes']:,} B)",

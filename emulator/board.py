@@ -11,9 +11,12 @@ emulator/peripherals.py. The core's System Control Space (0xE000E000, 4 KiB: CPA
 cache maintenance...) is plain memory so startup code can enable the FPU; writes there have
 no effect.
 
-The run path has no per-instruction or per-access hook: peripherals are `mmio_map`ped and
-the only hooks are for faults (unmapped or protected access, CPU exceptions), which cost
-nothing until they fire. See docs/board.md.
+The run path has no per-instruction or per-access Python hook: peripherals are `mmio_map`ped,
+the fault hooks (unmapped or protected access, CPU exceptions) cost nothing until they fire,
+and the one hook that runs all the time, the instruction counter's block hook, is native
+code (emulator/instruction_count.py). The counted instructions drive the board's clock
+(peripherals.CpuClock), on which the flash and PSRAM DMA transfers run concurrently with
+the CPU. See docs/board.md.
 """
 
 from __future__ import annotations
@@ -37,17 +40,19 @@ from unicorn import (UC_ARCH_ARM, UC_ERR_INSN_INVALID, UC_HOOK_INTR, UC_HOOK_MEM
 from unicorn.arm_const import UC_ARM_REG_LR, UC_ARM_REG_PC, UC_ARM_REG_SP, UC_CPU_ARM_CORTEX_M7
 
 from compiler import memory_map as mm
+from compiler.boards import DEFAULT_BOARD, get_board
 from compiler.errors import McugptError
 from compiler.flash_image import read_image
 from compiler.flash_layout import NO_LAYER
 from compiler.stages import STAGE_KINDS, stage_name
-from emulator.peripherals import (Faults, FlashController, PositionStats, PsramController, StageStats,
-                                  SysCtl, Trace, Uart)
+from emulator.instruction_count import InstructionCounter, counter_mode
+from emulator.peripherals import (CpuClock, Faults, FlashController, PositionStats, PsramController,
+                                  StageCall, StageStats, SysCtl, Trace, Uart)
 from emulator.psram import Psram
 from emulator.spi_flash import SpiNorFlash
 
-__all__ = ["Board", "RunResult", "PeakRam", "StageStats", "PositionStats", "BoardFault", "FirmwareError",
-           "PAINT"]
+__all__ = ["Board", "RunResult", "PeakRam", "StageStats", "PositionStats", "StageCall", "BoardFault",
+           "FirmwareError", "PAINT"]
 
 PAINT = 0x5AFEC0DE          # every SRAM word before reset; a word still holding it was never written
 PAGE = 4096                 # Unicorn maps whole 4 KiB pages
@@ -148,6 +153,15 @@ class RunResult:
     psram_ns: float = 0.0                    # simulated PSRAM bus time of those transfers
     psram_transfers: dict = field(default_factory=dict)  # Psram.stats(): "read"/"write" count, bursts, bytes, ns
     psram_errors: list[str] = field(default_factory=list)  # PSRAM controller errors, in order
+    instructions: int = 0                    # executed by the CPU over the whole run (counted)
+    compute_ns: float = 0.0                  # instructions x cpi / cpu_hz
+    stall_ns: float = 0.0                    # the CPU waiting for DMA transfers
+    device_ns: float = 0.0                   # the board's clock at the end: compute_ns + stall_ns
+    cpu_hz: float = 0.0
+    cpi: float = 0.0                         # cycles per instruction the clock was run with
+    counter: str = "off"                     # "native", "python" (slow fallback) or "off"
+    dma_overlapped_instructions: int = 0     # executed while a flash/PSRAM transfer was in flight
+    stage_calls: list = field(default_factory=list)  # peripherals.StageCall per stage call, in order
 
     @property
     def tokens_per_s(self) -> float:
@@ -234,10 +248,25 @@ class Board:
     `psram_bytes` (default: the preset's part, 8 MiB) behind the PSRAM controller; without
     one every PSRAMCTL command fails (STATUS = ERROR | DONE). Like the flash, the PSRAM's
     clock and contents persist across runs (a reset, not a power cycle).
+
+    The board's clock (peripherals.CpuClock) runs at `cpu_hz` with `cpi` cycles per counted
+    instruction (default: the sim64 profile's; `for_profile` takes the profile's).
+    `count_instructions=False` (or MCUGPT_COUNTER=off) runs without the counter: compute then
+    takes no simulated time. `record_dma` keeps every DMA start/completion in
+    `flashctl.log` / `psramctl.log` (tests).
     """
 
     def __init__(self, elf_path, flash_image_path, ram_bytes: int = mm.SRAM_SIZE_DEFAULT,
-                 flash_preset: str = "w25q-quad", psram_preset: str | None = None, psram_bytes: int = 0):
+                 flash_preset: str = "w25q-quad", psram_preset: str | None = None, psram_bytes: int = 0,
+                 cpu_hz: float | None = None, cpi: float | None = None, count_instructions: bool | None = None,
+                 record_dma: bool = False):
+        default = get_board(DEFAULT_BOARD)
+        self.cpu_hz = float(cpu_hz or default.cpu_hz)
+        self.cpi = float(cpi or default.cpi)
+        if count_instructions is None:
+            count_instructions = counter_mode() != "off"
+        self.count_instructions = count_instructions
+        self.record_dma = record_dma
         if psram_preset is None and psram_bytes:
             raise McugptError(f"{psram_bytes:,} bytes of PSRAM without a PSRAM preset (psram_preset)")
         if psram_bytes < 0:
@@ -284,12 +313,14 @@ class Board:
 
     @classmethod
     def for_profile(cls, elf_path, flash_image_path, profile, ram_bytes: int | None = None,
-                    flash_preset: str | None = None) -> Board:
+                    flash_preset: str | None = None, **kw) -> Board:
         """The board a compiler.boards.BoardProfile describes: its SRAM (or `ram_bytes`), its
-        default flash (or `flash_preset`) and its PSRAM, if it has one."""
+        default flash (or `flash_preset`), its PSRAM, if it has one, and its clock and cycles
+        per instruction. `kw`: the other Board options."""
         return cls(elf_path, flash_image_path, ram_bytes=ram_bytes or profile.sram_bytes,
                    flash_preset=flash_preset or profile.flash[0], psram_preset=profile.psram,
-                   psram_bytes=profile.psram_bytes if profile.psram else 0)
+                   psram_bytes=profile.psram_bytes if profile.psram else 0,
+                   cpu_hz=profile.cpu_hz, cpi=profile.cpi, **kw)
 
     # -- static checks ---------------------------------------------------------
 
@@ -366,12 +397,21 @@ class Board:
                 uc.mem_write(addr, data)  # file bytes only: .bss and NOLOAD sections keep the paint
         uc.mem_write(mm.MAILBOX_BASE, mailbox)
 
+        self.counter = None
+        if self.count_instructions:
+            code_end = max((a + len(d) for a, _v, _m, d in self.firmware.segments
+                            if mm.CODE_BASE <= a < mm.CODE_BASE + mm.CODE_SIZE), default=mm.CODE_BASE)
+            code = bytes(uc.mem_read(mm.CODE_BASE, code_end - mm.CODE_BASE))
+            self.counter = InstructionCounter(uc, mm.CODE_BASE, code)
+        self.clock = CpuClock(self.counter, self.cpu_hz, self.cpi)
         self.faults = Faults()
-        self.flashctl = FlashController(self.faults, self.flash, mm.SRAM_BASE, self.ram_bytes)
-        self.psramctl = PsramController(self.faults, self.psram, mm.SRAM_BASE, self.ram_bytes)
+        self.flashctl = FlashController(self.faults, self.flash, mm.SRAM_BASE, self.ram_bytes, clock=self.clock)
+        self.psramctl = PsramController(self.faults, self.psram, mm.SRAM_BASE, self.ram_bytes, clock=self.clock)
+        if self.record_dma:
+            self.flashctl.log, self.psramctl.log = [], []
         self.uart = Uart(self.faults, on_text)
         vocab = self.image.header["vocab_size"] if self.image is not None else 0
-        self.trace = Trace(self.faults, self.flash, self.stage_label, vocab, psram=self.psram)
+        self.trace = Trace(self.faults, self.flash, self.stage_label, vocab, psram=self.psram, clock=self.clock)
         self.sysctl = SysCtl(self.faults)
         for p in (self.flashctl, self.psramctl, self.uart, self.trace, self.sysctl):
             p.map(uc)
@@ -481,6 +521,8 @@ class Board:
 
     def _result(self, wall_s: float, t0: float, dump_logits: bool) -> RunResult:
         self.trace.finish()
+        clock = self.clock
+        clock.sync()
         text = self.uart.finish()
         stats = self.flash.stats()
         psram = self.psram.stats() if self.psram is not None else None
@@ -500,7 +542,12 @@ class Board:
             flash_errors=list(self.flashctl.errors),
             psram_bytes=psram["total"]["bytes"] if psram else 0, psram_ns=psram["total"]["ns"] if psram else 0.0,
             psram_transfers={d: psram[d] for d in ("read", "write")} if psram else {},
-            psram_errors=list(self.psramctl.errors))
+            psram_errors=list(self.psramctl.errors),
+            instructions=clock.instructions, compute_ns=clock.compute_ns, stall_ns=clock.stall_ns,
+            device_ns=clock.now_ns, cpu_hz=clock.cpu_hz, cpi=clock.cpi,
+            counter=self.counter.kind if self.counter is not None else "off", stage_calls=list(self.trace.calls),
+            dma_overlapped_instructions=(self.flashctl.dma.overlapped_instructions
+                                         + self.psramctl.dma.overlapped_instructions))
 
     # -- after the run ------------------------------------------------------------
 
@@ -624,7 +671,7 @@ class Board:
 
     def close(self) -> None:
         """Unmap the flash image (the board is unusable afterwards)."""
-        self.uc = self.flash = None
+        self.uc = self.flash = self.counter = self.clock = None
         self.flashctl = self.psramctl = self.trace = None  # they hold the flash device, which holds a view of the map
         gc.collect()  # Unicorn's callback wrappers form reference cycles with the Uc object
         try:

@@ -1,9 +1,12 @@
 """How long a real Cortex-M7 would spend computing each stage: an estimate from the work done.
 
-The emulator's wall time says nothing about the device (QEMU's FPU runs through soft-float
-helpers), so the device's compute time is estimated from operation counts and published
-cycle costs on the M7, at the clock below. I/O time, by contrast, is simulated exactly by the
-flash model. Replacing this estimate by counted instructions is planned (issue 4).
+A run does not use this: the board counts the instructions the firmware executes and times
+them with the board's cycles per instruction (emulator/instruction_count.py,
+peripherals.CpuClock, docs/board.md "Time"). This estimate remains for what has no run to
+count: `mcugpt run` with counting off (MCUGPT_COUNTER=off) falls back to it, and a
+whole-model figure for a plan nobody ran (the bench's classic comparison) can use it. Its
+2 cycles/MAC is the optimistic bound of docs/board.md's "Cycles per instruction" (the
+counted fp32 firmware comes out at ~3.0 cycles/MAC).
 
   cycles = CYCLES_PER_MAC x multiply-accumulates
          + CYCLES_PER_TRANSCENDENTAL x (exp in softmax, tanh in GELU)

@@ -149,7 +149,7 @@ def native_library():
     lib = _cache_dir() / f"block_counter-{tag}{suffix}"
     errors = []
     if not lib.is_file():
-        src = lib.with_suffix(".c")
+        src = lib.with_name(f"{lib.stem}.{os.getpid()}.c")   # per process: concurrent builds never mix
         src.write_text(C_SOURCE)
         for cmd in _compilers():
             tmp = lib.with_name(f"{lib.stem}.{os.getpid()}.tmp{suffix}")
@@ -160,6 +160,7 @@ def native_library():
                 break
             tmp.unlink(missing_ok=True)
             errors.append(f"{' '.join(cmd)}: {(res.stderr or res.stdout).strip().splitlines()[:1]}")
+        src.unlink(missing_ok=True)
     try:
         _library = ctypes.CDLL(str(lib))
     except OSError as e:

@@ -28,7 +28,7 @@ import codecs
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 from unicorn import UcError
@@ -127,30 +127,29 @@ class CpuClock:
         self.ns_per_instruction = self.cpi * 1e9 / self.cpu_hz
         self.instructions = 0      # executed so far (as of the last sync)
         self.stall_ns = 0.0        # CPU time spent waiting for DMA transfers
+        self.now_ns = 0.0          # instructions x ns_per_instruction + stall_ns
         self._seen = 0
 
     @property
     def compute_ns(self) -> float:
         return self.instructions * self.ns_per_instruction
 
-    @property
-    def now_ns(self) -> float:
-        return self.compute_ns + self.stall_ns
-
     def sync(self) -> float:
         """Bring the clock up to the present: charge the instructions executed since the last
-        call. Returns now_ns."""
+        call. Returns now_ns. (Called at every MMIO access: kept lean.)"""
         if self.counter is not None:
             n = self.counter.count
             if n != self._seen:
                 self.instructions += n - self._seen
                 self._seen = n
+                self.now_ns = self.instructions * self.ns_per_instruction + self.stall_ns
         return self.now_ns
 
     def execute(self, instructions: int) -> float:
         """Charge `instructions` executed outside the counter's view (models and tests)."""
         self.sync()
         self.instructions += int(instructions)
+        self.now_ns = self.instructions * self.ns_per_instruction + self.stall_ns
         return self.now_ns
 
     def stall_until(self, t_ns: float) -> float:
@@ -158,6 +157,7 @@ class CpuClock:
         now = self.sync()
         if t_ns > now:
             self.stall_ns += t_ns - now
+            self.now_ns = self.instructions * self.ns_per_instruction + self.stall_ns
         return self.now_ns
 
 
@@ -166,10 +166,10 @@ class DmaChannel:
     its simulated bus time, concurrently with the CPU.
 
     `start(duration_ns, retire)` begins a transfer at max(now, end of the previous one);
-    `poll()` is a STATUS read: before the end it makes the CPU wait until the end and
-    answers False (the status a real poll sees while the transfer runs: BUSY); at or after
-    the end it completes the transfer (`retire()`: a read's bytes land in RAM then, not
-    before, so a firmware that touches a buffer under DMA reads stale bytes) and answers True.
+    `poll(wait)` is a STATUS read: at or after the end it completes the transfer
+    (`retire()`: a read's bytes land in RAM then, not before, so a firmware that touches a
+    buffer under DMA reads stale bytes); before the end it answers False (BUSY), or, when
+    the CPU is spinning on STATUS (`wait`), moves the CPU's clock to the end first.
     """
 
     def __init__(self, clock: CpuClock):
@@ -194,16 +194,17 @@ class DmaChannel:
         self.transfers += 1
         return end
 
-    def poll(self) -> bool:
-        """True when no transfer is in flight any more (the pending one completed now)."""
+    def poll(self, wait: bool) -> bool:
+        """True when no transfer is in flight any more (the pending one completed now).
+        Before the transfer's end: with `wait` the CPU waits until the end and the transfer
+        completes (True); without, nothing happens (False: the transfer is still running)."""
         if self._pending is None:
             return True
         end, retire = self._pending
         if self.clock.sync() < end:
-            self.overlapped_instructions += self.clock.instructions - self._started_at
-            self._started_at = self.clock.instructions
+            if not wait:
+                return False
             self.clock.stall_until(end)
-            return False
         self.overlapped_instructions += self.clock.instructions - self._started_at
         self._pending = None
         if retire is not None:
@@ -229,29 +230,95 @@ def pipelined_ns(io_ns, compute_ns) -> float:
 # flash controller: SPI NOR commands, a DMA engine and a CRC unit on the read path
 
 
-class FlashController(Peripheral):
-    """Runs each command to completion when CMD is written; STATUS then reads DONE.
+class _DmaPeripheral(Peripheral):
+    """A controller whose commands run on a DmaChannel: CMD starts one, STATUS reads BUSY
+    until the board's clock reaches its end, then DONE. A CPU that keeps polling STATUS
+    (a second read within SPIN_INSTRUCTIONS of one that answered BUSY) waits: its clock
+    moves to the transfer's end and the read answers DONE.
 
-    READ        LEN bytes at flash ADDR -> RAM DST in one `uc.mem_write`; through the CRC
-                unit when CRC_CTRL.ENABLE is set.
+    One command at a time: touching the controller's registers while a transfer is in
+    flight (any write but STATUS, or a read of a result register) is a firmware bug, so it
+    is a bus error naming the register, as on a controller that rejects it. `log`, when
+    a list, receives ("start", command, address, length, instructions, start_ns, end_ns)
+    and ("done", instructions, now_ns) per transfer, for tests.
+    """
+
+    results: tuple[str, ...] = ()   # registers that hold a transfer's result
+
+    def __init__(self, faults: Faults, clock: CpuClock | None):
+        super().__init__(faults)
+        self.clock = clock if clock is not None else CpuClock()
+        self.dma = DmaChannel(self.clock)
+        self.log: list[tuple] | None = None
+        self._busy_at: int | None = None   # instructions at the last STATUS read that answered BUSY
+
+    def _busy_access(self, uc, name: str, access: str) -> bool:
+        """A register access that must wait for the transfer in flight: a bus error."""
+        if self.dma._pending is None:
+            return False
+        self.faults.record(uc, "bus_error", f"{access} of {self.spec.name}.{name} while a DMA transfer is in "
+                                            f"flight (STATUS BUSY): poll STATUS until DONE first",
+                           self.spec.base + self.spec.reg(name))
+        return True
+
+    # A STATUS read that comes this few instructions after one that answered BUSY is a
+    # poll loop spinning: the CPU would spin until the end, so its clock jumps there at
+    # once (one more poll, not millions, whatever the transfer's length).
+    SPIN_INSTRUCTIONS = 64
+
+    def _status(self) -> int:
+        if self.dma._pending is not None:
+            clock = self.clock
+            clock.sync()
+            spinning = self._busy_at is not None and clock.instructions - self._busy_at <= self.SPIN_INSTRUCTIONS
+            if not self.dma.poll(wait=spinning):
+                self._busy_at = clock.instructions
+                return BUSY
+            self._busy_at = None
+            self.regs["STATUS"] = DONE
+            if self.log is not None:
+                self.log.append(("done", self.clock.instructions, self.clock.now_ns))
+        return self.regs["STATUS"]
+
+    def _start(self, command: str, addr: int, length: int, duration_ns: float, retire=None) -> int:
+        self._busy_at = None
+        end = self.dma.start(duration_ns, retire)
+        if self.log is not None:
+            self.log.append(("start", command, addr, length, self.clock.instructions, end - duration_ns, end))
+        return BUSY
+
+    def _fail(self, msg: str) -> int:
+        self.errors.append(msg)
+        return ERROR | DONE
+
+
+class FlashController(_DmaPeripheral):
+    """Each command is a DMA job on the board's clock: CMD starts it; STATUS reads BUSY until
+    it has run for its simulated flash time, then DONE (see _DmaPeripheral, DmaChannel).
+
+    READ        LEN bytes at flash ADDR -> RAM DST in one `uc.mem_write`, when the transfer
+                completes (the first STATUS read that answers DONE); through the CRC unit
+                when CRC_CTRL.ENABLE is set, in command order.
     READ_ID     JEDEC_ID = manufacturer << 16 | type << 8 | capacity.
     READ_STATUS DEV_STATUS = the device's status register 1 (BUSY bit 0, WEL bit 1).
     WRITE_ENABLE, PAGE_PROGRAM (LEN bytes from RAM at DST to flash ADDR), SECTOR_ERASE
     (the 4 KiB sector holding ADDR): the controller then polls the device until it is
-    ready (auto-polling, as the STM32 OCTOSPI does), so the program/erase time is on the
-    flash clock and the next command finds the device idle.
+    ready (auto-polling, as the STM32 OCTOSPI does), so the program/erase time is part of
+    the command's time and the next command finds the device idle.
 
     An out-of-range read, a DST range outside SRAM, a zero LEN, an unknown command or a
-    command the device refuses (no write enable...) sets STATUS = ERROR | DONE and records
-    why in `errors` (the firmware decides what to do; the board quotes the detail if it
-    exits with FLASH_ERROR). STATUS is write-1-to-clear.
+    command the device refuses (no write enable...) sets STATUS = ERROR | DONE at once and
+    records why in `errors` (the firmware decides what to do; the board quotes the detail
+    if it exits with FLASH_ERROR). STATUS is write-1-to-clear.
     """
 
     spec = mm.FLASHCTL
     read_only = ("CRC_VALUE", "JEDEC_ID", "DEV_STATUS")
+    results = ("CRC_VALUE", "JEDEC_ID", "DEV_STATUS")
 
-    def __init__(self, faults: Faults, flash: SpiNorFlash, ram_base: int, ram_size: int):
-        super().__init__(faults)
+    def __init__(self, faults: Faults, flash: SpiNorFlash, ram_base: int, ram_size: int,
+                 clock: CpuClock | None = None):
+        super().__init__(faults, clock)
         self.flash = flash
         self.ram_base, self.ram_size = ram_base, ram_size
         self.crc = 0
@@ -260,6 +327,10 @@ class FlashController(Peripheral):
         self._commands = {v: k for k, v in mm.FLASH_CMD.items()}
 
     def read(self, uc, name):
+        if name == "STATUS":
+            return self._status()
+        if name in self.results and self._busy_access(uc, name, "read"):
+            return 0
         if name == "CRC_VALUE":
             return self.crc
         if name == "CRC_CTRL":
@@ -267,21 +338,20 @@ class FlashController(Peripheral):
         return self.regs[name]
 
     def write(self, uc, name, value):
+        if name == "STATUS":
+            self.regs["STATUS"] &= ~value
+            return
+        if self.dma._pending is not None and self._busy_access(uc, name, "write"):
+            return
         if name == "CMD":
             self.regs["CMD"] = value
             self.regs["STATUS"] = self._execute(uc, value)
-        elif name == "STATUS":
-            self.regs["STATUS"] &= ~value
         elif name == "CRC_CTRL":
             if value & CRC_RESET:
                 self.crc = 0
             self.crc_enabled = bool(value & CRC_ENABLE)
         else:
             self.regs[name] = value
-
-    def _fail(self, msg: str) -> int:
-        self.errors.append(msg)
-        return ERROR | DONE
 
     def _ram_range_ok(self, start: int, length: int) -> bool:
         return self.ram_base <= start and start + length <= self.ram_base + self.ram_size
@@ -290,6 +360,8 @@ class FlashController(Peripheral):
         name = self._commands.get(cmd)
         addr, dst, length = self.regs["ADDR"], self.regs["DST"], self.regs["LEN"]
         f = self.flash
+        before = f.now_ns
+        retire = None
         try:
             if name == "READ":
                 if length == 0:
@@ -298,9 +370,9 @@ class FlashController(Peripheral):
                     return self._fail(f"READ of {length} bytes to 0x{dst:08x}..0x{dst + length:08x}: "
                                       f"not inside SRAM (0x{self.ram_base:08x}..0x{self.ram_base + self.ram_size:08x})")
                 data = f.read(addr, length)
-                uc.mem_write(dst, data)  # the DMA: one write for the whole transfer
                 if self.crc_enabled:
                     self.crc = zlib.crc32(data, self.crc)
+                retire = lambda: self._land(uc, dst, data)  # the DMA: one write, when it completes
             elif name == "READ_ID":
                 self.regs["JEDEC_ID"] = int.from_bytes(f.read_jedec_id(), "big")
             elif name == "READ_STATUS":
@@ -319,47 +391,60 @@ class FlashController(Peripheral):
                 return self._fail(f"unknown flash command {cmd}")
         except (FlashError, ValueError, UcError) as e:
             return self._fail(f"{name}: {e}")
-        return DONE
+        return self._start(name, addr, length, f.now_ns - before, retire)
+
+    def _land(self, uc, dst: int, data: bytes) -> None:
+        try:
+            uc.mem_write(dst, data)
+        except UcError as e:  # the range was checked at the command: only a board bug gets here
+            self.faults.record(uc, "bus_error", f"DMA write of {len(data)} bytes at 0x{dst:08x}: {e}", dst)
 
 
 # ----------------------------------------------------------------------------
 # PSRAM controller: DMA between the external PSRAM and SRAM
 
 
-class PsramController(Peripheral):
-    """Runs each transfer to completion when CMD is written; STATUS then reads DONE.
+class PsramController(_DmaPeripheral):
+    """Each transfer is a DMA job on the board's clock, like the flash controller's: CMD
+    starts it, STATUS reads BUSY until it has run for its simulated PSRAM time, then DONE.
 
-    READ   LEN bytes at PSRAM ADDR -> SRAM at RAM, with one `uc.mem_write` (the DMA).
-    WRITE  LEN bytes of SRAM at RAM (one `uc.mem_read`) -> PSRAM ADDR.
+    READ   LEN bytes at PSRAM ADDR -> SRAM at RAM, with one `uc.mem_write` when the
+           transfer completes.
+    WRITE  LEN bytes of SRAM at RAM (one `uc.mem_read`, at the command) -> PSRAM ADDR.
 
-    The device (emulator/psram.py) charges each transfer its bus time on its own clock.
-    A board without PSRAM (`psram` None), a zero LEN, an ADDR range past the end of the
-    device, a RAM range not inside SRAM or an unknown command sets STATUS = ERROR | DONE and
-    records why in `errors` (the board quotes it if the firmware exits with PSRAM_ERROR).
-    STATUS is write-1-to-clear.
+    The device (emulator/psram.py) gives each transfer its bus time. A board without PSRAM
+    (`psram` None), a zero LEN, an ADDR range past the end of the device, a RAM range not
+    inside SRAM or an unknown command sets STATUS = ERROR | DONE and records why in
+    `errors` (the board quotes it if the firmware exits with PSRAM_ERROR). STATUS is
+    write-1-to-clear.
     """
 
     spec = mm.PSRAMCTL
 
-    def __init__(self, faults: Faults, psram: Psram | None, ram_base: int, ram_size: int):
-        super().__init__(faults)
+    def __init__(self, faults: Faults, psram: Psram | None, ram_base: int, ram_size: int,
+                 clock: CpuClock | None = None):
+        super().__init__(faults, clock)
         self.psram = psram
         self.ram_base, self.ram_size = ram_base, ram_size
         self.errors: list[str] = []
         self._commands = {v: k for k, v in mm.PSRAM_CMD.items()}
 
+    def read(self, uc, name):
+        if name == "STATUS":
+            return self._status()
+        return self.regs[name]
+
     def write(self, uc, name, value):
+        if name == "STATUS":
+            self.regs["STATUS"] &= ~value
+            return
+        if self.dma._pending is not None and self._busy_access(uc, name, "write"):
+            return
         if name == "CMD":
             self.regs["CMD"] = value
             self.regs["STATUS"] = self._execute(uc, value)
-        elif name == "STATUS":
-            self.regs["STATUS"] &= ~value
         else:
             self.regs[name] = value
-
-    def _fail(self, msg: str) -> int:
-        self.errors.append(msg)
-        return ERROR | DONE
 
     def _execute(self, uc, cmd: int) -> int:
         name = self._commands.get(cmd)
@@ -376,14 +461,17 @@ class PsramController(Peripheral):
         if not (self.ram_base <= ram and ram + length <= self.ram_base + self.ram_size):
             return self._fail(f"{what}: SRAM range 0x{ram:08x}..0x{ram + length:08x} is not inside SRAM "
                               f"(0x{self.ram_base:08x}..0x{self.ram_base + self.ram_size:08x})")
+        before = self.psram.now_ns
+        retire = None
         try:
             if name == "READ":
-                uc.mem_write(ram, self.psram.read(addr, length))  # the DMA: one write
+                data = self.psram.read(addr, length)
+                retire = lambda: uc.mem_write(ram, data)  # the DMA: one write, when it completes
             else:
-                self.psram.write(addr, bytes(uc.mem_read(ram, length)))  # one read
+                self.psram.write(addr, bytes(uc.mem_read(ram, length)))  # one read, at the command
         except (PsramError, ValueError, UcError) as e:
             return self._fail(f"{what}: {e}")
-        return DONE
+        return self._start(name, addr, length, self.psram.now_ns - before, retire)
 
 
 # ----------------------------------------------------------------------------
@@ -430,8 +518,27 @@ class Uart(Peripheral):
 # trace unit: stage accounting, tokens, positions, the logits debug channel
 
 
+class _Timing:
+    """Derived times of a StageStats / PositionStats (all in simulated ns)."""
+
+    @property
+    def io_ns(self) -> float:
+        """Bus time of the flash and PSRAM transfers issued."""
+        return self.flash_ns + self.psram_ns
+
+    @property
+    def device_ns(self) -> float:
+        """Time on the board's clock: the CPU computing, plus the CPU waiting for DMA."""
+        return self.compute_ns + self.stall_ns
+
+    @property
+    def overlap_ns(self) -> float:
+        """I/O time hidden under compute: io + compute - device (= io - stall)."""
+        return self.io_ns - self.stall_ns
+
+
 @dataclass
-class StageStats:
+class StageStats(_Timing):
     """What one stage cost over the whole run (all its calls, summed)."""
 
     index: int
@@ -442,10 +549,13 @@ class StageStats:
     psram_bytes: int = 0      # bytes moved to and from PSRAM (reads + writes)
     psram_ns: float = 0.0     # simulated PSRAM bus time
     wall_s: float = 0.0       # host seconds spent emulating it
+    instructions: int = 0     # executed by the CPU (counted)
+    compute_ns: float = 0.0   # instructions x cycles per instruction / clock
+    stall_ns: float = 0.0     # the CPU waiting for DMA transfers to finish
 
 
 @dataclass
-class PositionStats:
+class PositionStats(_Timing):
     """What computing one position (one token through every stage) cost."""
 
     position: int
@@ -455,14 +565,28 @@ class PositionStats:
     psram_bytes: int = 0
     psram_ns: float = 0.0
     wall_s: float = 0.0
+    instructions: int = 0
+    compute_ns: float = 0.0
+    stall_ns: float = 0.0
+
+
+class StageCall(NamedTuple):
+    """One call of one stage: what `Trace.calls` records, in order."""
+
+    position: int | None      # the position being computed (None before the first POSITION)
+    index: int                # stage index
+    instructions: int
+    io_ns: float              # flash + PSRAM bus time of the transfers it issued
+    stall_ns: float           # the CPU waiting for transfers
 
 
 class Trace(Peripheral):
     """STAGE opens a stage (closing the running one); TRACE_IDLE closes it.
 
     A stage is charged the flash bytes and the simulated flash time of the commands issued
-    while it is open, likewise the PSRAM bytes and time of its transfers, and the host time
-    that passed. TOKEN appends a generated token and its wall time. The logits channel: on
+    while it is open, likewise the PSRAM bytes and time of its transfers, the instructions
+    the CPU executed and the time it waited for transfers (on the board's CpuClock), and
+    the host time that passed. TOKEN appends a generated token and its wall time. The logits channel: on
     the LOGITS_COUNT write, COUNT float32 at LOGITS_ADDR are copied into [FIRST:FIRST + COUNT]
     of the current step's logits; a step ends at a TOKEN write, so the logits dumped before
     token k are the ones that chose it.
@@ -471,13 +595,15 @@ class Trace(Peripheral):
     spec = mm.TRACE
 
     def __init__(self, faults: Faults, flash: SpiNorFlash, stage_name: Callable[[int], str],
-                 vocab_size: int = 0, psram: Psram | None = None):
+                 vocab_size: int = 0, psram: Psram | None = None, clock: CpuClock | None = None):
         super().__init__(faults)
         self.flash = flash
         self.psram = psram
+        self.clock = clock if clock is not None else CpuClock()
         self.stage_name = stage_name
         self.vocab_size = vocab_size
         self.stages: dict[int, StageStats] = {}
+        self.calls: list[StageCall] = []    # every stage call, in order
         self.current: int | None = None
         self._opened = self._now()
         self.tokens: list[int] = []
@@ -488,33 +614,43 @@ class Trace(Peripheral):
         self.logits: list[np.ndarray | None] = []
         self._step_logits: np.ndarray | None = None
 
-    def _now(self) -> tuple[int, float, int, float, float]:
-        """(flash bytes, flash ns, PSRAM bytes, PSRAM ns, perf_counter) so far."""
+    def _now(self) -> tuple:
+        """(flash bytes, flash ns, PSRAM bytes, PSRAM ns, perf_counter, instructions, stall ns)
+        so far."""
         if self.psram is None:
             pb, pns = 0, 0.0
         else:
             total = self.psram.stats()["total"]
             pb, pns = total["bytes"], total["ns"]
-        return self.flash.stats()["total"]["bytes"], self.flash.now_ns, pb, pns, time.perf_counter()
+        c = self.clock
+        c.sync()
+        return (self.flash.stats()["total"]["bytes"], self.flash.now_ns, pb, pns, time.perf_counter(),
+                c.instructions, c.stall_ns)
 
-    @staticmethod
-    def _charge(acc, opened, now) -> None:
+    def _charge(self, acc, opened, now) -> None:
         acc.flash_bytes += now[0] - opened[0]
         acc.flash_ns += now[1] - opened[1]
         acc.psram_bytes += now[2] - opened[2]
         acc.psram_ns += now[3] - opened[3]
         acc.wall_s += now[4] - opened[4]
+        acc.instructions += now[5] - opened[5]
+        acc.compute_ns = acc.instructions * self.clock.ns_per_instruction
+        acc.stall_ns += now[6] - opened[6]
 
     def _close(self) -> None:
         if self.current is None:
             return
-        self._charge(self.stages[self.current], self._opened, self._now())
+        now, was = self._now(), self._opened
+        self._charge(self.stages[self.current], was, now)
+        self.calls.append(StageCall(self.positions[-1] if self.positions else None, self.current,
+                                    now[5] - was[5], now[1] - was[1] + now[3] - was[3], now[6] - was[6]))
         self.current = None
 
     def _close_position(self) -> None:
         if self.per_position:
             p = self.per_position[-1]  # closed once: at the next POSITION, or at the end
             p.flash_bytes, p.psram_bytes, p.flash_ns, p.psram_ns, p.wall_s = 0, 0, 0.0, 0.0, 0.0
+            p.instructions, p.compute_ns, p.stall_ns = 0, 0.0, 0.0
             self._charge(p, self._position_opened, self._now())
 
     def finish(self) -> None:

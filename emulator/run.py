@@ -112,39 +112,70 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
     stages = plan["stages"]
     n_prompt = len(prompt_tokens)
 
-    cpu_hz = plan["board"]["cpu_hz"]
+    cpu_hz = result.cpu_hz or plan["board"]["cpu_hz"]
+    counted = result.counter != "off"
 
     def compute_ns(p):
+        """Counted compute of a position; without the counter, compute_estimate's guess."""
+        if counted:
+            return p.compute_ns
         return sum(compute_estimate.stage_compute_ns(stages[i], m["n_embd"], m["n_head"], p.position, cpu_hz)
                    for i in p.stages)
+
+    def device_ns(p):
+        """The board's clock over the position: compute and I/O overlapped as the firmware
+        overlaps them; without the counter, nothing is known to overlap."""
+        return p.device_ns if counted else p.io_ns + compute_ns(p)
 
     # A generated token costs one forward pass that ends in the head: positions
     # n_prompt-1 onwards. The prompt's other positions skip the head (prefill).
     decode = [p for p in result.per_position if p.position >= n_prompt - 1]
     prefill = [p for p in result.per_position if p.position < n_prompt - 1]
     mean = lambda xs: sum(xs) / len(xs) if xs else 0.0
-    io_s = mean([p.flash_ns + p.psram_ns for p in decode]) * 1e-9
+    io_s = mean([p.io_ns for p in decode]) * 1e-9
     compute_s = mean([compute_ns(p) for p in decode]) * 1e-9
-    device_s = io_s + compute_s
+    device_s = mean([device_ns(p) for p in decode]) * 1e-9
+    overlap_s = io_s + compute_s - device_s
+    stall_s = mean([p.stall_ns for p in decode]) * 1e-9 if counted else io_s
 
     by_kind = {}
-    n_decode = max(len(decode), 1)
     last_pos = decode[-1].position if decode else 0
     for s in result.stages:
         row = stages[s.index]
         k = by_kind.setdefault(row["kind"], {"kind": row["kind"], "stages": 0, "io_s": 0.0, "compute_s": 0.0,
+                                             "device_s": 0.0, "overlap_s": 0.0, "instructions": 0,
                                              "flash_bytes": 0})
         k["stages"] += 1
-        # per generated token: this stage's share of the run, scaled to decode passes
-        per_call_io = (s.flash_ns + s.psram_ns) * 1e-9 / s.calls
-        k["io_s"] += per_call_io
+        # per generated token: this stage's mean per call over the run (attn_core's compute
+        # grows with the position: its mean is over the positions computed)
+        io = (s.flash_ns + s.psram_ns) * 1e-9 / s.calls
+        if counted:
+            comp, dev = s.compute_ns * 1e-9 / s.calls, s.device_ns * 1e-9 / s.calls
+        else:
+            comp = compute_estimate.stage_compute_ns(row, m["n_embd"], m["n_head"], last_pos, cpu_hz) * 1e-9
+            dev = io + comp
+        k["io_s"] += io
+        k["compute_s"] += comp
+        k["device_s"] += dev
+        k["overlap_s"] += io + comp - dev
+        k["instructions"] += s.instructions // s.calls
         k["flash_bytes"] += s.flash_bytes // s.calls
-        k["compute_s"] += compute_estimate.stage_compute_ns(row, m["n_embd"], m["n_head"], last_pos, cpu_hz) * 1e-9
-    kinds = sorted(by_kind.values(), key=lambda k: -(k["io_s"] + k["compute_s"]))
-    total = sum(k["io_s"] + k["compute_s"] for k in kinds) or 1.0
+    kinds = sorted(by_kind.values(), key=lambda k: -k["device_s"])
+    total = sum(k["device_s"] for k in kinds) or 1.0
     for k in kinds:
-        k["share"] = (k["io_s"] + k["compute_s"]) / total
+        k["share"] = k["device_s"] / total
+        hideable = min(k["io_s"], k["compute_s"])   # the most double buffering can hide
+        k["overlap_fraction"] = k["overlap_s"] / hideable if hideable > 0 else 0.0
 
+    instructions = mean([p.instructions for p in decode])
+    if counted:
+        compute_model = (f"{instructions / 1e6:,.1f}M instructions per token, counted ({result.counter} block "
+                         f"counter), x {result.cpi:g} cycles/instruction at {cpu_hz / 1e6:g} MHz "
+                         f"(the {plan['board']['name']} board's CPI: docs/boards.md)")
+    else:
+        compute_model = (f"{compute_estimate.CYCLES_PER_MAC:g} cycles/MAC at {cpu_hz / 1e6:g} MHz "
+                         f"(estimate, emulator/compute_estimate.py: instruction counting was off)")
+    hideable = min(io_s, compute_s)
     ram = result.peak_ram
     return {
         "model": m["name"], "dtype": plan["dtype"], "flash": flash, "ram_mapped": ram.ram_mapped,
@@ -156,10 +187,16 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
         "device": {
             "io_s_per_token": io_s, "compute_s_per_token": compute_s, "s_per_token": device_s,
             "tokens_per_s": 1.0 / device_s if device_s else 0.0,
-            "compute_model": f"{compute_estimate.CYCLES_PER_MAC:g} cycles/MAC at "
-                             f"{cpu_hz / 1e6:g} MHz (estimate, emulator/compute_estimate.py)",
+            # s_per_token = io + compute - overlap: the I/O hidden under compute by the
+            # double-buffered weight tiles; stall = the CPU waiting for I/O
+            "overlap_s_per_token": overlap_s, "stall_s_per_token": stall_s,
+            "sequential_s_per_token": io_s + compute_s,
+            "overlap_fraction": overlap_s / hideable if hideable > 0 else 0.0,
+            "instructions_per_token": instructions, "cpi": result.cpi, "cpu_hz": cpu_hz,
+            "counter": result.counter,
+            "compute_model": compute_model,
             "io_model": f"{flash} flash" + (f" + {plan['board']['psram']} PSRAM" if plan["kv"]["placement"] == "psram" else "")
-                        + ", simulated from datasheet timing",
+                        + ", simulated from datasheet timing, by DMA concurrent with the CPU (double-buffered weight tiles)",
         },
         "flash_bytes_per_token": int(mean([p.flash_bytes for p in decode])),
         "flash_bytes_total": result.flash_bytes,
@@ -171,7 +208,9 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
                      "plan": plan["peak_ram_bytes"], "plan_arena": plan["arena_bytes"]},
         "stage_kinds": kinds,
         "stages": [{"index": s.index, "name": s.name, "calls": s.calls, "flash_bytes": s.flash_bytes,
-                    "flash_s": s.flash_ns * 1e-9, "wall_s": s.wall_s} for s in result.stages],
+                    "flash_s": s.flash_ns * 1e-9, "wall_s": s.wall_s, "instructions": s.instructions,
+                    "compute_s": s.compute_ns * 1e-9, "device_s": s.device_ns * 1e-9,
+                    "overlap_s": s.overlap_ns * 1e-9} for s in result.stages],
     }
 
 

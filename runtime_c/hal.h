@@ -27,6 +27,16 @@ void crc_begin(void);
 void flash_read_crc(uint32_t flash_addr, void* dst, uint32_t len);
 uint32_t crc_value(void);
 
+// Asynchronous reads: the DMA runs while the CPU computes (double buffering).
+// flash_read_crc_start starts a flash_read_crc and returns at once; flash_wait returns when
+// it has finished (a controller error ends the run as above). Until then the bytes at dst
+// are undefined: do not touch them. At most one transfer is in flight: every other flash
+// call (flash_read, flash_read_crc, crc_begin, crc_value, flash_read_crc_start) first waits
+// for it, so transfers finish in the order they were started and the CRC unit sees a
+// blob's pieces in order. flash_wait with nothing in flight returns at once.
+void flash_read_crc_start(uint32_t flash_addr, void* dst, uint32_t len);
+void flash_wait(void);
+
 // ----------------------------------------------------------------------------
 // external PSRAM (the KV cache when SRAM cannot hold it): DMA between PSRAM and SRAM
 

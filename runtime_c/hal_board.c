@@ -16,35 +16,77 @@ void hal_init(int argc, char** argv) {
 
 // ----------------------------------------------------------------------------
 // flash controller: ADDR, DST, LEN, then CMD = READ; poll STATUS until DONE
+//
+// The controller is a DMA engine: after CMD the transfer runs on its own while the CPU goes
+// on (STATUS reads BUSY meanwhile). One transfer is in flight at a time; `pending` says
+// whether one is, for flash_wait and for the error report.
 
-static void dma_read(uint32_t flash_addr, void* dst, uint32_t len) {
+static struct {
+    uint32_t active, flash_addr, len;
+} pending;
+
+void flash_wait(void) {
+    if (!pending.active) return;
+    pending.active = 0;
+    uint32_t status;
+    do {
+        status = FLASHCTL_STATUS;
+        if (status & FLASH_STATUS_ERROR) board_exit(EXIT_FLASH_ERROR, status, pending.flash_addr, pending.len);
+    } while (!(status & FLASH_STATUS_DONE));
+    barrier();                        // the DMA's bytes are in RAM: nothing may read them earlier
+}
+
+static void dma_start(uint32_t flash_addr, void* dst, uint32_t len) {
     if (len == 0) return;
-    barrier();
+    barrier();                        // the CPU's last use of dst is done before the DMA overwrites it
     FLASHCTL_ADDR = flash_addr;
     FLASHCTL_DST = (uint32_t)(uintptr_t)dst;
     FLASHCTL_LEN = len;
     FLASHCTL_CMD = FLASH_CMD_READ;
-    uint32_t status;
-    do {
-        status = FLASHCTL_STATUS;
-        if (status & FLASH_STATUS_ERROR) board_exit(EXIT_FLASH_ERROR, status, flash_addr, len);
-    } while (!(status & FLASH_STATUS_DONE));
-    barrier();
+    pending.active = 1;
+    pending.flash_addr = flash_addr;
+    pending.len = len;
+}
+
+// CRC_CTRL as last written (RESET is a pulse: it reads back as ENABLE), so a stream of
+// tiles writes it once, not once per tile. ~0u: not written yet.
+static uint32_t crc_ctrl = ~0u;
+
+static void set_crc_ctrl(uint32_t value) {
+    if (value != crc_ctrl) {
+        FLASHCTL_CRC_CTRL = value;
+        crc_ctrl = value;
+    }
 }
 
 void flash_read(uint32_t flash_addr, void* dst, uint32_t len) {
-    FLASHCTL_CRC_CTRL = 0;            // keep these bytes out of any running CRC
-    dma_read(flash_addr, dst, len);
+    flash_wait();
+    set_crc_ctrl(0);                  // keep these bytes out of any running CRC
+    dma_start(flash_addr, dst, len);
+    flash_wait();
 }
 
-void crc_begin(void) { FLASHCTL_CRC_CTRL = CRC_RESET | CRC_ENABLE; }
+void crc_begin(void) {
+    flash_wait();
+    FLASHCTL_CRC_CTRL = CRC_RESET | CRC_ENABLE;
+    crc_ctrl = CRC_ENABLE;
+}
+
+void flash_read_crc_start(uint32_t flash_addr, void* dst, uint32_t len) {
+    flash_wait();
+    set_crc_ctrl(CRC_ENABLE);         // no RESET: continue the blob's CRC
+    dma_start(flash_addr, dst, len);
+}
 
 void flash_read_crc(uint32_t flash_addr, void* dst, uint32_t len) {
-    FLASHCTL_CRC_CTRL = CRC_ENABLE;   // no RESET: continue the blob's CRC
-    dma_read(flash_addr, dst, len);
+    flash_read_crc_start(flash_addr, dst, len);
+    flash_wait();
 }
 
-uint32_t crc_value(void) { return FLASHCTL_CRC_VALUE; }
+uint32_t crc_value(void) {
+    flash_wait();
+    return FLASHCTL_CRC_VALUE;
+}
 
 // ----------------------------------------------------------------------------
 // PSRAM controller: ADDR, RAM, LEN, then CMD = READ or WRITE; poll STATUS until DONE

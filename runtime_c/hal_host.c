@@ -130,7 +130,7 @@ static void crc_update(const uint8_t* p, uint32_t n) {
     crc_state = ~c;
 }
 
-void flash_read(uint32_t flash_addr, void* dst, uint32_t len) {
+static void file_read(uint32_t flash_addr, void* dst, uint32_t len) {
     if ((uint64_t)flash_addr + len > image_size ||
         fseek(image, (long)flash_addr, SEEK_SET) != 0 ||
         fread(dst, 1, len, image) != len) {
@@ -138,14 +138,49 @@ void flash_read(uint32_t flash_addr, void* dst, uint32_t len) {
     }
 }
 
-void crc_begin(void) { crc_state = 0; }
+// An asynchronous read is done when it is waited for, as late as the board's DMA may land
+// it: a runtime that touched the buffer earlier would see stale bytes here too.
+static struct {
+    int active;
+    uint32_t flash_addr, len;
+    void* dst;
+} pending;
 
-void flash_read_crc(uint32_t flash_addr, void* dst, uint32_t len) {
-    flash_read(flash_addr, dst, len);
-    crc_update(dst, len);
+void flash_wait(void) {
+    if (!pending.active) return;
+    pending.active = 0;
+    file_read(pending.flash_addr, pending.dst, pending.len);
+    crc_update(pending.dst, pending.len);
 }
 
-uint32_t crc_value(void) { return crc_state; }
+void flash_read(uint32_t flash_addr, void* dst, uint32_t len) {
+    flash_wait();
+    file_read(flash_addr, dst, len);
+}
+
+void crc_begin(void) {
+    flash_wait();
+    crc_state = 0;
+}
+
+void flash_read_crc_start(uint32_t flash_addr, void* dst, uint32_t len) {
+    flash_wait();
+    if (len == 0) return;
+    pending.active = 1;
+    pending.flash_addr = flash_addr;
+    pending.dst = dst;
+    pending.len = len;
+}
+
+void flash_read_crc(uint32_t flash_addr, void* dst, uint32_t len) {
+    flash_read_crc_start(flash_addr, dst, len);
+    flash_wait();
+}
+
+uint32_t crc_value(void) {
+    flash_wait();
+    return crc_state;
+}
 
 // ----------------------------------------------------------------------------
 // PSRAM: a static byte array as large as the plan's KV cache (none when it is in SRAM)

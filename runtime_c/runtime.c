@@ -3,7 +3,8 @@
 // A token's journey, in the order of this file:
 //   1. boot: check the flash image (header, plan id, tables) and the host's request
 //   2. forward(): for each stage of the image's stage table, in order, read its weights from
-//      flash into the arena (a tile of matrix rows at a time, every blob CRC-checked) and
+//      flash into the arena (a tile of matrix rows at a time, double-buffered: the next
+//      tile's DMA runs while this one is computed; every blob CRC-checked) and
 //      apply it to the activations: embed, then per block ln_1, attn_qkv, attn_core,
 //      attn_proj, ln_2, mlp, then the head's logits, one vocabulary tile at a time, into a
 //      running top-k
@@ -48,6 +49,7 @@ uint8_t arena[ARENA_BYTES] ARENA_SECTION __attribute__((aligned(32)));
 // scores  (N_CTX,)             one head's attention weights
 // params  (vector,)            the stage's current vector(s): gain+bias, or one bias
 // weights (tile rows, cols)    one tile of a matrix streamed from flash
+// weights_next                 the other tile buffer: the next tile streams in while one is used
 // logits  (head tile rows,)    one vocabulary tile of logits
 // kv      keys (N_LAYER, N_CTX, N_EMBD), then values (N_LAYER, N_CTX, N_EMBD)
 #define TOPK ((TopK*)(arena + BUF_TOPK_OFFSET))  // the head's running top-k
@@ -149,10 +151,18 @@ static void load_vector(uint32_t stage, const StageEntry* s, uint32_t role, floa
     check_crc(index, &t);
 }
 
-// A matrix [rows, cols] streamed through the weights buffer, tile_rows rows at a time:
+// A matrix [rows, cols] streamed through the weight tile buffers, tile_rows rows at a time:
 //   MatrixStream m; matrix_open(&m, ...);
-//   while (matrix_next_tile(&m)) { use BUF(WEIGHTS) = rows m.row .. m.row + m.n - 1 }
+//   while (matrix_next_tile(&m)) { use m.buf = rows m.row .. m.row + m.n - 1 }
 //   matrix_close(&m);   // the blob's CRC, over all its tiles
+//
+// Double-buffered (WEIGHT_BUFFERS 2): the DMA fills one buffer while the CPU computes on
+// the other. matrix_open starts tile 0; each matrix_next_tile waits for the tile in flight,
+// makes it the current one and starts the next tile into the buffer the previous tile has
+// just freed. So the flash streams tile i + 1 while tile i is computed, and a matrix costs
+// about io(tile 0) + sum of max(io(tile i + 1), compute(tile i)) + compute(last tile)
+// instead of the sum of all (docs/runtime.md). The tiles are read in order, one transfer
+// at a time, so the CRC unit still sees the blob's bytes in order.
 typedef struct {
     TensorEntry t;
     uint32_t index;       // in the tensor table
@@ -160,7 +170,26 @@ typedef struct {
     uint32_t row_bytes;   // MATRIX_ROW_BYTES(cols)
     uint32_t row;         // first row of the current tile
     uint32_t n;           // rows in the current tile (the last one may be short)
+    float* buf;           // the current tile
+    float* spare;         // the other buffer: where the next tile is streaming in
 } MatrixStream;
+
+#if WEIGHT_BUFFERS >= 2
+#define DOUBLE_BUFFERED 1
+_Static_assert(BUF_WEIGHTS_NEXT_BYTES >= BUF_WEIGHTS_BYTES, "the two weight tile buffers");
+#else
+#define DOUBLE_BUFFERED 0
+#endif
+
+static uint32_t tile_rows_from(const MatrixStream* m, uint32_t row) {
+    return m->t.rows - row < m->tile_rows ? m->t.rows - row : m->tile_rows;
+}
+
+// Start the DMA of the tile that begins at `row` into m->spare (nothing past the last row).
+static void matrix_fetch(MatrixStream* m, uint32_t row) {
+    if (row >= m->t.rows) return;
+    flash_read_crc_start(m->t.offset + row * m->row_bytes, m->spare, tile_rows_from(m, row) * m->row_bytes);
+}
 
 static void matrix_open(MatrixStream* m, uint32_t stage, const StageEntry* s, uint32_t role,
                         uint32_t rows, uint32_t cols, uint32_t tile_rows) {
@@ -170,14 +199,32 @@ static void matrix_open(MatrixStream* m, uint32_t stage, const StageEntry* s, ui
     m->tile_rows = tile_rows;
     m->row = 0;
     m->n = 0;
+    m->buf = BUF(WEIGHTS);
+#if DOUBLE_BUFFERED
+    m->spare = BUF(WEIGHTS_NEXT);
+#else
+    m->spare = BUF(WEIGHTS);
+#endif
     crc_begin();   // after the TensorEntry read: nothing else may feed this CRC
+#if DOUBLE_BUFFERED
+    matrix_fetch(m, 0);   // tile 0 streams in while the caller prepares its input
+#endif
 }
 
 static int matrix_next_tile(MatrixStream* m) {
     m->row += m->n;
     if (m->row >= m->t.rows) return 0;
-    m->n = m->t.rows - m->row < m->tile_rows ? m->t.rows - m->row : m->tile_rows;
-    flash_read_crc(m->t.offset + m->row * m->row_bytes, BUF(WEIGHTS), m->n * m->row_bytes);
+    m->n = tile_rows_from(m, m->row);
+#if DOUBLE_BUFFERED
+    flash_wait();                      // tile m->row is in m->spare
+    float* ready = m->spare;
+    m->spare = m->buf;                 // the previous tile's buffer: free since its compute ended
+    m->buf = ready;
+    matrix_fetch(m, m->row + m->n);    // the next tile streams in while this one is computed
+#else
+    matrix_fetch(m, m->row);
+    flash_wait();
+#endif
     return 1;
 }
 
@@ -206,11 +253,11 @@ static Input input(const float* x, uint32_t cols) {
 // dequantized with the row's scale times the input's.
 static void tile_product(const MatrixStream* m, float* y, const float* b, const Input* in) {
 #if WEIGHTS_INT8
-    const float* scales = BUF(WEIGHTS);
-    const int8_t* rows = (const int8_t*)(BUF(WEIGHTS) + m->n);
+    const float* scales = m->buf;
+    const int8_t* rows = (const int8_t*)(m->buf + m->n);
     matvec_rows_i8(y, rows, scales, b, in->q, in->scale, (int)m->n, (int)m->t.cols);
 #else
-    matvec_rows(y, BUF(WEIGHTS), b, in->f, (int)m->n, (int)m->t.cols);
+    matvec_rows(y, m->buf, b, in->f, (int)m->n, (int)m->t.cols);
 #endif
 }
 

@@ -65,7 +65,7 @@ def test_weights_stream_in_tiles_that_fit_the_tile_buffer(gpt2_stages):
             for m in s["matrices"]:
                 assert m["rows_per_tile"] * m["cols"] * 4 <= plan["tile_bytes"]
                 assert m["tiles"] * m["rows_per_tile"] >= m["rows"]
-    roomy = make_plan(cfg, stages, ram=64 << 20, ctx=64).data  # room for every block matrix whole
+    roomy = make_plan(cfg, stages, ram=64 << 20, ctx=64, group="none").data  # tiles take all the room
     assert all(m["tiles"] == 1 for s in roomy["stages"] if s["kind"] != "head" for m in s["matrices"])
 
 
@@ -94,3 +94,32 @@ def test_stage_figures(gpt2_stages):
     assert by["head"]["macs"] == 50257 * d
     assert plan["totals"]["weight_bytes"] == cfg.n_params() * 4  # wte stored once
     assert plan["largest_stage"]["name"].endswith("mlp") or plan["largest_stage"]["name"] == "head"
+
+
+def test_grouping_keeps_the_smallest_weights_resident_in_the_ram_left(gpt2_stages):
+    cfg, stages = gpt2_stages
+    none = make_plan(cfg, stages, ram=64 << 20, ctx=64, dtype="int8", group="none").data
+    auto = make_plan(cfg, stages, ram=64 << 20, ctx=64, dtype="int8", group="auto").data
+    assert none["resident"]["bytes"] == 0 and none["resident"]["tensors"] == []
+    r = auto["resident"]
+    assert r["bytes"] > 40 << 20 and auto["peak_ram_bytes"] <= 64 << 20
+    # I/O saved: resident tensors are not read per token
+    assert auto["totals"]["flash_bytes_per_token"] == none["totals"]["flash_bytes_per_token"] - sum(
+        t["bytes"] for t in r["tensors"] if t["name"] != "wte.weight")
+    # smallest first: every vector is resident before any matrix
+    names = [t["name"] for t in r["tensors"]]
+    assert all(n in names for n in (f"h.{i}.ln_1.weight" for i in range(12)))
+    sizes = [t["bytes"] for t in r["tensors"]]
+    assert sizes == sorted(sizes)
+    # the resident region is a buffer of the arena like any other, and each tensor lies in it
+    buf = next(b for b in auto["buffers"] if b["name"] == "resident")
+    assert all(buf["offset"] <= t["offset"] and t["offset"] + t["bytes"] <= buf["offset"] + buf["bytes"]
+               for t in r["tensors"])
+    assert r["groups_without_flash_io"], "some consecutive stages should run without flash I/O"
+
+
+def test_more_ram_means_fewer_flash_bytes_per_token(gpt2_stages):
+    cfg, stages = gpt2_stages
+    flash = [make_plan(cfg, stages, ram=ram, ctx=64, dtype="int8").data["totals"]["flash_bytes_per_token"]
+             for ram in (8 << 20, 16 << 20, 32 << 20, 64 << 20)]
+    assert flash == sorted(flash, reverse=True) and flash[-1] < 0.6 * flash[0]

@@ -1,0 +1,247 @@
+"""Compute time is counted, not guessed (emulator/instruction_count.py, peripherals.CpuClock,
+compiler/boards.py cpi; docs/board.md "Time", docs/boards.md "Cycles per instruction").
+
+- the native block counter counts what the CPU executes: equal to a Python block hook's
+  count, and to a UC_HOOK_CODE count plus the instructions IT blocks skip;
+- on a matrix-vector kernel the count is the disassembly's: the int8 kernel's inline-asm
+  loop is 54 instructions per 16 columns of a row pair, and the fp32 loop's body is read
+  from llvm-objdump (when present);
+- counts per stage are the same on two runs, the same at every position for the stages
+  that do not depend on it (up to the data-dependent branches of tanh and top-k, a few
+  per 10^3 at most), and affine in the position for attn_core;
+- compute time = instructions x the board's cycles per instruction / its clock;
+- counting costs little: a native callback, no Python per block; measured here against a
+  run without it.
+"""
+
+import json
+import re
+import shutil
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from unicorn import UC_HOOK_CODE
+
+from compiler.boards import BOARDS, get_board
+from emulator import instruction_count as ic
+from emulator.board import Board
+from test_board import image, program  # noqa: F401  (fixtures: the board's test programs)
+from test_kernels_int8 import (BOARD_RAM, FLAG_BIAS, MODE_FP32, MODE_INT8, STAGE_MATVEC_F32, STAGE_MATVEC_I8,
+                               build_board_program)
+from conftest import mcugpt
+
+RAM = 256 * 1024
+
+
+def run_tiny(build, tok, text="Hello, my name is", n_new=4, **kw):
+    with Board(build.out_dir / "firmware.elf", build.out_dir / "flash.img", **kw) as board:
+        return board.run(tok.encode(text), n_new=n_new)
+
+
+# ----------------------------------------------------------------------------
+# the counter
+
+
+def test_the_native_counter_is_built_and_used():
+    assert ic.native_library() is not None, "no host C compiler: the counter falls back to Python"
+    assert ic.native_library() is ic.native_library()       # compiled once, then cached
+
+
+def test_the_native_count_equals_a_python_block_hooks(tiny_build, tok, monkeypatch):
+    native = run_tiny(tiny_build, tok, "Hi", n_new=1)
+    monkeypatch.setenv("MCUGPT_COUNTER", "python")
+    python = run_tiny(tiny_build, tok, "Hi", n_new=1)
+    assert native.counter == "native" and python.counter == "python"
+    assert native.instructions == python.instructions > 1_000_000
+    assert [c.instructions for c in native.stage_calls] == [c.instructions for c in python.stage_calls]
+
+
+class _CodeHookBoard(Board):
+    """A board that also counts instructions one UC_HOOK_CODE call at a time (slow)."""
+
+    def _power_on(self, mailbox, on_text):
+        entry = super()._power_on(mailbox, on_text)
+        self.code_hook_count = 0
+
+        def each(uc, address, size, _ud):
+            self.code_hook_count += 1
+
+        self.uc.hook_add(UC_HOOK_CODE, each)
+        return entry
+
+
+def test_the_count_is_every_instruction_issued(program, image):
+    """UC_HOOK_CODE reports every instruction executed except those an IT block skips
+    (their condition fails); the block counter counts those too, as the M7 issues them."""
+    board = _CodeHookBoard(program("dma_crc"), image, ram_bytes=RAM)
+    r = board.run([2, 1, 0, 4096, 0, 1, 8192, 1000, 0], n_new=0)
+    assert r.counter == "native"
+    assert 0 <= r.instructions - board.code_hook_count <= 0.02 * r.instructions
+    assert r.instructions > 10_000 and board.counter.outside == 0
+    board.close()
+
+
+def test_thumb_instruction_lengths():
+    # movs r0, #0 (16-bit) | bl (32-bit: 0xF000 0xF800) | nop (16-bit) | ldr.w (0xF8D0 ...)
+    code = bytes.fromhex("0020" "00f000f8" "00bf" "d0f80000")
+    assert ic.thumb_instructions(code, 0, len(code)) == 4
+    assert ic.thumb_instructions(code, 2, 4) == 1
+
+
+# ----------------------------------------------------------------------------
+# validation on a matrix-vector kernel
+
+
+@pytest.fixture(scope="module")
+def matvec_program(tmp_path_factory):
+    return build_board_program("zig", tmp_path_factory.mktemp("matvec"))
+
+
+def _kernel_instructions(elf, tmp_path, mode, rows, cols):
+    """Counted instructions of one matvec_rows_i8 / matvec_rows call on the board."""
+    rng = np.random.default_rng(0)
+    w = rng.integers(-127, 128, rows * cols).astype(np.int8).tobytes() if mode == MODE_INT8 else \
+        rng.standard_normal(rows * cols).astype(np.float32).tobytes()
+    x = rng.standard_normal(cols).astype(np.float32).tobytes()
+    s = np.full(rows, 0.01, np.float32).tobytes()
+    blob = bytearray()
+    addrs = []
+    for part in (x, w, s, s):
+        addrs.append(len(blob))
+        blob += part + bytes(-len(part) % 256)
+    img = tmp_path / f"mv_{mode}_{rows}_{cols}.img"
+    img.write_bytes(bytes(blob))
+    prompt = [1, mode, rows, cols, FLAG_BIAS, addrs[0], addrs[1], addrs[2], addrs[3], 1]
+    with Board(elf, img, ram_bytes=BOARD_RAM) as board:
+        r = board.run(prompt, n_new=0, dump_logits=True)
+    stage = STAGE_MATVEC_I8 if mode == MODE_INT8 else STAGE_MATVEC_F32
+    return next(s.instructions for s in r.stages if s.index == stage)
+
+
+def test_the_int8_kernels_count_is_its_inline_assembly(matvec_program, tmp_path):
+    """dot2_i8's main loop is one asm block: 4 x 13 + 2 = 54 instructions per 16 columns of
+    two rows (kernels_int8.c). 16 more columns on 8 rows = 4 row pairs x 54 more."""
+    a = _kernel_instructions(matvec_program, tmp_path, MODE_INT8, 8, 256)
+    b = _kernel_instructions(matvec_program, tmp_path, MODE_INT8, 8, 512)
+    assert b - a == 4 * (512 - 256) // 16 * 54
+
+
+def _fp32_loop_from_disassembly(elf):
+    """(instructions, multiply-accumulates) of vec_dot's innermost loop, from llvm-objdump."""
+    objdump = shutil.which("llvm-objdump") or "/usr/bin/llvm-objdump"
+    if not shutil.which(objdump):
+        pytest.skip("llvm-objdump is not installed")
+    out = subprocess.run([objdump, "--triple=thumbv7em-none-eabihf", "--mattr=+fp-armv8", "-d",
+                          "--no-show-raw-insn", str(elf)], capture_output=True, text=True, check=True).stdout
+    body = out[out.index("<vec_dot>:"):]
+    body = body[:body.index("\n\n")]
+    insns = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"^\s*([0-9a-f]+):\s+(.*)$", body, re.M)]
+    loops = []
+    for addr, text in insns:
+        m = re.match(r"b(?:ne|hi|gt|lt|ge|cc|cs|lo|hs)\S*\s+0x([0-9a-f]+)", text)
+        if m and int(m.group(1), 16) < addr:
+            loop = [t for a, t in insns if int(m.group(1), 16) <= a <= addr]
+            loops.append((len(loop), sum(t.startswith(("vmla", "vfma")) for t in loop)))
+    return max(loops, key=lambda l: l[1])
+
+
+def test_the_fp32_kernels_count_is_its_disassembled_loop(matvec_program, tmp_path):
+    n, macs = _fp32_loop_from_disassembly(matvec_program)
+    assert macs >= 4
+    rows, c0, c1 = 8, 512, 1024                      # multiples of every unrolling
+    a = _kernel_instructions(matvec_program, tmp_path, MODE_FP32, rows, c0)
+    b = _kernel_instructions(matvec_program, tmp_path, MODE_FP32, rows, c1)
+    assert b - a == rows * (c1 - c0) // macs * n
+
+
+# ----------------------------------------------------------------------------
+# counts per stage
+
+
+def test_counts_per_stage_are_the_same_on_two_runs(tiny_build, tok):
+    a, b = run_tiny(tiny_build, tok), run_tiny(tiny_build, tok)
+    assert [c.instructions for c in a.stage_calls] == [c.instructions for c in b.stage_calls]
+    assert a.instructions == b.instructions and a.compute_ns == b.compute_ns
+
+
+def test_counts_per_stage_do_not_depend_on_the_position_but_attn_cores(tiny_build, tok):
+    text = "Hello, my name is"
+    n_prompt = len(tok.encode(text))
+    r = run_tiny(tiny_build, tok, text, n_new=8)
+    kinds = {i: s["kind"] for i, s in enumerate(tiny_build.plan.data["stages"])}
+    by_stage = {}
+    for c in r.stage_calls:
+        if c.position >= n_prompt - 1:       # the positions that produce a token (same code path)
+            by_stage.setdefault(c.index, []).append((c.position, c.instructions))
+    for index, calls in by_stage.items():
+        counts = np.array([n for _, n in calls], float)
+        if kinds[index] in ("embed", "ln_1", "ln_2", "attn_qkv", "attn_proj"):
+            assert len(set(counts)) == 1, (kinds[index], counts)
+        elif kinds[index] in ("mlp", "head"):
+            # tanh's and the top-k's branches depend on the values: a few in 10^3 at most
+            assert counts.max() - counts.min() <= 5e-3 * counts.mean(), (kinds[index], counts)
+        else:
+            # attn_core: one more position of keys and values per step
+            pos = np.array([p for p, _ in calls], float)
+            slope, intercept = np.polyfit(pos, counts, 1)
+            assert slope > 0 and np.abs(counts - (intercept + slope * pos)).max() <= 0.03 * counts.mean()
+
+
+# ----------------------------------------------------------------------------
+# compute time = instructions x CPI / clock
+
+
+def test_compute_time_is_instructions_times_the_boards_cpi(tiny_build, tok):
+    r = run_tiny(tiny_build, tok, "Hi", n_new=1)
+    sim64 = get_board("sim64")
+    assert (r.cpi, r.cpu_hz) == (sim64.cpi, sim64.cpu_hz)
+    assert r.compute_ns == pytest.approx(r.instructions * sim64.cpi / sim64.cpu_hz * 1e9)
+    assert r.device_ns == pytest.approx(r.compute_ns + r.stall_ns)
+    assert sum(s.instructions for s in r.stages) <= r.instructions
+    slow = BOARDS["esp32s3-class"]
+    with Board(tiny_build.out_dir / "firmware.elf", tiny_build.out_dir / "flash.img", cpu_hz=slow.cpu_hz,
+               cpi=slow.cpi) as board:
+        r2 = board.run(tok.encode("Hi"), n_new=1)
+    assert r2.instructions == r.instructions
+    assert r2.compute_ns == pytest.approx(r.compute_ns * (slow.cpi / sim64.cpi) * (sim64.cpu_hz / slow.cpu_hz))
+
+
+def test_every_board_documents_its_cpi():
+    for b in BOARDS.values():
+        assert 0.5 <= b.cpi <= 2.0 and b.cpi_source, b.name
+
+
+def test_the_summary_says_compute_is_counted(tiny_build):
+    r = json.loads(mcugpt("run", "--build", tiny_build.out_dir, "--prompt", "Hi", "--tokens", "2", "--json",
+                          check=True).stdout)
+    d = r["device"]
+    assert d["counter"] == "native" and "counted" in d["compute_model"]
+    assert d["compute_s_per_token"] == pytest.approx(d["instructions_per_token"] * d["cpi"] / d["cpu_hz"])
+
+
+def test_without_the_counter_the_summary_falls_back_to_the_estimate(tiny_build, monkeypatch):
+    monkeypatch.setenv("MCUGPT_COUNTER", "off")
+    r = json.loads(mcugpt("run", "--build", tiny_build.out_dir, "--prompt", "Hi", "--tokens", "2", "--json",
+                          check=True).stdout)
+    d = r["device"]
+    assert d["counter"] == "off" and "estimate" in d["compute_model"] and d["compute_s_per_token"] > 0
+    assert d["s_per_token"] == pytest.approx(d["io_s_per_token"] + d["compute_s_per_token"])
+
+
+# ----------------------------------------------------------------------------
+# what counting costs
+
+
+def test_counting_costs_little_wall_time(tiny_build, tok):
+    """The native counter against no counter at all, best of three each, interleaved.
+    (GPT-2 124M: +1..3 %, docs/board.md; tiny's runs are short, so the bound is loose.)"""
+    on, off = [], []
+    for _ in range(3):
+        for counting, acc in ((False, off), (True, on)):
+            t = time.perf_counter()
+            r = run_tiny(tiny_build, tok, "Hello", n_new=6, count_instructions=counting)
+            acc.append(time.perf_counter() - t)
+            assert r.counter == ("native" if counting else "off")
+    assert min(on) <= 1.3 * min(off)
