@@ -141,11 +141,51 @@ static void check_crc(uint32_t index, const TensorEntry* t) {
     if (computed != t->crc) board_exit(EXIT_BAD_TENSOR_CRC, index, t->crc, computed);
 }
 
-// dst (n,) = a whole vector tensor (gain or bias), CRC-checked.
+// ----------------------------------------------------------------------------
+// resident weights: the plan's grouping keeps some tensors in SRAM across tokens. They are
+// read and CRC-checked once at boot; from then on their stages read them from the arena,
+// and a stage whose tensors are all resident reads no flash at all.
+
+typedef struct {
+    uint32_t tensor;      // index in the image's tensor table
+    uint32_t offset;      // arena offset of its bytes (laid out as in flash)
+} Resident;
+static const Resident RESIDENT[] = RESIDENT_TABLE;   // ends with tensor 0xFFFFFFFF
+
+// The tensor's bytes in SRAM, or 0 when it streams from flash.
+static const uint8_t* resident(uint32_t tensor) {
+    for (const Resident* r = RESIDENT; r->tensor != 0xFFFFFFFFu; r++) {
+        if (r->tensor == tensor) return arena + r->offset;
+    }
+    return 0;
+}
+
+static void load_resident(void) {
+    uint32_t tensors_offset = header.tables_offset + header.stage_count * (uint32_t)sizeof(StageEntry);
+    for (const Resident* r = RESIDENT; r->tensor != 0xFFFFFFFFu; r++) {
+        TensorEntry t;
+        if (r->tensor >= header.tensor_count) board_exit(EXIT_BAD_STAGE, 0, 0, r->tensor);
+        flash_read(tensors_offset + r->tensor * (uint32_t)sizeof(TensorEntry), &t, sizeof t);
+        if (r->offset + t.size > BUF_RESIDENT_OFFSET + BUF_RESIDENT_BYTES) {
+            board_exit(EXIT_BAD_STAGE, 0, 0, r->tensor);   // the image is not the plan's
+        }
+        crc_begin();
+        flash_read_crc(t.offset, arena + r->offset, t.size);
+        check_crc(r->tensor, &t);
+    }
+}
+
+// dst (n,) = a whole vector tensor (gain or bias): from SRAM if resident, else from flash,
+// CRC-checked.
 static void load_vector(uint32_t stage, const StageEntry* s, uint32_t role, float* dst, uint32_t n) {
     TensorEntry t;
     uint32_t index = read_tensor(stage, s, role, &t);
     expect_shape(stage, s, index, &t, 1, n);
+    const float* kept = (const float*)resident(index);
+    if (kept) {
+        for (uint32_t k = 0; k < n; k++) dst[k] = kept[k];
+        return;
+    }
     crc_begin();
     flash_read_crc(t.offset, dst, t.size);
     check_crc(index, &t);
@@ -172,6 +212,7 @@ typedef struct {
     uint32_t n;           // rows in the current tile (the last one may be short)
     float* buf;           // the current tile
     float* spare;         // the other buffer: where the next tile is streaming in
+    const uint8_t* kept;  // the whole matrix, when resident in SRAM (no streaming)
 } MatrixStream;
 
 #if WEIGHT_BUFFERS >= 2
@@ -205,6 +246,8 @@ static void matrix_open(MatrixStream* m, uint32_t stage, const StageEntry* s, ui
 #else
     m->spare = BUF(WEIGHTS);
 #endif
+    m->kept = resident(m->index);
+    if (m->kept) return;   // checked at boot; its tiles are read in place
     crc_begin();   // after the TensorEntry read: nothing else may feed this CRC
 #if DOUBLE_BUFFERED
     matrix_fetch(m, 0);   // tile 0 streams in while the caller prepares its input
@@ -215,6 +258,10 @@ static int matrix_next_tile(MatrixStream* m) {
     m->row += m->n;
     if (m->row >= m->t.rows) return 0;
     m->n = tile_rows_from(m, m->row);
+    if (m->kept) {   // the same tile layout as in flash, already in SRAM
+        m->buf = (float*)(uintptr_t)(m->kept + m->row * m->row_bytes);
+        return 1;
+    }
 #if DOUBLE_BUFFERED
     flash_wait();                      // tile m->row is in m->spare
     float* ready = m->spare;
@@ -228,7 +275,9 @@ static int matrix_next_tile(MatrixStream* m) {
     return 1;
 }
 
-static void matrix_close(MatrixStream* m) { check_crc(m->index, &m->t); }
+static void matrix_close(MatrixStream* m) {
+    if (!m->kept) check_crc(m->index, &m->t);
+}
 
 // The input vector of a matrix-vector product. int8 builds quantize it once per matrix
 // (compiler/quantize.py): one scale for the vector, its int8 values in BUF(XQ).
@@ -290,11 +339,23 @@ static void stage_embed(uint32_t i, const StageEntry* s, uint32_t token, uint32_
     uint32_t tile_offset = wte.offset + first * MATRIX_ROW_BYTES(N_EMBD);
     float scale;
     int8_t* q = (int8_t*)(arena + BUF_XQ_OFFSET);
-    flash_read(tile_offset + j * F32, &scale, F32);
-    flash_read(tile_offset + n * F32 + j * N_EMBD, q, N_EMBD);
+    const uint8_t* kept = resident(wte_index);
+    if (kept) {
+        const uint8_t* t = kept + (tile_offset - wte.offset);
+        scale = *(const float*)(const void*)(t + j * F32);
+        for (uint32_t d = 0; d < N_EMBD; d++) q[d] = (int8_t)t[n * F32 + j * N_EMBD + d];
+    } else {
+        flash_read(tile_offset + j * F32, &scale, F32);
+        flash_read(tile_offset + n * F32 + j * N_EMBD, q, N_EMBD);
+    }
     for (uint32_t d = 0; d < N_EMBD; d++) BUF(X)[d] = (float)q[d] * scale;
 #else
-    flash_read(wte.offset + token * N_EMBD * F32, BUF(X), N_EMBD * F32);
+    const float* kept = (const float*)resident(wte_index);
+    if (kept) {
+        for (uint32_t d = 0; d < N_EMBD; d++) BUF(X)[d] = kept[(size_t)token * N_EMBD + d];
+    } else {
+        flash_read(wte.offset + token * N_EMBD * F32, BUF(X), N_EMBD * F32);
+    }
 #endif
     flash_read(wpe.offset + pos * N_EMBD * F32, BUF(H), N_EMBD * F32);
     add_inplace(BUF(X), BUF(H), N_EMBD);
@@ -581,6 +642,7 @@ static void read_request(void) {
 void mcugpt_run(void) {
     check_image();
     read_request();
+    load_resident();
     prng_init(&rng, request.seed);
     uint32_t n_prompt = request.n_prompt, n_total = request.n_prompt + request.n_new;
 

@@ -157,3 +157,23 @@ def test_a_transposed_matrix_in_the_image_fails_the_check(tiny, tiny_build, tok,
     prompt_tokens = tok.encode(PROMPTS[1])
     ref = generate(Reference(cfg, w), prompt_tokens, 6, Sampling(), keep_logits=True)
     assert not matches_reference(board_generate(out, prompt_tokens, 6, Sampling(), image=image), ref)
+
+
+def test_resident_weights_give_the_same_tokens_and_read_less_flash(tiny, tok, tmp_path):
+    """--group auto keeps weights in the SRAM left over; the stages that use them read no
+    flash, and the tokens and logits do not change."""
+    cfg, w = tiny
+    prompt_tokens = tok.encode(PROMPTS[0])
+    ref = generate(Reference(cfg, w), prompt_tokens, 5, Sampling(), keep_logits=True, n_ctx=32)
+    flash = {}
+    for group in ("none", "auto"):
+        built = compile_model("tiny", tmp_path / group, ram=2 << 20, ctx=32, group=group, quiet=True)
+        result = board_generate(built.out_dir, prompt_tokens, 5, Sampling())
+        assert_matches_reference(result, ref)
+        flash[group] = result.flash_bytes
+        resident = built.plan.data["resident"]
+        if group == "auto":
+            assert resident["stages_fully_resident"] >= 8
+            mlp = next(s for s in result.stages if s.name == "h1.mlp")
+            assert mlp.flash_bytes < 1024 * mlp.calls  # table entries only, no weights
+    assert flash["auto"] < flash["none"]
