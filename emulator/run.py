@@ -1,9 +1,11 @@
 """`mcugpt run`: a compiled build on the emulated board, and the figures a user asks for.
 
     prompt text -> GPT-2 tokens -> mailbox -> firmware on the board -> tokens + UART text
-                -> summary: speed on this machine, simulated device time per token (flash I/O
-                   simulated from datasheet timing, compute estimated: compute_estimate.py),
-                   flash bytes per token, measured peak RAM against the plan
+                -> summary: speed on this machine, simulated device time per token (flash and
+                   PSRAM I/O simulated from datasheet timing as DMA on the board's clock, compute
+                   from counted instructions x the board's CPI, overlapped as the firmware's
+                   double-buffered tiles overlap them), flash bytes per token, measured peak
+                   RAM against the plan
 """
 
 import json
