@@ -21,6 +21,8 @@ def test_bench_on_tiny_writes_json_markdown_and_plots(tmp_path):
     front = [p for p in result["frontier"] if p["dtype"] == "int8" and "error" not in p]
     assert front[-1]["resident_bytes"] > front[0]["resident_bytes"]
     assert len(result["frontier"]) == 16
+    q = result["int8_vs_fp32"]
+    assert 0 < q["logit_rms_error_relative"] < 0.1 and q["top1_agreement"] > 0.8
     for f in ("bench.md", "time_split.png", "frontier.png"):
         assert (out / f).stat().st_size > 1000, f
     assert "The paper's case" in proc.stdout
