@@ -165,14 +165,9 @@ def cmd_compile(a) -> None:
 def cmd_reference(a) -> None:
     from .pipeline import load_model
     from .reference import Reference, generate
-    from .sampler import TOPK_MAX, Sampling
+    from .sampler import Sampling, check_request
     from .tokenizer import encode
-    if a.temperature < 0:
-        raise McugptError(f"--temperature {a.temperature}: must be >= 0")
-    if not 1 <= a.top_k <= TOPK_MAX:
-        raise McugptError(f"--top-k {a.top_k}: must be between 1 and {TOPK_MAX}")
-    if a.tokens < 1:
-        raise McugptError(f"--tokens {a.tokens}: must be at least 1")
+    check_request(a.temperature, a.top_k, a.tokens)
     cfg, weights, tok = load_model(a.model, a.weights, a.seed)
     sampling = Sampling(0.0 if a.greedy else a.temperature, a.top_k, a.sample_seed)
     prompt = encode(tok, a.prompt)

@@ -282,7 +282,6 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
         "board": prof.to_dict(),
         "ram_budget": ram,
         "ctx": ctx,
-        "ctx_limited_by_ram": ctx < cfg.n_ctx,
         "ctx_limited_by": None if ctx >= cfg.n_ctx else (
             "psram" if not kv_in_sram and ctx == min(cfg.n_ctx, psram_ctx_cap) else "sram"),
         "reserved": {"stack": STACK_RESERVE, "firmware": FIRMWARE_RESERVE},

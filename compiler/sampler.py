@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import McugptError
+
 from .numerics import expf
 
 MASK64 = (1 << 64) - 1
@@ -47,6 +49,17 @@ class Sampling:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+def check_request(temperature: float, top_k: int, n_new: int) -> None:
+    """The generation settings the reference and the firmware accept (its top-k buffer holds
+    TOPK_MAX candidates); anything else is a one-line error naming the option."""
+    if temperature < 0:
+        raise McugptError(f"--temperature {temperature}: must be >= 0")
+    if not 1 <= top_k <= TOPK_MAX:
+        raise McugptError(f"--top-k {top_k}: must be between 1 and {TOPK_MAX}")
+    if n_new < 1:
+        raise McugptError(f"--tokens {n_new}: must be at least 1")
 
 
 def top_k(logits: np.ndarray, k: int) -> np.ndarray:

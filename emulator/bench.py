@@ -11,12 +11,15 @@ import platform
 import time
 from pathlib import Path
 
+import onnx
+
 from compiler.boards import BOARDS
 from compiler.config import load_preset
 from compiler.errors import McugptError
 from compiler.pipeline import compile_model
-from compiler.plan import Plan, make_plan
-from compiler.report import count, size, table
+from compiler.partition import partition
+from compiler.plan import make_plan
+from compiler.report import size, table
 from compiler.sampler import Sampling
 from emulator.run import Build, run
 
@@ -136,8 +139,6 @@ def paper_comparison(out: Path, model: str, rows: list[dict]) -> dict:
     result = {"paper": PAPER, "ctx": ctx, "dtypes": {}}
     for dtype in ("fp32", "int8"):
         build = Build.open(out / "builds" / f"{model}-sim64-{dtype}")
-        import onnx
-        from compiler.partition import partition
         stages = partition(onnx.load(str(build.path / "model.onnx"), load_external_data=False))
         plan = make_plan(cfg, stages, ram=64 << 20, ctx=ctx, dtype=dtype).data
         acts = sum(b["bytes"] for b in plan["buffers"] if b["name"] not in ("weights", "weights_next", "kv", "kv_block", "resident"))
@@ -182,8 +183,9 @@ def markdown(rows, paper, front, info) -> str:
                         "I/O ms", "compute ms", "device ms", "device tok/s", "emulator tok/s"], t,
                        "llllllrrrrrrrr"))
     lines += ["```", "",
-              "device = simulated: I/O from datasheet timing, compute " + rows[0].get("compute_note", "as `mcugpt run` reports it") +
-              "; emulator tok/s = wall-clock decode speed of the emulation on the machine above.", "",
+              "device = simulated: I/O from datasheet timing, compute from counted instructions x the board's "
+              "CPI, overlapped as the firmware's double-buffered tiles overlap them; emulator tok/s = wall-clock "
+              "decode speed of the emulation on the machine above.", "",
               f"## The paper's case: context {paper['ctx']}", ""]
     pt = []
     for dtype, d in paper["dtypes"].items():

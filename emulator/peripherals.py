@@ -245,12 +245,38 @@ class _DmaPeripheral(Peripheral):
 
     results: tuple[str, ...] = ()   # registers that hold a transfer's result
 
-    def __init__(self, faults: Faults, clock: CpuClock | None):
+    def __init__(self, faults: Faults, clock: CpuClock | None, commands: dict[str, int],
+                 ram_base: int, ram_size: int):
         super().__init__(faults)
         self.clock = clock if clock is not None else CpuClock()
         self.dma = DmaChannel(self.clock)
         self.log: list[tuple] | None = None
         self._busy_at: int | None = None   # instructions at the last STATUS read that answered BUSY
+        self._commands = {v: k for k, v in commands.items()}
+        self.ram_base, self.ram_size = ram_base, ram_size
+        self.errors: list[str] = []
+
+    def write(self, uc, name, value):
+        if name == "STATUS":   # write-1-to-clear
+            self.regs["STATUS"] &= ~value
+            return
+        if self._busy_access(uc, name, "write"):
+            return
+        if name == "CMD":
+            self.regs["CMD"] = value
+            self.regs["STATUS"] = self._execute(uc, value)
+        else:
+            self._write_register(name, value)
+
+    def _write_register(self, name, value):
+        """A write to a plain register (not STATUS or CMD), no transfer in flight."""
+        self.regs[name] = value
+
+    def _execute(self, uc, cmd: int) -> int:
+        raise NotImplementedError
+
+    def _ram_range_ok(self, start: int, length: int) -> bool:
+        return self.ram_base <= start and start + length <= self.ram_base + self.ram_size
 
     def _busy_access(self, uc, name: str, access: str) -> bool:
         """A register access that must wait for the transfer in flight: a bus error."""
@@ -318,13 +344,10 @@ class FlashController(_DmaPeripheral):
 
     def __init__(self, faults: Faults, flash: SpiNorFlash, ram_base: int, ram_size: int,
                  clock: CpuClock | None = None):
-        super().__init__(faults, clock)
+        super().__init__(faults, clock, mm.FLASH_CMD, ram_base, ram_size)
         self.flash = flash
-        self.ram_base, self.ram_size = ram_base, ram_size
         self.crc = 0
         self.crc_enabled = False
-        self.errors: list[str] = []
-        self._commands = {v: k for k, v in mm.FLASH_CMD.items()}
 
     def read(self, uc, name):
         if name == "STATUS":
@@ -337,24 +360,13 @@ class FlashController(_DmaPeripheral):
             return CRC_ENABLE if self.crc_enabled else 0
         return self.regs[name]
 
-    def write(self, uc, name, value):
-        if name == "STATUS":
-            self.regs["STATUS"] &= ~value
-            return
-        if self.dma._pending is not None and self._busy_access(uc, name, "write"):
-            return
-        if name == "CMD":
-            self.regs["CMD"] = value
-            self.regs["STATUS"] = self._execute(uc, value)
-        elif name == "CRC_CTRL":
+    def _write_register(self, name, value):
+        if name == "CRC_CTRL":
             if value & CRC_RESET:
                 self.crc = 0
             self.crc_enabled = bool(value & CRC_ENABLE)
         else:
             self.regs[name] = value
-
-    def _ram_range_ok(self, start: int, length: int) -> bool:
-        return self.ram_base <= start and start + length <= self.ram_base + self.ram_size
 
     def _execute(self, uc, cmd: int) -> int:
         name = self._commands.get(cmd)
@@ -423,28 +435,13 @@ class PsramController(_DmaPeripheral):
 
     def __init__(self, faults: Faults, psram: Psram | None, ram_base: int, ram_size: int,
                  clock: CpuClock | None = None):
-        super().__init__(faults, clock)
+        super().__init__(faults, clock, mm.PSRAM_CMD, ram_base, ram_size)
         self.psram = psram
-        self.ram_base, self.ram_size = ram_base, ram_size
-        self.errors: list[str] = []
-        self._commands = {v: k for k, v in mm.PSRAM_CMD.items()}
 
     def read(self, uc, name):
         if name == "STATUS":
             return self._status()
         return self.regs[name]
-
-    def write(self, uc, name, value):
-        if name == "STATUS":
-            self.regs["STATUS"] &= ~value
-            return
-        if self.dma._pending is not None and self._busy_access(uc, name, "write"):
-            return
-        if name == "CMD":
-            self.regs["CMD"] = value
-            self.regs["STATUS"] = self._execute(uc, value)
-        else:
-            self.regs[name] = value
 
     def _execute(self, uc, cmd: int) -> int:
         name = self._commands.get(cmd)
@@ -458,7 +455,7 @@ class PsramController(_DmaPeripheral):
             return self._fail(f"{what}: zero length")
         if addr + length > self.psram.size:
             return self._fail(f"{what}: past the end of the {self.psram.size:,}-byte PSRAM")
-        if not (self.ram_base <= ram and ram + length <= self.ram_base + self.ram_size):
+        if not self._ram_range_ok(ram, length):
             return self._fail(f"{what}: SRAM range 0x{ram:08x}..0x{ram + length:08x} is not inside SRAM "
                               f"(0x{self.ram_base:08x}..0x{self.ram_base + self.ram_size:08x})")
         before = self.psram.now_ns

@@ -21,7 +21,7 @@ from compiler.flash_image import read_image
 from compiler.plan import Plan
 from compiler.pipeline import load_build_source, load_model
 from compiler.reference import Reference, check_context, generate
-from compiler.sampler import TOPK_MAX, Sampling
+from compiler.sampler import Sampling, check_request
 from compiler.tokenizer import encode
 from emulator import compute_estimate
 from emulator.board import Board, RunResult
@@ -68,12 +68,7 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
     flash = flash or profile.flash[0]
     if flash not in PRESETS:
         raise McugptError(f"unknown flash preset '{flash}' (known: {', '.join(PRESETS)})")
-    if sampling.temperature < 0:
-        raise McugptError(f"--temperature {sampling.temperature}: must be >= 0")
-    if not 1 <= sampling.top_k <= TOPK_MAX:
-        raise McugptError(f"--top-k {sampling.top_k}: must be between 1 and {TOPK_MAX}")
-    if n_new < 1:
-        raise McugptError(f"--tokens {n_new}: must be at least 1")
+    check_request(sampling.temperature, sampling.top_k, n_new)
     tok = build.tokenizer()
     prompt_tokens = encode(tok, prompt)
     check_context(len(prompt_tokens), n_new, build.plan.data["ctx"])

@@ -39,7 +39,7 @@ def test_default_context_is_the_largest_the_budget_allows(gpt2_stages):
     cfg, stages = gpt2_stages
     plan = make_plan(cfg, stages, ram=64 << 20).data
     # 1024 positions of KV cache (72 MiB) cannot fit a 64 MiB board
-    assert plan["ctx_limited_by_ram"] and plan["ctx"] < 1024
+    assert plan["ctx_limited_by"] == "sram" and plan["ctx"] < 1024
     assert plan["peak_ram_bytes"] <= 64 << 20
     with pytest.raises(McugptError):
         make_plan(cfg, stages, ram=64 << 20, ctx=plan["ctx"] + 1)
