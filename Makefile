@@ -50,7 +50,7 @@ flash-image: $(VENV)/.installed
 run: $(BUILD)/firmware.elf
 	$(BIN)/mcugpt run --build $(BUILD) --prompt "$(PROMPT)" --tokens $(TOKENS) $(if $(FLASH),--flash $(FLASH)) --check
 
-$(BUILD)/firmware.elf: $(VENV)/.installed $(wildcard compiler/*.py compiler/templates/* runtime_c/* models/*)
+$(BUILD)/firmware.elf: $(VENV)/.installed $(wildcard target/*.py compiler/*.py compiler/templates/* runtime_c/* models/*)
 	$(BIN)/mcugpt compile $(COMPILE_FLAGS) --out $(BUILD)
 
 test: $(VENV)/.installed toolchain

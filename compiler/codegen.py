@@ -4,10 +4,10 @@ from pathlib import Path
 
 import jinja2
 
-from . import flash_layout as fl
-from . import memory_map
+from target import flash_layout as fl
+from target import memory_map
 from .plan import Plan
-from .stages import STAGE_KINDS
+from target.stages import STAGE_KINDS
 
 _env = jinja2.Environment(loader=jinja2.PackageLoader("compiler", "templates"),
                           undefined=jinja2.StrictUndefined, keep_trailing_newline=True,

@@ -4,7 +4,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import McugptError
+from target.errors import McugptError
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 EOT_TOKEN = 50256  # <|endoftext|> in GPT-2's vocabulary

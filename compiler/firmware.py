@@ -22,8 +22,8 @@ from pathlib import Path
 
 import jinja2
 
-from . import memory_map
-from .errors import McugptError
+from target import memory_map
+from target.errors import McugptError
 from .plan import Plan
 
 RUNTIME_C = Path(__file__).resolve().parent.parent / "runtime_c"

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import onnx
 from onnx import TensorProto, helper
 
-from .errors import McugptError
-from .stages import KIND_BY_NAME, stage_name
+from target.errors import McugptError
+from target.stages import KIND_BY_NAME, stage_name
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,12 @@ from tqdm import tqdm
 
 from .codegen import write_headers
 from .config import GPTConfig, config_from_hf, load_preset
-from .errors import McugptError
+from target.errors import McugptError
 from .firmware import build as build_firmware
 from .flash_image import write_image
 from .onnx_export import export_onnx, initializer_array
 from .partition import Stage, partition
-from .boards import DEFAULT_BOARD
+from target.boards import DEFAULT_BOARD
 from .plan import Plan, make_plan
 from .tokenizer import load_tokenizer, token_bytes_table
 from .weights import load_checkpoint, synthetic_weights

@@ -19,12 +19,12 @@ import json
 import zlib
 from dataclasses import dataclass
 
-from .boards import DEFAULT_BOARD, get_board
+from target.boards import DEFAULT_BOARD, get_board
 from .config import GPTConfig
-from .errors import McugptError
+from target.errors import McugptError
 from .partition import Stage
 from .sampler import TOPK_MAX
-from .stages import MATRIX_ROLES
+from target.stages import MATRIX_ROLES
 
 F32 = 4
 ALIGN = 32                 # Cortex-M7 cache line: buffers never share one

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import numerics as nx
 from .config import GPTConfig
-from .errors import McugptError
+from target.errors import McugptError
 from .quantize import matvec_int8, quantize_rows
 from .sampler import Prng, Sampling, choose
 

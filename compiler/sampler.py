@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import McugptError
+from target.errors import McugptError
 
 from .numerics import expf
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import GPTConfig
-from .errors import McugptError
+from target.errors import McugptError
 
 # Standard deviations of the synthetic weights. GPT-2's own init (0.02) makes a random model
 # repeat one token forever; these larger values, with layer-norm gains and biases that are

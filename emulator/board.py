@@ -4,7 +4,7 @@ and optionally a PSRAM controller with an external PSRAM (the KV cache's home on
     board = Board("build/firmware.elf", "build/gpt2/flash.img")
     result = board.run(prompt_tokens, n_new=8, on_text=print)
 
-Memory map (compiler/memory_map.py, rendered for the firmware as include/memory_map.h):
+Memory map (target/memory_map.py, rendered for the firmware as include/memory_map.h):
 code flash at CODE_BASE, SRAM at SRAM_BASE (exactly `ram_bytes`, rounded up to 4 KiB:
 touching anything beyond is a fault), the mailbox, and the peripherals of
 emulator/peripherals.py. The core's System Control Space (0xE000E000, 4 KiB: CPACR, CCR,
@@ -39,12 +39,12 @@ from unicorn import (UC_ARCH_ARM, UC_ERR_INSN_INVALID, UC_HOOK_INTR, UC_HOOK_MEM
                      UC_PROT_READ, Uc, UcError)
 from unicorn.arm_const import UC_ARM_REG_LR, UC_ARM_REG_PC, UC_ARM_REG_SP, UC_CPU_ARM_CORTEX_M7
 
-from compiler import memory_map as mm
-from compiler.boards import DEFAULT_BOARD, get_board
-from compiler.errors import McugptError
-from compiler.flash_image import read_image
-from compiler.flash_layout import NO_LAYER
-from compiler.stages import STAGE_KINDS, stage_name
+from target import memory_map as mm
+from target.boards import DEFAULT_BOARD, get_board
+from target.errors import McugptError
+from target.flash_layout import read_image
+from target.flash_layout import NO_LAYER
+from target.stages import STAGE_KINDS, stage_name
 from emulator.instruction_count import InstructionCounter, counter_mode
 from emulator.peripherals import (CpuClock, Faults, FlashController, PositionStats, PsramController,
                                   StageCall, StageStats, SysCtl, Trace, Uart)

@@ -20,7 +20,7 @@ CYCLES_PER_TRANSCENDENTAL: expf/tanhf by range reduction and a degree-5/6 polyno
 about 30-40 FP operations.
 """
 
-CPU_HZ = 480e6                  # default clock; the board profile's (compiler/boards.py) is used
+CPU_HZ = 480e6                  # default clock; the board profile's (target/boards.py) is used
 CYCLES_PER_MAC = 2.0
 CYCLES_PER_TRANSCENDENTAL = 40.0
 CYCLES_PER_ELEMENT = 4.0

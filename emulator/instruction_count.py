@@ -1,7 +1,7 @@
 """Counting the instructions the firmware executes, exactly, on every run, for next to nothing.
 
 The device's compute time is counted, not guessed (docs/board.md, "Time"): the board's CPU
-clock advances by instructions x cycles-per-instruction / clock (compiler/boards.py). The
+clock advances by instructions x cycles-per-instruction / clock (target/boards.py). The
 count comes from a `UC_HOOK_BLOCK` hook, called once per translation block (TB) executed,
 whose callback is **native code**: a 30-line C function compiled once per machine (below)
 and handed to Unicorn by address, so no Python runs per block. It adds the block's

@@ -1,7 +1,7 @@
 """The board's memory-mapped peripherals: flash controller, PSRAM controller, UART, trace
 unit, run control.
 
-Registers and addresses come from compiler/memory_map.py (the firmware gets the same
+Registers and addresses come from target/memory_map.py (the firmware gets the same
 numbers through include/memory_map.h). Each peripheral is mapped with `uc.mmio_map`, so it
 costs nothing until the firmware touches it: no Python hook runs on ordinary instructions.
 
@@ -33,7 +33,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 from unicorn import UcError
 
-from compiler import memory_map as mm
+from target import memory_map as mm
 from emulator.psram import Psram, PsramError
 from emulator.spi_flash import FlashError, SpiNorFlash
 
@@ -112,7 +112,7 @@ class CpuClock:
     """The board's simulated time, in ns: the CPU's clock.
 
     now_ns = instructions x ns_per_instruction + stall_ns, where ns_per_instruction =
-    cpi / cpu_hz (the board profile's cycles per instruction and clock, compiler/boards.py)
+    cpi / cpu_hz (the board profile's cycles per instruction and clock, target/boards.py)
     and stall_ns is the time the CPU spent waiting for a DMA transfer to finish. It moves
     only when a peripheral looks at it (`sync`, at every MMIO access): between two accesses
     the CPU executed `counter.count` minus the last count instructions. Without a counter

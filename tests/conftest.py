@@ -54,7 +54,7 @@ def tiny_build(tmp_path_factory):
 
 def mcugpt(*args, check=False):
     """Run the command line as a user would; returns the CompletedProcess."""
-    proc = subprocess.run([sys.executable, "-m", "compiler.cli", *map(str, args)],
+    proc = subprocess.run([sys.executable, "-m", "mcugpt.cli", *map(str, args)],
                           capture_output=True, text=True, cwd=REPO, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"mcugpt {' '.join(map(str, args))} failed:\n{proc.stderr}")

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compiler import memory_map as mm
+from target import memory_map as mm
 from compiler.codegen import render_memory_map
-from compiler.errors import McugptError
-from compiler.flash_image import read_image
+from target.errors import McugptError
+from target.flash_layout import read_image
 from emulator.board import PAINT, Board, BoardFault, FirmwareError
 from emulator.flash_timing import read_time_ns
 

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from compiler.flash_image import read_image
+from target.flash_layout import read_image
 from conftest import mcugpt
 
 
@@ -93,7 +93,7 @@ def test_truncated_or_foreign_image_is_refused(damage, message, damaged):
             f.truncate(path.stat().st_size - 10_000)
     else:
         import zlib
-        from compiler.flash_layout import HEADER, HEADER_CRC_SPAN
+        from target.flash_layout import HEADER, HEADER_CRC_SPAN
         raw = bytearray(path.read_bytes()[:HEADER.size])
         struct.pack_into("<I", raw, 4, 7)
         struct.pack_into("<I", raw, HEADER_CRC_SPAN, zlib.crc32(raw[:HEADER_CRC_SPAN]))

@@ -1,5 +1,5 @@
 """Compute time is counted, not guessed (emulator/instruction_count.py, peripherals.CpuClock,
-compiler/boards.py cpi; docs/board.md "Time", docs/boards.md "Cycles per instruction").
+target/boards.py cpi; docs/board.md "Time", docs/boards.md "Cycles per instruction").
 
 - the native block counter counts what the CPU executes: equal to a Python block hook's
   count, and to a UC_HOOK_CODE count plus the instructions IT blocks skip;
@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from unicorn import UC_HOOK_CODE
 
-from compiler.boards import BOARDS, get_board
+from target.boards import BOARDS, get_board
 from emulator import instruction_count as ic
 from emulator.board import Board
 from test_board import image, program  # noqa: F401  (fixtures: the board's test programs)

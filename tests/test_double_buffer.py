@@ -17,8 +17,8 @@ import zlib
 
 import pytest
 
-from compiler import memory_map as mm
-from compiler.flash_image import read_image
+from target import memory_map as mm
+from target.flash_layout import read_image
 from compiler.pipeline import compile_model
 from emulator.board import Board, BoardFault
 from emulator.flash_timing import read_time_ns

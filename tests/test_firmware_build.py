@@ -11,8 +11,8 @@ import subprocess
 
 import pytest
 
-from compiler import memory_map
-from compiler.errors import McugptError
+from target import memory_map
+from target.errors import McugptError
 from compiler.firmware import RUNTIME_C, _command, build, render_linker_script
 from compiler.plan import Plan
 

@@ -8,10 +8,10 @@ import zlib
 import numpy as np
 import pytest
 
-from compiler.errors import McugptError
-from compiler.flash_image import read_image, tensor_array
-from compiler.flash_layout import (FORMAT_VERSION, HEADER, HEADER_CRC_SPAN, NO_LAYER, SECTOR)
-from compiler.stages import KIND_BY_NAME
+from target.errors import McugptError
+from target.flash_layout import read_image, tensor_array
+from target.flash_layout import (FORMAT_VERSION, HEADER, HEADER_CRC_SPAN, NO_LAYER, SECTOR)
+from target.stages import KIND_BY_NAME
 
 
 @pytest.fixture

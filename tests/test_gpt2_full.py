@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from compiler.flash_image import read_image
+from target.flash_layout import read_image
 from conftest import mcugpt
 
 pytestmark = pytest.mark.slow

@@ -4,7 +4,8 @@ int32 dot products. The board's int8 tokens and logits equal the int8 numpy refe
 import numpy as np
 import pytest
 
-from compiler.flash_image import int8_tiles, read_image
+from compiler.flash_image import int8_tiles
+from target.flash_layout import read_image
 from compiler.pipeline import compile_model
 from compiler.quantize import matvec_int8, quantize_rows, quantize_vector, round_half_away
 from compiler.reference import Reference, generate

@@ -7,7 +7,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from compiler.config import load_preset
-from compiler.errors import McugptError
+from target.errors import McugptError
 from compiler.pipeline import load_model
 from compiler.weights import load_checkpoint, synthetic_weights, tensor_shapes
 

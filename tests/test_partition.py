@@ -7,10 +7,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from compiler.errors import McugptError
+from target.errors import McugptError
 from compiler.onnx_export import export_onnx
 from compiler.partition import partition, stage_model
-from compiler.stages import BLOCK_STAGES
+from target.stages import BLOCK_STAGES
 
 
 def kinds(stages):

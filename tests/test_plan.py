@@ -4,7 +4,7 @@ import onnx
 import pytest
 
 from compiler.config import load_preset
-from compiler.errors import McugptError
+from target.errors import McugptError
 from compiler.onnx_export import build_decode_graph
 from compiler.partition import partition
 from compiler.plan import make_plan

@@ -20,10 +20,10 @@ import time
 import numpy as np
 import pytest
 
-from compiler import memory_map as mm
-from compiler.boards import get_board
+from target import memory_map as mm
+from target.boards import get_board
 from compiler.config import load_preset
-from compiler.errors import McugptError
+from target.errors import McugptError
 from compiler.firmware import RUNTIME_C, _command, build, render_linker_script
 from compiler.pipeline import compile_model
 from compiler.reference import KVCache, Reference, generate

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from compiler.config import GPTConfig
-from compiler.errors import McugptError
+from target.errors import McugptError
 from compiler.reference import KVCache, Reference, generate
 from compiler.sampler import Prng, Sampling, choose, top_k
 from compiler.weights import synthetic_weights

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compiler import memory_map
+from target import memory_map
 from compiler.config import load_preset
 from compiler.firmware import build
-from compiler.flash_image import read_image
-from compiler.flash_layout import HEADER, STAGE_ENTRY
+from target.flash_layout import read_image
+from target.flash_layout import HEADER, STAGE_ENTRY
 from compiler.pipeline import compile_model
 from compiler.reference import Reference, generate
 from compiler.sampler import Sampling

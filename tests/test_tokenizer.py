@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from compiler.config import EOT_TOKEN
-from compiler.errors import McugptError
+from target.errors import McugptError
 from compiler.tokenizer import encode, load_tokenizer, shipped_vocab_files, token_bytes_table
 
 

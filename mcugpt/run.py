@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.boards import get_board
-from compiler.errors import McugptError
-from compiler.flash_image import read_image
+from target.boards import get_board
+from target.errors import McugptError
+from target.flash_layout import read_image
 from compiler.plan import Plan
 from compiler.pipeline import load_build_source, load_model
 from compiler.reference import Reference, check_context, generate

@@ -1,7 +1,7 @@
 """`mcugpt bench`: GPT-2 124M on every board, dtype and flash part, measured on the emulated
 board, beside the paper's figures. Writes bench.json, bench.md and PNG plots.
 
-Every figure comes from a real compile and a real run (`emulator.run.run`, tokens checked
+Every figure comes from a real compile and a real run (`mcugpt.run.run`, tokens checked
 against the numpy reference), except the "classic" column of the paper comparison, which
 is arithmetic on the plan (what holding the whole model would need), and is labelled so.
 """
@@ -13,15 +13,15 @@ from pathlib import Path
 
 import onnx
 
-from compiler.boards import BOARDS
+from target.boards import BOARDS
 from compiler.config import load_preset
-from compiler.errors import McugptError
+from target.errors import McugptError
 from compiler.pipeline import compile_model
 from compiler.partition import partition
 from compiler.plan import make_plan
-from compiler.report import size, table
+from mcugpt.report import size, table
 from compiler.sampler import Sampling
-from emulator.run import Build, run
+from mcugpt.run import Build, run
 
 PROMPT = "Hello, my name is"
 PAPER = {"classic_ram": 120e6, "staged_ram": 8e6, "classic_tokens_per_s": 20.0, "staged_tokens_per_s": 2.0,

@@ -1,7 +1,7 @@
 """Human-readable tables for the command line."""
 
-from .flash_layout import NO_LAYER
-from .stages import STAGE_KINDS
+from target.flash_layout import NO_LAYER
+from target.stages import STAGE_KINDS
 
 
 def size(n: float) -> str:

@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from .config import preset_names
-from .errors import McugptError
+from compiler.config import preset_names
+from target.errors import McugptError
 
 EXAMPLES = """examples:
   mcugpt compile --model gpt2 --out build/gpt2          GPT-2 124M, synthetic weights, 64 MiB RAM
@@ -145,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_compile(a) -> None:
-    from .pipeline import compile_model
-    from .report import plan_summary, size, stage_table
+    from compiler.pipeline import compile_model
+    from mcugpt.report import plan_summary, size, stage_table
     t0 = time.time()
     res = compile_model(a.model, Path(a.out), weights_dir=a.weights, seed=a.seed, ram=a.ram,
                         ctx=a.ctx, quiet=a.quiet or a.json, cc=a.cc, dtype=a.dtype, board=a.board,
@@ -163,10 +163,10 @@ def cmd_compile(a) -> None:
 
 
 def cmd_reference(a) -> None:
-    from .pipeline import load_model
-    from .reference import Reference, generate
-    from .sampler import Sampling, check_request
-    from .tokenizer import encode
+    from compiler.pipeline import load_model
+    from compiler.reference import Reference, generate
+    from compiler.sampler import Sampling, check_request
+    from compiler.tokenizer import encode
     check_request(a.temperature, a.top_k, a.tokens)
     cfg, weights, tok = load_model(a.model, a.weights, a.seed)
     sampling = Sampling(0.0 if a.greedy else a.temperature, a.top_k, a.sample_seed)
@@ -186,9 +186,9 @@ def cmd_reference(a) -> None:
 
 
 def cmd_run(a) -> None:
-    from emulator.run import Build, run, to_json
-    from .report import run_summary
-    from .sampler import Sampling
+    from mcugpt.run import Build, run, to_json
+    from mcugpt.report import run_summary
+    from compiler.sampler import Sampling
     build = Build.open(a.build)
     sampling = Sampling(0.0 if a.greedy else a.temperature, a.top_k, a.sample_seed)
 
@@ -217,8 +217,8 @@ def cmd_run(a) -> None:
 
 
 def cmd_bench(a) -> None:
-    from emulator.bench import bench
-    from .pipeline import progress_bar
+    from mcugpt.bench import bench
+    from compiler.pipeline import progress_bar
     out = Path(a.out)
     result = bench(out, a.model, a.tokens, progress=progress_bar(a.json),
                    command=" ".join(["mcugpt", *sys.argv[1:]]))
@@ -231,9 +231,9 @@ def cmd_bench(a) -> None:
 
 
 def cmd_inspect(a) -> None:
-    from .flash_image import read_image
-    from .pipeline import progress_bar
-    from .report import image_tables
+    from target.flash_layout import read_image
+    from compiler.pipeline import progress_bar
+    from mcugpt.report import image_tables
     img = read_image(Path(a.image), verify_weights=not a.no_verify, progress=progress_bar(a.json))
     if a.json:
         print(json.dumps({"header": img.header, "stages": img.stages, "tensors": img.tensors,

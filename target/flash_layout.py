@@ -16,8 +16,15 @@ Matrices are stored row-major [out, in], so a tile of output rows is contiguous.
 A tensor shared by two stages (GPT-2's tied wte) is stored once, and both stages name it.
 """
 
+import mmap
 import struct
+import zlib
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from target.errors import McugptError
 
 MAGIC = 0x5450474D      # "MGPT" read as a little-endian u32
 FORMAT_VERSION = 1
@@ -160,3 +167,93 @@ HEADER_CRC_SPAN = HEADER.offset_of("header_crc")
 
 def align(n: int, to: int = SECTOR) -> int:
     return (n + to - 1) // to * to
+
+
+# ----------------------------------------------------------------------------
+# reading an image: the host's view of what the firmware reads
+
+
+@dataclass
+class Image:
+    header: dict
+    stages: list[dict]
+    tensors: list[dict]
+    tokens: list[bytes]
+
+
+def _bad(path, msg):
+    raise McugptError(f"{path}: {msg}")
+
+
+def read_image(path: Path, verify_weights: bool = True, progress=None) -> Image:
+    """Parse and check an image; every inconsistency is an error saying where it is."""
+    path = Path(path)
+    if not path.is_file():
+        _bad(path, "no such flash image")
+    with open(path, "rb") as f:
+        size = path.stat().st_size
+        if size < HEADER.size:
+            _bad(path, f"truncated: {size} bytes, smaller than the {HEADER.size}-byte header")
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            return _parse(path, f, buf, size, verify_weights, progress)
+        finally:
+            buf.close()
+
+
+def _crc_file(f, offset: int, size: int, bar=None, chunk=8 << 20) -> int:
+    crc = 0
+    f.seek(offset)
+    while size > 0:
+        data = f.read(min(chunk, size))
+        crc = zlib.crc32(data, crc)
+        size -= len(data)
+        if bar:
+            bar.update(len(data))
+    return crc
+
+
+def _parse(path, f, buf, size, verify_weights, progress) -> Image:
+    h = HEADER.unpack(buf[:HEADER.size])
+    if h["magic"] != MAGIC:
+        _bad(path, f"not an mcugpt flash image (magic 0x{h['magic']:08x}, expected 0x{MAGIC:08x})")
+    if h["version"] != FORMAT_VERSION:
+        _bad(path, f"image format version {h['version']}, this mcugpt reads version {FORMAT_VERSION}")
+    crc = zlib.crc32(buf[:HEADER_CRC_SPAN])
+    if crc != h["header_crc"]:
+        _bad(path, f"header CRC32 mismatch (stored 0x{h['header_crc']:08x}, computed 0x{crc:08x})")
+    if size < h["image_size"]:
+        _bad(path, f"truncated: {size:,} bytes, the header says {h['image_size']:,}")
+    for what in ("tables", "tokens"):
+        off, n = h[f"{what}_offset"], h[f"{what}_size"]
+        crc = zlib.crc32(buf[off:off + n])
+        if crc != h[f"{what}_crc"]:
+            _bad(path, f"{what} section at 0x{off:x} ({n:,} bytes): CRC32 mismatch "
+                       f"(stored 0x{h[what + '_crc']:08x}, computed 0x{crc:08x})")
+    off = h["tables_offset"]
+    stages = [STAGE_ENTRY.unpack(buf[off + i * STAGE_ENTRY.size:off + (i + 1) * STAGE_ENTRY.size]) for i in range(h["stage_count"])]
+    off += h["stage_count"] * STAGE_ENTRY.size
+    tensors = [TENSOR_ENTRY.unpack(buf[off + i * TENSOR_ENTRY.size:off + (i + 1) * TENSOR_ENTRY.size]) for i in range(h["tensor_count"])]
+    off, v = h["tokens_offset"], h["vocab_size"]
+    offs = np.frombuffer(buf[off:off + 4 * (v + 1)], "<u4")
+    blob = buf[off + 4 * (v + 1): off + h["tokens_size"]]
+    tokens = [blob[offs[i]:offs[i + 1]] for i in range(v)]
+    if verify_weights:
+        total = sum(t["size"] for t in tensors)
+        bar = progress(total=total, unit="B", unit_scale=True, desc="verify") if progress else None
+        for i, t in enumerate(tensors):
+            if t["offset"] % SECTOR or t["offset"] + t["size"] > h["image_size"]:
+                _bad(path, f"tensor {i} '{t['name']}' at 0x{t['offset']:x} is misaligned or past the end")
+            crc = _crc_file(f, t["offset"], t["size"], bar)
+            if crc != t["crc"]:
+                _bad(path, f"tensor {i} '{t['name']}' at 0x{t['offset']:x} ({t['size']:,} bytes): "
+                           f"CRC32 mismatch (stored 0x{t['crc']:08x}, computed 0x{crc:08x})")
+        if bar:
+            bar.close()
+    return Image(h, stages, tensors, tokens)
+
+
+def tensor_array(path: Path, image: Image, index: int) -> np.ndarray:
+    """One tensor of an image, as stored ([rows, cols], row-major)."""
+    t = image.tensors[index]
+    return np.fromfile(path, "<f4", count=t["rows"] * t["cols"], offset=t["offset"]).reshape(t["rows"], t["cols"])
