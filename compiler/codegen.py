@@ -1,4 +1,11 @@
-"""Render the C headers the firmware is built from (jinja2 templates in templates/)."""
+"""Render the C headers the firmware is built from (jinja2 templates in templates/).
+
+    include/flash_layout.h  the image format and the stage kinds: target/flash_layout.py and
+                            target/stages.py (STAGE_* kind ids, ROLE_* role indices)
+    include/model_plan.h    this model's plan: shapes, arena offsets, each role's shape and
+                            each tensor's tile rows and residency (compiler/plan.py)
+    include/memory_map.h    the board's addresses and registers: target/memory_map.py
+"""
 
 from pathlib import Path
 
@@ -6,29 +13,63 @@ import jinja2
 
 from target import flash_layout as fl
 from target import memory_map
+from target.stages import STAGE_KINDS, STAGE_MAX_TENSORS
+
 from .plan import Plan
-from target.stages import STAGE_KINDS
 
 _env = jinja2.Environment(loader=jinja2.PackageLoader("compiler", "templates"),
                           undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                           trim_blocks=True, lstrip_blocks=True)
 
+NOT_RESIDENT = 0xFFFFFFFF
+
 
 def render_flash_layout() -> str:
     return _env.get_template("flash_layout.h.j2").render(
         version=fl.FORMAT_VERSION, magic=fl.MAGIC, sector=fl.SECTOR, name_len=fl.NAME_LEN,
-        stage_max_tensors=fl.STAGE_MAX_TENSORS, no_layer=fl.NO_LAYER,
+        stage_max_tensors=STAGE_MAX_TENSORS, no_layer=fl.NO_LAYER,
         header_crc_span=fl.HEADER_CRC_SPAN, dtypes=fl.DTYPES, kinds=STAGE_KINDS, structs=fl.STRUCTS)
 
 
+def role_specs(plan: Plan) -> list[dict]:
+    """Per stage kind, per role: the tensor the firmware must find there ([rows, cols] as
+    stored, image dtype, bytes per row). Vectors are one row."""
+    out = []
+    for kind in STAGE_KINDS:
+        stage = next((s for s in plan.stages if s.kind == kind.name), None)
+        specs = []
+        for r in kind.roles:
+            if stage is None:
+                continue
+            t = plan.stage_tensor(stage, r.name)
+            specs.append({"role": r.name, "rows": t.rows, "cols": t.cols, "row_bytes": t.row_bytes,
+                          "dtype": "INT8_TILED" if t.dtype == "int8" else "FP32"})
+        out.append({"kind": kind, "specs": specs})
+    return out
+
+
+def _check(plan: Plan) -> None:
+    """What the firmware relies on and cannot check at compile time (its tables are data)."""
+    weights, logits = plan.buffer("weights").bytes, plan.buffer("logits").bytes
+    for t in plan.tensors:
+        if t.access == "matrix" and t.tile_rows * t.row_bytes > weights:
+            raise AssertionError(f"{t.name}: a tile of {t.tile_rows} rows exceeds the {weights}-byte weight buffer")
+    head = next(s for s in plan.stages if s.kind == "head")
+    (_, wte), = plan.matrices(head)
+    if wte.tile_rows * 4 > logits:
+        raise AssertionError(f"the head's tile of {wte.tile_rows} logits exceeds the {logits}-byte buffer")
+    for kind in role_specs(plan):   # every stage of a kind reads tensors of the same shapes
+        for s in (s for s in plan.stages if s.kind == kind["kind"].name):
+            for spec in kind["specs"]:
+                t = plan.stage_tensor(s, spec["role"])
+                if (t.rows, t.cols) != (spec["rows"], spec["cols"]):
+                    raise AssertionError(f"{s.name}.{spec['role']}: {t.shape} differs from its kind's")
+
+
 def render_model_plan(plan: Plan) -> str:
-    d = plan.data
-    tile_rows = {}
-    for s in d["stages"]:
-        for m in s["matrices"]:
-            tile_rows[f"{s['kind']}_{m['role']}"] = m["rows_per_tile"]
+    _check(plan)
     return _env.get_template("model_plan.h.j2").render(
-        plan=d, model=d["model"], tile_rows=tile_rows)
+        plan=plan, model=plan.model, roles=role_specs(plan), not_resident=NOT_RESIDENT)
 
 
 def render_memory_map() -> str:

@@ -12,24 +12,20 @@ Every failure is a one-line McugptError. A build whose inputs did not change is 
 """
 
 import hashlib
-import importlib.util
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import jinja2
 
-from target import memory_map
+from target import memory_map, toolchain
 from target.errors import McugptError
+
 from .plan import Plan
 
 RUNTIME_C = Path(__file__).resolve().parent.parent / "runtime_c"
 BOARD_ONLY = {"startup.c", "hal_board.c"}
 HOST_ONLY = {"hal_host.c"}
-COMPILERS = ("zig", "arm-none-eabi-gcc", "host")
+COMPILERS = toolchain.NAMES
 
 # Every build: no fused multiply-add (results must agree across compilers and with numpy),
 # no libm (-fno-math-errno keeps sqrtf an instruction), C11 for the headers' _Static_assert,
@@ -58,12 +54,11 @@ _env = jinja2.Environment(loader=jinja2.PackageLoader("compiler", "templates"),
 
 
 def render_linker_script(plan: Plan) -> str:
-    d = plan.data
     return _env.get_template("firmware.ld.j2").render(
-        model=d["model"]["name"], plan_id=d["plan_id"], ram=d["ram_budget"],
+        model=plan.model.name, plan_id=plan.plan_id, ram=plan.ram_budget,
         code_base=memory_map.CODE_BASE, code_size=memory_map.CODE_SIZE,
-        sram_base=memory_map.SRAM_BASE, stack=d["reserved"]["stack"],
-        firmware=d["reserved"]["firmware"], asserts=LINK_ASSERTS)
+        sram_base=memory_map.SRAM_BASE, stack=plan.reserved["stack"],
+        firmware=plan.reserved["firmware"], asserts=LINK_ASSERTS)
 
 
 def sources(target: str, runtime: Path = RUNTIME_C) -> list[Path]:
@@ -83,40 +78,15 @@ def _check_headers(include: Path, plan: Plan) -> None:
                           f"(headers and plan.json come from different compiles)")
 
 
-def _command(cc: str, include: Path, out: Path, ld: Path | None, plan: Plan,
-             sanitize: bool, runtime: Path) -> list[str]:
-    defines = [f"-DTOPK_MAX={plan.data['topk_max']}"]   # kernels.c's TopK must match the plan's
+def _command(cc: str, include: Path, out: Path, ld: Path | None, sanitize: bool, runtime: Path) -> list[str]:
+    defines = [f"-DTOPK_MAX={memory_map.TOPK_MAX}"]   # the TopK capacity (kernels.h) the mailbox allows
     paths = [f"-I{runtime}", f"-I{include}"]
-    if cc == "zig":
-        if importlib.util.find_spec("ziglang") is None:
-            raise McugptError("the zig C compiler is not installed (pip package ziglang)")
-        head = [sys.executable, "-m", "ziglang", "cc", *ZIG_FLAGS, "-T", str(ld)]
-    elif cc == "arm-none-eabi-gcc":
-        if shutil.which(cc) is None:
-            raise McugptError("arm-none-eabi-gcc is not on PATH "
-                              "(Debian/Ubuntu: apt install gcc-arm-none-eabi)")
-        head = [cc, *GCC_FLAGS, "-T", str(ld)]
-    else:
-        host = os.environ.get("CC") or "cc"
-        if shutil.which(host) is None:
-            raise McugptError(f"no host C compiler: {host} is not on PATH (set CC)")
-        head = [host, *(SANITIZE_FLAGS if sanitize else [])]
+    flags = {"zig": [*ZIG_FLAGS, "-T", str(ld)], "arm-none-eabi-gcc": [*GCC_FLAGS, "-T", str(ld)],
+             "host": SANITIZE_FLAGS if sanitize else []}[cc]
     target = "host" if cc == "host" else "board"
     tail = ["-lgcc"] if cc == "arm-none-eabi-gcc" else []
-    return [*head, *COMMON_FLAGS, *defines, *paths, *map(str, sources(target, runtime)), "-o", str(out), *tail]
-
-
-def _first_error(output: str) -> str:
-    """The line that says what went wrong: our linker script's own ASSERT message, else the
-    first error line, else the first line (GNU ld says "region overflowed" without "error")."""
-    lines = [re.sub(r"^\S*/(ld(?:\.bfd|\.lld)?): ", r"\1: ", ln.strip()) for ln in output.splitlines()
-             if ln.strip() and not ln.startswith("collect2")]
-    for pick in (lambda ln: any(m in ln for m in LINK_ASSERTS.values()),
-                 lambda ln: re.search(r"\berror\b", ln, re.IGNORECASE)):
-        found = next((ln for ln in lines if pick(ln)), None)
-        if found:
-            return found
-    return lines[0] if lines else "no output"
+    return [*toolchain.compiler(cc), *flags, *COMMON_FLAGS, *defines, *paths,
+            *map(str, sources(target, runtime)), "-o", str(out), *tail]
 
 
 def build(out_dir, plan: Plan | dict, cc: str = "zig", sanitize: bool = False,
@@ -129,7 +99,7 @@ def build(out_dir, plan: Plan | dict, cc: str = "zig", sanitize: bool = False,
         raise McugptError(f"unknown firmware compiler '{cc}' (known: {', '.join(COMPILERS)})")
     if sanitize and cc != "host":
         raise McugptError("sanitize=True needs cc='host' (the sanitizers do not run on the board)")
-    plan = plan if isinstance(plan, Plan) else Plan(plan)
+    plan = plan if isinstance(plan, Plan) else Plan.from_dict(plan)
     out_dir = Path(out_dir)
     include = out_dir / "include"
     _check_headers(include, plan)
@@ -143,7 +113,7 @@ def build(out_dir, plan: Plan | dict, cc: str = "zig", sanitize: bool = False,
         text = render_linker_script(plan)
         if not ld.is_file() or ld.read_text() != text:
             ld.write_text(text)
-    cmd = _command(cc, include, out, ld, plan, sanitize, Path(runtime))
+    cmd = _command(cc, include, out, ld, sanitize, Path(runtime))
 
     # Rebuild only when something that goes into the binary changed.
     h = hashlib.sha256("\0".join(cmd).encode())
@@ -153,9 +123,7 @@ def build(out_dir, plan: Plan | dict, cc: str = "zig", sanitize: bool = False,
     if out.is_file() and stamp.is_file() and stamp.read_text() == h.hexdigest():
         return out
 
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        stamp.unlink(missing_ok=True)
-        raise McugptError(f"firmware build ({cc}) failed: {_first_error(res.stderr + res.stdout)}")
+    stamp.unlink(missing_ok=True)
+    toolchain.run(cmd, f"firmware build ({cc})", prefer=tuple(LINK_ASSERTS.values()))
     stamp.write_text(h.hexdigest())
     return out

@@ -12,7 +12,7 @@ from target.stages import KIND_BY_NAME
 
 from .config import EOT_TOKEN, GPTConfig
 from .partition import Stage
-from .plan import Plan, is_quantized, row_bytes, tensor_order
+from .plan import Plan
 from .quantize import quantize_rows
 
 ERASED = 0xFF  # NOR flash reads 0xFF where nothing was programmed: padding looks like it
@@ -25,16 +25,6 @@ def _crc_chunks(data, bar=None, chunk=16 << 20) -> int:
         if bar:
             bar.update(min(chunk, len(data) - i))
     return crc
-
-
-def _tile_rows(plan: Plan) -> dict[str, int]:
-    """Rows per tile of every streamed matrix, by initializer (wte: the head's tiles)."""
-    out = {}
-    for s in plan.data["stages"]:
-        for m in s["matrices"]:
-            name = next(t["initializer"] for t in s["tensors"] if t["role"] == m["role"])
-            out[name] = m["rows_per_tile"]
-    return out
 
 
 def int8_tiles(w_out_in: np.ndarray, tile_rows: int) -> np.ndarray:
@@ -57,24 +47,20 @@ def token_table_bytes(tokens: list[bytes]) -> bytes:
 
 def write_image(path: Path, cfg: GPTConfig, plan: Plan, stages: list[Stage], arrays,
                 tokens: list[bytes], progress=None) -> dict:
-    """Write `path`; `arrays(name)` returns an initializer's values in ONNX layout."""
-    order = tensor_order(stages)
-    index = {t.initializer: i for i, t in enumerate(order)}
-    tables_size = len(stages) * STAGE_ENTRY.size + len(order) * TENSOR_ENTRY.size
+    """Write `path`; `arrays(name)` returns an initializer's values in ONNX layout. The tensor
+    table is the plan's, in its order; each tensor is stored as the plan says (fp32, or int8
+    in the plan's tiles of rows)."""
+    transpose = {t.initializer: t.transpose for s in stages for t in s.tensors}
+    tables_size = len(stages) * STAGE_ENTRY.size + len(plan.tensors) * TENSOR_ENTRY.size
     tokens_blob = token_table_bytes(tokens)
     tables_offset = SECTOR
     tokens_offset = align(tables_offset + tables_size)
     weights_offset = align(tokens_offset + len(tokens_blob))
-    dtype = plan.data["dtype"]
-    tile_rows = _tile_rows(plan)
     offset, entries = weights_offset, []
-    for t in order:
-        rows, cols = (t.shape[0], t.shape[1]) if len(t.shape) == 2 else (1, t.shape[0])
-        quantized = is_quantized(t, dtype)
-        nbytes = rows * row_bytes(cols, dtype) if quantized else rows * cols * 4
-        entries.append({"name": t.initializer, "offset": offset, "size": nbytes,
-                        "dtype": DTYPES["int8_tiled" if quantized else "fp32"], "rows": rows, "cols": cols})
-        offset = align(offset + nbytes)
+    for t in plan.tensors:
+        entries.append({"name": t.name, "offset": offset, "size": t.bytes,
+                        "dtype": DTYPES["int8_tiled" if t.dtype == "int8" else "fp32"], "rows": t.rows, "cols": t.cols})
+        offset = align(offset + t.bytes)
     image_size = offset
     if image_size >= 1 << 32:
         raise McugptError(f"{cfg.name}: the image would be {image_size:,} bytes, over the format's 4 GiB")
@@ -84,14 +70,13 @@ def write_image(path: Path, cfg: GPTConfig, plan: Plan, stages: list[Stage], arr
         f.truncate(image_size)  # sized up front so a short write cannot go unnoticed
         f.seek(tokens_offset)
         f.write(tokens_blob)
-        for t, e in zip(order, entries):
-            a = np.ascontiguousarray(arrays(t.initializer).T if t.transpose else arrays(t.initializer),
-                                     dtype="<f4")
-            if is_quantized(t, dtype):
-                data = int8_tiles(a, tile_rows[t.initializer])
+        for t, e in zip(plan.tensors, entries):
+            a = np.ascontiguousarray(arrays(t.name).T if transpose[t.name] else arrays(t.name), dtype="<f4")
+            if t.dtype == "int8":
+                data = int8_tiles(a, t.tile_rows)
             else:
                 data = a.reshape(-1)
-            assert data.nbytes == e["size"], (t.initializer, data.nbytes, e["size"])
+            assert data.nbytes == e["size"], (t.name, data.nbytes, e["size"])
             f.seek(e["offset"])
             raw = memoryview(data).cast("B")
             f.write(raw)
@@ -104,9 +89,9 @@ def write_image(path: Path, cfg: GPTConfig, plan: Plan, stages: list[Stage], arr
                 kind=KIND_BY_NAME[s.kind].id,
                 layer=NO_LAYER if s.layer is None else s.layer,
                 n_tensors=len(s.tensors),
-                tensors=[index[t.initializer] for t in s.tensors],
-                flash_bytes_per_token=plan.data["stages"][s.index]["flash_bytes_per_token"],
-                macs=plan.data["stages"][s.index]["macs"])
+                tensors=list(plan.stages[s.index].tensors.values()),
+                flash_bytes_per_token=plan.stages[s.index].flash_bytes_per_token,
+                macs=plan.stages[s.index].macs)
         for e in entries:
             tables += TENSOR_ENTRY.pack(**e)
         f.seek(tables_offset)
@@ -114,8 +99,8 @@ def write_image(path: Path, cfg: GPTConfig, plan: Plan, stages: list[Stage], arr
         header = dict(
             magic=MAGIC, version=FORMAT_VERSION, header_size=HEADER.size, image_size=image_size,
             n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, n_ctx_model=cfg.n_ctx,
-            n_ctx=plan.data["ctx"], vocab_size=cfg.vocab_size, eot_token=EOT_TOKEN,
-            ln_eps=cfg.layer_norm_epsilon, dtype=DTYPES["int8_tiled" if dtype == "int8" else "fp32"],
+            n_ctx=plan.ctx, vocab_size=cfg.vocab_size, eot_token=EOT_TOKEN,
+            ln_eps=cfg.layer_norm_epsilon, dtype=DTYPES["int8_tiled" if plan.dtype == "int8" else "fp32"],
             plan_id=plan.plan_id,
             stage_count=len(stages), tensor_count=len(entries),
             tables_offset=tables_offset, tables_size=tables_size, tables_crc=zlib.crc32(tables),

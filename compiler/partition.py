@@ -20,12 +20,12 @@ import onnx
 from onnx import TensorProto, helper
 
 from target.errors import McugptError
-from target.stages import KIND_BY_NAME, stage_name
+from target.stages import KIND_BY_NAME, MATRIX, stage_name
 
 
 @dataclass(frozen=True)
 class StageTensor:
-    role: str          # from stages.STAGE_KINDS
+    role: str          # the kind's role it fills (target/stages.py)
     initializer: str   # name of the ONNX initializer holding it
     transpose: bool    # stored transposed in flash: ONNX MatMul weights are [in, out]
     shape: tuple       # as stored in flash
@@ -97,7 +97,13 @@ def partition(model: onnx.ModelProto) -> list[Stage]:
     assigned: dict[int, Stage] = {}
     stages: list[Stage] = []
 
-    def add_stage(kind, layer, node_ids, tensors):
+    def add_stage(kind, layer, node_ids, sources):
+        """sources: per role of the kind, in its order, the weighted MatMul/Gemm node of a
+        MATRIX role or the initializer of any other role."""
+        roles = KIND_BY_NAME[kind].roles
+        assert len(sources) == len(roles), (kind, sources)
+        tensors = [matrix(r.name, src) if r.access == MATRIX else vector(r.name, src)
+                   for r, src in zip(roles, sources)]
         st = Stage(len(stages), kind, layer, tensors=tensors)
         for i in node_ids:
             if i in assigned:
@@ -136,7 +142,7 @@ def partition(model: onnx.ModelProto) -> list[Stage]:
         _refuse(f"the embedding should gather from 2 tables, found {len(gathers)}")
     # the token table is the one GPT-2 ties to the LM head (read twice in the graph)
     tables = sorted((g.nodes[i].input[0] for i in gathers), key=lambda t: -len(g.consumers[t]))
-    add_stage("embed", None, embed_nodes, [vector("wte", tables[0]), vector("wpe", tables[1])])
+    add_stage("embed", None, embed_nodes, tables)
 
     layer, expect = 0, "attention"
     while True:
@@ -147,7 +153,7 @@ def partition(model: onnx.ModelProto) -> list[Stage]:
             _refuse(f"the residual stream '{stream}' should feed one LayerNormalization and "
                     f"at most one residual Add, it feeds {[g.describe(i) for i in users]}")
         ln = ln[0]
-        ln_t = [vector("gain", g.nodes[ln].input[1]), vector("bias", g.nodes[ln].input[2])]
+        ln_t = [g.nodes[ln].input[1], g.nodes[ln].input[2]]   # gain, bias
         if not residual:
             break
         add = residual[0]
@@ -170,19 +176,17 @@ def partition(model: onnx.ModelProto) -> list[Stage]:
             split = g.only_consumer(biases[0][0])
             if split is None or g.nodes[split].op_type != "Split":
                 _refuse(f"the query/key/value projection {g.describe(mms[0])} is not followed by a Split")
-            add_stage("attn_qkv", layer, qkv | {split}, [matrix("w", mms[0]), vector("b", biases[0][1])])
+            add_stage("attn_qkv", layer, qkv | {split}, [mms[0], biases[0][1]])
             proj = {mms[1], biases[1][0], add}
             core = branch - {ln} - qkv - {split} - proj
             if any(g.weight_input(i) for i in core):
                 _refuse(f"attention core of block {layer} reads weights")
             add_stage("attn_core", layer, core, [])
-            add_stage("attn_proj", layer, proj, [matrix("w", mms[1]), vector("b", biases[1][1])])
+            add_stage("attn_proj", layer, proj, [mms[1], biases[1][1]])
             expect = "mlp"
         else:
             add_stage("ln_2", layer, {ln}, ln_t)
-            add_stage("mlp", layer, (branch - {ln}) | {add}, [
-                matrix("w_fc", mms[0]), vector("b_fc", biases[0][1]),
-                matrix("w_proj", mms[1]), vector("b_proj", biases[1][1])])
+            add_stage("mlp", layer, (branch - {ln}) | {add}, [mms[0], biases[0][1], mms[1], biases[1][1]])
             layer, expect = layer + 1, "attention"
         stream = g.nodes[add].output[0]
     if expect != "attention":
@@ -192,10 +196,9 @@ def partition(model: onnx.ModelProto) -> list[Stage]:
     lm = [i for i in sorted(head_nodes) if g.nodes[i].op_type in ("MatMul", "Gemm") and g.weight_input(i)]
     if len(lm) != 1:
         _refuse(f"the head should have one weighted MatMul/Gemm (the LM head), found {len(lm)}")
-    head = matrix("wte", lm[0])
-    if head.initializer != stages[0].tensors[0].initializer:
+    if g.weight_input(lm[0]) != stages[0].tensors[0].initializer:
         _refuse("the LM head is not tied to the token embedding")
-    add_stage("head", None, head_nodes, ln_t + [head])
+    add_stage("head", None, head_nodes, ln_t + [lm[0]])
 
     # Nodes off the residual path (the Identity nodes that publish present keys/values)
     # belong to the stage that produces their input.
@@ -217,8 +220,6 @@ def partition(model: onnx.ModelProto) -> list[Stage]:
             for t in n.output:
                 if t in g.graph_outputs or any(assigned[c] is not st for c in g.consumers[t]):
                     st.outputs.append(t)
-        kinds = KIND_BY_NAME[st.kind].tensors
-        assert tuple(t.role for t in st.tensors) == kinds, (st.name, st.tensors)
     return stages
 
 

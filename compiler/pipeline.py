@@ -26,7 +26,7 @@ def progress_bar(quiet: bool = False):
     return partial(tqdm, disable=quiet or None, leave=False, file=sys.stderr, dynamic_ncols=True)
 
 
-def load_model(model: str | None, weights_dir: str | None, seed: int = 0, progress=None):
+def load_model(model: str | None, weights_dir: str | None, weights_seed: int = 0, progress=None):
     """(config, weights, tokenizer) for a preset or a Hugging Face checkpoint folder; the
     folder's config.json wins over the preset."""
     if weights_dir:
@@ -39,7 +39,7 @@ def load_model(model: str | None, weights_dir: str | None, seed: int = 0, progre
     else:
         cfg = load_preset(model or "gpt2")
         bar = partial(progress, desc="weights", unit="tensor") if progress else None
-        weights = synthetic_weights(cfg, seed, progress=bar)
+        weights = synthetic_weights(cfg, weights_seed, progress=bar)
         tok = load_tokenizer()
     return cfg, weights, tok
 
@@ -53,13 +53,13 @@ class Compiled:
     image_header: dict
 
 
-def compile_model(model: str | None, out_dir: Path, weights_dir: str | None = None, seed: int = 0,
+def compile_model(model: str | None, out_dir: Path, weights_dir: str | None = None, weights_seed: int = 0,
                   ram: int | None = None, ctx: int | None = None, quiet: bool = False,
                   cc: str | None = "zig", dtype: str = "fp32", board: str = DEFAULT_BOARD,
                   group: str = "auto") -> Compiled:
     """Everything `mcugpt compile` writes; `cc=None` skips the firmware build."""
     progress = progress_bar(quiet)
-    cfg, weights, tok = load_model(model, weights_dir, seed, progress)
+    cfg, weights, tok = load_model(model, weights_dir, weights_seed, progress)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / "model.onnx"
@@ -78,7 +78,8 @@ def compile_model(model: str | None, out_dir: Path, weights_dir: str | None = No
     write_headers(out_dir / "include", plan)
     # what `mcugpt run` needs to encode prompts and to rebuild the reference for --check
     source = {"model": cfg.name, "preset": None if weights_dir else cfg.name,
-              "weights": str(Path(weights_dir).resolve()) if weights_dir else None, "seed": seed}
+              "weights": str(Path(weights_dir).resolve()) if weights_dir else None,
+              "weights_seed": weights_seed}
     (out_dir / "build.json").write_text(json.dumps(source, indent=1))
     if cc:
         build_firmware(out_dir, plan, cc=cc)
@@ -89,4 +90,7 @@ def load_build_source(out_dir: Path) -> dict:
     path = Path(out_dir) / "build.json"
     if not path.is_file():
         raise McugptError(f"{out_dir}: not a build folder (no build.json); run `mcugpt compile --out {out_dir}`")
-    return json.loads(path.read_text())
+    source = json.loads(path.read_text())
+    if "weights_seed" not in source:
+        raise McugptError(f"{path}: written by an older mcugpt; rerun `mcugpt compile --out {out_dir}`")
+    return source

@@ -2,35 +2,41 @@
 
 The firmware has no allocator. Everything it needs lives in one static arena whose layout is
 fixed here, at compile time, and rendered into C:
-  activation buffers   x (residual), h (normed), qkv, att, hidden (MLP), scores (attention)
+  activation buffers   x, h, qkv, att, hidden (target/stages.py ACTIVATIONS), scores (attention)
+  xq                   int8 builds: the quantized input vector of a matrix-vector product
   params               the stage's vectors: layer-norm gain+bias, or the bias of the matrix
                        being streamed (loaded whole before its matrix's tiles)
-  weights              one tile of matrix rows streamed from flash; the plan sizes it
+  weights              two tiles of matrix rows streamed from flash (double-buffered)
   logits / topk        one vocabulary tile of logits and the running top-k of the head
+  resident             weights kept in SRAM across tokens (the paper's grouping)
   kv                   the KV cache, ctx positions x layers x (keys, values) x n_embd floats
+                       (or kv_block, one block of it, when the cache is in PSRAM)
 The budget is what the board gives the model (`--ram`); it must also hold the stack and the
 firmware's own variables, reserved below. The context is the plan's first priority (default:
 the model's, or the largest the budget allows); the weight tile gets what is left, up to a
 whole matrix, so with a large budget each stage's matrices arrive in one transfer, as in the
 paper, and with a small one they arrive in many.
+
+The plan is typed (`Plan`, below); plan.json is its serialization (`Plan.to_json`,
+`Plan.load`). A tensor's tile rows are `plan.tensors[i].tile_rows`, and only that.
 """
 
 import json
 import zlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
-from target.boards import DEFAULT_BOARD, get_board
-from .config import GPTConfig
+from target.boards import DEFAULT_BOARD, BoardProfile, get_board
 from target.errors import McugptError
+from target.memory_map import TOPK_MAX
+from target.stages import ACTIVATIONS, KIND_BY_NAME, MATRIX, ROW, VECTOR, dim
+
+from .config import GPTConfig
 from .partition import Stage
-from .sampler import TOPK_MAX
-from target.stages import MATRIX_ROLES
 
 F32 = 4
 ALIGN = 32                 # Cortex-M7 cache line: buffers never share one
 STACK_RESERVE = 16 << 10   # measured stack use is compared against this at run time
 FIRMWARE_RESERVE = 16 << 10  # .data/.bss of the firmware outside the arena
-DEFAULT_RAM = 64 << 20     # the sim64 board's SRAM map
 DTYPES = ("fp32", "int8")
 KV_BLOCK_POSITIONS = 32    # with the KV cache in PSRAM: positions of one head read per DMA
 # Weight tiles are double-buffered: the DMA fills one buffer while the CPU computes on the
@@ -41,78 +47,190 @@ GROUPING = ("auto", "none")
 # measurable (the per-command overhead of a 256 KiB read is ~0.01%), and the RAM is worth
 # more holding weights resident.
 TILE_TARGET = 256 << 10
-
-# Which arena buffers each stage kind touches (for its working-set figure).
-STAGE_BUFFERS = {
-    "embed": ("x", "h"),
-    "ln_1": ("x", "h", "params"),
-    "attn_qkv": ("h", "qkv", "params", "weights"),
-    "attn_core": ("qkv", "att", "scores", "kv"),  # kv_block instead when the cache is in PSRAM
-    "attn_proj": ("att", "x", "params", "weights"),
-    "ln_2": ("x", "h", "params"),
-    "mlp": ("h", "hidden", "x", "params", "weights"),
-    "head": ("x", "h", "params", "weights", "logits", "topk"),
-}
+TOPK_BYTES = 8 + TOPK_MAX * 8  # runtime_c TopK: k, n, then TOPK_MAX values and ids
+# The arena's buffers, in the order a reader meets them in a stage.
+ARENA_ORDER = ("x", "h", "qkv", "att", "hidden", "xq", "scores", "params", "weights", "weights_next",
+               "logits", "topk", "kv_block", "resident", "kv")
 
 
 def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-@dataclass
-class Plan:
-    data: dict
+def row_bytes(cols: int, dtype: str) -> int:
+    """Bytes one matrix row takes in flash and in the weight tile: float32 values, or int8
+    values plus the row's float32 scale (target/flash_layout.py: DTYPE_INT8_TILED)."""
+    return cols * F32 if dtype == "fp32" else cols + F32
 
-    def to_json(self) -> str:
-        return json.dumps(self.data, indent=1)
+
+def is_quantized(role, dtype: str) -> bool:
+    """int8 builds quantize every tensor a role marks int8: the matrices a matrix-vector
+    product streams, and so wte, which the embedding shares with the LM head. wpe and all
+    vectors stay float32."""
+    return dtype == "int8" and role.int8
+
+
+# ----------------------------------------------------------------------------
+# the plan's types (plan.json is their serialization)
+
+
+@dataclass
+class Buffer:
+    name: str
+    offset: int          # in the arena, a multiple of ALIGN
+    bytes: int
+
+
+@dataclass
+class TensorPlan:
+    """One weight tensor: an entry of the image's tensor table, in its order."""
+    index: int
+    name: str                   # the ONNX initializer (the checkpoint's tensor name)
+    shape: list[int]            # as stored in flash: [rows, cols], or [n] for a vector
+    access: str                 # how stages read it: target/stages.py VECTOR, MATRIX or ROW
+    dtype: str                  # "fp32" or "int8" (int8: tiles of rows, each its scales then values)
+    bytes: int                  # in flash
+    row_bytes: int
+    tile_rows: int              # rows per weight tile (MATRIX); all its rows otherwise
+    resident_offset: int | None = None  # arena offset when kept in SRAM; None: read from flash
 
     @property
-    def plan_id(self) -> int:
-        return self.data["plan_id"]
+    def rows(self) -> int:
+        return self.shape[0] if len(self.shape) == 2 else 1
 
-    def buffer(self, name: str) -> dict:
-        return next(b for b in self.data["buffers"] if b["name"] == name)
+    @property
+    def cols(self) -> int:
+        return self.shape[-1]
+
+    @property
+    def tiles(self) -> int:
+        return -(-self.rows // self.tile_rows)
+
+    @property
+    def resident(self) -> bool:
+        return self.resident_offset is not None
+
+
+@dataclass
+class StagePlan:
+    index: int
+    name: str
+    kind: str
+    layer: int | None
+    tensors: dict[str, int]     # role -> index in Plan.tensors, in the kind's role order
+    weight_bytes: int           # its tensors' bytes (the tied wte counts for both stages)
+    flash_bytes_per_token: int  # what it reads from flash per token (embed: one row of each table)
+    macs: int                   # per token; attn_core: at the planned context
+    act_bytes: int              # activation buffers it touches
+    kv_read_bytes: int          # per token, at the planned context
+    kv_write_bytes: int
+    ram_bytes: int              # its working set: activations, params, weight tiles (not the KV cache)
+
+
+@dataclass
+class KvPlan:
+    placement: str              # "sram" or "psram"
+    bytes: int                  # the whole cache at the planned context
+    bytes_per_token: int
+    offset: int                 # in the arena (sram) or in PSRAM
+    layout: str
+    block_positions: int = 0    # psram: positions of one head per DMA read
+    psram_bytes: int = 0
+
+
+@dataclass
+class ResidentPlan:
+    group: str                  # --group: "auto" or "none"
+    bytes: int
+    stages_fully_resident: int
+    groups_without_flash_io: list[list[str]]
+
+
+@dataclass
+class Totals:
+    stages: int
+    block_stages: int
+    weight_bytes: int           # every tensor once
+    flash_bytes_per_token: int
+    macs_per_token_at_ctx: int
+
+
+@dataclass
+class Plan:
+    format: int
+    plan_id: int                # CRC32 of the plan with plan_id 0: the image and firmware must agree
+    model: GPTConfig
+    dtype: str
+    board: BoardProfile
+    ram_budget: int
+    ctx: int
+    ctx_limited_by: str | None  # None (the model's context), "sram" or "psram"
+    reserved: dict[str, int]    # stack, firmware
+    tile_bytes: int
+    weight_buffers: int
+    buffers: list[Buffer]
+    arena_bytes: int
+    kv: KvPlan
+    tensors: list[TensorPlan]
+    stages: list[StagePlan]
+    resident: ResidentPlan
+    totals: Totals
+    largest_stage: dict         # name, ram_bytes
+    peak_ram_bytes: int
+
+    # -- lookups ---------------------------------------------------------------
+
+    def buffer(self, name: str) -> Buffer:
+        return next(b for b in self.buffers if b.name == name)
+
+    def tensor(self, name: str) -> TensorPlan:
+        return next(t for t in self.tensors if t.name == name)
+
+    def stage_tensor(self, stage: StagePlan, role: str) -> TensorPlan:
+        return self.tensors[stage.tensors[role]]
+
+    def matrices(self, stage: StagePlan) -> list[tuple[str, TensorPlan]]:
+        """(role, tensor) of each matrix the stage streams through the weight tiles."""
+        kind = KIND_BY_NAME[stage.kind]
+        return [(r.name, self.tensors[stage.tensors[r.name]]) for r in kind.matrices]
+
+    @property
+    def resident_tensors(self) -> list[TensorPlan]:
+        return sorted((t for t in self.tensors if t.resident), key=lambda t: t.resident_offset)
+
+    # -- serialization -----------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plan":
+        board = dict(d["board"], flash=tuple(d["board"]["flash"]))
+        return cls(**{**d, "model": GPTConfig(**d["model"]), "board": BoardProfile(**board),
+                      "buffers": [Buffer(**b) for b in d["buffers"]], "kv": KvPlan(**d["kv"]),
+                      "tensors": [TensorPlan(**t) for t in d["tensors"]],
+                      "stages": [StagePlan(**s) for s in d["stages"]],
+                      "resident": ResidentPlan(**d["resident"]), "totals": Totals(**d["totals"])})
 
     @classmethod
     def load(cls, path) -> "Plan":
-        return cls(json.loads(open(path).read()))
+        try:
+            return cls.from_dict(json.loads(open(path).read()))
+        except (KeyError, TypeError, ValueError) as e:
+            raise McugptError(f"{path}: not a plan this mcugpt wrote ({type(e).__name__}: {e}); "
+                              f"recompile with `mcugpt compile`") from None
 
 
-def _fixed_buffers(cfg: GPTConfig, stages: list[Stage], dtype: str) -> dict[str, int]:
-    d = cfg.n_embd
-    vectors = [t.shape[0] for s in stages for t in s.tensors if len(t.shape) == 1]
-    by_kind = {}
-    for s in stages:  # layer norms load gain and bias together
-        if s.kind in ("ln_1", "ln_2", "head"):
-            by_kind[s.kind] = sum(t.shape[0] for t in s.tensors if len(t.shape) == 1)
-    params = max(vectors + list(by_kind.values()))
-    sizes = {"x": d * F32, "h": d * F32, "qkv": 3 * d * F32, "att": d * F32,
-             "hidden": 4 * d * F32, "params": params * F32,
-             "topk": 8 + TOPK_MAX * 8}  # runtime_c TopK: k, n, then values and ids
-    # int8: the input vector of a matrix-vector product, quantized (the widest is 4 n_embd)
-    sizes["xq"] = 4 * d if dtype == "int8" else 0
-    return sizes
-
-
-def _matrices(stage: Stage):
-    return [t for t in stage.tensors if len(t.shape) == 2 and stage.kind != "embed"]
-
-
-def is_quantized(t, dtype: str) -> bool:
-    """int8 builds quantize every matrix a matrix-vector product streams (and so wte, which
-    the embedding shares with the LM head); wpe and all vectors stay float32."""
-    return dtype == "int8" and t.role in MATRIX_ROLES
-
-
-def row_bytes(cols: int, dtype: str) -> int:
-    """Bytes one matrix row takes in flash and in the weight tile: float32 values, or int8
-    values plus the row's float32 scale (flash_layout.py: DTYPE_INT8_TILED)."""
-    return cols * F32 if dtype == "fp32" else cols + F32
+# ----------------------------------------------------------------------------
+# planning
 
 
 def tensor_order(stages: list[Stage]) -> list:
     """The image's tensor table: every stage's tensors in stage order, each stored once (the
-    tied wte is embed's and the head's). flash_image.py writes it; the plan indexes it."""
+    tied wte is embed's and the head's)."""
     order, seen = [], set()
     for s in stages:
         for t in s.tensors:
@@ -122,16 +240,53 @@ def tensor_order(stages: list[Stage]) -> list:
     return order
 
 
-def choose_resident(stages: list[Stage], dtype: str, room: int) -> list:
+def _roles_by_initializer(stages: list[Stage]) -> dict[str, list]:
+    """Every role each tensor fills, across stages (wte: embed's ROW and the head's MATRIX)."""
+    out = {}
+    for s in stages:
+        kind = KIND_BY_NAME[s.kind]
+        if tuple(t.role for t in s.tensors) != tuple(r.name for r in kind.roles):
+            raise McugptError(f"stage {s.name}: tensors {[t.role for t in s.tensors]} are not the "
+                              f"{s.kind} kind's roles {[r.name for r in kind.roles]}")
+        for t, r in zip(s.tensors, kind.roles):
+            out.setdefault(t.initializer, []).append(r)
+    return out
+
+
+def _tensor_bytes(shape, quantized: bool, dtype: str) -> int:
+    if len(shape) == 2 and quantized:
+        return shape[0] * row_bytes(shape[1], dtype)
+    n = F32
+    for d in shape:
+        n *= d
+    return n
+
+
+def _params_elements(kind, cfg) -> int:
+    """Floats the params buffer holds at once for this kind: the vectors before its first
+    matrix together (a layer norm's gain and bias), then each matrix's bias alone, loaded
+    just before its tiles (runtime_c/runtime.c)."""
+    most, together, seen_matrix = 0, 0, False
+    for r in kind.roles:
+        if r.access == MATRIX:
+            seen_matrix = True
+        elif r.access == VECTOR:
+            n = dim(r.shape[0], cfg)
+            together = n if seen_matrix else together + n
+            most = max(most, together)
+    return most
+
+
+def choose_resident(tensors: list[TensorPlan], room: int) -> list[TensorPlan]:
     """The tensors to keep in SRAM across tokens, within `room` bytes: the paper's stage
     grouping, decided per tensor. Every streamed tensor costs its bytes plus one flash
     command (address, dummy clocks, deselect) per token, so I/O time saved per byte of RAM
-    is highest for the smallest tensors: take them smallest first while they fit. wpe is
-    never a candidate: the embedding reads one row of it per token."""
-    candidates = [t for t in tensor_order(stages) if t.role != "wpe"]
+    is highest for the smallest tensors: take them smallest first while they fit. Tables
+    read a row at a time and never whole (wpe) are never candidates."""
+    candidates = [t for t in tensors if t.access != ROW]
     chosen, used = [], 0
-    for t in sorted(candidates, key=lambda t: _nbytes(t, dtype)):
-        size = _align(_nbytes(t, dtype))
+    for t in sorted(candidates, key=lambda t: t.bytes):
+        size = _align(t.bytes)
         if used + size <= room:
             chosen.append(t)
             used += size
@@ -153,11 +308,35 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
     if ram > prof.sram_bytes:
         raise McugptError(f"RAM budget of {ram:,} bytes exceeds the {prof.name} board's "
                           f"{prof.sram_bytes:,} bytes of SRAM")
-    fixed = _fixed_buffers(cfg, stages, dtype)
-    mats = [t for s in stages for t in _matrices(s)]
-    min_tile = max(row_bytes(t.shape[1], dtype) for t in mats)        # one row of the widest matrix
-    max_tile = max(t.shape[0] * row_bytes(t.shape[1], dtype) for t in mats)  # the largest whole matrix
-    head_row = row_bytes(_matrices(stages[-1])[0].shape[1], dtype)
+
+    # the tensor table: each tensor once, with how it is read and stored
+    roles = _roles_by_initializer(stages)
+    tensors = []
+    for i, t in enumerate(tensor_order(stages)):
+        rs = roles[t.initializer]
+        access = MATRIX if any(r.access == MATRIX for r in rs) else rs[0].access
+        quantized = is_quantized(rs[0], dtype)
+        if any(is_quantized(r, dtype) != quantized for r in rs):
+            raise McugptError(f"tensor {t.initializer}: its roles disagree on int8 (target/stages.py)")
+        cols = t.shape[-1]
+        tensors.append(TensorPlan(i, t.initializer, list(t.shape), access, "int8" if quantized else "fp32",
+                                  _tensor_bytes(t.shape, quantized, dtype),
+                                  row_bytes(cols, "int8" if quantized else "fp32"), t.shape[0] if len(t.shape) == 2 else 1))
+    by_name = {t.name: t for t in tensors}
+    kinds = [KIND_BY_NAME[s.kind] for s in stages]
+
+    fixed = {name: dim(n, cfg) * F32 for name, n in ACTIVATIONS.items()}
+    fixed["params"] = max(_params_elements(k, cfg) for k in kinds) * F32
+    fixed["topk"] = TOPK_BYTES
+    mats = [t for t in tensors if t.access == MATRIX]
+    # int8: the input vector of a matrix-vector product, quantized (the widest input)
+    fixed["xq"] = max(t.cols for t in mats) if dtype == "int8" else 0
+    min_tile = max(t.row_bytes for t in mats)               # one row of the widest matrix
+    max_tile = max(t.rows * t.row_bytes for t in mats)      # the largest whole matrix
+    # the LM head's matrix: its tile of logits is a buffer of its own
+    head_matrix = by_name[next(t.initializer for s in stages if s.kind == "head" for t in s.tensors
+                               if t.role == KIND_BY_NAME["head"].matrices[0].name)]
+    head_row = head_matrix.row_bytes
     reserved = STACK_RESERVE + FIRMWARE_RESERVE
     kv_token = cfg.kv_bytes_per_token
     block_bytes = lambda c: min(c, KV_BLOCK_POSITIONS) * cfg.head_dim * F32
@@ -203,139 +382,94 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
             mid = (lo + hi + 1) // 2
             lo, hi = (mid, hi) if total(ctx, mid, kv_in_sram) <= ram else (lo, mid - 1)
         tile = lo
-    head_rows_per_tile = min(cfg.vocab_size, tile // head_row)
-    resident = []
-    if group == "auto":
-        resident = choose_resident(stages, dtype, ram - total(ctx, tile, kv_in_sram) - ALIGN)
-    resident_names = {t.initializer for t in resident}
+    for t in mats:
+        t.tile_rows = min(t.rows, tile // t.row_bytes)
+    resident = choose_resident(tensors, ram - total(ctx, tile, kv_in_sram) - ALIGN) if group == "auto" else []
 
-    # arena: fixed offsets, in the order a reader meets them in a stage
+    # the arena: fixed offsets, in ARENA_ORDER
     sizes = dict(fixed)
     sizes.update({"scores": ctx * F32, "weights": tile, "weights_next": tile if WEIGHT_BUFFERS == 2 else 0,
-                  "logits": head_rows_per_tile * F32,
+                  "logits": head_matrix.tile_rows * F32,
                   "kv": ctx * kv_token if kv_in_sram else 0,
                   "kv_block": 0 if kv_in_sram else block_bytes(ctx),
-                  "resident": sum(_align(_nbytes(t, dtype)) for t in resident)})
-    order = ["x", "h", "qkv", "att", "hidden", "xq", "scores", "params", "weights", "weights_next", "logits", "topk",
-             "kv_block", "resident", "kv"]
+                  "resident": sum(_align(t.bytes) for t in resident)})
     buffers, offset = [], 0
-    for name in order:
-        buffers.append({"name": name, "offset": offset, "bytes": sizes[name]})
+    for name in ARENA_ORDER:
+        buffers.append(Buffer(name, offset, sizes[name]))
         offset += _align(sizes[name])
     arena = offset
-
-    stage_rows, unique_weights, seen = [], 0, set()
-    for s in stages:
-        weight_bytes = sum(_nbytes(t, dtype) for t in s.tensors)
-        for t in s.tensors:
-            if t.initializer not in seen:
-                seen.add(t.initializer)
-                unique_weights += _nbytes(t, dtype)
-        matrices = []
-        for t in _matrices(s):
-            rows, cols = t.shape
-            per_tile = min(rows, tile // row_bytes(cols, dtype))
-            matrices.append({"role": t.role, "rows": rows, "cols": cols, "rows_per_tile": per_tile,
-                             "tiles": -(-rows // per_tile), "row_bytes": row_bytes(cols, dtype)})
-        macs = sum(m["rows"] * m["cols"] for m in matrices)
-        kv_read = kv_write = 0
-        if s.kind == "attn_core":  # at the last position of the planned context
-            macs = 2 * cfg.n_embd * ctx
-            kv_read, kv_write = 2 * cfg.n_embd * F32 * ctx, 2 * cfg.n_embd * F32
-        if s.kind == "embed":  # one row of wte (unless resident), one of wpe
-            flash = cfg.n_embd * F32
-            if s.tensors[0].initializer not in resident_names:
-                flash += row_bytes(cfg.n_embd, dtype if is_quantized(s.tensors[0], dtype) else "fp32")
-        else:
-            flash = sum(_nbytes(t, dtype) for t in s.tensors if t.initializer not in resident_names)
-        bufs = STAGE_BUFFERS[s.kind]
-        if s.kind == "attn_core" and not kv_in_sram:
-            bufs = tuple(b if b != "kv" else "kv_block" for b in bufs)
-        if dtype == "int8" and "weights" in bufs:
-            bufs = bufs + ("xq",)
-        act = sum(sizes[b] for b in bufs if b not in ("params", "weights", "kv", "kv_block", "topk"))
-        in_ram = sum(sizes[b] for b in bufs if b not in ("weights", "kv"))
-        if "weights" in bufs:
-            in_ram += WEIGHT_BUFFERS * max(min(m["rows_per_tile"] * m["row_bytes"], tile) for m in matrices)
-        stage_rows.append({
-            "index": s.index, "name": s.name, "kind": s.kind, "layer": s.layer,
-            "tensors": [{"role": t.role, "initializer": t.initializer, "shape": list(t.shape),
-                         "dtype": "int8" if is_quantized(t, dtype) else "fp32"} for t in s.tensors],
-            "weight_bytes": weight_bytes, "flash_bytes_per_token": flash, "macs": macs,
-            "act_bytes": act, "kv_read_bytes": kv_read, "kv_write_bytes": kv_write,
-            "ram_bytes": in_ram, "matrices": matrices,
-            "resident": [t.role for t in s.tensors if t.initializer in resident_names],
-        })
-    largest = max(stage_rows, key=lambda r: r["ram_bytes"])
-    kv = {"placement": "sram" if kv_in_sram else "psram", "bytes": ctx * kv_token, "bytes_per_token": kv_token}
-    if kv_in_sram:
-        kv.update(offset=next(b["offset"] for b in buffers if b["name"] == "kv"),
-                  layout="keys [layer][position][n_embd], then values [layer][position][n_embd]")
-    else:
-        kv.update(offset=0, block_positions=min(ctx, KV_BLOCK_POSITIONS), psram_bytes=prof.psram_bytes,
-                  layout="[layer][keys, values][head][position][head_dim] from PSRAM address 0")
-    data = {
-        "format": 1,
-        "plan_id": 0,
-        "model": cfg.to_dict(),
-        "dtype": dtype,
-        "board": prof.to_dict(),
-        "ram_budget": ram,
-        "ctx": ctx,
-        "ctx_limited_by": None if ctx >= cfg.n_ctx else (
-            "psram" if not kv_in_sram and ctx == min(cfg.n_ctx, psram_ctx_cap) else "sram"),
-        "reserved": {"stack": STACK_RESERVE, "firmware": FIRMWARE_RESERVE},
-        "tile_bytes": tile,
-        "weight_buffers": WEIGHT_BUFFERS,
-        "topk_max": TOPK_MAX,
-        "buffers": buffers,
-        "arena_bytes": arena,
-        "kv": kv,
-        "stages": stage_rows,
-        "resident": _resident_summary(stages, stage_rows, resident, dtype,
-                                      next(b["offset"] for b in buffers if b["name"] == "resident"), group),
-        "totals": {
-            "stages": len(stages),
-            "block_stages": sum(1 for s in stages if s.layer is not None),
-            "weight_bytes": unique_weights,
-            "flash_bytes_per_token": sum(r["flash_bytes_per_token"] for r in stage_rows),
-            "macs_per_token_at_ctx": sum(r["macs"] for r in stage_rows),
-        },
-        "largest_stage": {"name": largest["name"], "ram_bytes": largest["ram_bytes"]},
-        "peak_ram_bytes": arena + STACK_RESERVE + FIRMWARE_RESERVE,
-    }
-    data["plan_id"] = zlib.crc32(json.dumps(data, sort_keys=True).encode())
-    return Plan(data)
-
-
-def _resident_summary(stages, stage_rows, resident, dtype, base, group) -> dict:
-    """Where each resident tensor sits in the arena, by image tensor index, and which runs of
-    consecutive stages now run without any flash I/O (the groups the paper proposes)."""
-    index = {t.initializer: i for i, t in enumerate(tensor_order(stages))}
-    offset, tensors = base, []
+    offset = next(b.offset for b in buffers if b.name == "resident")
     for t in resident:
-        tensors.append({"tensor": index[t.initializer], "name": t.initializer, "offset": offset,
-                        "bytes": _nbytes(t, dtype)})
-        offset += _align(_nbytes(t, dtype))
+        t.resident_offset = offset
+        offset += _align(t.bytes)
+
+    stage_plans = [_stage_plan(s, k, cfg, dtype, ctx, kv_in_sram, sizes, by_name) for s, k in zip(stages, kinds)]
+    largest = max(stage_plans, key=lambda r: r.ram_bytes)
+    if kv_in_sram:
+        kv = KvPlan("sram", ctx * kv_token, kv_token, next(b.offset for b in buffers if b.name == "kv"),
+                    "keys [layer][position][n_embd], then values [layer][position][n_embd]")
+    else:
+        kv = KvPlan("psram", ctx * kv_token, kv_token, 0,
+                    "[layer][keys, values][head][position][head_dim] from PSRAM address 0",
+                    block_positions=min(ctx, KV_BLOCK_POSITIONS), psram_bytes=prof.psram_bytes)
+    plan = Plan(
+        format=2, plan_id=0, model=cfg, dtype=dtype, board=prof, ram_budget=ram, ctx=ctx,
+        ctx_limited_by=None if ctx >= cfg.n_ctx else (
+            "psram" if not kv_in_sram and ctx == min(cfg.n_ctx, psram_ctx_cap) else "sram"),
+        reserved={"stack": STACK_RESERVE, "firmware": FIRMWARE_RESERVE},
+        tile_bytes=tile, weight_buffers=WEIGHT_BUFFERS, buffers=buffers, arena_bytes=arena, kv=kv,
+        tensors=tensors, stages=stage_plans,
+        resident=_resident_summary(stage_plans, resident, group),
+        totals=Totals(stages=len(stages), block_stages=sum(1 for k in kinds if k.in_block),
+                      weight_bytes=sum(t.bytes for t in tensors),
+                      flash_bytes_per_token=sum(r.flash_bytes_per_token for r in stage_plans),
+                      macs_per_token_at_ctx=sum(r.macs for r in stage_plans)),
+        largest_stage={"name": largest.name, "ram_bytes": largest.ram_bytes},
+        peak_ram_bytes=arena + STACK_RESERVE + FIRMWARE_RESERVE)
+    plan.plan_id = zlib.crc32(json.dumps(plan.to_dict(), sort_keys=True).encode())
+    return plan
+
+
+def _stage_plan(s: Stage, kind, cfg, dtype, ctx, kv_in_sram, sizes, by_name) -> StagePlan:
+    ts = [by_name[t.initializer] for t in s.tensors]
+    flash = 0
+    for r, t in zip(kind.roles, ts):
+        if not t.resident:
+            flash += t.row_bytes if r.access == ROW else t.bytes   # ROW: one row per token
+    kv_read = kv_write = 0
+    if "kv" in kind.reads:   # at the last position of the planned context
+        kv_read, kv_write = 2 * cfg.n_embd * F32 * ctx, 2 * cfg.n_embd * F32
+    has_vectors = any(r.access == VECTOR for r in kind.roles)
+    matrices = [t for r, t in zip(kind.roles, ts) if r.access == MATRIX]
+    bufs = [b for b in dict.fromkeys(kind.reads + kind.writes + kind.scratch)]
+    if "kv" in bufs and not kv_in_sram:
+        bufs[bufs.index("kv")] = "kv_block"
+    if dtype == "int8" and any(r.int8 for r in kind.roles):
+        bufs.append("xq")   # the quantized input (embed: the int8 row it dequantizes)
+    act = sum(sizes[b] for b in bufs if b not in ("kv", "kv_block", "topk"))
+    in_ram = sum(sizes[b] for b in bufs if b != "kv") + (sizes["params"] if has_vectors else 0)
+    if matrices:
+        in_ram += WEIGHT_BUFFERS * max(min(t.tile_rows * t.row_bytes, sizes["weights"]) for t in matrices)
+    return StagePlan(
+        index=s.index, name=s.name, kind=s.kind, layer=s.layer,
+        tensors={r.name: t.index for r, t in zip(kind.roles, ts)},
+        weight_bytes=sum(t.bytes for t in ts), flash_bytes_per_token=flash, macs=kind.macs(cfg, ctx),
+        act_bytes=act, kv_read_bytes=kv_read, kv_write_bytes=kv_write, ram_bytes=in_ram)
+
+
+def _resident_summary(stage_plans, resident, group) -> ResidentPlan:
+    """Which runs of consecutive stages run without any flash I/O (the groups the paper
+    proposes)."""
     groups, run = [], []
-    for r in stage_rows:
-        if r["flash_bytes_per_token"] == 0 and r["weight_bytes"] > 0 or (run and r["kind"] == "attn_core"):
-            run.append(r["name"])
+    for r in stage_plans:
+        if r.flash_bytes_per_token == 0 and r.weight_bytes > 0 or (run and r.kind == "attn_core"):
+            run.append(r.name)
         else:
             if len(run) > 1:
                 groups.append(run)
             run = []
     if len(run) > 1:
         groups.append(run)
-    return {"group": group, "bytes": offset - base, "tensors": tensors,
-            "stages_fully_resident": sum(1 for r in stage_rows if r["weight_bytes"] and not r["flash_bytes_per_token"]),
-            "groups_without_flash_io": groups}
-
-
-def _nbytes(t, dtype: str = "fp32") -> int:
-    if len(t.shape) == 2 and is_quantized(t, dtype):
-        return t.shape[0] * row_bytes(t.shape[1], dtype)
-    n = F32
-    for d in t.shape:
-        n *= d
-    return n
+    return ResidentPlan(group=group, bytes=sum(_align(t.bytes) for t in resident),
+                        stages_fully_resident=sum(1 for r in stage_plans if r.weight_bytes and not r.flash_bytes_per_token),
+                        groups_without_flash_io=groups)

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import numerics as nx
-from .config import GPTConfig
 from target.errors import McugptError
+from target.stages import checkpoint_tensors, stage_sequence
+
+from .config import GPTConfig
 from .quantize import matvec_int8, quantize_rows
 from .sampler import Prng, Sampling, choose
 
@@ -31,60 +33,89 @@ class KVCache:
         return cls(np.zeros(shape, np.float32), np.zeros(shape, np.float32))
 
 
+@dataclass
+class Activations:
+    """The buffers stages pass to one another (target/stages.py ACTIVATIONS), for one token."""
+    token: int
+    pos: int
+    x: np.ndarray = None        # (n_embd,) the residual stream
+    h: np.ndarray = None        # (n_embd,) layer-norm output
+    qkv: np.ndarray = None      # (3 n_embd,)
+    att: np.ndarray = None      # (n_embd,) attention output, heads side by side
+    logits: np.ndarray = None   # (vocab_size,)
+
+
 class Reference:
-    """dtype "int8": every matrix a matrix-vector product streams (and so wte) is quantized
-    per output row, and each product quantizes its input vector: compiler/quantize.py."""
+    """dtype "int8": every tensor target/stages.py marks int8 (the matrices, and so the tied
+    wte) is quantized per output row, and each matrix-vector product quantizes its input
+    vector: compiler/quantize.py."""
 
     def __init__(self, cfg: GPTConfig, weights: dict[str, np.ndarray], dtype: str = "fp32"):
         self.cfg, self.w, self.dtype = cfg, weights, dtype
+        self.eps = np.float32(cfg.layer_norm_epsilon)
+        self.rows = {}   # name -> stored [out, in] (one row per output), as the firmware streams it
         self.q = {}
-        if dtype == "int8":
-            for name, w in weights.items():
-                if w.ndim == 2 and name != "wpe.weight":  # stored [out, in], as the firmware has them
-                    self.q[name] = quantize_rows(w if name == "wte.weight" else w.T)
+        for name, (role, _shape) in checkpoint_tensors(cfg).items():
+            if len(role.shape) == 2:
+                self.rows[name] = not role.transposed
+                if dtype == "int8" and role.int8:
+                    self.q[name] = quantize_rows(weights[name].T if role.transposed else weights[name])
 
     def linear(self, x, w: str, b: str | None) -> np.ndarray:
-        """x @ W (+ b) for a weight W [in, out] (wte: x @ wte.T, the tied LM head)."""
+        """x @ W (+ b): W [in, out] as GPT-2's Conv1D stores it, or [out, in] (wte, the tied
+        LM head), as the firmware streams it: one row per output."""
         bias = self.w[b] if b else None
         if self.dtype == "int8":
             return matvec_int8(*self.q[w], x, bias)
-        if w == "wte.weight":  # [vocab, n_embd]: one row per logit, as the head streams it
-            return nx.matvec_rows(self.w[w], x)
+        if self.rows[w]:
+            return nx.matvec_rows(self.w[w], x, bias)
         return nx.matvec(x, self.w[w], bias)
 
-    def token_embedding(self, token: int) -> np.ndarray:
-        if self.dtype == "int8":
-            q, s = self.q["wte.weight"]
-            return q[token].astype(np.float32) * s[token]
-        return self.w["wte.weight"][token]
-
     def forward(self, token: int, pos: int, kv: KVCache) -> np.ndarray:
-        """Logits (vocab_size,) for `token` at `pos`; writes this position's keys/values."""
-        cfg, w = self.cfg, self.w
-        nh, eps = cfg.n_head, np.float32(cfg.layer_norm_epsilon)
-        # embed
-        x = nx.add(self.token_embedding(token), w["wpe.weight"][pos])  # (n_embd,)
-        for layer in range(cfg.n_layer):
-            p = f"h.{layer}."
-            # ln_1
-            h = nx.layernorm(x, w[p + "ln_1.weight"], w[p + "ln_1.bias"], eps)
-            # attn_qkv
-            qkv = self.linear(h, p + "attn.c_attn.weight", p + "attn.c_attn.bias")  # (3 n_embd,)
-            q, k, v = np.split(qkv, 3)
-            kv.keys[layer, pos], kv.values[layer, pos] = k, v
-            # attn_core: each head attends over positions 0..pos of the cache,
-            # softmax(q k^T / sqrt(head_dim)) v (numerics.attention: every head at once)
-            att = nx.attention(q, kv.keys[layer, : pos + 1], kv.values[layer, : pos + 1], nh)
-            # attn_proj (+ residual)
-            x = nx.add(x, self.linear(att, p + "attn.c_proj.weight", p + "attn.c_proj.bias"))
-            # ln_2
-            h = nx.layernorm(x, w[p + "ln_2.weight"], w[p + "ln_2.bias"], eps)
-            # mlp (+ residual)
-            hidden = nx.gelu_tanh(self.linear(h, p + "mlp.c_fc.weight", p + "mlp.c_fc.bias"))  # (4 n_embd,)
-            x = nx.add(x, self.linear(hidden, p + "mlp.c_proj.weight", p + "mlp.c_proj.bias"))
-        # head: final layer norm, then the LM head tied to the token embedding
-        x = nx.layernorm(x, w["ln_f.weight"], w["ln_f.bias"], eps)
-        return self.linear(x, "wte.weight", None)  # (vocab_size,)
+        """Logits (vocab_size,) for `token` at `pos`; writes this position's keys/values.
+        The stages of target/stages.py in order, each given its tensors' names by role."""
+        a = Activations(token, pos)
+        for kind, layer in stage_sequence(self.cfg.n_layer):
+            names = {r.name: r.checkpoint.format(layer=layer) for r in kind.roles}
+            getattr(self, kind.name)(a, names, layer, kv)
+        return a.logits
+
+    # -- the stages -------------------------------------------------------------
+
+    def embed(self, a: Activations, w: dict, layer, kv) -> None:
+        if self.dtype == "int8":   # the row of the int8 wte the head streams, dequantized
+            q, s = self.q[w["wte"]]
+            row = q[a.token].astype(np.float32) * s[a.token]
+        else:
+            row = self.w[w["wte"]][a.token]
+        a.x = nx.add(row, self.w[w["wpe"]][a.pos])
+
+    def ln_1(self, a: Activations, w: dict, layer, kv) -> None:
+        a.h = nx.layernorm(a.x, self.w[w["gain"]], self.w[w["bias"]], self.eps)
+
+    ln_2 = ln_1
+
+    def attn_qkv(self, a: Activations, w: dict, layer, kv) -> None:
+        a.qkv = self.linear(a.h, w["w"], w["b"])   # (3 n_embd,)
+
+    def attn_core(self, a: Activations, w: dict, layer: int, kv: KVCache) -> None:
+        """Each head attends over positions 0..pos of the cache: softmax(q k^T / sqrt(head_dim)) v
+        (numerics.attention: every head at once)."""
+        q, k, v = np.split(a.qkv, 3)
+        kv.keys[layer, a.pos], kv.values[layer, a.pos] = k, v
+        a.att = nx.attention(q, kv.keys[layer, : a.pos + 1], kv.values[layer, : a.pos + 1], self.cfg.n_head)
+
+    def attn_proj(self, a: Activations, w: dict, layer, kv) -> None:
+        a.x = nx.add(a.x, self.linear(a.att, w["w"], w["b"]))
+
+    def mlp(self, a: Activations, w: dict, layer, kv) -> None:
+        hidden = nx.gelu_tanh(self.linear(a.h, w["w_fc"], w["b_fc"]))   # (4 n_embd,)
+        a.x = nx.add(a.x, self.linear(hidden, w["w_proj"], w["b_proj"]))
+
+    def head(self, a: Activations, w: dict, layer, kv) -> None:
+        """The final layer norm, then the LM head tied to the token embedding."""
+        h = nx.layernorm(a.x, self.w[w["gain"]], self.w[w["bias"]], self.eps)
+        a.logits = self.linear(h, w["wte"], None)   # (vocab_size,)
 
 
 @dataclass

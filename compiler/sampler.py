@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from target.errors import McugptError
+from target.memory_map import TOPK_MAX
 
 from .numerics import expf
 
 MASK64 = (1 << 64) - 1
-TOPK_MAX = 128  # the firmware's top-k buffer holds this many candidates
 
 
 class Prng:

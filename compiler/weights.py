@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import GPTConfig
 from target.errors import McugptError
+from target.stages import MATRIX, ROW, checkpoint_tensors
+
+from .config import GPTConfig
 
 # Standard deviations of the synthetic weights. GPT-2's own init (0.02) makes a random model
 # repeat one token forever; these larger values, with layer-norm gains and biases that are
@@ -19,21 +21,17 @@ SYNTHETIC_STD = {"embedding": 0.1, "matrix": 0.1, "bias": 0.05, "ln_gain": 0.2, 
 
 
 def tensor_shapes(cfg: GPTConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor a GPT-2 checkpoint must hold, name -> shape, in model order."""
-    d = cfg.n_embd
-    shapes = {"wte.weight": (cfg.vocab_size, d), "wpe.weight": (cfg.n_ctx, d)}
-    for i in range(cfg.n_layer):
-        p = f"h.{i}."
-        shapes.update({
-            p + "ln_1.weight": (d,), p + "ln_1.bias": (d,),
-            p + "attn.c_attn.weight": (d, 3 * d), p + "attn.c_attn.bias": (3 * d,),
-            p + "attn.c_proj.weight": (d, d), p + "attn.c_proj.bias": (d,),
-            p + "ln_2.weight": (d,), p + "ln_2.bias": (d,),
-            p + "mlp.c_fc.weight": (d, 4 * d), p + "mlp.c_fc.bias": (4 * d,),
-            p + "mlp.c_proj.weight": (4 * d, d), p + "mlp.c_proj.bias": (d,),
-        })
-    shapes.update({"ln_f.weight": (d,), "ln_f.bias": (d,)})
-    return shapes
+    """Every tensor a GPT-2 checkpoint must hold, name -> shape, in the order the stages read
+    them (target/stages.py names them)."""
+    return {name: shape for name, (_role, shape) in checkpoint_tensors(cfg).items()}
+
+
+def _std_kind(role) -> str:
+    if role.access == ROW:
+        return "embedding"
+    if role.access == MATRIX:
+        return "matrix"
+    return {"gain": "ln_gain", "bias": "ln_bias"}.get(role.name, "bias")
 
 
 def synthetic_weights(cfg: GPTConfig, seed: int = 0, progress=None) -> dict[str, np.ndarray]:
@@ -41,21 +39,17 @@ def synthetic_weights(cfg: GPTConfig, seed: int = 0, progress=None) -> dict[str,
     a tensor's values do not depend on which other tensors exist (tiny and gpt2 share none,
     but a 6-layer model's block 0 equals a 12-layer model's block 0 of the same width)."""
     weights = {}
-    items = list(tensor_shapes(cfg).items())
-    for index, (name, shape) in enumerate(progress(items) if progress else items):
+    items = list(checkpoint_tensors(cfg).items())
+    for index, (name, (role, shape)) in enumerate(progress(items) if progress else items):
         rng = np.random.default_rng([seed, index])
-        if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name == "ln_f.weight":
+        kind = _std_kind(role)
+        if kind == "ln_gain":
             w = 1.0 + SYNTHETIC_STD["ln_gain"] * rng.standard_normal(shape, dtype=np.float32)
-        elif ".ln_" in name or name == "ln_f.bias":
-            w = SYNTHETIC_STD["ln_bias"] * rng.standard_normal(shape, dtype=np.float32)
-        elif name in ("wte.weight", "wpe.weight"):
+        elif kind in ("embedding", "matrix"):
             w = rng.standard_normal(shape, dtype=np.float32)
-            w *= np.float32(SYNTHETIC_STD["embedding"])
-        elif name.endswith(".bias"):
-            w = SYNTHETIC_STD["bias"] * rng.standard_normal(shape, dtype=np.float32)
+            w *= np.float32(SYNTHETIC_STD[kind])
         else:
-            w = rng.standard_normal(shape, dtype=np.float32)
-            w *= np.float32(SYNTHETIC_STD["matrix"])
+            w = SYNTHETIC_STD[kind] * rng.standard_normal(shape, dtype=np.float32)
         weights[name] = w.astype(np.float32, copy=False)
     return weights
 

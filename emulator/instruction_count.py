@@ -26,16 +26,16 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import importlib.util
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from unicorn import UC_HOOK_BLOCK
+
+from target import toolchain
 
 __all__ = ["InstructionCounter", "thumb_instructions", "native_library", "counter_mode"]
 
@@ -124,17 +124,6 @@ def _cache_dir() -> Path:
     return path
 
 
-def _compilers() -> list[list[str]]:
-    found = []
-    cc = os.environ.get("CC")
-    for name in ([cc] if cc else []) + ["cc", "gcc", "clang"]:
-        if name and shutil.which(name):
-            found.append([name])
-    if importlib.util.find_spec("ziglang") is not None:
-        found.append([sys.executable, "-m", "ziglang", "cc"])
-    return found
-
-
 _library = None
 _library_error: str | None = None
 
@@ -151,7 +140,7 @@ def native_library():
     if not lib.is_file():
         src = lib.with_name(f"{lib.stem}.{os.getpid()}.c")   # per process: concurrent builds never mix
         src.write_text(C_SOURCE)
-        for cmd in _compilers():
+        for cmd in toolchain.host_compilers():
             tmp = lib.with_name(f"{lib.stem}.{os.getpid()}.tmp{suffix}")
             res = subprocess.run([*cmd, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(src)],
                                  capture_output=True, text=True)

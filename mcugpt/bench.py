@@ -13,15 +13,16 @@ from pathlib import Path
 
 import onnx
 
-from target.boards import BOARDS
 from compiler.config import load_preset
-from target.errors import McugptError
-from compiler.pipeline import compile_model
 from compiler.partition import partition
+from compiler.pipeline import compile_model
 from compiler.plan import make_plan
-from mcugpt.report import size, table
 from compiler.sampler import Sampling
+from mcugpt.report import size, table
 from mcugpt.run import Build, run
+from target.boards import BOARDS
+from target.errors import McugptError
+from target.stages import KIND_BY_NAME
 
 PROMPT = "Hello, my name is"
 PAPER = {"classic_ram": 120e6, "staged_ram": 8e6, "classic_tokens_per_s": 20.0, "staged_tokens_per_s": 2.0,
@@ -83,9 +84,9 @@ def frontier(out: Path, model: str, progress) -> list[dict]:
                 continue
             report = run(Build.open(built.out_dir), "Hello", 2, Sampling(), check=False)
             points.append({"dtype": dtype, "ram": ram, "ctx": report["ctx"],
-                           "resident_bytes": built.plan.data["resident"]["bytes"],
+                           "resident_bytes": built.plan.resident.bytes,
                            "flash_bytes_per_token": report["flash_bytes_per_token"],
-                           "tile_bytes": built.plan.data["tile_bytes"],
+                           "tile_bytes": built.plan.tile_bytes,
                            "peak_sram_measured": report["peak_ram"]["measured"],
                            "device_tokens_per_s": report["device"]["tokens_per_s"],
                            "io_ms_per_token": 1e3 * report["device"]["io_s_per_token"],
@@ -140,12 +141,12 @@ def paper_comparison(out: Path, model: str, rows: list[dict]) -> dict:
     for dtype in ("fp32", "int8"):
         build = Build.open(out / "builds" / f"{model}-sim64-{dtype}")
         stages = partition(onnx.load(str(build.path / "model.onnx"), load_external_data=False))
-        plan = make_plan(cfg, stages, ram=64 << 20, ctx=ctx, dtype=dtype).data
-        acts = sum(b["bytes"] for b in plan["buffers"] if b["name"] not in ("weights", "weights_next", "kv", "kv_block", "resident"))
+        plan = make_plan(cfg, stages, ram=64 << 20, ctx=ctx, dtype=dtype)
+        acts = sum(b.bytes for b in plan.buffers if b.name not in ("weights", "weights_next", "kv", "kv_block", "resident"))
         kv = ctx * cfg.kv_bytes_per_token
-        classic = plan["totals"]["weight_bytes"] + kv + acts
+        classic = plan.totals.weight_bytes + kv + acts
         # block stages only: embed reads two rows of its tables, the head streams the vocabulary
-        largest_stage = max(s["weight_bytes"] for s in plan["stages"] if s["layer"] is not None)
+        largest_stage = max(s.weight_bytes for s in plan.stages if KIND_BY_NAME[s.kind].in_block)
         staged_whole = largest_stage + kv + acts
         minimal = smallest_budget(cfg, stages, ctx, dtype)
         measured = [r for r in rows if r["board"] == "sim64" and r["dtype"] == dtype]
@@ -161,8 +162,8 @@ def paper_comparison(out: Path, model: str, rows: list[dict]) -> dict:
             "kv_bytes": kv, "largest_block_stage_weights": largest_stage,
             "classic_tokens_per_s_compute_bound": 1.0 / classic_s,
             "staged_tokens_per_s": {r["flash"]: r["device_tokens_per_s"] for r in measured},
-            "grouped_resident_bytes": grouped_build.plan.data["resident"]["bytes"],
-            "grouped_ram": grouped_build.plan.data["peak_ram_bytes"],
+            "grouped_resident_bytes": grouped_build.plan.resident.bytes,
+            "grouped_ram": grouped_build.plan.peak_ram_bytes,
             "staged_grouped_tokens_per_s": {f: g["device"]["tokens_per_s"] for f, g in grouped.items()},
         }
     return result
@@ -222,7 +223,7 @@ def quant_markdown(q: dict) -> str:
             f"{100 * q['top1_agreement']:.1f}% of positions. Weights: {q['weights']}.\n")
 
 
-def plots(out: Path, rows, front) -> None:
+def plots(out: Path, rows, front, model: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -238,7 +239,7 @@ def plots(out: Path, rows, front) -> None:
     ax.set_xticks(x, labels, fontsize=7)
     ax.set_ylabel("ms per token (simulated device)")
     ax.set_yscale("log")
-    ax.set_title("GPT-2 124M: time per token by board, dtype and flash part")
+    ax.set_title(f"{model}: time per token by board, dtype and flash part")
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -252,7 +253,7 @@ def plots(out: Path, rows, front) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("SRAM budget (MiB)")
     ax.set_ylabel("simulated tokens/s")
-    ax.set_title(f"GPT-2 124M on sim64 (quad SPI flash, context {FRONTIER_CTX}): RAM vs speed")
+    ax.set_title(f"{model} on sim64 (quad SPI flash, context {FRONTIER_CTX}): RAM vs speed")
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -274,5 +275,5 @@ def bench(out: Path, model: str = "gpt2", tokens: int = 3, progress=None, comman
     result = {"info": info, "configs": rows, "paper": paper, "frontier": front, "int8_vs_fp32": quant}
     (out / "bench.json").write_text(json.dumps(result, indent=1))
     (out / "bench.md").write_text(markdown(rows, paper, front, info) + quant_markdown(quant))
-    plots(out, rows, front)
+    plots(out, rows, front, model)
     return result

@@ -1,5 +1,9 @@
-"""The `mcugpt` command: compile GPT-2 for a microcontroller, run the numpy reference, inspect
-an image. Every failure a user can cause ends in one line, `mcugpt: error: ...`, exit 1."""
+"""The `mcugpt` command: compile GPT-2 for a microcontroller, run the numpy reference, run the
+firmware on the emulated board, benchmark, inspect an image. Every failure a user can cause
+ends in one line, `mcugpt: error: ...`, exit 1.
+
+Options mean the same in every command: --seed is always the sampling seed, --weights-seed
+the seed of the synthetic weights."""
 
 import argparse
 import json
@@ -38,7 +42,7 @@ def _model_args(p: argparse.ArgumentParser):
     p.add_argument("--weights", metavar="DIR",
                    help="a Hugging Face GPT-2 checkpoint folder (config.json + model.safetensors, "
                         "optional vocab.json + merges.txt); default: synthetic weights")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--weights-seed", type=int, default=0, metavar="N",
                    help="seed of the synthetic weights (default 0); ignored with --weights")
 
 
@@ -47,8 +51,9 @@ def _sampling_args(p: argparse.ArgumentParser):
     p.add_argument("--temperature", type=float, default=0.0,
                    help="sample with this temperature (> 0) instead of greedy decoding")
     p.add_argument("--top-k", type=int, default=40, help="sample among the k most likely tokens (default 40)")
-    p.add_argument("--sample-seed", type=int, default=0, dest="sample_seed",
-                   help="seed of the sampling PRNG (xorshift64*, reproduced bit for bit by the firmware)")
+    p.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="seed of the sampling PRNG (xorshift64*, reproduced bit for bit by the firmware; "
+                        "default 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,11 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--build", required=True, metavar="DIR", help="a folder written by `mcugpt compile`")
     u.add_argument("--prompt", required=True, help="text to continue")
     u.add_argument("--tokens", type=int, default=16, metavar="N", help="tokens to generate (default 16)")
-    u.add_argument("--greedy", action="store_true", help="always take the most likely token (the default)")
-    u.add_argument("--temperature", type=float, default=0.0, help="sample with this temperature (> 0)")
-    u.add_argument("--top-k", type=int, default=40, help="sample among the k most likely tokens (default 40)")
-    u.add_argument("--seed", "--sample-seed", type=int, default=0, dest="sample_seed",
-                   help="seed of the sampling PRNG (default 0)")
+    _sampling_args(u)
     u.add_argument("--ram", type=parse_size, metavar="BYTES",
                    help="SRAM the board maps (default: all the board has); touching more is a fault")
     u.add_argument("--flash", metavar="PRESET",
@@ -148,15 +149,15 @@ def cmd_compile(a) -> None:
     from compiler.pipeline import compile_model
     from mcugpt.report import plan_summary, size, stage_table
     t0 = time.time()
-    res = compile_model(a.model, Path(a.out), weights_dir=a.weights, seed=a.seed, ram=a.ram,
+    res = compile_model(a.model, Path(a.out), weights_dir=a.weights, weights_seed=a.weights_seed, ram=a.ram,
                         ctx=a.ctx, quiet=a.quiet or a.json, cc=a.cc, dtype=a.dtype, board=a.board,
                         group=a.group)
     if a.json:
         print(res.plan.to_json())
         return
-    print(stage_table(res.plan.data))
+    print(stage_table(res.plan))
     print()
-    print(plan_summary(res.plan.data))
+    print(plan_summary(res.plan))
     print(f"flash image  {res.out_dir / 'flash.img'}: {size(res.image_header['image_size'])}")
     print(f"wrote        {res.out_dir}/model.onnx, plan.json, flash.img, firmware.elf, include/*.h "
           f"in {time.time() - t0:.1f} s")
@@ -168,8 +169,8 @@ def cmd_reference(a) -> None:
     from compiler.sampler import Sampling, check_request
     from compiler.tokenizer import encode
     check_request(a.temperature, a.top_k, a.tokens)
-    cfg, weights, tok = load_model(a.model, a.weights, a.seed)
-    sampling = Sampling(0.0 if a.greedy else a.temperature, a.top_k, a.sample_seed)
+    cfg, weights, tok = load_model(a.model, a.weights, a.weights_seed)
+    sampling = Sampling(0.0 if a.greedy else a.temperature, a.top_k, a.seed)
     prompt = encode(tok, a.prompt)
     n_ctx = a.ctx or cfg.n_ctx
     if a.ctx is not None and not 1 <= a.ctx <= cfg.n_ctx:
@@ -190,7 +191,7 @@ def cmd_run(a) -> None:
     from mcugpt.report import run_summary
     from compiler.sampler import Sampling
     build = Build.open(a.build)
-    sampling = Sampling(0.0 if a.greedy else a.temperature, a.top_k, a.sample_seed)
+    sampling = Sampling(0.0 if a.greedy else a.temperature, a.top_k, a.seed)
 
     started = False
 

@@ -26,42 +26,41 @@ def table(headers: list[str], rows: list[list], align: str) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def stage_table(plan: dict) -> str:
+def stage_table(plan) -> str:
     rows = []
-    for s in plan["stages"]:
-        tiles = " + ".join(f"{m['tiles']}x{m['rows_per_tile']}r" for m in s["matrices"]) or "-"
-        rows.append([s["index"], s["name"], size(s["weight_bytes"]), size(s["flash_bytes_per_token"]),
-                     count(s["macs"]), size(s["act_bytes"]),
-                     size(s["kv_read_bytes"]) if s["kv_read_bytes"] else "-",
-                     size(s["ram_bytes"]), tiles])
+    for s in plan.stages:
+        tiles = " + ".join(f"{t.tiles}x{t.tile_rows}r" for _role, t in plan.matrices(s)) or "-"
+        rows.append([s.index, s.name, size(s.weight_bytes), size(s.flash_bytes_per_token),
+                     count(s.macs), size(s.act_bytes),
+                     size(s.kv_read_bytes) if s.kv_read_bytes else "-",
+                     size(s.ram_bytes), tiles])
     return table(["#", "stage", "weights", "flash/token", "MACs", "act", "KV read", "RAM", "tiles"],
                  rows, "rlrrrrrrl")
 
 
-def plan_summary(plan: dict) -> str:
-    m, t = plan["model"], plan["totals"]
+def plan_summary(plan) -> str:
+    m, t, kv, res = plan.model, plan.totals, plan.kv, plan.resident
     limit = {"sram": "the RAM budget, see --ctx/--ram",
-             "psram": f"the board's {size(plan['board']['psram_bytes'])} of PSRAM"}.get(plan.get("ctx_limited_by"))
-    ctx_note = f" (the model's is {m['n_ctx']}; limited by {limit})" if limit else ""
-    kv = plan["kv"]
+             "psram": f"the board's {size(plan.board.psram_bytes)} of PSRAM"}.get(plan.ctx_limited_by)
+    ctx_note = f" (the model's is {m.n_ctx}; limited by {limit})" if limit else ""
     lines = [
-        f"model        {m['name']}: {m['n_layer']} layers, {m['n_head']} heads, n_embd {m['n_embd']}, "
-        f"vocab {m['vocab_size']}, {plan['dtype']}",
-        f"stages       {t['stages']} ({t['block_stages']} in blocks + embed + head)",
-        f"context      {plan['ctx']} tokens{ctx_note}",
-        f"weights      {size(t['weight_bytes'])} in flash; {size(t['flash_bytes_per_token'])} read per token",
-        f"compute      {count(t['macs_per_token_at_ctx'])} MACs per token at full context",
-        f"board        {plan['board']['name']}: {plan['board']['doc']}",
-        f"RAM budget   {size(plan['ram_budget'])} ({plan['ram_budget']:,} B)",
-        f"  KV cache   {size(kv['bytes'])} in {kv['placement']} ({kv['bytes_per_token']:,} B per token)",
-        f"  tiles      {plan['weight_buffers']} x {size(plan['tile_bytes'])} weight tile buffers (double-buffered)",
-        f"  arena      {size(plan['arena_bytes'])} + stack {size(plan['reserved']['stack'])} "
-        f"+ firmware {size(plan['reserved']['firmware'])}",
-        f"  resident   {size(plan['resident']['bytes'])} of weights kept in SRAM ({len(plan['resident']['tensors'])} "
-        f"tensors; {plan['resident']['stages_fully_resident']} stages read no flash; --group {plan['resident']['group']})",
-        f"  largest    stage {plan['largest_stage']['name']}: {size(plan['largest_stage']['ram_bytes'])} "
+        f"model        {m.name}: {m.n_layer} layers, {m.n_head} heads, n_embd {m.n_embd}, "
+        f"vocab {m.vocab_size}, {plan.dtype}",
+        f"stages       {t.stages} ({t.block_stages} in blocks + embed + head)",
+        f"context      {plan.ctx} tokens{ctx_note}",
+        f"weights      {size(t.weight_bytes)} in flash; {size(t.flash_bytes_per_token)} read per token",
+        f"compute      {count(t.macs_per_token_at_ctx)} MACs per token at full context",
+        f"board        {plan.board.name}: {plan.board.doc}",
+        f"RAM budget   {size(plan.ram_budget)} ({plan.ram_budget:,} B)",
+        f"  KV cache   {size(kv.bytes)} in {kv.placement} ({kv.bytes_per_token:,} B per token)",
+        f"  tiles      {plan.weight_buffers} x {size(plan.tile_bytes)} weight tile buffers (double-buffered)",
+        f"  arena      {size(plan.arena_bytes)} + stack {size(plan.reserved['stack'])} "
+        f"+ firmware {size(plan.reserved['firmware'])}",
+        f"  resident   {size(res.bytes)} of weights kept in SRAM ({len(plan.resident_tensors)} "
+        f"tensors; {res.stages_fully_resident} stages read no flash; --group {res.group})",
+        f"  largest    stage {plan.largest_stage['name']}: {size(plan.largest_stage['ram_bytes'])} "
         f"working set (without the KV cache)",
-        f"peak RAM     {size(plan['peak_ram_bytes'])} ({plan['peak_ram_bytes']:,} B)",
+        f"peak RAM     {size(plan.peak_ram_bytes)} ({plan.peak_ram_bytes:,} B)",
     ]
     return "\n".join(lines)
 

@@ -6,6 +6,9 @@
                    from counted instructions x the board's CPI, overlapped as the firmware's
                    double-buffered tiles overlap them), flash bytes per token, measured peak
                    RAM against the plan
+
+With counting off (MCUGPT_COUNTER=off) compute takes no simulated time: the device time is
+then the I/O alone, and the summary says so.
 """
 
 import json
@@ -15,17 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
+from compiler.pipeline import load_build_source, load_model
+from compiler.plan import Plan
+from compiler.reference import Reference, check_context, generate
+from compiler.sampler import Sampling, check_request
+from compiler.tokenizer import encode, load_tokenizer
+from emulator.board import Board, RunResult
+from emulator.flash_timing import PRESETS
 from target.boards import get_board
 from target.errors import McugptError
 from target.flash_layout import read_image
-from compiler.plan import Plan
-from compiler.pipeline import load_build_source, load_model
-from compiler.reference import Reference, check_context, generate
-from compiler.sampler import Sampling, check_request
-from compiler.tokenizer import encode
-from emulator import compute_estimate
-from emulator.board import Board, RunResult
-from emulator.flash_timing import PRESETS
 
 # The reference computes the firmware's float32 operations in the firmware's order
 # (compiler/numerics.py), so the board's logits equal it bit for bit: that is what --check
@@ -52,10 +54,9 @@ class Build:
     def model(self):
         """(config, weights, tokenizer), as the build was compiled."""
         return load_model(self.source["preset"] if not self.source["weights"] else self.source["model"],
-                          self.source["weights"], self.source["seed"])
+                          self.source["weights"], self.source["weights_seed"])
 
     def tokenizer(self):
-        from compiler.tokenizer import load_tokenizer
         return load_tokenizer(self.source["weights"])
 
 
@@ -64,14 +65,14 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
         timeout_s: float | None = None) -> dict:
     """Generate on the board the build was planned for: its SRAM (or `ram`, to map less), its
     flash part (or `flash`), its PSRAM."""
-    profile = get_board(build.plan.data["board"]["name"])
+    profile = get_board(build.plan.board.name)
     flash = flash or profile.flash[0]
     if flash not in PRESETS:
         raise McugptError(f"unknown flash preset '{flash}' (known: {', '.join(PRESETS)})")
     check_request(sampling.temperature, sampling.top_k, n_new)
     tok = build.tokenizer()
     prompt_tokens = encode(tok, prompt)
-    check_context(len(prompt_tokens), n_new, build.plan.data["ctx"])
+    check_context(len(prompt_tokens), n_new, build.plan.ctx)
     # The firmware checks the image too (and is tested to); checking here first gives the
     # host's clearer message for a truncated, foreign or damaged image.
     read_image(build.path / "flash.img", verify_weights=False)
@@ -89,8 +90,8 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
 def compare_with_reference(build: Build, prompt_tokens, n_new, sampling, result: RunResult) -> dict:
     cfg, weights, _ = build.model()
     t0 = time.perf_counter()
-    ref = generate(Reference(cfg, weights, dtype=build.plan.data["dtype"]), prompt_tokens, n_new, sampling,
-                   n_ctx=build.plan.data["ctx"], keep_logits=True)
+    ref = generate(Reference(cfg, weights, dtype=build.plan.dtype), prompt_tokens, n_new, sampling,
+                   n_ctx=build.plan.ctx, keep_logits=True)
     err = max(float(np.max(np.abs(a - b))) for a, b in zip(result.logits, ref.logits))
     scale = max(float(np.max(np.abs(b))) for b in ref.logits)
     close = all(np.allclose(a, b, atol=LOGIT_ATOL, rtol=LOGIT_RTOL) for a, b in zip(result.logits, ref.logits))
@@ -104,25 +105,10 @@ def compare_with_reference(build: Build, prompt_tokens, n_new, sampling, result:
 
 
 def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[int], flash: str) -> dict:
-    plan = build.plan.data
-    m = plan["model"]
-    stages = plan["stages"]
+    plan = build.plan
     n_prompt = len(prompt_tokens)
-
-    cpu_hz = result.cpu_hz or plan["board"]["cpu_hz"]
+    cpu_hz = result.cpu_hz or plan.board.cpu_hz
     counted = result.counter != "off"
-
-    def compute_ns(p):
-        """Counted compute of a position; without the counter, compute_estimate's guess."""
-        if counted:
-            return p.compute_ns
-        return sum(compute_estimate.stage_compute_ns(stages[i], m["n_embd"], m["n_head"], p.position, cpu_hz)
-                   for i in p.stages)
-
-    def device_ns(p):
-        """The board's clock over the position: compute and I/O overlapped as the firmware
-        overlaps them; without the counter, nothing is known to overlap."""
-        return p.device_ns if counted else p.io_ns + compute_ns(p)
 
     # A generated token costs one forward pass that ends in the head: positions
     # n_prompt-1 onwards. The prompt's other positions skip the head (prefill).
@@ -130,27 +116,22 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
     prefill = [p for p in result.per_position if p.position < n_prompt - 1]
     mean = lambda xs: sum(xs) / len(xs) if xs else 0.0
     io_s = mean([p.io_ns for p in decode]) * 1e-9
-    compute_s = mean([compute_ns(p) for p in decode]) * 1e-9
-    device_s = mean([device_ns(p) for p in decode]) * 1e-9
+    compute_s = mean([p.compute_ns for p in decode]) * 1e-9
+    device_s = mean([p.device_ns for p in decode]) * 1e-9
     overlap_s = io_s + compute_s - device_s
-    stall_s = mean([p.stall_ns for p in decode]) * 1e-9 if counted else io_s
+    stall_s = mean([p.stall_ns for p in decode]) * 1e-9
 
     by_kind = {}
-    last_pos = decode[-1].position if decode else 0
     for s in result.stages:
-        row = stages[s.index]
-        k = by_kind.setdefault(row["kind"], {"kind": row["kind"], "stages": 0, "io_s": 0.0, "compute_s": 0.0,
-                                             "device_s": 0.0, "overlap_s": 0.0, "instructions": 0,
-                                             "flash_bytes": 0})
+        row = plan.stages[s.index]
+        k = by_kind.setdefault(row.kind, {"kind": row.kind, "stages": 0, "io_s": 0.0, "compute_s": 0.0,
+                                          "device_s": 0.0, "overlap_s": 0.0, "instructions": 0,
+                                          "flash_bytes": 0})
         k["stages"] += 1
         # per generated token: this stage's mean per call over the run (attn_core's compute
         # grows with the position: its mean is over the positions computed)
         io = (s.flash_ns + s.psram_ns) * 1e-9 / s.calls
-        if counted:
-            comp, dev = s.compute_ns * 1e-9 / s.calls, s.device_ns * 1e-9 / s.calls
-        else:
-            comp = compute_estimate.stage_compute_ns(row, m["n_embd"], m["n_head"], last_pos, cpu_hz) * 1e-9
-            dev = io + comp
+        comp, dev = s.compute_ns * 1e-9 / s.calls, s.device_ns * 1e-9 / s.calls
         k["io_s"] += io
         k["compute_s"] += comp
         k["device_s"] += dev
@@ -168,14 +149,14 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
     if counted:
         compute_model = (f"{instructions / 1e6:,.1f}M instructions per token, counted ({result.counter} block "
                          f"counter), x {result.cpi:g} cycles/instruction at {cpu_hz / 1e6:g} MHz "
-                         f"(the {plan['board']['name']} board's CPI: docs/boards.md)")
+                         f"(the {plan.board.name} board's CPI: docs/boards.md)")
     else:
-        compute_model = (f"{compute_estimate.CYCLES_PER_MAC:g} cycles/MAC at {cpu_hz / 1e6:g} MHz "
-                         f"(estimate, emulator/compute_estimate.py: instruction counting was off)")
+        compute_model = ("not counted (MCUGPT_COUNTER=off): compute took no simulated time, so the "
+                         "device time is the I/O alone, a lower bound")
     hideable = min(io_s, compute_s)
     ram = result.peak_ram
     return {
-        "model": m["name"], "dtype": plan["dtype"], "flash": flash, "ram_mapped": ram.ram_mapped,
+        "model": plan.model.name, "dtype": plan.dtype, "flash": flash, "ram_mapped": ram.ram_mapped,
         "prompt": prompt, "prompt_tokens": prompt_tokens, "tokens": result.tokens, "text": result.text,
         "wall_s": result.wall_s,
         "emulated_tokens_per_s": len(result.tokens) / result.wall_s if result.wall_s else 0.0,
@@ -192,17 +173,17 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
             "instructions_per_token": instructions, "cpi": result.cpi, "cpu_hz": cpu_hz,
             "counter": result.counter,
             "compute_model": compute_model,
-            "io_model": f"{flash} flash" + (f" + {plan['board']['psram']} PSRAM" if plan["kv"]["placement"] == "psram" else "")
+            "io_model": f"{flash} flash" + (f" + {plan.board.psram} PSRAM" if plan.kv.placement == "psram" else "")
                         + ", simulated from datasheet timing, by DMA concurrent with the CPU (double-buffered weight tiles)",
         },
         "flash_bytes_per_token": int(mean([p.flash_bytes for p in decode])),
         "flash_bytes_total": result.flash_bytes,
         "psram_bytes_per_token": int(mean([p.psram_bytes for p in decode])),
-        "kv_placement": plan["kv"]["placement"], "ctx": plan["ctx"], "board": plan["board"]["name"],
+        "kv_placement": plan.kv.placement, "ctx": plan.ctx, "board": plan.board.name,
         "peak_ram": {"measured": ram.peak_bytes, "static": ram.static_bytes,
                      "arena_high_water": ram.arena_high_water, "arena": ram.arena_bytes,
                      "stack_used": ram.stack_used, "stack_reserve": ram.stack_bytes,
-                     "plan": plan["peak_ram_bytes"], "plan_arena": plan["arena_bytes"]},
+                     "plan": plan.peak_ram_bytes, "plan_arena": plan.arena_bytes},
         "stage_kinds": kinds,
         "stages": [{"index": s.index, "name": s.name, "calls": s.calls, "flash_bytes": s.flash_bytes,
                     "flash_s": s.flash_ns * 1e-9, "wall_s": s.wall_s, "instructions": s.instructions,

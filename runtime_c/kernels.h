@@ -69,7 +69,7 @@ void attention_head(float* out, const float* q, const float* k_cache, const floa
 // number (as in numpy). Argmax is top-k with k = 1: topk_init(&t, 1), push, t.idx[0].
 
 #ifndef TOPK_MAX
-#define TOPK_MAX 128   // the firmware build may override it (-DTOPK_MAX=...)
+#error "TOPK_MAX: every build passes it (-DTOPK_MAX), from target/memory_map.py"
 #endif
 
 typedef struct {

@@ -58,16 +58,6 @@ uint8_t arena[ARENA_BYTES] ARENA_SECTION __attribute__((aligned(32)));
 
 // The plan sized the buffers; these say what this file puts in them.
 #define F32 4u
-// Bytes of one matrix row in flash and in the weights buffer. int8 builds store each tile
-// of rows as the rows' float32 scales, then their int8 values (DTYPE_INT8_TILED), so a
-// tile is one contiguous read and the rows before tile k always take k * tile_rows rows.
-#if WEIGHTS_INT8
-#define MATRIX_DTYPE DTYPE_INT8_TILED
-#define MATRIX_ROW_BYTES(cols) ((cols) + F32)
-#else
-#define MATRIX_DTYPE DTYPE_FP32
-#define MATRIX_ROW_BYTES(cols) ((cols) * F32)
-#endif
 
 _Static_assert(BUF_X_BYTES >= N_EMBD * F32 && BUF_H_BYTES >= N_EMBD * F32, "x, h");
 _Static_assert(BUF_QKV_BYTES >= 3 * N_EMBD * F32 && BUF_ATT_BYTES >= N_EMBD * F32, "qkv, att");
@@ -78,17 +68,25 @@ _Static_assert(BUF_KV_BYTES >= 2u * N_LAYER * N_CTX * N_EMBD * F32, "kv");
 #else  // the cache is in PSRAM; the arena holds one block of one head's rows
 _Static_assert(KV_BLOCK_POSITIONS >= 1 && BUF_KV_BLOCK_BYTES >= KV_BLOCK_POSITIONS * HEAD_DIM * F32, "kv_block");
 #endif
-_Static_assert(BUF_LOGITS_BYTES >= TILE_ROWS_HEAD_WTE * F32, "logits");
-_Static_assert(TILE_ROWS_ATTN_QKV_W * MATRIX_ROW_BYTES(N_EMBD) <= BUF_WEIGHTS_BYTES &&
-               TILE_ROWS_ATTN_PROJ_W * MATRIX_ROW_BYTES(N_EMBD) <= BUF_WEIGHTS_BYTES &&
-               TILE_ROWS_MLP_W_FC * MATRIX_ROW_BYTES(N_EMBD) <= BUF_WEIGHTS_BYTES &&
-               TILE_ROWS_MLP_W_PROJ * MATRIX_ROW_BYTES(4 * N_EMBD) <= BUF_WEIGHTS_BYTES &&
-               TILE_ROWS_HEAD_WTE * MATRIX_ROW_BYTES(N_EMBD) <= BUF_WEIGHTS_BYTES, "weight tiles");
+// (The weight tiles and the head's logits fit their buffers: compiler/codegen.py checks
+// every tensor's tile rows before it renders TENSOR_PLAN_TABLE.)
 #if WEIGHTS_INT8
 _Static_assert(BUF_XQ_BYTES >= 4 * N_EMBD, "xq: the widest quantized input");
 #endif
 _Static_assert(BUF_TOPK_BYTES >= sizeof(TopK), "topk: the head's running top-k");
 _Static_assert(N_CTX <= N_CTX_MODEL && N_EMBD == N_HEAD * HEAD_DIM, "model shape");
+// ln_1 and ln_2 run in one function, which opens its tensors with ln_1's role names
+_Static_assert(ROLE_LN_1_GAIN == ROLE_LN_2_GAIN && ROLE_LN_1_BIAS == ROLE_LN_2_BIAS, "layer norm roles");
+
+// What the stage table's entries must hold, by kind and role (target/stages.py, shapes
+// from the plan), and how each tensor of the image is planned: its tile rows, and where it
+// sits in SRAM when resident.
+typedef struct {
+    uint32_t tile_rows;        // rows per weight tile (every row, for a tensor not streamed)
+    uint32_t resident_offset;  // arena offset of its bytes (laid out as in flash), or NOT_RESIDENT
+} TensorPlan;
+static const RoleSpec ROLE_SPEC[STAGE_KIND_COUNT][STAGE_MAX_TENSORS] = ROLE_SPEC_TABLE;
+static const TensorPlan TENSOR_PLAN[TENSOR_COUNT] = TENSOR_PLAN_TABLE;
 
 // The few things kept outside the arena (.bss, the plan's firmware reserve):
 static ImageHeader header;   // the image's header, checked at boot
@@ -112,28 +110,25 @@ static void read_stage(uint32_t i, StageEntry* s) {
     flash_read(header.tables_offset + i * (uint32_t)sizeof(StageEntry), s, sizeof *s);
 }
 
-// The TensorEntry of the stage's tensor in role `role` (the kind's order, stages.py).
-// Returns its index in the tensor table.
-static uint32_t read_tensor(uint32_t stage, const StageEntry* s, uint32_t role, TensorEntry* t) {
-    if (role >= s->n_tensors) board_exit(EXIT_BAD_STAGE, stage, s->kind, role);
-    uint32_t index = s->tensors[role];
-    if (index >= header.tensor_count) board_exit(EXIT_BAD_STAGE, stage, s->kind, index);
+static void read_tensor_entry(uint32_t index, TensorEntry* t) {
     uint32_t tensors_offset = header.tables_offset + header.stage_count * (uint32_t)sizeof(StageEntry);
     flash_read(tensors_offset + index * (uint32_t)sizeof(TensorEntry), t, sizeof *t);
-    return index;
 }
 
-// A tensor must have the shape this code is about to put in a buffer, or it would overrun it.
-static void expect_tensor(uint32_t stage, const StageEntry* s, uint32_t index, const TensorEntry* t,
-                          uint32_t rows, uint32_t cols, uint32_t dtype, uint32_t row_bytes) {
-    if (t->rows != rows || t->cols != cols || t->size != rows * row_bytes || t->dtype != dtype) {
+// The TensorEntry of the stage's tensor in `role` (a ROLE_* of its kind), checked against
+// the role's spec: a tensor of another shape or dtype would overrun the buffer it is about
+// to fill. Returns its index in the tensor table.
+static uint32_t open_tensor(uint32_t stage, const StageEntry* s, uint32_t role, TensorEntry* t) {
+    if (role >= s->n_tensors) board_exit(EXIT_BAD_STAGE, stage, s->kind, role);
+    uint32_t index = s->tensors[role];
+    if (index >= TENSOR_COUNT) board_exit(EXIT_BAD_STAGE, stage, s->kind, index);
+    read_tensor_entry(index, t);
+    const RoleSpec* spec = &ROLE_SPEC[s->kind][role];
+    if (t->rows != spec->rows || t->cols != spec->cols || t->dtype != spec->dtype ||
+        t->size != spec->rows * spec->row_bytes) {
         board_exit(EXIT_BAD_STAGE, stage, s->kind, index);
     }
-}
-
-static void expect_shape(uint32_t stage, const StageEntry* s, uint32_t index, const TensorEntry* t,
-                         uint32_t rows, uint32_t cols) {
-    expect_tensor(stage, s, index, t, rows, cols, DTYPE_FP32, cols * F32);
+    return index;
 }
 
 static void check_crc(uint32_t index, const TensorEntry* t) {
@@ -146,44 +141,35 @@ static void check_crc(uint32_t index, const TensorEntry* t) {
 // read and CRC-checked once at boot; from then on their stages read them from the arena,
 // and a stage whose tensors are all resident reads no flash at all.
 
-typedef struct {
-    uint32_t tensor;      // index in the image's tensor table
-    uint32_t offset;      // arena offset of its bytes (laid out as in flash)
-} Resident;
-static const Resident RESIDENT[] = RESIDENT_TABLE;   // ends with tensor 0xFFFFFFFF
-
 // The tensor's bytes in SRAM, or 0 when it streams from flash.
 static const uint8_t* resident(uint32_t tensor) {
-    for (const Resident* r = RESIDENT; r->tensor != 0xFFFFFFFFu; r++) {
-        if (r->tensor == tensor) return arena + r->offset;
-    }
-    return 0;
+    uint32_t offset = TENSOR_PLAN[tensor].resident_offset;
+    return offset == NOT_RESIDENT ? 0 : arena + offset;
 }
 
 static void load_resident(void) {
-    uint32_t tensors_offset = header.tables_offset + header.stage_count * (uint32_t)sizeof(StageEntry);
-    for (const Resident* r = RESIDENT; r->tensor != 0xFFFFFFFFu; r++) {
+    for (uint32_t i = 0; i < TENSOR_COUNT; i++) {
+        uint32_t offset = TENSOR_PLAN[i].resident_offset;
+        if (offset == NOT_RESIDENT) continue;
         TensorEntry t;
-        if (r->tensor >= header.tensor_count) board_exit(EXIT_BAD_STAGE, 0, 0, r->tensor);
-        flash_read(tensors_offset + r->tensor * (uint32_t)sizeof(TensorEntry), &t, sizeof t);
-        if (r->offset + t.size > BUF_RESIDENT_OFFSET + BUF_RESIDENT_BYTES) {
-            board_exit(EXIT_BAD_STAGE, 0, 0, r->tensor);   // the image is not the plan's
+        read_tensor_entry(i, &t);
+        if (offset + t.size > BUF_RESIDENT_OFFSET + BUF_RESIDENT_BYTES) {
+            board_exit(EXIT_BAD_STAGE, 0, 0, i);   // the image is not the plan's
         }
         crc_begin();
-        flash_read_crc(t.offset, arena + r->offset, t.size);
-        check_crc(r->tensor, &t);
+        flash_read_crc(t.offset, arena + offset, t.size);
+        check_crc(i, &t);
     }
 }
 
-// dst (n,) = a whole vector tensor (gain or bias): from SRAM if resident, else from flash,
-// CRC-checked.
-static void load_vector(uint32_t stage, const StageEntry* s, uint32_t role, float* dst, uint32_t n) {
+// dst = a whole vector tensor (gain or bias) in `role`: from SRAM if resident, else from
+// flash, CRC-checked.
+static void load_vector(uint32_t stage, const StageEntry* s, uint32_t role, float* dst) {
     TensorEntry t;
-    uint32_t index = read_tensor(stage, s, role, &t);
-    expect_shape(stage, s, index, &t, 1, n);
+    uint32_t index = open_tensor(stage, s, role, &t);
     const float* kept = (const float*)resident(index);
     if (kept) {
-        for (uint32_t k = 0; k < n; k++) dst[k] = kept[k];
+        for (uint32_t k = 0; k < t.cols; k++) dst[k] = kept[k];
         return;
     }
     crc_begin();
@@ -207,7 +193,7 @@ typedef struct {
     TensorEntry t;
     uint32_t index;       // in the tensor table
     uint32_t tile_rows;   // rows per tile, from the plan
-    uint32_t row_bytes;   // MATRIX_ROW_BYTES(cols)
+    uint32_t row_bytes;   // in flash and in the tile (int8: the row's values and its scale)
     uint32_t row;         // first row of the current tile
     uint32_t n;           // rows in the current tile (the last one may be short)
     float* buf;           // the current tile
@@ -232,12 +218,11 @@ static void matrix_fetch(MatrixStream* m, uint32_t row) {
     flash_read_crc_start(m->t.offset + row * m->row_bytes, m->spare, tile_rows_from(m, row) * m->row_bytes);
 }
 
-static void matrix_open(MatrixStream* m, uint32_t stage, const StageEntry* s, uint32_t role,
-                        uint32_t rows, uint32_t cols, uint32_t tile_rows) {
-    m->index = read_tensor(stage, s, role, &m->t);
-    m->row_bytes = MATRIX_ROW_BYTES(cols);
-    expect_tensor(stage, s, m->index, &m->t, rows, cols, MATRIX_DTYPE, m->row_bytes);
-    m->tile_rows = tile_rows;
+// Open the matrix in `role` (a ROLE_* of the stage's kind), tiled as the plan says.
+static void matrix_open(MatrixStream* m, uint32_t stage, const StageEntry* s, uint32_t role) {
+    m->index = open_tensor(stage, s, role, &m->t);
+    m->row_bytes = ROLE_SPEC[s->kind][role].row_bytes;
+    m->tile_rows = TENSOR_PLAN[m->index].tile_rows;
     m->row = 0;
     m->n = 0;
     m->buf = BUF(WEIGHTS);
@@ -326,17 +311,15 @@ static void residual_product(MatrixStream* m, const float* b, const Input* in) {
 // (a CRC covers a whole blob); the head reads all of wte every token and checks it.
 static void stage_embed(uint32_t i, const StageEntry* s, uint32_t token, uint32_t pos) {
     TensorEntry wte, wpe;
-    uint32_t wte_index = read_tensor(i, s, 0, &wte);
-    uint32_t wpe_index = read_tensor(i, s, 1, &wpe);
-    expect_tensor(i, s, wte_index, &wte, VOCAB_SIZE, N_EMBD, MATRIX_DTYPE, MATRIX_ROW_BYTES(N_EMBD));
-    expect_shape(i, s, wpe_index, &wpe, N_CTX_MODEL, N_EMBD);
+    uint32_t wte_index = open_tensor(i, s, ROLE_EMBED_WTE, &wte);
+    open_tensor(i, s, ROLE_EMBED_WPE, &wpe);
 #if WEIGHTS_INT8
     // wte is the head's matrix, stored in the head's tiles: find the row's tile, then its
     // scale and its int8 values; x = float(q) * scale, as the reference dequantizes it
-    uint32_t tile = token / TILE_ROWS_HEAD_WTE, j = token % TILE_ROWS_HEAD_WTE;
-    uint32_t first = tile * TILE_ROWS_HEAD_WTE;
-    uint32_t n = VOCAB_SIZE - first < TILE_ROWS_HEAD_WTE ? VOCAB_SIZE - first : TILE_ROWS_HEAD_WTE;
-    uint32_t tile_offset = wte.offset + first * MATRIX_ROW_BYTES(N_EMBD);
+    uint32_t tile_rows = TENSOR_PLAN[wte_index].tile_rows;
+    uint32_t j = token % tile_rows, first = token - j;
+    uint32_t n = VOCAB_SIZE - first < tile_rows ? VOCAB_SIZE - first : tile_rows;
+    uint32_t tile_offset = wte.offset + first * ROLE_SPEC[STAGE_EMBED][ROLE_EMBED_WTE].row_bytes;
     float scale;
     int8_t* q = (int8_t*)(arena + BUF_XQ_OFFSET);
     const uint8_t* kept = resident(wte_index);
@@ -365,17 +348,17 @@ static void stage_embed(uint32_t i, const StageEntry* s, uint32_t token, uint32_
 static void stage_layernorm(uint32_t i, const StageEntry* s) {
     float* gain = BUF(PARAMS);
     float* bias = BUF(PARAMS) + N_EMBD;
-    load_vector(i, s, 0, gain, N_EMBD);
-    load_vector(i, s, 1, bias, N_EMBD);
+    load_vector(i, s, ROLE_LN_1_GAIN, gain);
+    load_vector(i, s, ROLE_LN_1_BIAS, bias);
     layernorm(BUF(H), BUF(X), gain, bias, N_EMBD, LN_EPS);
 }
 
 // attn_qkv: qkv = W h + b, W [3 N_EMBD, N_EMBD]
 static void stage_attn_qkv(uint32_t i, const StageEntry* s) {
     float* b = BUF(PARAMS);
-    load_vector(i, s, 1, b, 3 * N_EMBD);   // the bias first: one blob in the CRC unit at a time
+    load_vector(i, s, ROLE_ATTN_QKV_B, b);   // the bias first: one blob in the CRC unit at a time
     MatrixStream m;
-    matrix_open(&m, i, s, 0, 3 * N_EMBD, N_EMBD, TILE_ROWS_ATTN_QKV_W);
+    matrix_open(&m, i, s, ROLE_ATTN_QKV_W);
     Input in = input(BUF(H), N_EMBD);
     while (matrix_next_tile(&m)) tile_product(&m, BUF(QKV) + m.row, b + m.row, &in);
     matrix_close(&m);
@@ -454,9 +437,9 @@ static void stage_attn_core(uint32_t i, const StageEntry* s, uint32_t pos) {
 // attn_proj: x += W att + b, W [N_EMBD, N_EMBD]
 static void stage_attn_proj(uint32_t i, const StageEntry* s) {
     float* b = BUF(PARAMS);
-    load_vector(i, s, 1, b, N_EMBD);
+    load_vector(i, s, ROLE_ATTN_PROJ_B, b);
     MatrixStream m;
-    matrix_open(&m, i, s, 0, N_EMBD, N_EMBD, TILE_ROWS_ATTN_PROJ_W);
+    matrix_open(&m, i, s, ROLE_ATTN_PROJ_W);
     Input in = input(BUF(ATT), N_EMBD);
     residual_product(&m, b, &in);
     matrix_close(&m);
@@ -468,15 +451,15 @@ static void stage_attn_proj(uint32_t i, const StageEntry* s) {
 static void stage_mlp(uint32_t i, const StageEntry* s) {
     float* b = BUF(PARAMS);
     MatrixStream m;
-    load_vector(i, s, 1, b, 4 * N_EMBD);
-    matrix_open(&m, i, s, 0, 4 * N_EMBD, N_EMBD, TILE_ROWS_MLP_W_FC);
+    load_vector(i, s, ROLE_MLP_B_FC, b);
+    matrix_open(&m, i, s, ROLE_MLP_W_FC);
     Input in = input(BUF(H), N_EMBD);
     while (matrix_next_tile(&m)) tile_product(&m, BUF(HIDDEN) + m.row, b + m.row, &in);
     matrix_close(&m);
     gelu_tanh(BUF(HIDDEN), 4 * N_EMBD);
 
-    load_vector(i, s, 3, b, N_EMBD);
-    matrix_open(&m, i, s, 2, N_EMBD, 4 * N_EMBD, TILE_ROWS_MLP_W_PROJ);
+    load_vector(i, s, ROLE_MLP_B_PROJ, b);
+    matrix_open(&m, i, s, ROLE_MLP_W_PROJ);
     in = input(BUF(HIDDEN), 4 * N_EMBD);
     residual_product(&m, b, &in);
     matrix_close(&m);
@@ -487,14 +470,14 @@ static void stage_mlp(uint32_t i, const StageEntry* s) {
 static void stage_head(uint32_t i, const StageEntry* s) {
     float* gain = BUF(PARAMS);
     float* bias = BUF(PARAMS) + N_EMBD;
-    load_vector(i, s, 0, gain, N_EMBD);
-    load_vector(i, s, 1, bias, N_EMBD);
+    load_vector(i, s, ROLE_HEAD_GAIN, gain);
+    load_vector(i, s, ROLE_HEAD_BIAS, bias);
     layernorm(BUF(H), BUF(X), gain, bias, N_EMBD, LN_EPS);
 
     // greedy is top-k with k = 1: the largest logit, the lower id on ties
     topk_init(TOPK, request.temperature == 0.0f ? 1 : (int)request.top_k);
     MatrixStream m;
-    matrix_open(&m, i, s, 2, VOCAB_SIZE, N_EMBD, TILE_ROWS_HEAD_WTE);
+    matrix_open(&m, i, s, ROLE_HEAD_WTE);
     Input in = input(BUF(H), N_EMBD);
     while (matrix_next_tile(&m)) {
         tile_product(&m, BUF(LOGITS), NULL, &in);
@@ -592,6 +575,7 @@ static void check_image(void) {
     expect_field(header.n_ctx_model, N_CTX_MODEL, offsetof(ImageHeader, n_ctx_model));
     expect_field(header.n_ctx, N_CTX, offsetof(ImageHeader, n_ctx));
     expect_field(header.vocab_size, VOCAB_SIZE, offsetof(ImageHeader, vocab_size));
+    expect_field(header.tensor_count, TENSOR_COUNT, offsetof(ImageHeader, tensor_count));
     expect_field(header.dtype, WEIGHTS_INT8 ? DTYPE_INT8_TILED : DTYPE_FP32, offsetof(ImageHeader, dtype));
     union { float f; uint32_t u; } eps_found = {header.ln_eps}, eps_expected = {LN_EPS};
     expect_field(eps_found.u, eps_expected.u, offsetof(ImageHeader, ln_eps));   // float bits

@@ -25,12 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from target.errors import McugptError
+from target.stages import STAGE_MAX_TENSORS
 
 MAGIC = 0x5450474D      # "MGPT" read as a little-endian u32
 FORMAT_VERSION = 1
 SECTOR = 4096           # erase sector of the SPI NOR flash; every section starts on one
 NAME_LEN = 32           # tensor names, NUL-padded
-STAGE_MAX_TENSORS = 4   # the most tensors a stage kind streams (the MLP: 2 matrices, 2 biases)
+
 HEADER_RESERVED_WORDS = 16  # zero; room for later fields without moving the CRC
 
 

@@ -111,6 +111,9 @@ MAILBOX = {
 MAILBOX_MAGIC = 0x4D424F58  # "XOBM"
 MAILBOX_FLAGS = {"DUMP_LOGITS": 1 << 0}
 MAILBOX_MAX_PROMPT = (MAILBOX_SIZE - MAILBOX["PROMPT"]) // 4
+# The largest TOP_K the firmware accepts: its running top-k (runtime_c/kernels.h TopK) holds
+# this many candidates. The firmware build passes it to the C code as -DTOPK_MAX.
+TOPK_MAX = 128
 
 # Why the firmware stopped (SYSCTL.EXIT); ARG0..2 carry the numbers named here.
 EXIT_CODES = {

@@ -13,19 +13,21 @@ import ctypes
 import functools
 import hashlib
 import os
-import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from target import toolchain
+from target.memory_map import TOPK_MAX
 
 RUNTIME_C = Path(__file__).resolve().parent.parent / "runtime_c"
 SOURCES = ("mathf.c", "kernels.c", "prng.c")
 HEADERS = ("mathf.h", "kernels.h", "prng.h")
 
 # -fno-math-errno: otherwise gcc keeps a libm call next to sqrtss for negative inputs.
-HOST_CFLAGS = ("-O2", "-fPIC", "-shared", "-std=c99", "-ffp-contract=off", "-fno-math-errno")
+HOST_CFLAGS = ("-O2", "-fPIC", "-shared", "-std=c99", "-ffp-contract=off", "-fno-math-errno",
+               f"-DTOPK_MAX={TOPK_MAX}")
 
 # Host-only helpers compiled into the test library, never into the firmware: array
 # versions of the scalar math (one ctypes call per element would make sweeps of millions
@@ -43,12 +45,9 @@ int host_sizeof_prng(void) { return (int)sizeof(Prng); }
 """
 
 
-def host_cc():
-    """The host C compiler: $CC, else cc, else gcc."""
-    for name in (os.environ.get("CC"), "cc", "gcc"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    raise RuntimeError("no host C compiler (cc/gcc) found")
+def host_cc() -> list[str]:
+    """The host C compiler command plus the define every build of the kernels needs."""
+    return [*toolchain.compiler("host"), f"-DTOPK_MAX={TOPK_MAX}"]
 
 
 def build_library(cflags=HOST_CFLAGS):
@@ -57,9 +56,9 @@ def build_library(cflags=HOST_CFLAGS):
     Cached in the temp dir under a hash of the sources and flags, so editing a kernel
     rebuilds and concurrent test processes never see a half-written file.
     """
-    cc = host_cc()
+    cc = toolchain.compiler("host")
     h = hashlib.sha256()
-    for part in (cc, *cflags, _SHIM):
+    for part in (*cc, *cflags, _SHIM):
         h.update(part.encode() + b"\0")
     for name in SOURCES + HEADERS:
         h.update((RUNTIME_C / name).read_bytes())
@@ -71,11 +70,9 @@ def build_library(cflags=HOST_CFLAGS):
     shim = out_dir / "host_shim.c"
     shim.write_text(_SHIM)
     tmp = out_dir / f"libkernels.{os.getpid()}.so"
-    cmd = [cc, *cflags, f"-I{RUNTIME_C}", *(str(RUNTIME_C / s) for s in SOURCES),
+    cmd = [*cc, *cflags, f"-I{RUNTIME_C}", *(str(RUNTIME_C / s) for s in SOURCES),
            str(shim), "-o", str(tmp)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise RuntimeError(f"host build failed: {' '.join(cmd)}\n{res.stderr}")
+    toolchain.run(cmd, "host build of runtime_c's kernels")
     os.replace(tmp, lib_path)
     return lib_path
 
@@ -87,7 +84,7 @@ _FLOAT = ctypes.c_float
 
 class TopK(ctypes.Structure):
     """Mirror of the C struct; TOPK_MAX is checked against the library on load."""
-    TOPK_MAX = 128
+    TOPK_MAX = TOPK_MAX
     _fields_ = [("k", ctypes.c_int), ("n", ctypes.c_int),
                 ("val", ctypes.c_float * TOPK_MAX), ("idx", ctypes.c_int * TOPK_MAX)]
 

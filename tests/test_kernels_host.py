@@ -565,7 +565,7 @@ def test_kernels_under_address_and_undefined_behaviour_sanitizers(tmp_path):
     src = tmp_path / "driver.c"
     src.write_text(SANITIZER_DRIVER)
     exe = tmp_path / "driver"
-    cmd = [kh.host_cc(), "-std=c99", "-O1", "-g", "-ffp-contract=off", "-fno-math-errno",
+    cmd = [*kh.host_cc(), "-std=c99", "-O1", "-g", "-ffp-contract=off", "-fno-math-errno",
            "-fsanitize=address,undefined,float-cast-overflow", "-fno-sanitize-recover=all",
            f"-I{kh.RUNTIME_C}", str(src), *(str(kh.RUNTIME_C / s) for s in kh.SOURCES),
            "-o", str(exe)]
@@ -579,7 +579,7 @@ def test_kernels_under_address_and_undefined_behaviour_sanitizers(tmp_path):
 
 
 def test_host_build_has_no_warnings(tmp_path):
-    cmd = [kh.host_cc(), "-std=c99", "-O2", "-ffp-contract=off", *WARN_FLAGS, "-Wconversion",
+    cmd = [*kh.host_cc(), "-std=c99", "-O2", "-ffp-contract=off", *WARN_FLAGS, "-Wconversion",
            "-Wshadow", f"-I{kh.RUNTIME_C}", "-c"]
     for src in kh.SOURCES:
         res = subprocess.run([*cmd, str(kh.RUNTIME_C / src), "-o", str(tmp_path / "x.o")],

@@ -44,7 +44,7 @@ FIRMWARE_DIR = Path(__file__).resolve().parent / "board_firmware"
 def build_int8_library(cflags=kh.HOST_CFLAGS):
     cc = kh.host_cc()
     h = hashlib.sha256()
-    for part in (cc, *cflags):
+    for part in (*cc, *cflags):
         h.update(part.encode() + b"\0")
     for name in (SOURCE, HEADER):
         h.update((kh.RUNTIME_C / name).read_bytes())
@@ -54,7 +54,7 @@ def build_int8_library(cflags=kh.HOST_CFLAGS):
         return lib_path
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f"libkernels_int8.{os.getpid()}.so"
-    cmd = [cc, *cflags, f"-I{kh.RUNTIME_C}", str(kh.RUNTIME_C / SOURCE), "-o", str(tmp)]
+    cmd = [*cc, *cflags, f"-I{kh.RUNTIME_C}", str(kh.RUNTIME_C / SOURCE), "-o", str(tmp)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"host build failed: {' '.join(cmd)}\n{res.stderr}")
@@ -429,7 +429,7 @@ def test_m7_builds_at_every_optimization_level(compiler, opt, tmp_path):
 
 
 def test_host_build_has_no_warnings(tmp_path):
-    cmd = [kh.host_cc(), "-O2", "-ffp-contract=off", *WARN_FLAGS, "-Wconversion", "-Wshadow",
+    cmd = [*kh.host_cc(), "-O2", "-ffp-contract=off", *WARN_FLAGS, "-Wconversion", "-Wshadow",
            f"-I{kh.RUNTIME_C}", "-c", str(kh.RUNTIME_C / SOURCE), "-o", str(tmp_path / "x.o")]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
@@ -469,7 +469,7 @@ def test_kernels_under_address_and_undefined_behaviour_sanitizers(tmp_path):
     src = tmp_path / "driver.c"
     src.write_text(SANITIZER_DRIVER)
     exe = tmp_path / "driver"
-    cmd = [kh.host_cc(), "-std=c99", "-O1", "-g", "-ffp-contract=off", "-fno-math-errno",
+    cmd = [*kh.host_cc(), "-std=c99", "-O1", "-g", "-ffp-contract=off", "-fno-math-errno",
            "-fsanitize=address,undefined,float-cast-overflow", "-fno-sanitize-recover=all",
            f"-I{kh.RUNTIME_C}", str(src), str(kh.RUNTIME_C / SOURCE), "-o", str(exe)]
     res = subprocess.run(cmd, capture_output=True, text=True)
