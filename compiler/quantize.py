@@ -46,7 +46,3 @@ def matvec_int8(q_w: np.ndarray, s_w: np.ndarray, x: np.ndarray, bias: np.ndarra
     acc = q_w.astype(np.int32) @ q_x.astype(np.int32)            # exact
     y = acc.astype(np.float32) * (s_w * s_x).astype(np.float32)   # one rounding per row
     return y if bias is None else (y + bias).astype(np.float32)
-
-
-def dequantize_rows(q_w: np.ndarray, s_w: np.ndarray) -> np.ndarray:
-    return (q_w.astype(np.float32) * s_w[:, None]).astype(np.float32)

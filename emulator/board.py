@@ -168,11 +168,6 @@ class RunResult:
         """Emulated speed: generated tokens per host second."""
         return len(self.tokens) / self.wall_s if self.wall_s > 0 else 0.0
 
-    @property
-    def flash_tokens_per_s(self) -> float | None:
-        """The bound flash I/O alone sets: generated tokens per simulated flash second."""
-        return len(self.tokens) / (self.flash_ns * 1e-9) if self.flash_ns > 0 and self.tokens else None
-
 
 # ----------------------------------------------------------------------------
 # the firmware ELF

@@ -9,7 +9,7 @@ CE# high time after it, and moves the whole transfer in one copy.
 Where a real part would silently wrap an address past its end, this model
 raises ``PsramAddressError``, so a bad KV-cache offset surfaces at once.
 
-Time: the device owns a simulated clock in nanoseconds (a float). Each
+Time: the device's clock (device_clock.DeviceClock, the flash's too). Each
 transfer advances it by ``transfer_time_ns``; ``advance``/``wait_until`` let
 time pass outside transfers (the controller idling, or computing).
 
@@ -19,6 +19,7 @@ undefined contents; zero keeps runs reproducible).
 
 from __future__ import annotations
 
+from emulator.device_clock import DeviceClock
 from emulator.psram_timing import (
     PsramTiming,
     get_preset,
@@ -44,7 +45,7 @@ class PsramAddressError(PsramError, IndexError):
     """An access outside the device."""
 
 
-class Psram:
+class Psram(DeviceClock):
     """A PSRAM device with a simulated clock and per-direction counters.
 
     ``size`` is the device size in bytes; None means the preset's reference
@@ -73,26 +74,8 @@ class Psram:
             )
         self.worst_case = worst_case
         self._mem = bytearray(self.size)
-        self._now_ns = 0.0
+        DeviceClock.__init__(self)
         self.reset_stats()
-
-    # -- clock ---------------------------------------------------------------
-
-    @property
-    def now_ns(self) -> float:
-        return self._now_ns
-
-    def advance(self, ns: float) -> float:
-        """Let ``ns`` nanoseconds pass outside any transfer; returns the new time."""
-        if ns < 0:
-            raise ValueError(f"cannot advance the clock by a negative time ({ns} ns)")
-        self._now_ns += ns
-        self._idle_ns += ns
-        return self._now_ns
-
-    def wait_until(self, t_ns: float) -> float:
-        """Let time pass until ``t_ns`` (no-op if already later); returns the new time."""
-        return self.advance(max(0.0, t_ns - self._now_ns))
 
     # -- transfers -----------------------------------------------------------
 
@@ -142,16 +125,13 @@ class Psram:
             "read": per_dir["read"],
             "write": per_dir["write"],
             "total": total,
-            "idle_ns": self._idle_ns,
-            "elapsed_ns": self._now_ns - self._stats_since_ns,
-            "now_ns": self._now_ns,
+            **self._clock_stats(),
         }
 
     def reset_stats(self) -> None:
         """Zero the counters; the clock keeps running."""
         self._counters = {d: {"count": 0, "bursts": 0, "bytes": 0, "ns": 0.0} for d in _DIRECTIONS}
-        self._idle_ns = 0.0
-        self._stats_since_ns = self._now_ns
+        self._reset_clock_stats()
 
     # -- internals -----------------------------------------------------------
 
@@ -166,7 +146,7 @@ class Psram:
         write = direction == "write"
         ns = transfer_time_ns(self.timing, length, write, addr, worst_case=self.worst_case)
         nbursts = len(split_bursts(self.timing, length, write, addr, worst_case=self.worst_case))
-        self._now_ns += ns
+        self._spend(ns)
         c = self._counters[direction]
         c["count"] += 1
         c["bursts"] += nbursts

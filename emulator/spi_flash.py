@@ -13,8 +13,8 @@ Where a real part silently ignores a bad command (no WEL, busy, past the end
 of the array, which real parts wrap around) this model raises, so firmware bugs
 surface as exceptions instead of as wrong weights much later.
 
-Time: the device owns a simulated clock in nanoseconds (a float; 133 MHz
-clocks are not whole nanoseconds). Each command advances it by its exact
+Time: the device's clock (device_clock.DeviceClock, the PSRAM's too; a float
+in nanoseconds). Each command advances it by its exact
 duration from ``flash_timing`` (bus phases plus the deselect time that must
 follow). The controller moves it further with ``advance``/``wait_until``/
 ``wait_ready``, or just by polling ``read_status``, which is allowed while busy.
@@ -28,6 +28,7 @@ bytearray on the first program or erase; writes are for tests and small images.
 
 from __future__ import annotations
 
+from emulator.device_clock import DeviceClock
 from emulator.flash_timing import (
     FlashTiming,
     address_bytes,
@@ -70,7 +71,7 @@ class FlashAddressError(FlashError, IndexError):
     """An access outside the device."""
 
 
-class SpiNorFlash:
+class SpiNorFlash(DeviceClock):
     """A SPI NOR flash device with a simulated clock and per-command counters.
 
     ``data`` is the array contents (bytes, bytearray, memoryview, mmap...).
@@ -103,16 +104,12 @@ class SpiNorFlash:
         self.address_bytes = address_bytes(self.timing, self.size)
         self.worst_case = worst_case
 
-        self._now_ns = 0.0
+        DeviceClock.__init__(self)
         self._wel = False
         self._busy_until_ns: float | None = None  # end of the running program/erase
         self.reset_stats()
 
     # -- clock ---------------------------------------------------------------
-
-    @property
-    def now_ns(self) -> float:
-        return self._now_ns
 
     @property
     def busy(self) -> bool:
@@ -124,18 +121,6 @@ class SpiNorFlash:
         """When the running program/erase finishes, or None if idle."""
         self._finish_if_done()
         return self._busy_until_ns
-
-    def advance(self, ns: float) -> float:
-        """Let ``ns`` nanoseconds pass outside any command; returns the new time."""
-        if ns < 0:
-            raise ValueError(f"cannot advance the clock by a negative time ({ns} ns)")
-        self._now_ns += ns
-        self._idle_ns += ns
-        return self._now_ns
-
-    def wait_until(self, t_ns: float) -> float:
-        """Let time pass until ``t_ns`` (no-op if already later); returns the new time."""
-        return self.advance(max(0.0, t_ns - self._now_ns))
 
     def wait_ready(self) -> float:
         """Skip to the end of the running program/erase, if any; returns the new time."""
@@ -253,16 +238,13 @@ class SpiNorFlash:
             "preset": self.timing.name,
             "commands": commands,
             "total": total,
-            "idle_ns": self._idle_ns,
-            "elapsed_ns": self._now_ns - self._stats_since_ns,
-            "now_ns": self._now_ns,
+            **self._clock_stats(),
         }
 
     def reset_stats(self) -> None:
         """Zero the counters; the clock keeps running."""
         self._counters: dict[str, dict] = {}
-        self._idle_ns = 0.0
-        self._stats_since_ns = self._now_ns
+        self._reset_clock_stats()
 
     # -- internals -----------------------------------------------------------
 
@@ -333,7 +315,7 @@ class SpiNorFlash:
 
     def _charge(self, kind: str, bus_ns: float, deselect_ns: float, nbytes: int, busy_ns: float = 0.0) -> None:
         ns = bus_ns + deselect_ns
-        self._now_ns += ns
+        self._spend(ns)
         c = self._counters.setdefault(kind, {"count": 0, "bytes": 0, "ns": 0.0, "busy_ns": 0.0})
         c["count"] += 1
         c["bytes"] += nbytes

@@ -120,6 +120,31 @@ def quantization_error(model: str, n_tokens: int, progress) -> dict:
             "weights": "synthetic (seed 0): real GPT-2 weights have other statistics"}
 
 
+# What instruction counting may cost in wall time (the counter is a native block hook).
+COUNTER_OVERHEAD_TARGET = 1.3
+
+
+def counter_overhead(build_dir: Path, repeats: int = 3) -> dict:
+    """Wall time of the same run with the native instruction counter and without any, best
+    of `repeats` each, interleaved; checked against COUNTER_OVERHEAD_TARGET."""
+    from emulator.board import Board
+    from target.boards import get_board
+    build = Build.open(build_dir)
+    prompt = build.tokenizer().encode(PROMPT)
+    best = {True: float("inf"), False: float("inf")}
+    for _ in range(repeats):
+        for counting in (False, True):
+            with Board.for_profile(build.path / "firmware.elf", build.path / "flash.img",
+                                   get_board(build.plan.board.name), count_instructions=counting) as board:
+                t0 = time.perf_counter()
+                board.run(prompt, 2)
+                best[counting] = min(best[counting], time.perf_counter() - t0)
+    ratio = best[True] / best[False]
+    return {"counted_s": best[True], "uncounted_s": best[False], "ratio": ratio,
+            "target": COUNTER_OVERHEAD_TARGET, "meets_target": ratio <= COUNTER_OVERHEAD_TARGET,
+            "build": str(build_dir)}
+
+
 def smallest_budget(cfg, stages, ctx: int, dtype: str) -> int:
     """The smallest SRAM budget the planner accepts for this context on sim64 (bisection)."""
     lo, hi = 1 << 10, 64 << 20
@@ -223,6 +248,14 @@ def quant_markdown(q: dict) -> str:
             f"{100 * q['top1_agreement']:.1f}% of positions. Weights: {q['weights']}.\n")
 
 
+def overhead_markdown(o: dict) -> str:
+    verdict = "meets" if o["meets_target"] else "MISSES"
+    return (f"\n## Counter overhead\n\nCounting every executed instruction (the native block counter) "
+            f"makes a run take {o['ratio']:.2f}x the wall time of the same run uncounted "
+            f"({o['counted_s']:.2f} s vs {o['uncounted_s']:.2f} s, best of 3, on the machine above): "
+            f"{verdict} the target of {o['target']:g}x.\n")
+
+
 def plots(out: Path, rows, front, model: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -269,11 +302,14 @@ def bench(out: Path, model: str = "gpt2", tokens: int = 3, progress=None, comman
     paper = paper_comparison(out, model, rows)
     front = frontier(out, model, progress)
     quant = quantization_error(model, QUANT_TOKENS, progress)
+    overhead = counter_overhead(out / "builds" / f"{model}-sim64-int8")
     info = {"model": model, "tokens": tokens, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
             "command": command or f"mcugpt bench --model {model} --tokens {tokens} --out {out}",
             "wall_s": time.perf_counter() - t0}
-    result = {"info": info, "configs": rows, "paper": paper, "frontier": front, "int8_vs_fp32": quant}
+    result = {"info": info, "configs": rows, "paper": paper, "frontier": front, "int8_vs_fp32": quant,
+              "counter_overhead": overhead}
     (out / "bench.json").write_text(json.dumps(result, indent=1))
-    (out / "bench.md").write_text(markdown(rows, paper, front, info) + quant_markdown(quant))
+    (out / "bench.md").write_text(markdown(rows, paper, front, info) + quant_markdown(quant)
+                                  + overhead_markdown(overhead))
     plots(out, rows, front, model)
     return result

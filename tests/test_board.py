@@ -436,4 +436,4 @@ def test_the_real_firmware_reproduces_the_reference(tiny_firmware, tiny_build, t
     assert [s.calls for s in result.stages[:-1]] == [len(prompt) + 4 - 1] * (len(names) - 1)
     assert result.stages[-1].calls == 4
     # the measured peak stays within the plan's
-    assert 0 < result.peak_ram.peak_bytes <= tiny_build.plan.data["peak_ram_bytes"]
+    assert 0 < result.peak_ram.peak_bytes <= tiny_build.plan.peak_ram_bytes

@@ -95,10 +95,10 @@ def test_a_small_ram_budget_gives_the_same_tokens(tiny, tok, tmp_path):
     board maps exactly that much SRAM, so the firmware provably fits it."""
     cfg, w = tiny
     small = compile_model("tiny", tmp_path, ram=96 << 10, quiet=True)
-    assert small.plan.data["tile_bytes"] < 64 << 10
+    assert small.plan.to_dict()["tile_bytes"] < 64 << 10
     prompt_tokens = tok.encode(PROMPTS[0])
     ref = generate(Reference(cfg, w), prompt_tokens, 6, Sampling(), keep_logits=True,
-                   n_ctx=small.plan.data["ctx"])
+                   n_ctx=small.plan.ctx)
     with Board(tmp_path / "firmware.elf", tmp_path / "flash.img", ram_bytes=96 << 10) as board:
         result = board.run(prompt_tokens, 6, dump_logits=True)
     assert_matches_reference(result, ref)
@@ -171,7 +171,7 @@ def test_resident_weights_give_the_same_tokens_and_read_less_flash(tiny, tok, tm
         result = board_generate(built.out_dir, prompt_tokens, 5, Sampling())
         assert_matches_reference(result, ref)
         flash[group] = result.flash_bytes
-        resident = built.plan.data["resident"]
+        resident = built.plan.to_dict()["resident"]
         if group == "auto":
             assert resident["stages_fully_resident"] >= 8
             mlp = next(s for s in result.stages if s.name == "h1.mlp")

@@ -7,13 +7,25 @@ import pytest
 from conftest import mcugpt
 
 
-@pytest.mark.parametrize("command", [[], ["compile"], ["reference"], ["inspect"]])
+@pytest.mark.parametrize("command", [[], ["compile"], ["reference"], ["run"], ["bench"], ["inspect"]])
 def test_help_explains_every_option(command):
     out = mcugpt(*command, "--help", check=True).stdout
     assert "usage: mcugpt" in out
     if command == ["compile"]:
-        for opt in ("--model", "--weights", "--seed", "--ram", "--ctx", "--out", "--json"):
+        for opt in ("--model", "--weights", "--weights-seed", "--ram", "--ctx", "--out", "--json"):
             assert opt in out
+
+
+def test_seed_is_the_sampling_seed_in_every_command(tok):
+    """--seed seeds sampling in `reference` as in `run`; the synthetic weights have their own
+    --weights-seed. So a greedy reference ignores --seed, and --weights-seed changes the model."""
+    for command in ("reference", "run"):
+        help_text = " ".join(mcugpt(command, "--help", check=True).stdout.split())
+        assert "--seed N seed of the sampling PRNG" in help_text, command
+    args = ("reference", "--model", "tiny", "--prompt", "Hello", "--tokens", "4", "--json")
+    base = json.loads(mcugpt(*args, check=True).stdout)["tokens"]
+    assert json.loads(mcugpt(*args, "--seed", "7", check=True).stdout)["tokens"] == base
+    assert json.loads(mcugpt(*args, "--weights-seed", "7", check=True).stdout)["tokens"] != base
 
 
 def test_compile_writes_onnx_plan_image_and_headers(tmp_path):
@@ -41,9 +53,9 @@ def test_reference_json(tiny, tok):
 def test_reference_sampling_is_seeded():
     args = ("reference", "--model", "tiny", "--prompt", "Once upon", "--tokens", "8", "--json",
             "--temperature", "0.9", "--top-k", "20")
-    a = json.loads(mcugpt(*args, "--sample-seed", "1", check=True).stdout)["tokens"]
-    b = json.loads(mcugpt(*args, "--sample-seed", "1", check=True).stdout)["tokens"]
-    c = json.loads(mcugpt(*args, "--sample-seed", "2", check=True).stdout)["tokens"]
+    a = json.loads(mcugpt(*args, "--seed", "1", check=True).stdout)["tokens"]
+    b = json.loads(mcugpt(*args, "--seed", "1", check=True).stdout)["tokens"]
+    c = json.loads(mcugpt(*args, "--seed", "2", check=True).stdout)["tokens"]
     assert a == b != c
 
 

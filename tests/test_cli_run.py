@@ -30,11 +30,11 @@ def test_run_json_has_tokens_text_and_figures(tiny_build, tok):
     assert r["check"]["tokens_equal"] and r["check"]["reference_tokens"] == r["tokens"]
     assert r["check"]["logits_identical"] and r["check"]["logits_max_abs_error"] == 0.0
     d = r["device"]
-    # I/O and compute overlap where the firmware double-buffers (tests/test_double_buffer.py)
-    assert d["s_per_token"] == pytest.approx(d["io_s_per_token"] + d["compute_s_per_token"]
-                                             - d["overlap_s_per_token"])
+    # I/O and compute overlap where the firmware double-buffers (tests/test_double_buffer.py
+    # checks the timeline against a replay of the DMA log): overlapping only hides time
     assert max(d["io_s_per_token"], d["compute_s_per_token"]) <= d["s_per_token"] * (1 + 1e-9)
-    assert r["flash_bytes_per_token"] >= tiny_build.plan.data["totals"]["flash_bytes_per_token"]
+    assert d["s_per_token"] <= (d["io_s_per_token"] + d["compute_s_per_token"]) * (1 + 1e-9)
+    assert r["flash_bytes_per_token"] >= tiny_build.plan.totals.flash_bytes_per_token
     ram = r["peak_ram"]
     assert 0 < ram["measured"] <= ram["plan"] and ram["stack_used"] > 0
     assert {k["kind"] for k in r["stage_kinds"]} == {"embed", "ln_1", "attn_qkv", "attn_core", "attn_proj",

@@ -49,7 +49,7 @@ def disassemble(path):
 def board_elf(request, tiny_build, tmp_path_factory):
     need(request.param)
     out = build_dir(tiny_build, tmp_path_factory.mktemp(request.param))
-    return request.param, build(out, tiny_build.plan, cc=request.param), tiny_build.plan.data
+    return request.param, build(out, tiny_build.plan, cc=request.param), tiny_build.plan.to_dict()
 
 
 def symbols(elf):
@@ -109,7 +109,7 @@ def test_sources_compile_without_warnings(tiny_build, tmp_path):
     ld = tmp_path / "firmware.ld"
     ld.write_text(render_linker_script(tiny_build.plan))
     for cc in ["zig", "host", *(["arm-none-eabi-gcc"] if shutil.which("arm-none-eabi-gcc") else [])]:
-        cmd = _command(cc, tiny_build.out_dir / "include", tmp_path / f"fw_{cc}", ld, tiny_build.plan, False,
+        cmd = _command(cc, tiny_build.out_dir / "include", tmp_path / f"fw_{cc}", ld, False,
                        RUNTIME_C)
         res = subprocess.run([*cmd, *strict], capture_output=True, text=True)
         assert res.returncode == 0, f"{cc}: {res.stderr}"
@@ -117,7 +117,7 @@ def test_sources_compile_without_warnings(tiny_build, tmp_path):
 
 def test_linker_script_comes_from_the_memory_map_and_plan(tiny_build):
     text = render_linker_script(tiny_build.plan)
-    d = tiny_build.plan.data
+    d = tiny_build.plan.to_dict()
     assert f"ORIGIN = 0x{memory_map.CODE_BASE:08X}, LENGTH = {memory_map.CODE_SIZE}" in text
     assert f"ORIGIN = 0x{memory_map.SRAM_BASE:08X}, LENGTH = {d['ram_budget']}" in text
     assert f"STACK_RESERVE = {d['reserved']['stack']};" in text
@@ -148,9 +148,9 @@ def test_rebuild_only_when_inputs_change(tiny_build, tmp_path):
 def test_budget_too_small_to_link_is_a_clean_error(cc, change, message, tiny_build, tmp_path):
     need(cc)
     out = build_dir(tiny_build, tmp_path)
-    data = tiny_build.plan.data
+    data = tiny_build.plan.to_dict()
     with pytest.raises(McugptError) as e:
-        build(out, Plan({**data, **change(data)}), cc=cc)
+        build(out, Plan.from_dict({**data, **change(data)}), cc=cc)
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(f"firmware build ({cc}) failed") and message in msg
     assert not (out / "firmware.elf").exists()
@@ -170,9 +170,9 @@ def test_missing_compiler_and_wrong_headers_are_clean_errors(tiny_build, tmp_pat
     out = build_dir(tiny_build, tmp_path)
     with pytest.raises(McugptError, match="unknown firmware compiler 'clang'"):
         build(out, tiny_build.plan, cc="clang")
-    other = dict(tiny_build.plan.data, plan_id=0x12345678)
+    other = dict(tiny_build.plan.to_dict(), plan_id=0x12345678)
     with pytest.raises(McugptError, match="plan id .* is not the plan's 0x12345678"):
-        build(out, Plan(other), cc="zig")
+        build(out, Plan.from_dict(other), cc="zig")
     with pytest.raises(McugptError, match="no model_plan.h"):
         build(tmp_path / "nowhere", tiny_build.plan, cc="zig")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))

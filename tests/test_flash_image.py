@@ -23,7 +23,7 @@ def image_copy(tiny_build, tmp_path):
 
 def test_header_describes_the_model_and_plan(tiny_build):
     img = read_image(tiny_build.out_dir / "flash.img")
-    h, plan = img.header, tiny_build.plan.data
+    h, plan = img.header, tiny_build.plan.to_dict()
     assert (h["n_layer"], h["n_head"], h["n_embd"], h["vocab_size"]) == (2, 4, 64, 50257)
     assert h["n_ctx"] == plan["ctx"] and h["plan_id"] == plan["plan_id"]
     assert h["stage_count"] == 14 and h["eot_token"] == 50256

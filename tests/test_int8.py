@@ -1,10 +1,12 @@
 """int8 weights: quantized per output row offline, activations per vector at run time, exact
 int32 dot products. The board's int8 tokens and logits equal the int8 numpy reference's."""
 
+import math
+import struct
+
 import numpy as np
 import pytest
 
-from compiler.flash_image import int8_tiles
 from target.flash_layout import read_image
 from compiler.pipeline import compile_model
 from compiler.quantize import matvec_int8, quantize_rows, quantize_vector, round_half_away
@@ -44,20 +46,40 @@ def test_int8_product_is_close_to_float_and_exact_in_integers():
     assert np.abs(y - w @ x).max() < 0.03 * np.abs(w @ x).max()
 
 
-def test_image_stores_int8_matrices_in_the_plans_tiles(tiny, tiny_int8):
+def _expected_int8_tiles(w_out_in: np.ndarray, tile_rows: int) -> bytes:
+    """The int8_tiled layout written out from its definition (docs/flash_image.md), one row at
+    a time in plain Python arithmetic, not with compiler/quantize.py: each row's scale is
+    max|row| / 127 (float32), its values round(w * (127 / max|row|)), halves away from zero;
+    each tile is its rows' scales (little-endian float32), then their values, row by row."""
+    scales, values = [], []
+    for row in w_out_in.astype(np.float32):
+        amax = np.float32(max(abs(float(v)) for v in row))
+        inv = np.float32(np.float32(127.0) / amax)
+        q = []
+        for v in row:
+            t = float(np.float32(v * inv))
+            q.append(int(math.copysign(math.floor(abs(t) + 0.5), t)))
+        scales.append(struct.pack("<f", np.float32(amax / np.float32(127.0))))
+        values.append(struct.pack(f"<{len(q)}b", *q))
+    out = b""
+    for start in range(0, len(scales), tile_rows):
+        out += b"".join(scales[start:start + tile_rows]) + b"".join(values[start:start + tile_rows])
+    return out
+
+
+def test_image_stores_int8_matrices_in_the_plans_tiles(tiny, tmp_path):
     cfg, w = tiny
-    img = read_image(tiny_int8.out_dir / "flash.img")  # CRCs
+    tiled = compile_model("tiny", tmp_path, dtype="int8", ram=160 << 10, cc=None, quiet=True)
+    img = read_image(tiled.out_dir / "flash.img")  # CRCs
     t = next(t for t in img.tensors if t["name"] == "h.0.mlp.c_fc.weight")
     rows, cols = 4 * cfg.n_embd, cfg.n_embd
     assert t["size"] == rows * (cols + 4)
-    per_tile = next(m["rows_per_tile"] for s in tiny_int8.plan.data["stages"] if s["name"] == "h0.mlp"
-                    for m in s["matrices"] if m["role"] == "w_fc")
-    raw = np.fromfile(tiny_int8.out_dir / "flash.img", np.uint8, count=t["size"], offset=t["offset"])
-    np.testing.assert_array_equal(raw, int8_tiles(w["h.0.mlp.c_fc.weight"].T.copy(), per_tile))
-    scales = raw[: 4 * min(per_tile, rows)].view("<f4")
-    np.testing.assert_array_equal(scales, quantize_rows(w["h.0.mlp.c_fc.weight"].T)[1][:per_tile])
+    per_tile = tiled.plan.tensor("h.0.mlp.c_fc.weight").tile_rows
+    assert per_tile < rows   # several tiles: the layout between tiles is checked too
+    raw = np.fromfile(tiled.out_dir / "flash.img", np.uint8, count=t["size"], offset=t["offset"])
+    assert raw.tobytes() == _expected_int8_tiles(w["h.0.mlp.c_fc.weight"].T, per_tile)
     # a quarter of fp32's bytes, plus a scale per row
-    assert tiny_int8.plan.data["totals"]["weight_bytes"] < 0.27 * sum(a.nbytes for a in w.values())
+    assert tiled.plan.totals.weight_bytes < 0.27 * sum(a.nbytes for a in w.values())
 
 
 @pytest.mark.parametrize("sampling", [Sampling(), Sampling(0.9, 40, 11)], ids=["greedy", "sampled"])

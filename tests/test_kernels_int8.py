@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from compiler import quantize as qz
+from target.memory_map import TOPK_MAX
 
 try:
     from . import kernels_host as kh
@@ -501,7 +502,7 @@ def build_board_program(compiler, out):
             *(str(kh.RUNTIME_C / s) for s in BOARD_SOURCES)]
     # zig: -nostdlib would drop compiler_rt; gcc: no newlib, libgcc for any helper
     link = ["-Wl,--entry=Reset_Handler"] + ([] if compiler == "zig" else ["-nostdlib"])
-    cmd = [*m7_compiler(compiler), "-std=c99", "-Wall", "-Wextra", "-Werror",
+    cmd = [*m7_compiler(compiler), "-std=c99", "-Wall", "-Wextra", "-Werror", f"-DTOPK_MAX={TOPK_MAX}",
            f"-I{out / 'include'}", f"-I{FIRMWARE_DIR}", f"-I{kh.RUNTIME_C}",
            "-T", str(FIRMWARE_DIR / "board_test.ld"), *link, *srcs, "-o", str(elf)]
     if compiler == "gcc":
@@ -654,17 +655,21 @@ def board_speed(compiler, board_program, tmp_path, rows=768, cols=3072, reps=3):
     t8 = stages[STAGE_MATVEC_I8].wall_s / reps
     t32 = stages[STAGE_MATVEC_F32].wall_s / reps
     return {"macs": macs, "int8_s": t8, "fp32_s": t32, "quantize_s": t_q,
-            "int8_mac_s": macs / t8, "fp32_mac_s": macs / t32}
+            "int8_mac_s": macs / t8, "fp32_mac_s": macs / t32,
+            "int8_instructions": stages[STAGE_MATVEC_I8].instructions / reps,
+            "fp32_instructions": stages[STAGE_MATVEC_F32].instructions / reps}
 
 
 @pytest.mark.parametrize("compiler", ["zig", "gcc"])
-def test_board_int8_matvec_768x3072_is_exact_and_faster_than_fp32(compiler, board_program, tmp_path):
+def test_board_int8_matvec_768x3072_is_exact_and_executes_fewer_instructions_than_fp32(
+        compiler, board_program, tmp_path):
+    """Exact (checked in board_speed), and cheaper on the device: counted instructions, not
+    the emulator's wall time (a benchmark figure, not a test)."""
     s = board_speed(compiler, board_program, tmp_path)
-    print(f"\n{compiler}: 768x3072 on the board: int8 {s['int8_s'] * 1e3:.1f} ms "
-          f"({s['int8_mac_s'] / 1e6:.0f} M MAC/s, + quantize {s['quantize_s'] * 1e3:.2f} ms), "
-          f"fp32 {s['fp32_s'] * 1e3:.1f} ms ({s['fp32_mac_s'] / 1e6:.0f} M MAC/s), "
-          f"x{s['fp32_s'] / s['int8_s']:.2f}")
-    assert s["int8_s"] < s["fp32_s"]
+    per_mac8, per_mac32 = s["int8_instructions"] / s["macs"], s["fp32_instructions"] / s["macs"]
+    print(f"\n{compiler}: 768x3072 on the board: int8 {per_mac8:.3f} instructions/MAC, "
+          f"fp32 {per_mac32:.3f}")
+    assert per_mac8 < 0.8 * per_mac32
 
 
 if __name__ == "__main__":

@@ -313,7 +313,7 @@ def test_tiny_firmware_logits_equal_the_reference(sampling, tiny_firmware, tiny,
     dtype, (binary, image, compiled) = tiny_firmware
     cfg, w = tiny
     n_new = 12
-    ref = generate(Reference(cfg, w, dtype), prompt, n_new, sampling, n_ctx=compiled.plan.data["ctx"],
+    ref = generate(Reference(cfg, w, dtype), prompt, n_new, sampling, n_ctx=compiled.plan.ctx,
                    keep_logits=True)
     run = run_host(binary, image, prompt, n_new, None if sampling.greedy else sampling, dump_dir=tmp_path)
     assert run.code == 0, run.stderr[-2000:]
@@ -328,6 +328,6 @@ def test_distilgpt2_firmware_logits_equal_the_reference(dtype, tmp_path_factory,
     image.unlink()   # 313 MiB in fp32
     cfg = load_preset("distilgpt2")
     ref = generate(Reference(cfg, synthetic_weights(cfg, 0), dtype), prompt[:5], 3, Sampling(),
-                   n_ctx=compiled.plan.data["ctx"], keep_logits=True)
+                   n_ctx=compiled.plan.ctx, keep_logits=True)
     assert run.code == 0, run.stderr[-2000:]
     assert_logits_equal(run, ref)

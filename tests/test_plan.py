@@ -29,7 +29,7 @@ class _Shape:
 
 def test_gpt2_has_72_block_stages_and_its_kv_bytes(gpt2_stages):
     cfg, stages = gpt2_stages
-    plan = make_plan(cfg, stages).data
+    plan = make_plan(cfg, stages).to_dict()
     assert plan["totals"]["block_stages"] == 72 and plan["totals"]["stages"] == 74
     assert plan["kv"]["bytes_per_token"] == 73_728
     assert plan["kv"]["bytes"] == 73_728 * plan["ctx"]
@@ -37,7 +37,7 @@ def test_gpt2_has_72_block_stages_and_its_kv_bytes(gpt2_stages):
 
 def test_default_context_is_the_largest_the_budget_allows(gpt2_stages):
     cfg, stages = gpt2_stages
-    plan = make_plan(cfg, stages, ram=64 << 20).data
+    plan = make_plan(cfg, stages, ram=64 << 20).to_dict()
     # 1024 positions of KV cache (72 MiB) cannot fit a 64 MiB board
     assert plan["ctx_limited_by"] == "sram" and plan["ctx"] < 1024
     assert plan["peak_ram_bytes"] <= 64 << 20
@@ -49,7 +49,7 @@ def test_default_context_is_the_largest_the_budget_allows(gpt2_stages):
 
 def test_buffers_are_aligned_and_do_not_overlap(gpt2_stages):
     cfg, stages = gpt2_stages
-    plan = make_plan(cfg, stages, ram=8 << 20).data
+    plan = make_plan(cfg, stages, ram=8 << 20).to_dict()
     spans = sorted((b["offset"], b["offset"] + b["bytes"]) for b in plan["buffers"])
     assert all(start % 32 == 0 for start, _ in spans)
     assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
@@ -60,13 +60,13 @@ def test_buffers_are_aligned_and_do_not_overlap(gpt2_stages):
 def test_weights_stream_in_tiles_that_fit_the_tile_buffer(gpt2_stages):
     cfg, stages = gpt2_stages
     for ram in (1 << 20, 8 << 20, 64 << 20):
-        plan = make_plan(cfg, stages, ram=ram).data
-        for s in plan["stages"]:
-            for m in s["matrices"]:
-                assert m["rows_per_tile"] * m["cols"] * 4 <= plan["tile_bytes"]
-                assert m["tiles"] * m["rows_per_tile"] >= m["rows"]
-    roomy = make_plan(cfg, stages, ram=64 << 20, ctx=64, group="none").data  # tiles take all the room
-    assert all(m["tiles"] == 1 for s in roomy["stages"] if s["kind"] != "head" for m in s["matrices"])
+        plan = make_plan(cfg, stages, ram=ram)
+        for s in plan.stages:
+            for _role, t in plan.matrices(s):
+                assert t.tile_rows * t.cols * 4 <= plan.tile_bytes
+                assert t.tiles * t.tile_rows >= t.rows
+    roomy = make_plan(cfg, stages, ram=64 << 20, ctx=64, group="none")  # tiles take all the room
+    assert all(t.tiles == 1 for s in roomy.stages if s.kind != "head" for _r, t in roomy.matrices(s))
 
 
 def test_a_budget_too_small_gives_the_smallest_that_works(gpt2_stages):
@@ -75,14 +75,14 @@ def test_a_budget_too_small_gives_the_smallest_that_works(gpt2_stages):
                                           r"the smallest budget that works is ([\d,]+) bytes") as e:
         make_plan(cfg, stages, ram=4 << 20, ctx=256)
     smallest = int(str(e.value).split("works is ")[1].split(" ")[0].replace(",", ""))
-    assert make_plan(cfg, stages, ram=smallest, ctx=256).data["peak_ram_bytes"] <= smallest
+    assert make_plan(cfg, stages, ram=smallest, ctx=256).to_dict()["peak_ram_bytes"] <= smallest
     with pytest.raises(McugptError):
         make_plan(cfg, stages, ram=smallest - 1, ctx=256)
 
 
 def test_stage_figures(gpt2_stages):
     cfg, stages = gpt2_stages
-    plan = make_plan(cfg, stages, ram=64 << 20, ctx=512).data
+    plan = make_plan(cfg, stages, ram=64 << 20, ctx=512).to_dict()
     by = {s["name"]: s for s in plan["stages"]}
     d = 768
     assert by["h0.attn_qkv"]["weight_bytes"] == (3 * d * d + 3 * d) * 4
@@ -98,28 +98,28 @@ def test_stage_figures(gpt2_stages):
 
 def test_grouping_keeps_the_smallest_weights_resident_in_the_ram_left(gpt2_stages):
     cfg, stages = gpt2_stages
-    none = make_plan(cfg, stages, ram=64 << 20, ctx=64, dtype="int8", group="none").data
-    auto = make_plan(cfg, stages, ram=64 << 20, ctx=64, dtype="int8", group="auto").data
-    assert none["resident"]["bytes"] == 0 and none["resident"]["tensors"] == []
-    r = auto["resident"]
-    assert r["bytes"] > 40 << 20 and auto["peak_ram_bytes"] <= 64 << 20
+    none = make_plan(cfg, stages, ram=64 << 20, ctx=64, dtype="int8", group="none")
+    auto = make_plan(cfg, stages, ram=64 << 20, ctx=64, dtype="int8", group="auto")
+    assert none.resident.bytes == 0 and none.resident_tensors == []
+    kept = auto.resident_tensors
+    assert auto.resident.bytes > 40 << 20 and auto.peak_ram_bytes <= 64 << 20
     # I/O saved: resident tensors are not read per token
-    assert auto["totals"]["flash_bytes_per_token"] == none["totals"]["flash_bytes_per_token"] - sum(
-        t["bytes"] for t in r["tensors"] if t["name"] != "wte.weight")
+    assert auto.totals.flash_bytes_per_token == none.totals.flash_bytes_per_token - sum(
+        t.bytes for t in kept if t.name != "wte.weight")
     # smallest first: every vector is resident before any matrix
-    names = [t["name"] for t in r["tensors"]]
+    names = [t.name for t in kept]
     assert all(n in names for n in (f"h.{i}.ln_1.weight" for i in range(12)))
-    sizes = [t["bytes"] for t in r["tensors"]]
+    sizes = [t.bytes for t in kept]
     assert sizes == sorted(sizes)
     # the resident region is a buffer of the arena like any other, and each tensor lies in it
-    buf = next(b for b in auto["buffers"] if b["name"] == "resident")
-    assert all(buf["offset"] <= t["offset"] and t["offset"] + t["bytes"] <= buf["offset"] + buf["bytes"]
-               for t in r["tensors"])
-    assert r["groups_without_flash_io"], "some consecutive stages should run without flash I/O"
+    buf = auto.buffer("resident")
+    assert all(buf.offset <= t.resident_offset and t.resident_offset + t.bytes <= buf.offset + buf.bytes
+               for t in kept)
+    assert auto.resident.groups_without_flash_io, "some consecutive stages should run without flash I/O"
 
 
 def test_more_ram_means_fewer_flash_bytes_per_token(gpt2_stages):
     cfg, stages = gpt2_stages
-    flash = [make_plan(cfg, stages, ram=ram, ctx=64, dtype="int8").data["totals"]["flash_bytes_per_token"]
+    flash = [make_plan(cfg, stages, ram=ram, ctx=64, dtype="int8").to_dict()["totals"]["flash_bytes_per_token"]
              for ram in (8 << 20, 16 << 20, 32 << 20, 64 << 20)]
     assert flash == sorted(flash, reverse=True) and flash[-1] < 0.6 * flash[0]

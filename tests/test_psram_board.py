@@ -125,7 +125,7 @@ def n_forward(prompt, n_new):
 
 
 def test_the_plan_puts_the_kv_cache_in_psram_and_one_block_in_the_arena(psram_tiny):
-    plan = psram_tiny.plan.data
+    plan = psram_tiny.plan.to_dict()
     n_layer, n_head, n_embd, head_dim, ctx, block = layout(plan)
     assert plan["kv"]["placement"] == "psram"
     assert plan["kv"]["layout"] == "[layer][keys, values][head][position][head_dim] from PSRAM address 0"
@@ -142,7 +142,7 @@ def test_the_psram_path_compiles_without_warnings(psram_tiny, tmp_path):
     ld = tmp_path / "firmware.ld"
     ld.write_text(render_linker_script(psram_tiny.plan))
     for cc in ["zig", "host", *(["arm-none-eabi-gcc"] if shutil.which("arm-none-eabi-gcc") else [])]:
-        cmd = _command(cc, psram_tiny.out_dir / "include", tmp_path / f"fw_{cc}", ld, psram_tiny.plan, False,
+        cmd = _command(cc, psram_tiny.out_dir / "include", tmp_path / f"fw_{cc}", ld, False,
                        RUNTIME_C)
         res = subprocess.run([*cmd, *strict], capture_output=True, text=True)
         assert res.returncode == 0, f"{cc}: {res.stderr}"
@@ -156,7 +156,7 @@ def test_the_psram_path_compiles_without_warnings(psram_tiny, tmp_path):
 def test_greedy_tokens_and_logits_equal_the_reference(text, psram_tiny, tiny_ref, tok):
     prompt = tok.encode(text)
     n_new = 8
-    ref = generate(tiny_ref, prompt, n_new, Sampling(), keep_logits=True, n_ctx=psram_tiny.plan.data["ctx"])
+    ref = generate(tiny_ref, prompt, n_new, Sampling(), keep_logits=True, n_ctx=psram_tiny.plan.ctx)
     result, _ = board_run(psram_tiny.out_dir, prompt, n_new)
     assert_matches_reference(result, ref)
     assert result.peak_ram.peak_bytes <= TINY_RAM <= STM32H7.sram_bytes
@@ -166,14 +166,14 @@ def test_greedy_tokens_and_logits_equal_the_reference(text, psram_tiny, tiny_ref
 def test_seeded_sampling_equals_the_reference(seed, psram_tiny, tiny_ref, tok):
     prompt = tok.encode(PROMPT)
     sampling = Sampling(temperature=0.9, top_k=40, seed=seed)
-    ref = generate(tiny_ref, prompt, 10, sampling, keep_logits=True, n_ctx=psram_tiny.plan.data["ctx"])
+    ref = generate(tiny_ref, prompt, 10, sampling, keep_logits=True, n_ctx=psram_tiny.plan.ctx)
     result, _ = board_run(psram_tiny.out_dir, prompt, 10, sampling)
     assert_matches_reference(result, ref)
 
 
 def test_the_psram_path_gives_the_bits_of_the_sram_path(psram_tiny, sram_tiny, tok):
     """The same kernels in the same order over blocks read back by DMA: identical floats."""
-    assert sram_tiny.plan.data["kv"]["placement"] == "sram"
+    assert sram_tiny.plan.kv.placement == "sram"
     prompt = tok.encode(LONG_PROMPT)
     in_psram, _ = board_run(psram_tiny.out_dir, prompt, 6)
     in_sram, _ = board_run(sram_tiny.out_dir, prompt, 6)
@@ -185,7 +185,7 @@ def test_the_psram_path_gives_the_bits_of_the_sram_path(psram_tiny, sram_tiny, t
 
 def test_the_cache_in_psram_is_the_references_at_the_documented_layout(psram_tiny, tiny, tiny_ref, tok):
     cfg, _ = tiny
-    plan = psram_tiny.plan.data
+    plan = psram_tiny.plan.to_dict()
     n_layer, n_head, n_embd, head_dim, ctx, _ = layout(plan)
     prompt = tok.encode(PROMPT)
     result, psram = board_run(psram_tiny.out_dir, prompt, 5)
@@ -206,7 +206,7 @@ def test_the_cache_in_psram_is_the_references_at_the_documented_layout(psram_tin
 
 
 def test_psram_bytes_per_position_are_the_layouts(psram_tiny, tok):
-    plan = psram_tiny.plan.data
+    plan = psram_tiny.plan.to_dict()
     n_layer, _, n_embd, _, _, _ = layout(plan)
     prompt = tok.encode(LONG_PROMPT)
     n_new = 4
@@ -230,7 +230,7 @@ def test_psram_bytes_per_position_are_the_layouts(psram_tiny, tok):
 
 @pytest.mark.parametrize("preset", ["octal-psram-200", "quad-psram-80"])
 def test_psram_time_is_the_timing_models_over_the_transfers(preset, psram_tiny, tok):
-    plan = psram_tiny.plan.data
+    plan = psram_tiny.plan.to_dict()
     prompt = tok.encode(LONG_PROMPT)
     n_new = 3
     result, _ = board_run(psram_tiny.out_dir, prompt, n_new, psram_preset=preset, psram_bytes=8 << 20)
@@ -254,7 +254,7 @@ def test_a_board_without_psram_stops_with_one_psram_error_line(psram_tiny, tok):
         board_run(psram_tiny.out_dir, tok.encode(PROMPT), 2, psram_preset=None, psram_bytes=0)
     err = e.value
     assert isinstance(err, FirmwareError) and err.name == "PSRAM_ERROR"
-    head_row = layout(psram_tiny.plan.data)[3] * 4
+    head_row = layout(psram_tiny.plan.to_dict())[3] * 4
     assert err.exit_args == (ERROR_DONE, 0, head_row)  # the first write: layer 0, head 0, position 0
     msg = str(err)
     assert "\n" not in msg
@@ -264,7 +264,7 @@ def test_a_board_without_psram_stops_with_one_psram_error_line(psram_tiny, tok):
 
 
 def test_a_psram_smaller_than_the_cache_stops_at_the_first_transfer_past_its_end(psram_tiny, tok):
-    plan = psram_tiny.plan.data
+    plan = psram_tiny.plan.to_dict()
     n_layer, n_head, _, head_dim, ctx, _ = layout(plan)
     size = plan["kv"]["bytes"] // n_layer   # layer 0's keys and values only
     with pytest.raises(FirmwareError) as e:
@@ -372,7 +372,7 @@ def test_the_host_build_with_the_cache_in_psram_equals_the_reference(sanitize, p
             pytest.skip(f"sanitizers unavailable: {e}")
         raise
     prompt = tok.encode(LONG_PROMPT)
-    ref = generate(tiny_ref, prompt, 6, Sampling(), keep_logits=True, n_ctx=psram_tiny.plan.data["ctx"])
+    ref = generate(tiny_ref, prompt, 6, Sampling(), keep_logits=True, n_ctx=psram_tiny.plan.ctx)
     run = run_host(binary, psram_tiny.out_dir / "flash.img", prompt, 6, dump_dir=tmp_path)
     assert run.code == 0 and run.tokens == ref.tokens, run.stderr[-3000:]
     np.testing.assert_array_equal(run.logits, np.stack(ref.logits))
@@ -389,7 +389,7 @@ def distil_h7(tmp_path_factory):
 
 def test_distilgpt2_on_the_stm32h7_equals_the_reference(distil_h7, distil, tok):
     cfg, w = distil
-    plan = distil_h7.plan.data
+    plan = distil_h7.plan.to_dict()
     assert plan["kv"]["placement"] == "psram"
     prompt = tok.encode("In 1969, the first")
     ref = generate(Reference(cfg, w), prompt, 3, Sampling(), keep_logits=True, n_ctx=plan["ctx"])
@@ -406,7 +406,7 @@ def test_gpt2_124m_on_the_stm32h7_equals_the_reference(tmp_path_factory, tok):
     t0 = time.perf_counter()
     built = compile_model("gpt2", out, board="stm32h7", quiet=True)
     compile_s = time.perf_counter() - t0
-    plan = built.plan.data
+    plan = built.plan.to_dict()
     assert plan["kv"]["placement"] == "psram" and plan["dtype"] == "fp32"
     prompt = tok.encode("Hello, my name is")
     result, _ = board_run(out, prompt, 2)

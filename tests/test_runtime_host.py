@@ -89,7 +89,7 @@ def prompt(tok):
 def test_tokens_and_logits_match_the_reference(sampling, host, tiny_reference, prompt, tok, tmp_path):
     binary, image, compiled = host
     n_new = 16
-    ref = generate(tiny_reference, prompt, n_new, sampling, n_ctx=compiled.plan.data["ctx"], keep_logits=True)
+    ref = generate(tiny_reference, prompt, n_new, sampling, n_ctx=compiled.plan.ctx, keep_logits=True)
     run = run_host(binary, image, prompt, n_new, None if sampling.greedy else sampling, dump_dir=tmp_path)
     assert run.code == EXIT["OK"] and run.args[0] == n_new, run.stderr
     assert run.tokens == ref.tokens
@@ -109,19 +109,19 @@ def test_distilgpt2_greedy_matches_the_reference(tmp_path_factory, prompt):
     (out / "flash.img").unlink()   # 313 MiB
     cfg = load_preset("distilgpt2")
     ref = generate(Reference(cfg, synthetic_weights(cfg, 0)), prompt[:5], 3, Sampling(),
-                   n_ctx=compiled.plan.data["ctx"])
+                   n_ctx=compiled.plan.ctx)
     assert run.code == EXIT["OK"] and run.tokens == ref.tokens
 
 
 def test_a_small_budget_streams_many_tiles_with_a_short_last_one(tmp_path, tiny_reference, prompt):
     # 60 KiB: tiles of 5 rows, so 192 qkv rows and 50,257 vocabulary rows end in a short tile
     compiled = compile_model("tiny", tmp_path, ram=60 << 10, quiet=True)
-    matrices = [m for s in compiled.plan.data["stages"] for m in s["matrices"]]
-    assert any(m["rows"] % m["rows_per_tile"] for m in matrices)
-    assert max(m["tiles"] for m in matrices) > 10_000
+    matrices = [t for t in compiled.plan.tensors if t.access == "matrix"]
+    assert any(t.rows % t.tile_rows for t in matrices)
+    assert max(t.tiles for t in matrices) > 10_000
     binary = build(tmp_path, compiled.plan, cc="host")
     sampling = Sampling(temperature=0.9, top_k=40, seed=7)
-    n_ctx = compiled.plan.data["ctx"]
+    n_ctx = compiled.plan.ctx
     p = prompt[: n_ctx - 6]
     run = run_host(binary, tmp_path / "flash.img", p, 6, sampling, dump_dir=tmp_path)
     ref = generate(tiny_reference, p, 6, sampling, n_ctx=n_ctx, keep_logits=True)
@@ -239,7 +239,7 @@ def test_a_bad_request_is_refused(args, code, detail, host):
 
 def test_the_context_is_used_to_the_last_position(host, tiny_reference):
     binary, image, compiled = host
-    ctx = compiled.plan.data["ctx"]
+    ctx = compiled.plan.ctx
     prompt = [464] * (ctx - 3)
     run = run_host(binary, image, prompt, 3)
     assert run.code == EXIT["OK"]
