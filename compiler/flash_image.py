@@ -6,8 +6,18 @@ from pathlib import Path
 import numpy as np
 
 from target.errors import McugptError
-from target.flash_layout import (DTYPES, FORMAT_VERSION, HEADER, HEADER_CRC_SPAN, MAGIC, NO_LAYER, SECTOR,
-                                 STAGE_ENTRY, TENSOR_ENTRY, align)
+from target.flash_layout import (
+    DTYPES,
+    FORMAT_VERSION,
+    HEADER,
+    HEADER_CRC_SPAN,
+    MAGIC,
+    NO_LAYER,
+    SECTOR,
+    STAGE_ENTRY,
+    TENSOR_ENTRY,
+    align,
+)
 from target.stages import KIND_BY_NAME
 
 from .config import EOT_TOKEN, GPTConfig

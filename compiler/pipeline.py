@@ -9,14 +9,15 @@ from pathlib import Path
 import onnx
 from tqdm import tqdm
 
+from target.boards import DEFAULT_BOARD
+from target.errors import McugptError
+
 from .codegen import write_headers
 from .config import GPTConfig, config_from_hf, load_preset
-from target.errors import McugptError
 from .firmware import build as build_firmware
 from .flash_image import write_image
 from .onnx_export import export_onnx, initializer_array
 from .partition import Stage, partition
-from target.boards import DEFAULT_BOARD
 from .plan import Plan, make_plan
 from .tokenizer import load_tokenizer, token_bytes_table
 from .weights import load_checkpoint, synthetic_weights

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import numerics as nx
 from target.errors import McugptError
 from target.stages import checkpoint_tensors, stage_sequence
 
+from . import numerics as nx
 from .config import GPTConfig
 from .quantize import matvec_int8, quantize_rows
 from .sampler import Prng, Sampling, choose

@@ -32,24 +32,47 @@ from typing import Callable
 
 import numpy as np
 from elftools.elf.elffile import ELFFile
-from unicorn import (UC_ARCH_ARM, UC_ERR_INSN_INVALID, UC_HOOK_INTR, UC_HOOK_MEM_PROT,
-                     UC_HOOK_MEM_UNMAPPED, UC_MEM_FETCH_PROT, UC_MEM_FETCH_UNMAPPED,
-                     UC_MEM_READ_PROT, UC_MEM_READ_UNMAPPED, UC_MEM_WRITE_PROT,
-                     UC_MEM_WRITE_UNMAPPED, UC_MODE_THUMB, UC_PROT_ALL, UC_PROT_EXEC,
-                     UC_PROT_READ, Uc, UcError)
+from unicorn import (
+    UC_ARCH_ARM,
+    UC_ERR_INSN_INVALID,
+    UC_HOOK_INTR,
+    UC_HOOK_MEM_PROT,
+    UC_HOOK_MEM_UNMAPPED,
+    UC_MEM_FETCH_PROT,
+    UC_MEM_FETCH_UNMAPPED,
+    UC_MEM_READ_PROT,
+    UC_MEM_READ_UNMAPPED,
+    UC_MEM_WRITE_PROT,
+    UC_MEM_WRITE_UNMAPPED,
+    UC_MODE_THUMB,
+    UC_PROT_ALL,
+    UC_PROT_EXEC,
+    UC_PROT_READ,
+    Uc,
+    UcError,
+)
 from unicorn.arm_const import UC_ARM_REG_LR, UC_ARM_REG_PC, UC_ARM_REG_SP, UC_CPU_ARM_CORTEX_M7
 
+from emulator.instruction_count import InstructionCounter, counter_mode
+from emulator.peripherals import (
+    CpuClock,
+    Faults,
+    FlashController,
+    PositionStats,
+    PsramController,
+    StageCall,
+    StageStats,
+    SysCtl,
+    Trace,
+    Uart,
+)
+from emulator.psram import Psram
+from emulator.spi_flash import SpiNorFlash
 from target import memory_map as mm
 from target.boards import DEFAULT_BOARD, get_board
 from target.errors import McugptError
-from target.flash_layout import read_image
-from target.flash_layout import NO_LAYER
+from target.flash_layout import NO_LAYER, read_image
 from target.stages import STAGE_KINDS, stage_name
-from emulator.instruction_count import InstructionCounter, counter_mode
-from emulator.peripherals import (CpuClock, Faults, FlashController, PositionStats, PsramController,
-                                  StageCall, StageStats, SysCtl, Trace, Uart)
-from emulator.psram import Psram
-from emulator.spi_flash import SpiNorFlash
 
 __all__ = ["Board", "RunResult", "PeakRam", "StageStats", "PositionStats", "StageCall", "BoardFault",
            "FirmwareError", "PAINT"]

@@ -33,9 +33,9 @@ from typing import Callable, NamedTuple
 import numpy as np
 from unicorn import UcError
 
-from target import memory_map as mm
 from emulator.psram import Psram, PsramError
 from emulator.spi_flash import FlashError, SpiNorFlash
+from target import memory_map as mm
 
 DONE = mm.FLASH_STATUS["DONE"]
 BUSY = mm.FLASH_STATUS["BUSY"]

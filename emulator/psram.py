@@ -20,12 +20,7 @@ undefined contents; zero keeps runs reproducible).
 from __future__ import annotations
 
 from emulator.device_clock import DeviceClock
-from emulator.psram_timing import (
-    PsramTiming,
-    get_preset,
-    split_bursts,
-    transfer_time_ns,
-)
+from emulator.psram_timing import PsramTiming, get_preset, split_bursts, transfer_time_ns
 
 __all__ = [
     "Psram",

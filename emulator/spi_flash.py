@@ -29,14 +29,7 @@ bytearray on the first program or erase; writes are for tests and small images.
 from __future__ import annotations
 
 from emulator.device_clock import DeviceClock
-from emulator.flash_timing import (
-    FlashTiming,
-    address_bytes,
-    frame_ns,
-    get_preset,
-    read_mode_frame,
-    read_time_ns,
-)
+from emulator.flash_timing import FlashTiming, address_bytes, frame_ns, get_preset, read_mode_frame, read_time_ns
 
 __all__ = [
     "SpiNorFlash",

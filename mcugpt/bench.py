@@ -99,6 +99,7 @@ def quantization_error(model: str, n_tokens: int, progress) -> dict:
     continuation: per position, the RMS of the logit error (relative to the fp32 logits'
     standard deviation) and whether both pick the same top-1 token."""
     import numpy as np
+
     from compiler.reference import KVCache, Reference, generate
     from compiler.tokenizer import encode, load_tokenizer
     from compiler.weights import synthetic_weights
@@ -260,7 +261,6 @@ def plots(out: Path, rows, front, model: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     import numpy as np
     fig, ax = plt.subplots(figsize=(11, 5))
     labels = [f"{r['board']}\n{r['dtype']}\n{r['flash']}" for r in rows]

@@ -187,9 +187,9 @@ def cmd_reference(a) -> None:
 
 
 def cmd_run(a) -> None:
-    from mcugpt.run import Build, run, to_json
-    from mcugpt.report import run_summary
     from compiler.sampler import Sampling
+    from mcugpt.report import run_summary
+    from mcugpt.run import Build, run, to_json
     build = Build.open(a.build)
     sampling = Sampling(0.0 if a.greedy else a.temperature, a.top_k, a.seed)
 
@@ -218,8 +218,8 @@ def cmd_run(a) -> None:
 
 
 def cmd_bench(a) -> None:
-    from mcugpt.bench import bench
     from compiler.pipeline import progress_bar
+    from mcugpt.bench import bench
     out = Path(a.out)
     result = bench(out, a.model, a.tokens, progress=progress_bar(a.json),
                    command=" ".join(["mcugpt", *sys.argv[1:]]))
@@ -232,9 +232,9 @@ def cmd_bench(a) -> None:
 
 
 def cmd_inspect(a) -> None:
-    from target.flash_layout import read_image
     from compiler.pipeline import progress_bar
     from mcugpt.report import image_tables
+    from target.flash_layout import read_image
     img = read_image(Path(a.image), verify_weights=not a.no_verify, progress=progress_bar(a.json))
     if a.json:
         print(json.dumps({"header": img.header, "stages": img.stages, "tensors": img.tensors,

@@ -370,6 +370,8 @@ static void stage_attn_qkv(uint32_t i, const StageEntry* s) {
 // KV_BLOCK_POSITIONS of them is one DMA read.
 _Static_assert(2ull * N_LAYER * N_CTX * N_EMBD * F32 <= 0xFFFFFFFFull, "PSRAM addresses are 32-bit");
 
+enum { PSRAM_KEYS = 0, PSRAM_VALUES = 1 };   // the `values` argument below
+
 static uint32_t kv_psram_addr(uint32_t layer, uint32_t values, uint32_t head, uint32_t pos) {
     return (((layer * 2u + values) * N_HEAD + head) * N_CTX + pos) * HEAD_DIM * F32;
 }
@@ -380,7 +382,7 @@ static void psram_head_scores(float* scores, const float* q, uint32_t layer, uin
     float scale = attention_scale(HEAD_DIM);
     for (uint32_t t = 0; t < n_pos; t += KV_BLOCK_POSITIONS) {
         uint32_t n = n_pos - t < KV_BLOCK_POSITIONS ? n_pos - t : KV_BLOCK_POSITIONS;
-        psram_read(kv_psram_addr(layer, 0, head, t), BUF(KV_BLOCK), n * HEAD_DIM * F32);
+        psram_read(kv_psram_addr(layer, PSRAM_KEYS, head, t), BUF(KV_BLOCK), n * HEAD_DIM * F32);
         attention_scores(scores + t, q, BUF(KV_BLOCK), (int)n, HEAD_DIM, HEAD_DIM, scale);
     }
 }
@@ -392,7 +394,7 @@ static void psram_head_values(float* out, const float* scores, uint32_t layer, u
     for (uint32_t d = 0; d < HEAD_DIM; d++) out[d] = 0.0f;
     for (uint32_t t = 0; t < n_pos; t += KV_BLOCK_POSITIONS) {
         uint32_t n = n_pos - t < KV_BLOCK_POSITIONS ? n_pos - t : KV_BLOCK_POSITIONS;
-        psram_read(kv_psram_addr(layer, 1, head, t), BUF(KV_BLOCK), n * HEAD_DIM * F32);
+        psram_read(kv_psram_addr(layer, PSRAM_VALUES, head, t), BUF(KV_BLOCK), n * HEAD_DIM * F32);
         attention_accumulate(out, scores + t, BUF(KV_BLOCK), (int)n, HEAD_DIM, HEAD_DIM);
     }
 }
@@ -422,8 +424,8 @@ static void stage_attn_core(uint32_t i, const StageEntry* s, uint32_t pos) {
 #else
     for (uint32_t head = 0; head < N_HEAD; head++) {   // row pos of every head: k, then v
         uint32_t c = head * HEAD_DIM;
-        psram_write(kv_psram_addr(s->layer, 0, head, pos), k + c, HEAD_DIM * F32);
-        psram_write(kv_psram_addr(s->layer, 1, head, pos), v + c, HEAD_DIM * F32);
+        psram_write(kv_psram_addr(s->layer, PSRAM_KEYS, head, pos), k + c, HEAD_DIM * F32);
+        psram_write(kv_psram_addr(s->layer, PSRAM_VALUES, head, pos), v + c, HEAD_DIM * F32);
     }
     for (uint32_t head = 0; head < N_HEAD; head++) {
         uint32_t c = head * HEAD_DIM;

@@ -5,9 +5,9 @@ import shutil
 import struct
 
 import pytest
+from conftest import mcugpt
 
 from target.flash_layout import read_image
-from conftest import mcugpt
 
 
 def run_json(build_dir, *args):
@@ -93,6 +93,7 @@ def test_truncated_or_foreign_image_is_refused(damage, message, damaged):
             f.truncate(path.stat().st_size - 10_000)
     else:
         import zlib
+
         from target.flash_layout import HEADER, HEADER_CRC_SPAN
         raw = bytearray(path.read_bytes()[:HEADER.size])
         struct.pack_into("<I", raw, 4, 7)

@@ -21,15 +21,22 @@ import subprocess
 
 import numpy as np
 import pytest
+from conftest import mcugpt
+from test_board import image, program  # noqa: F401  (fixtures: the board's test programs)
+from test_kernels_int8 import (
+    BOARD_RAM,
+    FLAG_BIAS,
+    MODE_FP32,
+    MODE_INT8,
+    STAGE_MATVEC_F32,
+    STAGE_MATVEC_I8,
+    build_board_program,
+)
 from unicorn import UC_HOOK_CODE
 
-from target.boards import BOARDS
 from emulator import instruction_count as ic
 from emulator.board import Board
-from test_board import image, program  # noqa: F401  (fixtures: the board's test programs)
-from test_kernels_int8 import (BOARD_RAM, FLAG_BIAS, MODE_FP32, MODE_INT8, STAGE_MATVEC_F32, STAGE_MATVEC_I8,
-                               build_board_program)
-from conftest import mcugpt
+from target.boards import BOARDS
 
 RAM = 256 * 1024
 

@@ -16,15 +16,15 @@ import json
 import zlib
 
 import pytest
+from conftest import mcugpt
+from test_board import image, program  # noqa: F401  (fixtures: the board's test programs)
 
-from target import memory_map as mm
-from target.flash_layout import read_image
 from compiler.pipeline import compile_model
 from emulator.board import Board, BoardFault
 from emulator.flash_timing import read_time_ns
 from emulator.peripherals import BUSY, DONE, CpuClock, DmaChannel, Faults, FlashController, pipelined_ns
-from test_board import image, program  # noqa: F401  (fixtures: the board's test programs)
-from conftest import mcugpt
+from target import memory_map as mm
+from target.flash_layout import read_image
 
 MS = 1e6  # ns
 KiB = 1024

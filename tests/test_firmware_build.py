@@ -11,10 +11,10 @@ import subprocess
 
 import pytest
 
-from target import memory_map
-from target.errors import McugptError
 from compiler.firmware import RUNTIME_C, _command, build, render_linker_script
 from compiler.plan import Plan
+from target import memory_map
+from target.errors import McugptError
 
 elffile = pytest.importorskip("elftools.elf.elffile")
 

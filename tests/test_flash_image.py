@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from target.errors import McugptError
-from target.flash_layout import read_image, tensor_array
-from target.flash_layout import (FORMAT_VERSION, HEADER, HEADER_CRC_SPAN, NO_LAYER, SECTOR)
+from target.flash_layout import FORMAT_VERSION, HEADER, HEADER_CRC_SPAN, NO_LAYER, SECTOR, read_image, tensor_array
 from target.stages import KIND_BY_NAME
 
 

@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from conftest import mcugpt
 
 from target.flash_layout import read_image
-from conftest import mcugpt
 
 pytestmark = pytest.mark.slow
 

@@ -6,13 +6,13 @@ import struct
 
 import numpy as np
 import pytest
+from test_board_tokens import PROMPTS, _broken_firmware, assert_matches_reference, board_generate, matches_reference
 
-from target.flash_layout import read_image
 from compiler.pipeline import compile_model
 from compiler.quantize import matvec_int8, quantize_rows, quantize_vector, round_half_away
 from compiler.reference import Reference, generate
 from compiler.sampler import Sampling
-from test_board_tokens import PROMPTS, _broken_firmware, assert_matches_reference, board_generate, matches_reference
+from target.flash_layout import read_image
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,11 @@ Two kinds of checks for the vector kernels:
 import importlib.util
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
+
+from target import toolchain
 
 try:
     from . import kernels_host as kh
@@ -429,7 +430,7 @@ def test_sample_topk_greedy_and_empty():
 # the same C for the Cortex-M7: single precision only, no libm, no warnings
 
 M7_FLAGS = ["-target", "thumb-freestanding-eabihf", "-mcpu=cortex_m7+fp_armv8d16sp",
-            "-ffp-contract=off", "-O2", "-std=c99"]
+            "-ffp-contract=off", "-O2", "-std=c99", f"-DTOPK_MAX={kh.TOPK_MAX}"]
 WARN_FLAGS = ["-Wall", "-Wextra", "-Wpedantic", "-Wdouble-promotion", "-Werror"]
 
 
@@ -441,7 +442,7 @@ def m7_objects(tmp_path_factory):
     objs = {}
     for src in kh.SOURCES:
         obj = out / src.replace(".c", ".o")
-        cmd = [sys.executable, "-m", "ziglang", "cc", *M7_FLAGS, *WARN_FLAGS,
+        cmd = [*toolchain.compiler("zig"), *M7_FLAGS, *WARN_FLAGS,
                f"-I{kh.RUNTIME_C}", "-c", str(kh.RUNTIME_C / src), "-o", str(obj)]
         res = subprocess.run(cmd, capture_output=True, text=True)
         assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stderr}"

@@ -7,9 +7,9 @@ import pytest
 from safetensors.numpy import save_file
 
 from compiler.config import load_preset
-from target.errors import McugptError
 from compiler.pipeline import load_model
 from compiler.weights import load_checkpoint, synthetic_weights, tensor_shapes
+from target.errors import McugptError
 
 
 def test_presets_have_gpt2_shapes():

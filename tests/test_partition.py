@@ -7,9 +7,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from target.errors import McugptError
 from compiler.onnx_export import export_onnx
 from compiler.partition import partition, stage_model
+from target.errors import McugptError
 from target.stages import BLOCK_STAGES
 
 

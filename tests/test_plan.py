@@ -4,11 +4,11 @@ import onnx
 import pytest
 
 from compiler.config import load_preset
-from target.errors import McugptError
 from compiler.onnx_export import build_decode_graph
 from compiler.partition import partition
 from compiler.plan import make_plan
 from compiler.weights import tensor_shapes
+from target.errors import McugptError
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,10 @@ import time
 
 import numpy as np
 import pytest
+from test_board import image, program  # noqa: F401  (fixtures: the board's test programs)
+from test_runtime_host import run_host
 
-from target import memory_map as mm
-from target.boards import get_board
 from compiler.config import load_preset
-from target.errors import McugptError
 from compiler.firmware import RUNTIME_C, _command, build, render_linker_script
 from compiler.pipeline import compile_model
 from compiler.reference import KVCache, Reference, generate
@@ -31,8 +30,9 @@ from compiler.sampler import Sampling
 from compiler.weights import synthetic_weights
 from emulator.board import Board, FirmwareError
 from emulator.psram_timing import transfer_time_ns
-from test_board import image, program  # noqa: F401  (fixtures: the board's test programs)
-from test_runtime_host import run_host
+from target import memory_map as mm
+from target.boards import get_board
+from target.errors import McugptError
 
 KiB = 1024
 STM32H7 = get_board("stm32h7")

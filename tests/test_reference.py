@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from compiler.config import GPTConfig
-from target.errors import McugptError
 from compiler.reference import KVCache, Reference, generate
 from compiler.sampler import Prng, Sampling, choose, top_k
 from compiler.weights import synthetic_weights
+from target.errors import McugptError
 
 MICRO = GPTConfig("micro", n_layer=2, n_head=2, n_embd=4, n_ctx=6, vocab_size=7)
 

@@ -16,16 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from target import memory_map
 from compiler.config import load_preset
 from compiler.firmware import build
-from target.flash_layout import read_image
-from target.flash_layout import HEADER, STAGE_ENTRY
 from compiler.pipeline import compile_model
 from compiler.reference import Reference, generate
 from compiler.sampler import Sampling
 from compiler.tokenizer import encode, token_bytes_table
 from compiler.weights import synthetic_weights
+from target import memory_map
+from target.flash_layout import HEADER, STAGE_ENTRY, read_image
 
 EXIT = {name: code for name, (code, _doc) in memory_map.EXIT_CODES.items()}
 PROMPT = "The staged method runs a language model on a microcontroller by"

@@ -5,8 +5,8 @@ import shutil
 import pytest
 
 from compiler.config import EOT_TOKEN
-from target.errors import McugptError
 from compiler.tokenizer import encode, load_tokenizer, shipped_vocab_files, token_bytes_table
+from target.errors import McugptError
 
 
 def test_vocab_files_are_openais(tok):
