@@ -108,8 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run DIR/firmware.elf on the emulated board (Unicorn Cortex-M7, SPI NOR "
                                    "flash holding DIR/flash.img), stream the text as it is generated, then "
                                    "print a summary: emulation speed, simulated device time per token "
-                                   "(flash I/O simulated from datasheet timing, compute estimated from "
-                                   "the work done), flash bytes per token, measured peak RAM vs the plan, "
+                                   "(flash and PSRAM I/O simulated from datasheet timing, compute from the "
+                                   "counted instructions x the board's cycles per instruction, overlapped as "
+                                   "the double-buffered tiles overlap them), flash bytes per token, measured "
+                                   "peak RAM vs the plan, "
                                    "and the slowest stage kinds.")
     u.add_argument("--build", required=True, metavar="DIR", help="a folder written by `mcugpt compile`")
     u.add_argument("--prompt", required=True, help="text to continue")

@@ -11,7 +11,6 @@ one-line message that names the address, the PC, the function and the stage.
 import importlib.util
 import struct
 import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from compiler.codegen import render_memory_map
 from emulator.board import PAINT, Board, BoardFault, FirmwareError
 from emulator.flash_timing import read_time_ns
 from target import memory_map as mm
+from target import toolchain
 from target.errors import McugptError
 from target.flash_layout import read_image
 
@@ -46,7 +46,7 @@ def program(tmp_path_factory):
     def build(name):
         if name not in built:
             elf = out / f"{name}.elf"
-            cmd = [sys.executable, "-m", "ziglang", "cc", *M7_FLAGS, f"-I{out / 'include'}", f"-I{FIRMWARE_DIR}",
+            cmd = [*toolchain.compiler("zig"), *M7_FLAGS, f"-I{out / 'include'}", f"-I{FIRMWARE_DIR}",
                    "-T", str(FIRMWARE_DIR / "board_test.ld"), "-Wl,--entry=Reset_Handler",
                    str(FIRMWARE_DIR / "crt0.c"), str(FIRMWARE_DIR / f"{name}.c"), "-o", str(elf)]
             res = subprocess.run(cmd, capture_output=True, text=True)

@@ -13,7 +13,7 @@ import pytest
 
 from compiler.firmware import RUNTIME_C, _command, build, render_linker_script
 from compiler.plan import Plan
-from target import memory_map
+from target import memory_map, toolchain
 from target.errors import McugptError
 
 elffile = pytest.importorskip("elftools.elf.elffile")
@@ -108,7 +108,7 @@ def test_sources_compile_without_warnings(tiny_build, tmp_path):
     strict = ["-Werror", "-Wpedantic", "-Wconversion", "-Wshadow"]
     ld = tmp_path / "firmware.ld"
     ld.write_text(render_linker_script(tiny_build.plan))
-    for cc in ["zig", "host", *(["arm-none-eabi-gcc"] if shutil.which("arm-none-eabi-gcc") else [])]:
+    for cc in (c for c in toolchain.NAMES if toolchain.available(c)):
         cmd = _command(cc, tiny_build.out_dir / "include", tmp_path / f"fw_{cc}", ld, False,
                        RUNTIME_C)
         res = subprocess.run([*cmd, *strict], capture_output=True, text=True)

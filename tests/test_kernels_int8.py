@@ -13,7 +13,6 @@ Every comparison is np.array_equal on the raw bits: there is no tolerance anywhe
 import ctypes
 import functools
 import hashlib
-import importlib.util
 import os
 import re
 import shutil
@@ -26,6 +25,7 @@ import numpy as np
 import pytest
 
 from compiler import quantize as qz
+from target import toolchain
 from target.memory_map import TOPK_MAX
 
 try:
@@ -320,19 +320,14 @@ GCC_FLAGS = ["-mcpu=cortex-m7", "-mthumb", "-mfpu=fpv5-sp-d16", "-mfloat-abi=har
              "-O2", "-ffp-contract=off", "-fno-math-errno", "-ffreestanding",
              "-fno-tree-loop-distribute-patterns"]   # never turn a loop into memset/memcpy
 WARN_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Wdouble-promotion", "-Werror"]
-ARM_GCC = "/usr/bin/arm-none-eabi-gcc"
 OBJDUMP = "/usr/bin/llvm-objdump"
 
 
 def m7_compiler(name):
-    if name == "zig":
-        if importlib.util.find_spec("ziglang") is None:
-            pytest.skip("ziglang is not installed in this Python")
-        return [sys.executable, "-m", "ziglang", "cc", *ZIG_FLAGS]
-    gcc = ARM_GCC if Path(ARM_GCC).exists() else shutil.which("arm-none-eabi-gcc")
-    if not gcc:
-        pytest.skip("arm-none-eabi-gcc is not installed")
-    return [gcc, *GCC_FLAGS]
+    cc = "zig" if name == "zig" else "arm-none-eabi-gcc"
+    if not toolchain.available(cc):
+        pytest.skip(f"{cc} is not installed")
+    return [*toolchain.compiler(cc), *(ZIG_FLAGS if cc == "zig" else GCC_FLAGS)]
 
 
 def disassembler():

@@ -31,6 +31,7 @@ from compiler.weights import synthetic_weights
 from emulator.board import Board, FirmwareError
 from emulator.psram_timing import transfer_time_ns
 from target import memory_map as mm
+from target import toolchain
 from target.boards import get_board
 from target.errors import McugptError
 
@@ -141,7 +142,7 @@ def test_the_psram_path_compiles_without_warnings(psram_tiny, tmp_path):
     strict = ["-Werror", "-Wpedantic", "-Wconversion", "-Wshadow"]
     ld = tmp_path / "firmware.ld"
     ld.write_text(render_linker_script(psram_tiny.plan))
-    for cc in ["zig", "host", *(["arm-none-eabi-gcc"] if shutil.which("arm-none-eabi-gcc") else [])]:
+    for cc in (c for c in toolchain.NAMES if toolchain.available(c)):
         cmd = _command(cc, psram_tiny.out_dir / "include", tmp_path / f"fw_{cc}", ld, False,
                        RUNTIME_C)
         res = subprocess.run([*cmd, *strict], capture_output=True, text=True)
