@@ -55,23 +55,38 @@ def token_table_bytes(tokens: list[bytes]) -> bytes:
     return offsets.tobytes() + b"".join(tokens)
 
 
+def layout(plan: Plan, tokens_size: int) -> tuple[dict, list[dict]]:
+    """Where every section and weight blob goes: ({tables_offset, tables_size, tokens_offset,
+    weights_offset, image_size}, the tensor table's entries without their CRCs)."""
+    tables_size = len(plan.stages) * STAGE_ENTRY.size + len(plan.tensors) * TENSOR_ENTRY.size
+    sections = {"tables_offset": SECTOR, "tables_size": tables_size,
+                "tokens_offset": align(SECTOR + tables_size)}
+    sections["weights_offset"] = align(sections["tokens_offset"] + tokens_size)
+    offset, entries = sections["weights_offset"], []
+    for t in plan.tensors:
+        entries.append({"name": t.name, "offset": offset, "size": t.bytes,
+                        "dtype": DTYPES["int8_tiled" if t.dtype == "int8" else "fp32"], "rows": t.rows, "cols": t.cols})
+        offset = align(offset + t.bytes)
+    sections["image_size"] = offset
+    return sections, entries
+
+
+def image_size(plan: Plan, tokens: list[bytes]) -> int:
+    """The bytes `write_image` will write, known before any weight is read."""
+    return layout(plan, len(token_table_bytes(tokens)))[0]["image_size"]
+
+
 def write_image(path: Path, cfg: GPTConfig, plan: Plan, stages: list[Stage], arrays,
                 tokens: list[bytes], progress=None) -> dict:
     """Write `path`; `arrays(name)` returns an initializer's values in ONNX layout. The tensor
     table is the plan's, in its order; each tensor is stored as the plan says (fp32, or int8
     in the plan's tiles of rows)."""
     transpose = {t.initializer: t.transpose for s in stages for t in s.tensors}
-    tables_size = len(stages) * STAGE_ENTRY.size + len(plan.tensors) * TENSOR_ENTRY.size
     tokens_blob = token_table_bytes(tokens)
-    tables_offset = SECTOR
-    tokens_offset = align(tables_offset + tables_size)
-    weights_offset = align(tokens_offset + len(tokens_blob))
-    offset, entries = weights_offset, []
-    for t in plan.tensors:
-        entries.append({"name": t.name, "offset": offset, "size": t.bytes,
-                        "dtype": DTYPES["int8_tiled" if t.dtype == "int8" else "fp32"], "rows": t.rows, "cols": t.cols})
-        offset = align(offset + t.bytes)
-    image_size = offset
+    sections, entries = layout(plan, len(tokens_blob))
+    tables_offset, tables_size = sections["tables_offset"], sections["tables_size"]
+    tokens_offset, weights_offset = sections["tokens_offset"], sections["weights_offset"]
+    image_size = sections["image_size"]
     if image_size >= 1 << 32:
         raise McugptError(f"{cfg.name}: the image would be {image_size:,} bytes, over the format's 4 GiB")
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import onnx
 from tqdm import tqdm
 
@@ -15,12 +16,14 @@ from target.errors import McugptError
 from .codegen import write_headers
 from .config import GPTConfig, config_from_hf, load_preset
 from .firmware import build as build_firmware
-from .flash_image import write_image
-from .onnx_export import export_onnx, initializer_array
+from .flash_image import image_size, write_image
+from .onnx_export import build_decode_graph, export_onnx, initializer_array
 from .partition import Stage, partition
 from .plan import Plan, make_plan
 from .tokenizer import load_tokenizer, token_bytes_table
-from .weights import load_checkpoint, synthetic_weights
+from .weights import load_checkpoint, synthetic_weights, tensor_shapes
+
+MiB = 1 << 20
 
 
 def progress_bar(quiet: bool = False):
@@ -45,6 +48,43 @@ def load_model(model: str | None, weights_dir: str | None, weights_seed: int = 0
     return cfg, weights, tok
 
 
+class _Shape:
+    """A stand-in for a weight array: the graph and the plan need only its shape."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+        self.nbytes = 4 * int(np.prod(shape))
+
+
+def stages_of(cfg: GPTConfig) -> list[Stage]:
+    """The model's stages, from its decode graph built with shape-only weights: what the
+    planner needs, in milliseconds, before any weight is read or written."""
+    graph, arrays = build_decode_graph(cfg, {n: _Shape(s) for n, s in tensor_shapes(cfg).items()})
+    for name, a in arrays.items():
+        graph.initializer.append(onnx.TensorProto(name=name, data_type=onnx.TensorProto.FLOAT, dims=a.shape))
+    return partition(onnx.helper.make_model(graph))
+
+
+def check_flash(cfg: GPTConfig, plan: Plan, tok, stages: list[Stage]) -> int:
+    """The image's size, or one line saying it does not fit the board's flash and what
+    would (int8, a smaller model)."""
+    tokens = token_bytes_table(tok, cfg.vocab_size)
+    size = image_size(plan, tokens)
+    board = plan.profile
+    capacity = board.flash_bytes
+    if size <= capacity:
+        return size
+    flash = board.flash[0]
+    hint = "a smaller model"
+    if plan.dtype == "fp32":
+        int8 = image_size(make_plan(cfg, stages, ram=plan.ram_budget, dtype="int8", board=board.name), tokens)
+        hint = (f"--dtype int8 ({int8 / MiB:,.1f} MiB)" if int8 <= capacity
+                else f"a smaller model: int8 would still be {int8 / MiB:,.1f} MiB")
+    raise McugptError(f"{cfg.name} ({plan.dtype}): the flash image is {size / MiB:,.1f} MiB ({size:,} bytes), "
+                      f"more than the {board.name} board's {capacity / MiB:,.0f} MiB of flash "
+                      f"({flash.chips} x {flash.part}); what would fit: {hint}")
+
+
 @dataclass
 class Compiled:
     cfg: GPTConfig
@@ -61,6 +101,11 @@ def compile_model(model: str | None, out_dir: Path, weights_dir: str | None = No
     """Everything `mcugpt compile` writes; `cc=None` skips the firmware build."""
     progress = progress_bar(quiet)
     cfg, weights, tok = load_model(model, weights_dir, weights_seed, progress)
+    # plan first, on the graph's shapes alone: a model the board cannot hold is refused
+    # before anything is written
+    shape_stages = stages_of(cfg)
+    check_flash(cfg, make_plan(cfg, shape_stages, ram=ram, ctx=ctx, dtype=dtype, board=board, group=group),
+                tok, shape_stages)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / "model.onnx"

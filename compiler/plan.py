@@ -161,7 +161,7 @@ class Plan:
     plan_id: int                # CRC32 of the plan with plan_id 0: the image and firmware must agree
     model: GPTConfig
     dtype: str
-    board: BoardProfile
+    board: str                  # target/boards.py; `profile` is its BoardProfile
     ram_budget: int
     ctx: int
     ctx_limited_by: str | None  # None (the model's context), "sram" or "psram"
@@ -195,6 +195,10 @@ class Plan:
         return [(r.name, self.tensors[stage.tensors[r.name]]) for r in kind.matrices]
 
     @property
+    def profile(self) -> BoardProfile:
+        return get_board(self.board)
+
+    @property
     def resident_tensors(self) -> list[TensorPlan]:
         return sorted((t for t in self.tensors if t.resident), key=lambda t: t.resident_offset)
 
@@ -208,8 +212,7 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Plan":
-        board = dict(d["board"], flash=tuple(d["board"]["flash"]))
-        return cls(**{**d, "model": GPTConfig(**d["model"]), "board": BoardProfile(**board),
+        return cls(**{**d, "model": GPTConfig(**d["model"]),
                       "buffers": [Buffer(**b) for b in d["buffers"]], "kv": KvPlan(**d["kv"]),
                       "tensors": [TensorPlan(**t) for t in d["tensors"]],
                       "stages": [StagePlan(**s) for s in d["stages"]],
@@ -413,7 +416,7 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
                     "[layer][keys, values][head][position][head_dim] from PSRAM address 0",
                     block_positions=min(ctx, KV_BLOCK_POSITIONS), psram_bytes=prof.psram_bytes)
     plan = Plan(
-        format=2, plan_id=0, model=cfg, dtype=dtype, board=prof, ram_budget=ram, ctx=ctx,
+        format=2, plan_id=0, model=cfg, dtype=dtype, board=prof.name, ram_budget=ram, ctx=ctx,
         ctx_limited_by=None if ctx >= cfg.n_ctx else (
             "psram" if not kv_in_sram and ctx == min(cfg.n_ctx, psram_ctx_cap) else "sram"),
         reserved={"stack": STACK_RESERVE, "firmware": FIRMWARE_RESERVE},

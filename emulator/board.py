@@ -69,9 +69,10 @@ from emulator.peripherals import (
 from emulator.psram import Psram
 from emulator.spi_flash import SpiNorFlash
 from target import memory_map as mm
-from target.boards import DEFAULT_BOARD, get_board
+from target.boards import DEFAULT_BOARD, flash_timing_of, get_board, psram_timing_of
 from target.errors import McugptError
 from target.flash_layout import NO_LAYER, read_image
+from target.flash_timing import get_preset as get_flash_preset
 from target.stages import STAGE_KINDS, stage_name
 
 __all__ = ["Board", "RunResult", "PeakRam", "StageStats", "PositionStats", "StageCall", "BoardFault",
@@ -262,7 +263,7 @@ class Board:
     The flash device's clock and contents persist across runs, as on a real board; the
     CPU, SRAM, mailbox and peripherals start afresh at every `run`.
 
-    `psram_preset` (a name from emulator/psram_timing.PRESETS) attaches an external PSRAM of
+    `psram_preset` (a name from target/psram_timing.PRESETS) attaches an external PSRAM of
     `psram_bytes` (default: the preset's part, 8 MiB) behind the PSRAM controller; without
     one every PSRAMCTL command fails (STATUS = ERROR | DONE). Like the flash, the PSRAM's
     clock and contents persist across runs (a reset, not a power cycle).
@@ -275,7 +276,8 @@ class Board:
     """
 
     def __init__(self, elf_path, flash_image_path, ram_bytes: int = mm.SRAM_SIZE_DEFAULT,
-                 flash_preset: str = "w25q-quad", psram_preset: str | None = None, psram_bytes: int = 0,
+                 flash_preset: str = "w25q-quad", flash_chips: int = 1,
+                 psram_preset: str | None = None, psram_bytes: int = 0,
                  cpu_hz: float | None = None, cpi: float | None = None, count_instructions: bool | None = None,
                  record_dma: bool = False):
         default = get_board(DEFAULT_BOARD)
@@ -323,22 +325,32 @@ class Board:
             except OSError:  # no room to reserve a private copy: read-only, copied on first write
                 self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
-            self.flash = SpiNorFlash(self._mmap, flash_preset)
+            timing = get_flash_preset(flash_preset)
         except KeyError as e:
             raise McugptError(str(e.args[0])) from None
+        # The flash is the board's parts: their capacity, not the image's size. An image the
+        # parts cannot hold does not go on the board.
+        capacity = flash_chips * timing.capacity
+        size = self.image_path.stat().st_size
+        if size > capacity:
+            raise McugptError(f"{self.image_path}: the flash image is {size:,} bytes, more than the "
+                              f"board's {capacity:,} bytes of flash ({flash_chips} x {timing.name})")
+        self.flash = SpiNorFlash(self._mmap, timing, size=capacity, chips=flash_chips)
         self._paint = None
         self.uc: Uc | None = None
 
     @classmethod
     def for_profile(cls, elf_path, flash_image_path, profile, ram_bytes: int | None = None,
                     flash_preset: str | None = None, **kw) -> Board:
-        """The board a compiler.boards.BoardProfile describes: its SRAM (or `ram_bytes`), its
-        default flash (or `flash_preset`), its PSRAM, if it has one, and its clock and cycles
-        per instruction. `kw`: the other Board options."""
+        """The board a target.boards.BoardProfile describes: its SRAM (or `ram_bytes`, to map
+        less), its flash parts (or the alternative made of `flash_preset`), its PSRAM part, at
+        the clocks the board runs them, and its CPU clock and cycles per instruction. `kw`: the
+        other Board options."""
+        flash = profile.flash_option(flash_preset)
         return cls(elf_path, flash_image_path, ram_bytes=ram_bytes or profile.sram_bytes,
-                   flash_preset=flash_preset or profile.flash[0], psram_preset=profile.psram,
-                   psram_bytes=profile.psram_bytes if profile.psram else 0,
-                   cpu_hz=profile.cpu_hz, cpi=profile.cpi, **kw)
+                   flash_preset=flash_timing_of(flash), flash_chips=flash.chips,
+                   psram_preset=psram_timing_of(profile.psram) if profile.psram else None,
+                   psram_bytes=profile.psram_bytes, cpu_hz=profile.cpu_hz, cpi=profile.cpi, **kw)
 
     # -- static checks ---------------------------------------------------------
 

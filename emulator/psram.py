@@ -20,7 +20,7 @@ undefined contents; zero keeps runs reproducible).
 from __future__ import annotations
 
 from emulator.device_clock import DeviceClock
-from emulator.psram_timing import PsramTiming, get_preset, split_bursts, transfer_time_ns
+from target.psram_timing import PsramTiming, get_preset, split_bursts, transfer_time_ns
 
 __all__ = [
     "Psram",
@@ -58,7 +58,7 @@ class Psram(DeviceClock):
         worst_case: bool = False,
     ):
         self.timing = get_preset(preset)
-        self.size = self.timing.nominal_size if size is None else int(size)
+        self.size = self.timing.capacity if size is None else int(size)
         if self.size <= 0:
             raise ValueError(f"device size must be positive, got {self.size}")
         reach = 1 << (8 * self.timing.address_bytes)

@@ -29,7 +29,7 @@ bytearray on the first program or erase; writes are for tests and small images.
 from __future__ import annotations
 
 from emulator.device_clock import DeviceClock
-from emulator.flash_timing import FlashTiming, address_bytes, frame_ns, get_preset, read_mode_frame, read_time_ns
+from target.flash_timing import FlashTiming, address_bytes, frame_ns, get_preset, read_mode_frame, read_time_ns
 
 __all__ = [
     "SpiNorFlash",
@@ -70,8 +70,10 @@ class SpiNorFlash(DeviceClock):
     ``data`` is the array contents (bytes, bytearray, memoryview, mmap...).
     ``preset`` is a name from ``flash_timing.PRESETS`` or a ``FlashTiming``.
     ``size`` is the device size in bytes; it defaults to ``len(data)`` and may
-    be larger (the rest reads as erased). It sets the address width: 3 bytes
-    up to 16 MiB, 4 above.
+    be larger (the rest reads as erased). ``chips``: the size is that many
+    identical packages on one bus, each behind its own chip select, laid end to
+    end; a read that spans two of them is two read commands. A chip's size sets
+    the address width: 3 bytes up to 16 MiB, 4 above.
     ``worst_case`` waits the datasheet maximum program/erase times instead of
     the typical ones.
     """
@@ -82,6 +84,7 @@ class SpiNorFlash(DeviceClock):
         preset: str | FlashTiming = "w25q-quad",
         size: int | None = None,
         *,
+        chips: int = 1,
         worst_case: bool = False,
     ):
         self.timing = get_preset(preset)
@@ -94,7 +97,11 @@ class SpiNorFlash(DeviceClock):
             raise ValueError(f"device size {self.size} is smaller than the image ({len(mem)} bytes)")
         if self.size <= 0:
             raise ValueError("device size must be positive")
-        self.address_bytes = address_bytes(self.timing, self.size)
+        if chips < 1 or self.size % chips:
+            raise ValueError(f"{self.size} bytes cannot be {chips} equal chips")
+        self.chips = chips
+        self.chip_size = self.size // chips
+        self.address_bytes = address_bytes(self.timing, self.chip_size)
         self.worst_case = worst_case
 
         DeviceClock.__init__(self)
@@ -165,9 +172,13 @@ class SpiNorFlash(DeviceClock):
             raise ValueError(f"read length must be positive, got {length}")
         self._check_range("read", addr, length)
         data = self._get(addr, length)
-        elapsed = read_time_ns(self.timing, length, name, device_size=self.size)
-        # read_time_ns includes the deselect time; split it back out for _charge.
-        self._charge(f"read_{name}", elapsed - self.timing.deselect_ns, self.timing.deselect_ns, length)
+        start = addr
+        while start < addr + length:   # one command per chip the read touches
+            n = min(addr + length, (start // self.chip_size + 1) * self.chip_size) - start
+            elapsed = read_time_ns(self.timing, n, name, device_size=self.chip_size)
+            # read_time_ns includes the deselect time; split it back out for _charge.
+            self._charge(f"read_{name}", elapsed - self.timing.deselect_ns, self.timing.deselect_ns, n)
+            start += n
         return data
 
     def page_program(self, addr: int, data) -> None:

@@ -129,14 +129,13 @@ def counter_overhead(build_dir: Path, repeats: int = 3) -> dict:
     """Wall time of the same run with the native instruction counter and without any, best
     of `repeats` each, interleaved; checked against COUNTER_OVERHEAD_TARGET."""
     from emulator.board import Board
-    from target.boards import get_board
     build = Build.open(build_dir)
     prompt = build.tokenizer().encode(PROMPT)
     best = {True: float("inf"), False: float("inf")}
     for _ in range(repeats):
         for counting in (False, True):
             with Board.for_profile(build.path / "firmware.elf", build.path / "flash.img",
-                                   get_board(build.plan.board.name), count_instructions=counting) as board:
+                                   build.plan.profile, count_instructions=counting) as board:
                 t0 = time.perf_counter()
                 board.run(prompt, 2)
                 best[counting] = min(best[counting], time.perf_counter() - t0)

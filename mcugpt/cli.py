@@ -13,7 +13,11 @@ import time
 from pathlib import Path
 
 from compiler.config import preset_names
+from target.boards import BOARDS
 from target.errors import McugptError
+
+BOARD_HELP = ", ".join(f"{b.name} ({b.doc.split(':')[0] if b.buyable else 'the abstract 64 MiB device'})"
+                       for b in BOARDS.values())
 
 EXAMPLES = """examples:
   mcugpt compile --model gpt2 --out build/gpt2          GPT-2 124M, synthetic weights, 64 MiB RAM
@@ -22,6 +26,7 @@ EXAMPLES = """examples:
   mcugpt reference --model gpt2 --prompt "Hello" --tokens 8 --json
   mcugpt run --build build/gpt2 --prompt "Hello, my name is" --tokens 16
   mcugpt run --build build/gpt2 --prompt "Once" --temperature 0.8 --top-k 40 --seed 7 --check
+  mcugpt fit --model gpt2                               every board x dtype: fits? context? tokens/s?
   mcugpt inspect build/gpt2/flash.img
 """
 
@@ -70,9 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "DIR/flash.img and the firmware's generated headers in DIR/include.")
     _model_args(c)
     c.add_argument("--board", default="sim64", metavar="NAME",
-                   help="target board: sim64 (64 MiB SRAM map, the default), stm32h7 (512 KiB SRAM, "
-                        "octal flash, 8 MiB octal PSRAM), esp32s3-class (512 KiB, quad flash and PSRAM "
-                        "at 80 MHz); see docs/boards.md")
+                   help=f"target board: {BOARD_HELP}; see docs/boards.md and `mcugpt fit`")
     c.add_argument("--dtype", default="fp32", choices=["fp32", "int8"],
                    help="weights in flash: fp32, or int8 per output row with float32 scales "
                         "(activations quantized per vector; exact integer dot products)")
@@ -119,17 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(u)
     u.add_argument("--ram", type=parse_size, metavar="BYTES",
                    help="SRAM the board maps (default: all the board has); touching more is a fault")
-    u.add_argument("--flash", metavar="PRESET",
-                   help="flash part: w25q-quad (quad SPI 133 MHz), octal-dtr (200 MHz DTR), w25q-quad-80; "
-                        "default: the board's (sim64: w25q-quad, stm32h7: octal-dtr)")
     u.add_argument("--check", action="store_true",
                    help="also run the numpy reference and compare tokens and logits")
     u.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the board after this much host time")
     u.add_argument("--json", action="store_true", help="print one JSON object (no streaming text)")
 
-    b = sub.add_parser("bench", help="GPT-2 on every board, dtype and flash part, beside the paper",
-                       description="Compile and run the model for every board profile (sim64, stm32h7, "
-                                   "esp32s3-class), fp32 and int8, and each of the board's flash parts; "
+    b = sub.add_parser("bench", help="GPT-2 on every board and dtype, beside the paper",
+                       description="Compile and run the model for every board profile "
+                                   f"({', '.join(BOARDS)}), fp32 and int8, where it fits; "
                                    "check every run against the numpy reference; compare with the paper's "
                                    "figures at context 512; sweep the RAM budget. Writes DIR/bench.json, "
                                    "DIR/bench.md and PNG plots. Takes several minutes for GPT-2 124M.")
@@ -137,6 +137,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tokens", type=int, default=3, metavar="N", help="tokens per run (default 3)")
     b.add_argument("--out", default="build/bench", metavar="DIR", help="output folder (default build/bench)")
     b.add_argument("--json", action="store_true", help="print bench.json instead of the Markdown table")
+
+    f = sub.add_parser("fit", help="which boards can run the model: flash, SRAM, context, tokens/s",
+                       description="For every board and dtype: whether the flash image fits the board's "
+                                   "flash and the memory plan its SRAM, the largest context its RAM or "
+                                   "PSRAM allows, and the simulated tokens/s, measured by compiling the "
+                                   "model into OUT and running one token on the emulated board (--no-run "
+                                   "skips that). The same planner and board as compile and run.")
+    _model_args(f)
+    f.add_argument("--no-run", action="store_true", help="plan only: no compile, no tokens/s")
+    f.add_argument("--out", default="build/fit", metavar="DIR",
+                   help="where the builds that measure tokens/s go (default build/fit)")
+    f.add_argument("--json", action="store_true",
+                   help="print a JSON list: board, dtype, fits, why, ctx, tokens_per_s and the figures behind them")
 
     i = sub.add_parser("inspect", help="print and verify a flash image",
                        description="Print the image's header, stage table and tensor table, and "
@@ -205,7 +218,7 @@ def cmd_run(a) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    report = run(build, a.prompt, a.tokens, sampling, ram=a.ram, flash=a.flash,
+    report = run(build, a.prompt, a.tokens, sampling, ram=a.ram,
                  on_text=None if a.json else stream, check=a.check, timeout_s=a.timeout)
     if a.json:
         print(to_json(report))
@@ -233,6 +246,21 @@ def cmd_bench(a) -> None:
               f"in {result['info']['wall_s']:.0f} s")
 
 
+def cmd_fit(a) -> None:
+    from compiler.pipeline import progress_bar
+
+    from .fit import fit, fit_table
+    rows = fit(a.model, a.weights, a.weights_seed, measure=not a.no_run, out=Path(a.out),
+               progress=progress_bar(a.json))
+    if a.json:
+        print(json.dumps(rows, indent=1))
+        return
+    print(fit_table(rows))
+    n = sum(r["fits"] for r in rows)
+    print(f"\n{n} of {len(rows)} board x dtype combinations fit. Assumptions behind these figures: "
+          f"`mcugpt fit --json` and docs/boards.md.")
+
+
 def cmd_inspect(a) -> None:
     from compiler.pipeline import progress_bar
     from mcugpt.report import image_tables
@@ -251,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         {"compile": cmd_compile, "reference": cmd_reference, "run": cmd_run, "bench": cmd_bench,
-         "inspect": cmd_inspect}[args.command](args)
+         "fit": cmd_fit, "inspect": cmd_inspect}[args.command](args)
     except McugptError as e:
         print(f"mcugpt: error: {e}", file=sys.stderr)
         return 1

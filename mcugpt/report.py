@@ -41,7 +41,7 @@ def stage_table(plan) -> str:
 def plan_summary(plan) -> str:
     m, t, kv, res = plan.model, plan.totals, plan.kv, plan.resident
     limit = {"sram": "the RAM budget, see --ctx/--ram",
-             "psram": f"the board's {size(plan.board.psram_bytes)} of PSRAM"}.get(plan.ctx_limited_by)
+             "psram": f"the board's {size(plan.profile.psram_bytes)} of PSRAM"}.get(plan.ctx_limited_by)
     ctx_note = f" (the model's is {m.n_ctx}; limited by {limit})" if limit else ""
     lines = [
         f"model        {m.name}: {m.n_layer} layers, {m.n_head} heads, n_embd {m.n_embd}, "
@@ -50,7 +50,7 @@ def plan_summary(plan) -> str:
         f"context      {plan.ctx} tokens{ctx_note}",
         f"weights      {size(t.weight_bytes)} in flash; {size(t.flash_bytes_per_token)} read per token",
         f"compute      {count(t.macs_per_token_at_ctx)} MACs per token at full context",
-        f"board        {plan.board.name}: {plan.board.doc}",
+        f"board        {plan.board}: {plan.profile.doc}",
         f"RAM budget   {size(plan.ram_budget)} ({plan.ram_budget:,} B)",
         f"  KV cache   {size(kv.bytes)} in {kv.placement} ({kv.bytes_per_token:,} B per token)",
         f"  tiles      {plan.weight_buffers} x {size(plan.tile_bytes)} weight tile buffers (double-buffered)",

@@ -24,8 +24,6 @@ from compiler.reference import Reference, check_context, generate
 from compiler.sampler import Sampling, check_request
 from compiler.tokenizer import encode, load_tokenizer
 from emulator.board import Board, RunResult
-from emulator.flash_timing import PRESETS
-from target.boards import get_board
 from target.errors import McugptError
 from target.flash_layout import read_image
 
@@ -65,10 +63,8 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
         timeout_s: float | None = None) -> dict:
     """Generate on the board the build was planned for: its SRAM (or `ram`, to map less), its
     flash part (or `flash`), its PSRAM."""
-    profile = get_board(build.plan.board.name)
-    flash = flash or profile.flash[0]
-    if flash not in PRESETS:
-        raise McugptError(f"unknown flash preset '{flash}' (known: {', '.join(PRESETS)})")
+    profile = build.plan.profile
+    flash = profile.flash_option(flash).part
     check_request(sampling.temperature, sampling.top_k, n_new)
     tok = build.tokenizer()
     prompt_tokens = encode(tok, prompt)
@@ -107,7 +103,7 @@ def compare_with_reference(build: Build, prompt_tokens, n_new, sampling, result:
 def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[int], flash: str) -> dict:
     plan = build.plan
     n_prompt = len(prompt_tokens)
-    cpu_hz = result.cpu_hz or plan.board.cpu_hz
+    cpu_hz = result.cpu_hz or plan.profile.cpu_hz
     counted = result.counter != "off"
 
     # A generated token costs one forward pass that ends in the head: positions
@@ -149,7 +145,7 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
     if counted:
         compute_model = (f"{instructions / 1e6:,.1f}M instructions per token, counted ({result.counter} block "
                          f"counter), x {result.cpi:g} cycles/instruction at {cpu_hz / 1e6:g} MHz "
-                         f"(the {plan.board.name} board's CPI: docs/boards.md)")
+                         f"(the {plan.board} board's CPI: docs/boards.md)")
     else:
         compute_model = ("not counted (MCUGPT_COUNTER=off): compute took no simulated time, so the "
                          "device time is the I/O alone, a lower bound")
@@ -173,13 +169,14 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
             "instructions_per_token": instructions, "cpi": result.cpi, "cpu_hz": cpu_hz,
             "counter": result.counter,
             "compute_model": compute_model,
-            "io_model": f"{flash} flash" + (f" + {plan.board.psram} PSRAM" if plan.kv.placement == "psram" else "")
+            "io_model": f"{flash} flash" + (f" + {plan.profile.psram.part} PSRAM" if plan.kv.placement == "psram" else "")
                         + ", simulated from datasheet timing, by DMA concurrent with the CPU (double-buffered weight tiles)",
         },
         "flash_bytes_per_token": int(mean([p.flash_bytes for p in decode])),
         "flash_bytes_total": result.flash_bytes,
         "psram_bytes_per_token": int(mean([p.psram_bytes for p in decode])),
-        "kv_placement": plan.kv.placement, "ctx": plan.ctx, "board": plan.board.name,
+        "kv_placement": plan.kv.placement, "ctx": plan.ctx, "board": plan.board,
+        "board_profile": plan.profile.summary(),
         "peak_ram": {"measured": ram.peak_bytes, "static": ram.static_bytes,
                      "arena_high_water": ram.arena_high_water, "arena": ram.arena_bytes,
                      "stack_used": ram.stack_used, "stack_reserve": ram.stack_bytes,

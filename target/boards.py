@@ -1,33 +1,134 @@
-"""Board profiles: the single table of what each target board has.
+"""Board profiles: boards you can buy, each built from named parts, defined once here.
 
-The planner reads a board's SRAM and PSRAM sizes; the emulated board maps exactly that SRAM,
-attaches the named flash and PSRAM models, and times compute at the board's clock: counted
-instructions x `cpi` cycles per instruction / `cpu_hz`. Sources for every figure:
-docs/boards.md, and for the CPI docs/board.md ("Cycles per instruction").
+A board is its CPU (part, core, the datasheet's maximum clock), its SRAM regions (the model's
+arena lives in one contiguous region), its flash (one or more packages of a part in
+target/flash_timing.py, on a controller at a clock no faster than part or controller allow)
+and its PSRAM (a part in target/psram_timing.py), plus the cycles per instruction that times
+the counted compute. The planner reads the arena region's size, the flash capacity and the
+PSRAM capacity; the emulated board maps exactly these memories and runs the parts at these
+clocks. `sim64` is the method's abstract 64 MB device, made of real flash parts, and is
+labelled as not buyable.
+
+Every figure's source is in docs/boards.md; what no source we could reach gives is listed in
+`assumptions` (and reported by `mcugpt fit --json` and `mcugpt run --json`).
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from .errors import McugptError
+from target import flash_timing, psram_timing
+from target.errors import McugptError
 
 KiB, MiB = 1 << 10, 1 << 20
 
 
 @dataclass(frozen=True)
+class Cpu:
+    part: str
+    core: str
+    max_hz: float          # the datasheet's (or the vendor's stated) maximum core clock
+    emulated: bool         # the emulator runs this core's instruction set: only then a speed figure
+    source: str
+
+
+@dataclass(frozen=True)
+class SramRegion:
+    name: str
+    bytes: int
+    arena: bool            # the model's arena (and stack, statics) lives here: the one the plan fills
+    source: str
+
+
+@dataclass(frozen=True)
+class ExternalMemory:
+    """`chips` packages of `part` on `controller`, run at `clock_hz`."""
+    part: str              # a preset of target/flash_timing.py or target/psram_timing.py
+    chips: int
+    controller: str
+    clock_hz: int          # min(the part's maximum, the controller's), or what the board runs
+    source: str
+
+
+@dataclass(frozen=True)
 class BoardProfile:
     name: str
-    cpu: str
-    cpu_hz: float              # core clock
-    sram_bytes: int            # SRAM for the model: firmware statics, arena, stack
-    flash: tuple[str, ...]     # flash presets (emulator/flash_timing.py) this board is built with; first = default
-    psram: str | None          # PSRAM preset (emulator/psram_timing.py), or None
-    psram_bytes: int           # 0 without PSRAM
     doc: str
-    cpi: float = 1.0           # core cycles per executed instruction, for the firmware's hot loops
-    cpi_source: str = ""       # where the CPI comes from (docs/board.md has the derivation)
+    buyable: bool
+    cpu: Cpu
+    sram: tuple[SramRegion, ...]
+    flash: tuple[ExternalMemory, ...]     # the board's flash; alternatives after the first (sim64)
+    psram: ExternalMemory | None
+    cpi: float                            # core cycles per executed instruction, for the hot loops
+    cpi_source: str
+    assumptions: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    @property
+    def cpu_hz(self) -> float:
+        return self.cpu.max_hz
+
+    @property
+    def sram_bytes(self) -> int:
+        """The arena region: what the model's RAM budget may be at most."""
+        return next(r.bytes for r in self.sram if r.arena)
+
+    @property
+    def psram_bytes(self) -> int:
+        return psram_bytes(self.psram) if self.psram else 0
+
+    def flash_option(self, part: str | None = None) -> ExternalMemory:
+        """The board's flash (`part` None), or the alternative made of `part`."""
+        if part is None:
+            return self.flash[0]
+        for m in self.flash:
+            if m.part == part:
+                return m
+        raise McugptError(f"the {self.name} board has no {part} flash (it has: "
+                          f"{', '.join(m.part for m in self.flash)})")
+
+    @property
+    def flash_bytes(self) -> int:
+        return flash_bytes(self.flash[0])
+
+    def all_assumptions(self) -> list[str]:
+        """The board's own assumptions and those of its parts."""
+        out = list(self.assumptions)
+        for m in self.flash[:1]:
+            out += flash_timing.get_preset(m.part).assumptions
+        if self.psram:
+            out += psram_timing.get_preset(self.psram.part).assumptions
+        return out
+
+    def summary(self) -> dict:
+        """What the board is made of, for --json and reports."""
+        flash = self.flash[0]
+        return {
+            "name": self.name, "buyable": self.buyable, "doc": self.doc,
+            "cpu": {"part": self.cpu.part, "core": self.cpu.core, "hz": self.cpu.max_hz,
+                    "emulated": self.cpu.emulated, "cpi": self.cpi},
+            "sram": [{"name": r.name, "bytes": r.bytes, "arena": r.arena} for r in self.sram],
+            "flash": {"part": flash.part, "chips": flash.chips, "bytes": self.flash_bytes,
+                      "controller": flash.controller, "clock_hz": flash.clock_hz},
+            "psram": None if not self.psram else {
+                "part": self.psram.part, "chips": self.psram.chips, "bytes": self.psram_bytes,
+                "controller": self.psram.controller, "clock_hz": self.psram.clock_hz},
+            "assumptions": self.all_assumptions(),
+        }
+
+
+def flash_bytes(m: ExternalMemory) -> int:
+    return m.chips * flash_timing.get_preset(m.part).capacity
+
+
+def psram_bytes(m: ExternalMemory) -> int:
+    return m.chips * psram_timing.get_preset(m.part).capacity
+
+
+def flash_timing_of(m: ExternalMemory) -> flash_timing.FlashTiming:
+    """The part as the board runs it: at the board's clock."""
+    return flash_timing.at_clock(flash_timing.get_preset(m.part), m.clock_hz)
+
+
+def psram_timing_of(m: ExternalMemory) -> psram_timing.PsramTiming:
+    return psram_timing.at_clock(psram_timing.get_preset(m.part), m.clock_hz)
 
 
 # Cycles per instruction of a Cortex-M7 on this firmware, from the M7's issue rules measured on
@@ -39,25 +140,54 @@ M7_CPI, M7_CPI_SOURCE = 0.85, (
     "cortex-m7.md) applied to the hot loops: fp32 vec_dot 48 cycles / 55 instructions = 0.87, int8 "
     "dot2_i8 ~41 / 54 = 0.76; docs/board.md 'Cycles per instruction'")
 
+_XSPI_200 = "XSPI at 200 MHz: the clock ST's STM32H7S78-DK templates run both ports at (DS14359's XSPI maximum not reached)"
 
 BOARDS = {b.name: b for b in (
     BoardProfile(
-        "sim64", "Cortex-M7", 480e6, 64 * MiB, ("w25q-quad", "octal-dtr"), None, 0,
-        "the mission's board: a Cortex-M7 with a 64 MiB SRAM map and SPI NOR flash, no PSRAM",
-        M7_CPI, M7_CPI_SOURCE),
+        "sim64",
+        "the method's abstract device: a 480 MHz Cortex-M7 with a 64 MiB SRAM map and 512 MiB of "
+        "octal NOR flash (four MX66UW1G45G); not a board you can buy",
+        buyable=False,
+        cpu=Cpu("(abstract)", "Cortex-M7", 480e6, True, "the Cortex-M7 clock of the STM32H743 (DS12110)"),
+        sram=(SramRegion("SRAM", 64 * MiB, True, "the mission's 64 MB device (the paper's case study)"),),
+        flash=(ExternalMemory("mx66uw1g45g", 4, "octal SPI, four chip selects", 200_000_000,
+                              "four packages of the STM32H7S78-DK's part, at its 200 MHz"),),
+        psram=None, cpi=M7_CPI, cpi_source=M7_CPI_SOURCE,
+        assumptions=("sim64 is not a real board: its SRAM size is the paper's device, its flash "
+                     "four real 1 Gbit parts on one octal bus",)),
     BoardProfile(
-        "stm32h7", "Cortex-M7", 480e6, 512 * KiB, ("octal-dtr", "w25q-quad"), "octal-psram-200", 8 * MiB,
-        "STM32H743/H7B3-class: 480 MHz Cortex-M7, 512 KiB AXI SRAM for the model, octal (or quad) "
-        "SPI NOR flash and 8 MiB octal PSRAM on OCTOSPI",
-        M7_CPI, M7_CPI_SOURCE),
+        "stm32h7s78-dk",
+        "ST STM32H7S78-DK: STM32H7S7L8 Cortex-M7 at 600 MHz, 456 KiB AXI SRAM for the model, "
+        "128 MiB MX66UW1G45G octal flash (XSPI2), 32 MiB APS256XXN-OBR x16 PSRAM (XSPI1)",
+        buyable=True,
+        cpu=Cpu("STM32H7S7L8H6H", "Cortex-M7", 600e6, True,
+                "600 MHz: ST's STM32H7S78-DK examples and product page (DS14359 not reached)"),
+        sram=(SramRegion("AXI SRAM", 456 * KiB, True, "CMSIS stm32h7s7xx.h: SRAM1-4 at 0x24000000, 128+128+128+72 KB"),
+              SramRegion("DTCM", 64 * KiB, False, "CMSIS stm32h7s7xx.h (64 KB default option bytes)"),
+              SramRegion("ITCM", 64 * KiB, False, "CMSIS stm32h7s7xx.h"),
+              SramRegion("AHB SRAM", 32 * KiB, False, "CMSIS stm32h7s7xx.h: SRAM1-2, 16 KB each")),
+        flash=(ExternalMemory("mx66uw1g45g", 1, "XSPI2", 200_000_000, _XSPI_200),),
+        psram=ExternalMemory("aps256xxn-obr", 1, "XSPI1 (16 lines)", 200_000_000, _XSPI_200),
+        cpi=M7_CPI, cpi_source=M7_CPI_SOURCE,
+        assumptions=("XSPI controller maximum clock: 200 MHz (ST's kit templates), DS14359 not reached",
+                     "the 72 KB SRAM4 counts in the 456 KiB (ECC option bytes at their factory value)")),
     BoardProfile(
-        "esp32s3-class", "Cortex-M7 (stand-in for Xtensa LX7)", 240e6, 512 * KiB, ("w25q-quad-80",),
-        "quad-psram-80", 8 * MiB,
-        "ESP32-S3-class: 240 MHz core, 512 KiB SRAM, quad SPI flash and 8 MiB quad PSRAM at 80 MHz; "
-        "emulated as a Cortex-M7 at 240 MHz",
-        1.0, "single-issue in-order core (Xtensa LX7): at least 1 cycle per instruction; the counted "
-             "instructions are the Cortex-M7 build's, a stand-in for the LX7's; docs/board.md 'Cycles per "
-             "instruction'"),
+        "stm32h735g-dk",
+        "ST STM32H735G-DK: STM32H735IG Cortex-M7 at 550 MHz, 320 KiB AXI SRAM for the model, "
+        "64 MiB MX25LM51245G octal flash (OCTOSPI1), 16 MiB S70KL1281 HyperRAM (OCTOSPI2)",
+        buyable=True,
+        cpu=Cpu("STM32H735IGK6", "Cortex-M7", 550e6, True,
+                "550 MHz: Zephyr's stm32h735g_disco.dts and ST's H723/733 feature list (DS13315 not reached)"),
+        sram=(SramRegion("AXI SRAM", 320 * KiB, True, "CMSIS stm32h735xx.h: SRAM1+2 at 0x24000000, 128+192 KB"),
+              SramRegion("DTCM", 128 * KiB, False, "CMSIS stm32h735xx.h"),
+              SramRegion("ITCM", 64 * KiB, False, "CMSIS stm32h735xx.h"),
+              SramRegion("AHB SRAM", 48 * KiB, False, "CMSIS stm32h735xx.h: SRAM1, SRAM2, SRAM4")),
+        flash=(ExternalMemory("mx25lm51245g", 1, "OCTOSPI1", 100_000_000,
+                              "100 MHz: ST's STM32H735G-DK BSP (stm32h735g_discovery_ospi.c); the part allows 133"),),
+        psram=ExternalMemory("s70kl1281", 1, "OCTOSPI2", 100_000_000,
+                             "100 MHz: ST's BSP, and the part's maximum at 3.0 V"),
+        cpi=M7_CPI, cpi_source=M7_CPI_SOURCE,
+        assumptions=("OCTOSPI clocks: 100 MHz as ST's BSP runs them (DS13315's maximum not reached)",)),
 )}
 DEFAULT_BOARD = "sim64"
 

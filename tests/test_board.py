@@ -19,11 +19,11 @@ import pytest
 
 from compiler.codegen import render_memory_map
 from emulator.board import PAINT, Board, BoardFault, FirmwareError
-from emulator.flash_timing import read_time_ns
 from target import memory_map as mm
 from target import toolchain
 from target.errors import McugptError
 from target.flash_layout import read_image
+from target.flash_timing import read_time_ns
 
 FIRMWARE_DIR = Path(__file__).resolve().parent / "board_firmware"
 M7_FLAGS = ["-target", "thumb-freestanding-eabihf", "-mcpu=cortex_m7+fp_armv8d16sp",

@@ -21,10 +21,10 @@ from test_board import image, program  # noqa: F401  (fixtures: the board's test
 
 from compiler.pipeline import compile_model
 from emulator.board import Board, BoardFault
-from emulator.flash_timing import read_time_ns
 from emulator.peripherals import BUSY, DONE, CpuClock, DmaChannel, Faults, FlashController, pipelined_ns
 from target import memory_map as mm
 from target.flash_layout import read_image
+from target.flash_timing import read_time_ns
 
 MS = 1e6  # ns
 KiB = 1024
@@ -275,7 +275,7 @@ def _replay(log, ns_per_instruction, bus_ns):
 def test_the_board_clock_agrees_with_a_replay_of_the_dma_log(tiled, tok):
     """The board's device time, its stall time and the I/O time per stage equal what an
     independent replay of the flash controller's log gives, with every read timed by the
-    datasheet model (emulator/flash_timing.py read_time_ns)."""
+    datasheet model (target/flash_timing.py read_time_ns)."""
     image = tiled.out_dir / "flash.img"
     size = image.stat().st_size
     with Board(tiled.out_dir / "firmware.elf", image, ram_bytes=160 << 10, record_dma=True) as board:

@@ -1,4 +1,4 @@
-"""Specification of the simulated PSRAM (emulator/psram.py, emulator/psram_timing.py).
+"""Specification of the simulated PSRAM (emulator/psram.py, target/psram_timing.py).
 
 Timing expectations are written out from the datasheet figures by hand, not
 read back from the preset table, so a wrong table entry fails here.
@@ -10,7 +10,7 @@ import random
 import pytest
 
 from emulator.psram import Psram, PsramAddressError, transfer_time_ns
-from emulator.psram_timing import PRESETS, MiB, PsramTiming, get_preset, split_bursts
+from target.psram_timing import PRESETS, MiB, PsramTiming, get_preset, split_bursts
 
 OCTAL_CLK_NS = 1e9 / 200e6  # one 200 MHz clock = 5 ns
 QUAD_CLK_NS = 1e9 / 80e6  # one 80 MHz clock = 12.5 ns

@@ -10,7 +10,7 @@ of head_dim floats each), then per head reads the keys of positions 0..pos in bl
 block_positions rows (pass 1: scores), and the values likewise (pass 2). The tokens and
 logits must be the reference's, the logits bit for bit those of the same model with the
 cache in SRAM, and the bytes and simulated time the board reports must be this layout's
-arithmetic on emulator/psram_timing.py.
+arithmetic on target/psram_timing.py.
 """
 
 import shutil
@@ -29,11 +29,11 @@ from compiler.reference import KVCache, Reference, generate
 from compiler.sampler import Sampling
 from compiler.weights import synthetic_weights
 from emulator.board import Board, FirmwareError
-from emulator.psram_timing import transfer_time_ns
 from target import memory_map as mm
 from target import toolchain
 from target.boards import get_board
 from target.errors import McugptError
+from target.psram_timing import transfer_time_ns
 
 KiB = 1024
 STM32H7 = get_board("stm32h7")

@@ -6,7 +6,6 @@ read back from the preset table, so a wrong table entry fails here.
 
 import pytest
 
-from emulator.flash_timing import PRESETS, FlashTiming, MiB
 from emulator.spi_flash import (
     STATUS_BUSY,
     STATUS_WEL,
@@ -16,6 +15,7 @@ from emulator.spi_flash import (
     SpiNorFlash,
     read_time_ns,
 )
+from target.flash_timing import PRESETS, FlashTiming, MiB
 
 W25Q_CLK_NS = 1e9 / 133e6  # one 133 MHz clock
 OCTAL_CLK_NS = 1e9 / 200e6  # one 200 MHz clock = 5 ns

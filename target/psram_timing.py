@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from emulator.flash_timing import Frame, frame_clocks
+from target.flash_timing import Frame, frame_clocks
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -63,7 +63,7 @@ class PsramTiming:
 
     name: str
     part: str
-    nominal_size: int  # size of the reference part; the model accepts any size the address reaches
+    capacity: int  # bytes in one package of the part
     address_bytes: int  # bytes of address every array command carries
     page_size: int  # row (page) size: the unit of the page rule
     page_crossings_per_burst: int  # page boundaries one burst may cross (0: split at each one)
@@ -72,6 +72,8 @@ class PsramTiming:
     read_latency_max_clocks: int  # worst-case read latency (refresh collision / fixed latency)
     max_ce_low_ns: int  # tCEM: longest CE# low time of one burst
     ce_high_ns: float  # tCPH: CE# high time between bursts
+    # Figures the material we could reach does not give, and what we assumed instead.
+    assumptions: tuple[str, ...] = ()
 
     def __post_init__(self):
         r, w = self.read_frame, self.write_frame
@@ -120,7 +122,7 @@ _APS6408L_FRAME = Frame(
 OCTAL_PSRAM_200 = PsramTiming(
     name="octal-psram-200",
     part="APMemory APS6408L-class 64 Mbit octal DDR PSRAM (OPI, STM32 OCTOSPI), 200 MHz",
-    nominal_size=8 * MiB,  # 64 Mbit (ST BSP APS6408_RAM_SIZE 0x800000)
+    capacity=8 * MiB,  # 64 Mbit (ST BSP APS6408_RAM_SIZE 0x800000)
     address_bytes=4,
     # 1 KiB rows (TI SDAA565: "supports 1KB linear burst wraps"). MODEL CHOICE:
     # the controller ends every burst at a row boundary and re-issues the
@@ -169,7 +171,7 @@ _APS6404L_QPI_FRAME = Frame(
 QUAD_PSRAM_80 = PsramTiming(
     name="quad-psram-80",
     part="ESP-PSRAM64H / APMemory APS6404L-class 64 Mbit quad SPI PSRAM (QPI), 80 MHz",
-    nominal_size=8 * MiB,  # 64 Mbit, A[22:0] (datasheet "Addressable Bit Range")
+    capacity=8 * MiB,  # 64 Mbit, A[22:0] (datasheet "Addressable Bit Range")
     address_bytes=3,  # 24-bit address (datasheet Figures 14/15; ESP-IDF ADDR_BITLEN 23 = 24 bits)
     # "Page size is 1K (CA[9:0]). Default burst setting is Linear Bursting that
     # crosses page boundary [...] can cross page boundary one time only in a
@@ -189,7 +191,82 @@ QUAD_PSRAM_80 = PsramTiming(
     ce_high_ns=18.0,
 )
 
-PRESETS: dict[str, PsramTiming] = {t.name: t for t in (OCTAL_PSRAM_200, QUAD_PSRAM_80)}
+# --- aps256xxn-obr: the STM32H7S78-DK's PSRAM (XSPI1), x16 -------------------------------
+
+# AP Memory APS256XXN-OBR, 256 Mbit, x16 DDR at 200 MHz: 4 bytes per clock (datasheet p.1:
+# "two words per clock"). Commands as ST's aps256xx driver issues them: 20h linear burst
+# read / A0h write, the command 8 bits on 8 lines SDR (1 clock), the address 32 bits on 8
+# lines DDR (2 clocks), data on 16 lines DDR.
+_APS256_FRAME = Frame(
+    clock_hz=200_000_000,
+    cmd_bytes=1,
+    cmd_lanes=8,
+    cmd_dtr=False,
+    addr_lanes=8,
+    addr_dtr=True,
+    data_lanes=16,
+    data_dtr=True,
+)
+
+APS256XXN_OBR = PsramTiming(
+    name="aps256xxn-obr",
+    part="AP Memory APS256XXN-OBR 256 Mbit x16 DDR PSRAM (XSPI, 200 MHz, fixed latency)",
+    capacity=32 * MiB,   # ST's aps256xx.h APS256XX_RAM_SIZE 0x2000000
+    address_bytes=4,
+    # x16: 1024 words = 2 KiB per row; bursts end at the row (Zephyr's DK config: st,csbound 11)
+    page_size=2 * KiB,
+    page_crossings_per_burst=0,
+    # Read latency code 7 for 200 MHz (ST's DK BSP table), run in FIXED latency mode as
+    # Zephyr and ST configure the kit: 2 x 7 = 14 clocks on every read.
+    read_frame=replace(_APS256_FRAME, dummy_clocks=14),
+    write_frame=replace(_APS256_FRAME, dummy_clocks=7),   # write latency code 7 (never doubled)
+    read_latency_max_clocks=14,
+    # tCEM: "tCEM = 2 us max" (ST's DK BSP comment); at 200 MHz it ends a burst at ~1.5 KiB,
+    # before the 2 KiB row.
+    max_ce_low_ns=2_000,
+    ce_high_ns=24.0,   # tCPH 24 ns min (ST's DK BSP comment; it programs 5 clocks)
+    assumptions=(
+        "APS256XXN-OBR tCEM 2 us and tCPH 24 ns: from ST's kit BSP comments; the datasheet's "
+        "AC table was not reached",
+    ),
+)
+
+# --- s70kl1281: the STM32H735G-DK's HyperRAM (OCTOSPI2) -----------------------------------
+
+# Infineon (Cypress) S70KL1281, 128 Mbit HyperRAM (two 64 Mbit dies), 3 V: HyperBus x8 DDR,
+# at most 100 MHz at 3.0 V (datasheet 001-97964 p.1). A command is a 48-bit command/address
+# on 8 lines DDR (3 clocks) with no separate opcode, then the initial latency: 6 clocks,
+# doubled in FIXED latency mode as ST's H735G-DK BSP runs it (12 clocks, reads and writes).
+_S70KL_FRAME = Frame(
+    clock_hz=100_000_000,
+    cmd_bytes=0,
+    addr_lanes=8,
+    addr_dtr=True,
+    data_lanes=8,
+    data_dtr=True,
+)
+
+S70KL1281 = PsramTiming(
+    name="s70kl1281",
+    part="Infineon S70KL1281 128 Mbit HyperRAM (x8 DDR, 100 MHz, fixed latency 2 x 6)",
+    capacity=16 * MiB,
+    address_bytes=6,   # the 48-bit command/address word
+    # Linear bursts may not cross the 8 MiB die boundary (ST's BSP ChipSelectBoundary 23)
+    page_size=8 * MiB,
+    page_crossings_per_burst=0,
+    read_frame=replace(_S70KL_FRAME, dummy_clocks=12),
+    write_frame=replace(_S70KL_FRAME, dummy_clocks=12),
+    read_latency_max_clocks=12,
+    max_ce_low_ns=4_000,   # tCSM 4 us (ST's BSP: Refresh = 400 clocks "4us @100MHz")
+    ce_high_ns=40.0,       # tRWR read-write recovery (ST's config comment: "40ns")
+    assumptions=(
+        "S70KL1281 command/address phase 3 clocks (the HyperBus 48-bit CA word): not read in "
+        "the datasheet",
+        "S70KL1281 tRWR 40 ns and tCSM 4 us: from ST's BSP comments",
+    ),
+)
+
+PRESETS: dict[str, PsramTiming] = {t.name: t for t in (OCTAL_PSRAM_200, QUAD_PSRAM_80, APS256XXN_OBR, S70KL1281)}
 DEFAULT_PRESET = "octal-psram-200"
 
 
@@ -269,3 +346,10 @@ def transfer_time_ns(
     frame = command_frame(timing, write, worst_case)
     clocks = sum(frame_clocks(frame, timing.address_bytes, n) for _, n in bursts)
     return clocks * 1e9 / timing.clock_hz + len(bursts) * timing.ce_high_ns
+
+
+def at_clock(timing: PsramTiming, clock_hz: float) -> PsramTiming:
+    """The part as a board runs it: its frames no faster than `clock_hz`. The latency clocks
+    stay the part's setting for its full speed (an upper bound on the time)."""
+    cap = lambda f: replace(f, clock_hz=min(f.clock_hz, int(clock_hz)))
+    return replace(timing, read_frame=cap(timing.read_frame), write_frame=cap(timing.write_frame))

@@ -80,7 +80,7 @@ class FlashTiming:
     name: str
     part: str
     jedec_id: bytes  # manufacturer, memory type, capacity code (9Fh)
-    nominal_size: int  # size of the reference part; the model accepts any size
+    capacity: int  # bytes in one package of the part (a board may wire several: target/boards.py)
     min_address_bytes: int  # 3, or 4 for parts that only speak 4-byte addresses
     page_size: int
     sector_size: int  # smallest erase unit
@@ -100,6 +100,9 @@ class FlashTiming:
     block_erase_max_ns: float
     deselect_ns: float  # tSHSL after a read or register read
     deselect_after_write_ns: float  # tSHSL after a command that writes
+    # Figures the datasheet (or the material we could reach) does not give: what we assumed
+    # instead. Reported with the board (mcugpt fit/run --json) and in docs/flash_timing.md.
+    assumptions: tuple[str, ...] = ()
 
 
 def address_bytes(timing: FlashTiming, device_size: int) -> int:
@@ -120,7 +123,7 @@ W25Q_QUAD = FlashTiming(
     # W25Q128JV-IQ/JQ (the -IM/JM variants report 70h 18h). Also Linux
     # spi-nor and many drivers use 0xEF4018 for W25Q128JV.
     jedec_id=bytes([0xEF, 0x40, 0x18]),
-    nominal_size=16 * MiB,  # 128 Mbit
+    capacity=16 * MiB,  # 128 Mbit
     min_address_bytes=3,
     page_size=256,  # datasheet: 65,536 pages of 256 bytes
     sector_size=4 * KiB,  # Sector Erase 20h
@@ -184,7 +187,7 @@ MX_OCTAL_DTR = FlashTiming(
     # mx25um51245g as 0xC2803A (some BSPs say 0xC2813A, which Linux assigns
     # to the MX25UW51245G).
     jedec_id=bytes([0xC2, 0x80, 0x3A]),
-    nominal_size=64 * MiB,  # 512 Mbit
+    capacity=64 * MiB,  # 512 Mbit
     min_address_bytes=4,  # OPI commands always carry a 4-byte address
     page_size=256,
     sector_size=4 * KiB,
@@ -231,7 +234,52 @@ W25Q_QUAD_80 = replace(
     status_frame=replace(W25Q_QUAD.status_frame, clock_hz=_W25Q_80_HZ),
 )
 
-PRESETS: dict[str, FlashTiming] = {t.name: t for t in (W25Q_QUAD, MX_OCTAL_DTR, W25Q_QUAD_80)}
+# --- the parts on the real boards (target/boards.py; sources in docs/boards.md) ----------
+
+# Macronix MX66UW1G45G, 1 Gbit 1.8 V octal NOR: the STM32H7S78-DK's flash (XSPI2). Read in
+# 8D-8D-8D (8DTRD EE11h) with 20 dummy clocks, the reset default of CR2 DC and the setting
+# for 200 MHz (ST's DK BSP table: 20 -> 200 MHz ... 6 -> 66 MHz). JEDEC ID C2 81 3B
+# (Macronix's ID table; Linux spi-nor). Always 4-byte addresses in OPI.
+MX66UW1G45G = replace(
+    MX_OCTAL_DTR,
+    name="mx66uw1g45g",
+    part="Macronix MX66UW1G45G 1 Gbit octal NOR (8D-8D-8D, 200 MHz, 20 dummy clocks)",
+    jedec_id=bytes([0xC2, 0x81, 0x3B]),
+    capacity=128 * MiB,
+    # ST's driver timeouts (mx66uw1g45g.h): 4 KB erase 400 ms, 64 KB erase 1 s
+    sector_erase_max_ns=400e6,
+    block_erase_max_ns=1000e6,
+    assumptions=(
+        "MX66UW1G45G page-program and typical erase times: the datasheet's table was not "
+        "reached; 0.15 ms / 25 ms / 220 ms typical (maxima: ST's driver timeouts)",
+        "MX66UW1G45G deselect time tSHSL: not found; 10 ns (2 XSPI clocks at 200 MHz, ST's BSP)",
+    ),
+)
+
+# Macronix MX25LM51245G, 512 Mbit 3 V octal NOR: the STM32H735G-DK's flash (OCTOSPI1). The
+# 3 V "LM" part runs at most 133 MHz (datasheet v1.1 key features, quoted in Zephyr issue
+# #63770), not the 200 MHz of the 1.8 V UM/UW parts. 8DTRD EE11h with 20 dummy clocks (the
+# CR2 default; ST's m2_mx25lm51245g.h). JEDEC ID C2 85 3A (ST's driver).
+MX25LM51245G = replace(
+    MX_OCTAL_DTR,
+    name="mx25lm51245g",
+    part="Macronix MX25LM51245G 512 Mbit 3 V octal NOR (8D-8D-8D, 133 MHz, 20 dummy clocks)",
+    jedec_id=bytes([0xC2, 0x85, 0x3A]),
+    capacity=64 * MiB,
+    read_modes={"octal": replace(_OCTAL_DTR, clock_hz=133_000_000, dummy_clocks=20)},
+    command_frame=replace(_OCTAL_DTR, clock_hz=133_000_000),
+    status_frame=replace(_OCTAL_DTR, clock_hz=133_000_000, dummy_clocks=4),
+    sector_erase_max_ns=400e6,   # "Max 400ms in spec" (ST's m2_mx25lm51245g.h)
+    block_erase_max_ns=1000e6,
+    assumptions=(
+        "MX25LM51245G dummy clocks below 133 MHz: the part's table was not reached; the "
+        "reset default (20) is used at any clock",
+        "MX25LM51245G page-program and typical erase times, tSHSL: not reached; as the MX66UW1G45G",
+    ),
+)
+
+PRESETS: dict[str, FlashTiming] = {t.name: t for t in (W25Q_QUAD, MX_OCTAL_DTR, W25Q_QUAD_80, MX66UW1G45G,
+                                                      MX25LM51245G)}
 DEFAULT_PRESET = "w25q-quad"
 
 
@@ -272,5 +320,14 @@ def read_time_ns(
     """
     timing = get_preset(preset)
     _, frame = read_mode_frame(timing, mode)
-    size = timing.nominal_size if device_size is None else device_size
+    size = timing.capacity if device_size is None else device_size
     return frame_ns(frame, address_bytes(timing, size), length) + timing.deselect_ns
+
+
+def at_clock(timing: FlashTiming, clock_hz: float) -> FlashTiming:
+    """The part as a board runs it: no frame faster than `clock_hz` (the controller's or the
+    board's limit). The dummy clocks stay the part's setting for its full speed, which a
+    slower clock could shorten: an upper bound on the time, never an optimistic one."""
+    cap = lambda f: replace(f, clock_hz=min(f.clock_hz, int(clock_hz)))
+    return replace(timing, read_modes={m: cap(f) for m, f in timing.read_modes.items()},
+                   command_frame=cap(timing.command_frame), status_frame=cap(timing.status_frame))
