@@ -6,9 +6,9 @@
 #   make flash-image  compile MODEL: build/MODEL/{model.onnx,plan.json,flash.img,include/}
 #   make clean        remove build/ (keeps the venv); `make distclean` removes the venv too
 #
-# Variables: MODEL (gpt2, distilgpt2, gpt2-medium, tiny), BOARD (sim64, stm32h7,
-#            esp32s3-class), DTYPE (fp32, int8), RAM (default: the board's SRAM), PROMPT,
-#            TOKENS, FLASH (default: the board's flash part; w25q-quad, octal-dtr, w25q-quad-80).
+# Variables: MODEL (gpt2, distilgpt2, gpt2-medium, tiny), BOARD (sim64, stm32h7s78-dk,
+#            stm32h735g-dk: `mcugpt fit` says which fit), DTYPE (fp32, int8), RAM (default:
+#            the board's SRAM), PROMPT, TOKENS.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -19,7 +19,6 @@ DTYPE  ?= fp32
 RAM    ?=
 PROMPT ?= The staged method runs a language model on a microcontroller by
 TOKENS ?= 16
-FLASH  ?=
 BUILD  := build/$(MODEL)$(if $(filter-out sim64,$(BOARD)),-$(BOARD))$(if $(filter-out fp32,$(DTYPE)),-$(DTYPE))
 COMPILE_FLAGS := --model $(MODEL) --board $(BOARD) --dtype $(DTYPE) $(if $(RAM),--ram $(RAM))
 
@@ -48,7 +47,7 @@ flash-image: $(VENV)/.installed
 # Compile (weights, ONNX, stages, plan, flash image, firmware) only when something changed,
 # then generate on the emulated board and compare with the numpy reference (--check).
 run: $(BUILD)/firmware.elf
-	$(BIN)/mcugpt run --build $(BUILD) --prompt "$(PROMPT)" --tokens $(TOKENS) $(if $(FLASH),--flash $(FLASH)) --check
+	$(BIN)/mcugpt run --build $(BUILD) --prompt "$(PROMPT)" --tokens $(TOKENS) --check
 
 $(BUILD)/firmware.elf: $(VENV)/.installed $(wildcard target/*.py compiler/*.py compiler/templates/* runtime_c/* models/*)
 	$(BIN)/mcugpt compile $(COMPILE_FLAGS) --out $(BUILD)

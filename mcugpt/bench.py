@@ -56,18 +56,25 @@ def _row(report: dict, board: str, dtype: str, flash: str, compile_s: float) -> 
     }
 
 
-def sweep(out: Path, model: str, tokens: int, progress) -> list[dict]:
-    rows = []
+def sweep(out: Path, model: str, tokens: int, progress) -> tuple[list[dict], list[dict]]:
+    """Every board x dtype x flash option that fits, compiled and run; and those that do not
+    fit, with compile's one-line reason."""
+    rows, refused = [], []
     configs = [(b, dt) for b in BOARDS for dt in ("fp32", "int8")]
     for board, dtype in progress(configs, desc="boards x dtypes"):
         t0 = time.perf_counter()
-        built = compile_model(model, out / "builds" / f"{model}-{board}-{dtype}", board=board, dtype=dtype, quiet=True)
+        try:
+            built = compile_model(model, out / "builds" / f"{model}-{board}-{dtype}", board=board, dtype=dtype,
+                                  quiet=True)
+        except McugptError as e:
+            refused.append({"board": board, "dtype": dtype, "why": str(e)})
+            continue
         compile_s = time.perf_counter() - t0
         build = Build.open(built.out_dir)
         for flash in BOARDS[board].flash:
-            report = run(build, PROMPT, tokens, Sampling(), flash=flash, check=True)
-            rows.append(_row(report, board, dtype, flash, compile_s))
-    return rows
+            report = run(build, PROMPT, tokens, Sampling(), flash=flash.part, check=True)
+            rows.append(_row(report, board, dtype, flash.part, compile_s))
+    return rows, refused
 
 
 def frontier(out: Path, model: str, progress) -> list[dict]:
@@ -181,7 +188,7 @@ def paper_comparison(out: Path, model: str, rows: list[dict]) -> dict:
         grouped_build = compile_model(model, out / "builds" / f"{model}-paper-grouped-{dtype}", ctx=ctx,
                                       dtype=dtype, group="auto", quiet=True)
         grouped = {flash: run(Build.open(grouped_build.out_dir), PROMPT, 2, Sampling(), flash=flash)
-                   for flash in BOARDS["sim64"].flash}
+                   for flash in (m.part for m in BOARDS["sim64"].flash)}
         result["dtypes"][dtype] = {
             "classic_ram": classic, "staged_ram_whole_stage": staged_whole, "staged_ram_streamed_min": minimal,
             "kv_bytes": kv, "largest_block_stage_weights": largest_stage,
@@ -248,6 +255,13 @@ def quant_markdown(q: dict) -> str:
             f"{100 * q['top1_agreement']:.1f}% of positions. Weights: {q['weights']}.\n")
 
 
+def refused_markdown(refused: list[dict]) -> str:
+    if not refused:
+        return ""
+    return ("\n## What does not fit\n\n" + "\n".join(f"- {r['board']} {r['dtype']}: {r['why']}" for r in refused)
+            + "\n")
+
+
 def overhead_markdown(o: dict) -> str:
     verdict = "meets" if o["meets_target"] else "MISSES"
     return (f"\n## Counter overhead\n\nCounting every executed instruction (the native block counter) "
@@ -297,7 +311,7 @@ def bench(out: Path, model: str = "gpt2", tokens: int = 3, progress=None, comman
     out.mkdir(parents=True, exist_ok=True)
     progress = progress or (lambda it, **kw: it)
     t0 = time.perf_counter()
-    rows = sweep(out, model, tokens, progress)
+    rows, refused = sweep(out, model, tokens, progress)
     paper = paper_comparison(out, model, rows)
     front = frontier(out, model, progress)
     quant = quantization_error(model, QUANT_TOKENS, progress)
@@ -305,10 +319,12 @@ def bench(out: Path, model: str = "gpt2", tokens: int = 3, progress=None, comman
     info = {"model": model, "tokens": tokens, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
             "command": command or f"mcugpt bench --model {model} --tokens {tokens} --out {out}",
             "wall_s": time.perf_counter() - t0}
-    result = {"info": info, "configs": rows, "paper": paper, "frontier": front, "int8_vs_fp32": quant,
+    result = {"info": info, "configs": rows, "refused": refused, "paper": paper, "frontier": front,
+              "int8_vs_fp32": quant,
               "counter_overhead": overhead}
     (out / "bench.json").write_text(json.dumps(result, indent=1))
-    (out / "bench.md").write_text(markdown(rows, paper, front, info) + quant_markdown(quant)
+    (out / "bench.md").write_text(markdown(rows, paper, front, info) + refused_markdown(refused)
+                                  + quant_markdown(quant)
                                   + overhead_markdown(overhead))
     plots(out, rows, front, model)
     return result

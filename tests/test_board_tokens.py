@@ -14,6 +14,7 @@ from compiler.firmware import RUNTIME_C, build
 from compiler.flash_image import write_image
 from compiler.onnx_export import initializer_array
 from compiler.pipeline import compile_model
+from compiler.plan import Plan
 from compiler.reference import Reference, generate
 from compiler.sampler import Sampling
 from compiler.tokenizer import token_bytes_table
@@ -23,7 +24,9 @@ PROMPTS = ["Hello, my name is", "The quick brown fox jumps over", "In 1969, the 
 
 
 def board_generate(build_dir, prompt_tokens, n_new, sampling, elf=None, image=None):
-    with Board(elf or build_dir / "firmware.elf", image or build_dir / "flash.img") as board:
+    """On the board the build was planned for (its SRAM, flash parts, PSRAM, clocks)."""
+    profile = Plan.load(build_dir / "plan.json").profile
+    with Board.for_profile(elf or build_dir / "firmware.elf", image or build_dir / "flash.img", profile) as board:
         return board.run(prompt_tokens, n_new, temperature=sampling.temperature, top_k=sampling.top_k,
                          seed=sampling.seed, dump_logits=True)
 

@@ -26,7 +26,6 @@ from compiler.sampler import Sampling  # noqa: E402
 from compiler.tokenizer import encode, load_tokenizer  # noqa: E402
 from emulator.board import Board  # noqa: E402
 from mcugpt.run import Build, run  # noqa: E402
-from target.boards import get_board  # noqa: E402
 
 PROMPT = "The quick brown fox jumps over"
 N_NEW = 12
@@ -91,7 +90,7 @@ def board_run(built, prompt_tokens, sampling: Sampling, elf: Path | None = None)
     """The firmware (or `elf`) on the board the build was planned for, dumping the logits that
     chose each generated token."""
     out = built.out_dir
-    with Board.for_profile(elf or out / "firmware.elf", out / "flash.img", get_board(built.plan.board.name)) as b:
+    with Board.for_profile(elf or out / "firmware.elf", out / "flash.img", built.plan.profile) as b:
         return b.run(prompt_tokens, N_NEW, temperature=sampling.temperature, top_k=sampling.top_k,
                      seed=sampling.seed, dump_logits=True)
 
