@@ -32,14 +32,18 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
-# The default C compiler is the pip-installed zig (in the venv). arm-none-eabi-gcc must work
-# too: as root (CI) it is installed from Debian's packages when missing.
+# The default C compiler is the pip-installed zig (in the venv). The tests also use Debian's
+# arm-none-eabi-gcc (the second supported compiler) and llvm (llvm-mca, LLVM's Cortex-M7
+# timing model, and llvm-objdump): as root (CI) they are installed when missing.
 toolchain:
-	@command -v arm-none-eabi-gcc >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get install -y -q gcc-arm-none-eabi >/dev/null || \
-	    { apt-get update -q >/dev/null && apt-get install -y -q gcc-arm-none-eabi >/dev/null; }; \
-	  else echo "note: arm-none-eabi-gcc not found; its tests will be skipped"; fi; }
+	@for need in arm-none-eabi-gcc:gcc-arm-none-eabi llvm-mca:llvm; do \
+	  cmd=$${need%%:*}; pkg=$${need##*:}; \
+	  command -v $$cmd >/dev/null || { \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      apt-get install -y -q $$pkg >/dev/null || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q $$pkg >/dev/null; }; \
+	    else echo "note: $$cmd not found (Debian package $$pkg); its tests will be skipped"; fi; }; \
+	done
 
 flash-image: $(VENV)/.installed
 	$(BIN)/mcugpt compile $(COMPILE_FLAGS) --out $(BUILD)
