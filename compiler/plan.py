@@ -47,6 +47,7 @@ GROUPING = ("auto", "none")
 # measurable (the per-command overhead of a 256 KiB read is ~0.01%), and the RAM is worth
 # more holding weights resident.
 TILE_TARGET = 256 << 10
+PLAN_FORMAT = 3
 TOPK_BYTES = 8 + TOPK_MAX * 8  # runtime_c TopK: k, n, then TOPK_MAX values and ids
 # The arena's buffers, in the order a reader meets them in a stage.
 ARENA_ORDER = ("x", "h", "qkv", "att", "hidden", "xq", "scores", "params", "weights", "weights_next",
@@ -221,7 +222,11 @@ class Plan:
     @classmethod
     def load(cls, path) -> "Plan":
         try:
-            return cls.from_dict(json.loads(open(path).read()))
+            d = json.loads(open(path).read())
+            if d.get("format") != PLAN_FORMAT:
+                raise McugptError(f"{path}: plan format {d.get('format')}, this mcugpt reads format {PLAN_FORMAT}; "
+                                  f"recompile with `mcugpt compile`")
+            return cls.from_dict(d)
         except (KeyError, TypeError, ValueError) as e:
             raise McugptError(f"{path}: not a plan this mcugpt wrote ({type(e).__name__}: {e}); "
                               f"recompile with `mcugpt compile`") from None
@@ -416,7 +421,7 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
                     "[layer][keys, values][head][position][head_dim] from PSRAM address 0",
                     block_positions=min(ctx, KV_BLOCK_POSITIONS), psram_bytes=prof.psram_bytes)
     plan = Plan(
-        format=2, plan_id=0, model=cfg, dtype=dtype, board=prof.name, ram_budget=ram, ctx=ctx,
+        format=PLAN_FORMAT, plan_id=0, model=cfg, dtype=dtype, board=prof.name, ram_budget=ram, ctx=ctx,
         ctx_limited_by=None if ctx >= cfg.n_ctx else (
             "psram" if not kv_in_sram and ctx == min(cfg.n_ctx, psram_ctx_cap) else "sram"),
         reserved={"stack": STACK_RESERVE, "firmware": FIRMWARE_RESERVE},

@@ -14,9 +14,9 @@ no effect.
 The run path has no per-instruction or per-access Python hook: peripherals are `mmio_map`ped,
 the fault hooks (unmapped or protected access, CPU exceptions) cost nothing until they fire,
 and the one hook that runs all the time, the instruction counter's block hook, is native
-code (emulator/instruction_count.py). The counted instructions drive the board's clock
-(peripherals.CpuClock), on which the flash and PSRAM DMA transfers run concurrently with
-the CPU. See docs/board.md.
+code (emulator/instruction_count.py). The counted blocks' cycles (the Cortex-M7 pipeline
+model, target/m7_pipeline.py) drive the board's clock (peripherals.CpuClock), on which the
+flash and PSRAM DMA transfers run concurrently with the CPU. See docs/board.md.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ from target.boards import DEFAULT_BOARD, flash_timing_of, get_board, psram_timin
 from target.errors import McugptError
 from target.flash_layout import NO_LAYER, read_image
 from target.flash_timing import get_preset as get_flash_preset
+from target.m7_pipeline import halfword_costs
 from target.stages import STAGE_KINDS, stage_name
 
 __all__ = ["Board", "RunResult", "PeakRam", "StageStats", "PositionStats", "StageCall", "BoardFault",
@@ -178,11 +179,12 @@ class RunResult:
     psram_transfers: dict = field(default_factory=dict)  # Psram.stats(): "read"/"write" count, bursts, bytes, ns
     psram_errors: list[str] = field(default_factory=list)  # PSRAM controller errors, in order
     instructions: int = 0                    # executed by the CPU over the whole run (counted)
-    compute_ns: float = 0.0                  # instructions x cpi / cpu_hz
+    cycles: float = 0.0                      # of those instructions, by the pipeline model (per basic block)
+    compute_ns: float = 0.0                  # cycles / cpu_hz
     stall_ns: float = 0.0                    # the CPU waiting for DMA transfers
     device_ns: float = 0.0                   # the board's clock at the end: compute_ns + stall_ns
     cpu_hz: float = 0.0
-    cpi: float = 0.0                         # cycles per instruction the clock was run with
+    cpi: float = 0.0                         # cycles / instructions: the model's average over the run
     counter: str = "off"                     # "native", "python" (slow fallback) or "off"
     dma_overlapped_instructions: int = 0     # executed while a flash/PSRAM transfer was in flight
     stage_calls: list = field(default_factory=list)  # peripherals.StageCall per stage call, in order
@@ -268,8 +270,9 @@ class Board:
     one every PSRAMCTL command fails (STATUS = ERROR | DONE). Like the flash, the PSRAM's
     clock and contents persist across runs (a reset, not a power cycle).
 
-    The board's clock (peripherals.CpuClock) runs at `cpu_hz` with `cpi` cycles per counted
-    instruction (default: the sim64 profile's; `for_profile` takes the profile's).
+    The board's clock (peripherals.CpuClock) runs at `cpu_hz` (default: the sim64 profile's;
+    `for_profile` takes the profile's) and charges each executed basic block its cycles by the
+    Cortex-M7 pipeline model (target/m7_pipeline.py).
     `count_instructions=False` (or MCUGPT_COUNTER=off) runs without the counter: compute then
     takes no simulated time. `record_dma` keeps every DMA start/completion in
     `flashctl.log` / `psramctl.log` (tests).
@@ -278,11 +281,10 @@ class Board:
     def __init__(self, elf_path, flash_image_path, ram_bytes: int = mm.SRAM_SIZE_DEFAULT,
                  flash_preset: str = "w25q-quad", flash_chips: int = 1,
                  psram_preset: str | None = None, psram_bytes: int = 0,
-                 cpu_hz: float | None = None, cpi: float | None = None, count_instructions: bool | None = None,
+                 cpu_hz: float | None = None, count_instructions: bool | None = None,
                  record_dma: bool = False):
         default = get_board(DEFAULT_BOARD)
         self.cpu_hz = float(cpu_hz or default.cpu_hz)
-        self.cpi = float(cpi or default.cpi)
         if count_instructions is None:
             count_instructions = counter_mode() != "off"
         self.count_instructions = count_instructions
@@ -350,7 +352,7 @@ class Board:
         return cls(elf_path, flash_image_path, ram_bytes=ram_bytes or profile.sram_bytes,
                    flash_preset=flash_timing_of(flash), flash_chips=flash.chips,
                    psram_preset=psram_timing_of(profile.psram) if profile.psram else None,
-                   psram_bytes=profile.psram_bytes, cpu_hz=profile.cpu_hz, cpi=profile.cpi, **kw)
+                   psram_bytes=profile.psram_bytes, cpu_hz=profile.cpu_hz, **kw)
 
     # -- static checks ---------------------------------------------------------
 
@@ -432,8 +434,8 @@ class Board:
             code_end = max((a + len(d) for a, _v, _m, d in self.firmware.segments
                             if mm.CODE_BASE <= a < mm.CODE_BASE + mm.CODE_SIZE), default=mm.CODE_BASE)
             code = bytes(uc.mem_read(mm.CODE_BASE, code_end - mm.CODE_BASE))
-            self.counter = InstructionCounter(uc, mm.CODE_BASE, code)
-        self.clock = CpuClock(self.counter, self.cpu_hz, self.cpi)
+            self.counter = InstructionCounter(uc, mm.CODE_BASE, code, costs=halfword_costs(code, mm.CODE_BASE))
+        self.clock = CpuClock(self.counter, self.cpu_hz)
         self.faults = Faults()
         self.flashctl = FlashController(self.faults, self.flash, mm.SRAM_BASE, self.ram_bytes, clock=self.clock)
         self.psramctl = PsramController(self.faults, self.psram, mm.SRAM_BASE, self.ram_bytes, clock=self.clock)
@@ -573,8 +575,9 @@ class Board:
             psram_bytes=psram["total"]["bytes"] if psram else 0, psram_ns=psram["total"]["ns"] if psram else 0.0,
             psram_transfers={d: psram[d] for d in ("read", "write")} if psram else {},
             psram_errors=list(self.psramctl.errors),
-            instructions=clock.instructions, compute_ns=clock.compute_ns, stall_ns=clock.stall_ns,
-            device_ns=clock.now_ns, cpu_hz=clock.cpu_hz, cpi=clock.cpi,
+            instructions=clock.instructions, cycles=clock.cycles, compute_ns=clock.compute_ns,
+            stall_ns=clock.stall_ns, device_ns=clock.now_ns, cpu_hz=clock.cpu_hz,
+            cpi=clock.cycles / clock.instructions if clock.instructions else 0.0,
             counter=self.counter.kind if self.counter is not None else "off", stage_calls=list(self.trace.calls),
             dma_overlapped_instructions=(self.flashctl.dma.overlapped_instructions
                                          + self.psramctl.dma.overlapped_instructions))

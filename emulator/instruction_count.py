@@ -33,9 +33,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from unicorn import UC_HOOK_BLOCK
 
 from target import toolchain
+from target.m7_pipeline import FIXED
 
 __all__ = ["InstructionCounter", "thumb_instructions", "native_library", "counter_mode"]
 
@@ -51,6 +53,8 @@ typedef struct {
     uint64_t halfwords;       /* its size in halfwords */
     uint32_t* cache;          /* per halfword: size << 16 | instructions of the TB starting there */
     uint64_t outside;         /* blocks executed outside the code region (counted size / 2) */
+    uint64_t cycles;          /* running total, in 1/1024 cycles (target/m7_pipeline.py FIXED) */
+    const uint64_t* prefix;   /* prefix[i]: cycles of the instructions starting before halfword i */
 } Counter;
 
 /* UC_HOOK_BLOCK callback: void (*)(uc_engine*, uint64_t address, uint32_t size, void* user_data) */
@@ -78,6 +82,9 @@ void mcugpt_count_block(void* uc, uint64_t addr, uint32_t size, void* user_data)
         c->cache[off] = e;
     }
     c->instructions += e & 0xFFFF;
+    uint64_t end = off + size / 2;
+    if (end > c->halfwords) end = c->halfwords;
+    c->cycles += c->prefix[end] - c->prefix[off];
 }
 """
 
@@ -85,7 +92,7 @@ void mcugpt_count_block(void* uc, uint64_t addr, uint32_t size, void* user_data)
 class _Counter(ctypes.Structure):
     _fields_ = [("instructions", ctypes.c_uint64), ("blocks", ctypes.c_uint64), ("code", ctypes.c_void_p),
                 ("base", ctypes.c_uint64), ("halfwords", ctypes.c_uint64), ("cache", ctypes.c_void_p),
-                ("outside", ctypes.c_uint64)]
+                ("outside", ctypes.c_uint64), ("cycles", ctypes.c_uint64), ("prefix", ctypes.c_void_p)]
 
 
 def thumb_instructions(code: bytes, offset: int, size: int) -> int:
@@ -170,12 +177,18 @@ class InstructionCounter:
     `kind`: "native" (a C callback) or "python" (the fallback, exact but slow).
     """
 
-    def __init__(self, uc, base: int, code: bytes, mode: str | None = None):
+    def __init__(self, uc, base: int, code: bytes, mode: str | None = None, costs: list[int] | None = None):
+        """`costs`: per halfword of `code`, the cycles (x m7_pipeline.FIXED) of the instruction
+        starting there (target/m7_pipeline.halfword_costs); the counter sums them over every
+        executed block, as it sums instructions."""
         mode = mode or counter_mode()
         if mode == "off":
             raise ValueError("InstructionCounter with counting off")
         self.base = base
         self._code = bytes(code) + b"\0\0"     # a 4-byte encoding may straddle the end
+        costs = costs if costs is not None else [0] * (len(code) // 2)
+        self._prefix = np.zeros(len(code) // 2 + 1, np.uint64)
+        np.cumsum(np.asarray(costs[:len(code) // 2], np.uint64), out=self._prefix[1:])
         lib = native_library() if mode == "native" else None
         if lib is not None:
             self.kind = "native"
@@ -183,12 +196,14 @@ class InstructionCounter:
             self._code_buf = ctypes.create_string_buffer(self._code, len(self._code))
             self._cache = (ctypes.c_uint32 * max(n, 1))()
             self._state = _Counter(0, 0, ctypes.cast(self._code_buf, ctypes.c_void_p), base, n,
-                                   ctypes.cast(self._cache, ctypes.c_void_p), 0)
+                                   ctypes.cast(self._cache, ctypes.c_void_p), 0, 0,
+                                   self._prefix.ctypes.data_as(ctypes.c_void_p))
             self._callback = ctypes.cast(lib.mcugpt_count_block, ctypes.c_void_p)
             self._hook = _native_hook_add(uc, UC_HOOK_BLOCK, self._callback, ctypes.addressof(self._state))
         else:
             self.kind = "python"
             self._py_count = 0
+            self._py_cycles = 0
             self._py_blocks = 0
             self._py_outside = 0
             self._sizes: dict[int, tuple[int, int]] = {}
@@ -206,10 +221,20 @@ class InstructionCounter:
                 n = size // 2
             cached = self._sizes[address] = (size, n)
         self._py_count += cached[1]
+        off = (address - self.base) // 2
+        if 0 <= off < len(self._prefix) - 1:
+            end = min(off + size // 2, len(self._prefix) - 1)
+            self._py_cycles += int(self._prefix[end] - self._prefix[off])
 
     @property
     def count(self) -> int:
         return self._state.instructions if self.kind == "native" else self._py_count
+
+    @property
+    def cycles(self) -> float:
+        """Cycles of the instructions counted so far (the pipeline model's, per basic block)."""
+        fixed = self._state.cycles if self.kind == "native" else self._py_cycles
+        return fixed / FIXED
 
     @property
     def blocks(self) -> int:

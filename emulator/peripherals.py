@@ -5,10 +5,11 @@ Registers and addresses come from target/memory_map.py (the firmware gets the sa
 numbers through include/memory_map.h). Each peripheral is mapped with `uc.mmio_map`, so it
 costs nothing until the firmware touches it: no Python hook runs on ordinary instructions.
 
-Time: the board has one simulated clock, the CPU's (`CpuClock`): it advances by the
-instructions the core executed since the last peripheral access (counted by
-emulator/instruction_count.py) times the board's cycles per instruction over its clock
-rate, and jumps forward when the CPU waits for a transfer. The flash and PSRAM controllers
+Time: the board has one simulated clock, the CPU's (`CpuClock`): it advances by the cycles
+of the instructions the core executed since the last peripheral access (counted per basic
+block by emulator/instruction_count.py, timed by the Cortex-M7 pipeline model,
+target/m7_pipeline.py) over its clock rate, and jumps forward when the CPU waits for a
+transfer. The flash and PSRAM controllers
 are DMA engines (`DmaChannel`) on that clock: a transfer starts when its command is
 written and runs for its simulated bus time *while the CPU goes on computing*; STATUS
 reads BUSY until the CPU's clock reaches its end. So a firmware that starts the next
@@ -111,12 +112,13 @@ class Peripheral:
 class CpuClock:
     """The board's simulated time, in ns: the CPU's clock.
 
-    now_ns = instructions x ns_per_instruction + stall_ns, where ns_per_instruction =
-    cpi / cpu_hz (the board profile's cycles per instruction and clock, target/boards.py)
-    and stall_ns is the time the CPU spent waiting for a DMA transfer to finish. It moves
-    only when a peripheral looks at it (`sync`, at every MMIO access): between two accesses
-    the CPU executed `counter.count` minus the last count instructions. Without a counter
-    (counting off) compute takes no time and the clock is the I/O alone.
+    now_ns = cycles / cpu_hz + stall_ns, where `cycles` are those of the instructions the CPU
+    executed, as the counter charges them (per basic block, by the Cortex-M7 pipeline model:
+    target/m7_pipeline.py), and stall_ns is the time the CPU spent waiting for a DMA
+    transfer to finish. It moves only when a peripheral looks at it (`sync`, at every MMIO
+    access). Without a counter (counting off) compute takes no time and the clock is the I/O
+    alone. `execute(n)` charges n instructions run outside the counter's view (models and
+    tests) at `cpi` cycles each.
     """
 
     def __init__(self, counter=None, cpu_hz: float = 480e6, cpi: float = 1.0):
@@ -124,15 +126,17 @@ class CpuClock:
             raise ValueError(f"clock {cpu_hz} Hz and {cpi} cycles per instruction must be positive")
         self.counter = counter
         self.cpu_hz, self.cpi = float(cpu_hz), float(cpi)
-        self.ns_per_instruction = self.cpi * 1e9 / self.cpu_hz
+        self.ns_per_cycle = 1e9 / self.cpu_hz
         self.instructions = 0      # executed so far (as of the last sync)
+        self.cycles = 0.0          # their cycles
         self.stall_ns = 0.0        # CPU time spent waiting for DMA transfers
-        self.now_ns = 0.0          # instructions x ns_per_instruction + stall_ns
+        self.now_ns = 0.0          # cycles x ns_per_cycle + stall_ns
         self._seen = 0
+        self._seen_cycles = 0.0
 
     @property
     def compute_ns(self) -> float:
-        return self.instructions * self.ns_per_instruction
+        return self.cycles * self.ns_per_cycle
 
     def sync(self) -> float:
         """Bring the clock up to the present: charge the instructions executed since the last
@@ -140,16 +144,19 @@ class CpuClock:
         if self.counter is not None:
             n = self.counter.count
             if n != self._seen:
+                c = self.counter.cycles
                 self.instructions += n - self._seen
-                self._seen = n
-                self.now_ns = self.instructions * self.ns_per_instruction + self.stall_ns
+                self.cycles += c - self._seen_cycles
+                self._seen, self._seen_cycles = n, c
+                self.now_ns = self.cycles * self.ns_per_cycle + self.stall_ns
         return self.now_ns
 
     def execute(self, instructions: int) -> float:
-        """Charge `instructions` executed outside the counter's view (models and tests)."""
+        """Charge `instructions` executed outside the counter's view, at `cpi` cycles each."""
         self.sync()
         self.instructions += int(instructions)
-        self.now_ns = self.instructions * self.ns_per_instruction + self.stall_ns
+        self.cycles += int(instructions) * self.cpi
+        self.now_ns = self.cycles * self.ns_per_cycle + self.stall_ns
         return self.now_ns
 
     def stall_until(self, t_ns: float) -> float:
@@ -157,7 +164,7 @@ class CpuClock:
         now = self.sync()
         if t_ns > now:
             self.stall_ns += t_ns - now
-            self.now_ns = self.instructions * self.ns_per_instruction + self.stall_ns
+            self.now_ns = self.cycles * self.ns_per_cycle + self.stall_ns
         return self.now_ns
 
 
@@ -239,8 +246,8 @@ class _DmaPeripheral(Peripheral):
     One command at a time: touching the controller's registers while a transfer is in
     flight (any write but STATUS, or a read of a result register) is a firmware bug, so it
     is a bus error naming the register, as on a controller that rejects it. `log`, when
-    a list, receives ("start", command, address, length, instructions, start_ns, end_ns)
-    and ("done", instructions, now_ns) per transfer, for tests.
+    a list, receives ("start", command, address, length, instructions, start_ns, end_ns, cycles)
+    and ("done", instructions, now_ns, cycles) per transfer, for tests.
     """
 
     results: tuple[str, ...] = ()   # registers that hold a transfer's result
@@ -303,14 +310,15 @@ class _DmaPeripheral(Peripheral):
             self._busy_at = None
             self.regs["STATUS"] = DONE
             if self.log is not None:
-                self.log.append(("done", self.clock.instructions, self.clock.now_ns))
+                self.log.append(("done", self.clock.instructions, self.clock.now_ns, self.clock.cycles))
         return self.regs["STATUS"]
 
     def _start(self, command: str, addr: int, length: int, duration_ns: float, retire=None) -> int:
         self._busy_at = None
         end = self.dma.start(duration_ns, retire)
         if self.log is not None:
-            self.log.append(("start", command, addr, length, self.clock.instructions, end - duration_ns, end))
+            self.log.append(("start", command, addr, length, self.clock.instructions, end - duration_ns, end,
+                             self.clock.cycles))
         return BUSY
 
     def _fail(self, msg: str) -> int:
@@ -547,7 +555,8 @@ class StageStats(_Timing):
     psram_ns: float = 0.0     # simulated PSRAM bus time
     wall_s: float = 0.0       # host seconds spent emulating it
     instructions: int = 0     # executed by the CPU (counted)
-    compute_ns: float = 0.0   # instructions x cycles per instruction / clock
+    cycles: float = 0.0       # their cycles (the pipeline model's)
+    compute_ns: float = 0.0   # cycles / clock
     stall_ns: float = 0.0     # the CPU waiting for DMA transfers to finish
 
 
@@ -563,6 +572,7 @@ class PositionStats(_Timing):
     psram_ns: float = 0.0
     wall_s: float = 0.0
     instructions: int = 0
+    cycles: float = 0.0
     compute_ns: float = 0.0
     stall_ns: float = 0.0
 
@@ -622,7 +632,7 @@ class Trace(Peripheral):
         c = self.clock
         c.sync()
         return (self.flash.stats()["total"]["bytes"], self.flash.now_ns, pb, pns, time.perf_counter(),
-                c.instructions, c.stall_ns)
+                c.instructions, c.stall_ns, c.cycles)
 
     def _charge(self, acc, opened, now) -> None:
         acc.flash_bytes += now[0] - opened[0]
@@ -631,7 +641,8 @@ class Trace(Peripheral):
         acc.psram_ns += now[3] - opened[3]
         acc.wall_s += now[4] - opened[4]
         acc.instructions += now[5] - opened[5]
-        acc.compute_ns = acc.instructions * self.clock.ns_per_instruction
+        acc.cycles += now[7] - opened[7]
+        acc.compute_ns = acc.cycles * self.clock.ns_per_cycle
         acc.stall_ns += now[6] - opened[6]
 
     def _close(self) -> None:
@@ -647,7 +658,7 @@ class Trace(Peripheral):
         if self.per_position:
             p = self.per_position[-1]  # closed once: at the next POSITION, or at the end
             p.flash_bytes, p.psram_bytes, p.flash_ns, p.psram_ns, p.wall_s = 0, 0, 0.0, 0.0, 0.0
-            p.instructions, p.compute_ns, p.stall_ns = 0, 0.0, 0.0
+            p.instructions, p.cycles, p.compute_ns, p.stall_ns = 0, 0.0, 0.0, 0.0
             self._charge(p, self._position_opened, self._now())
 
     def finish(self) -> None:

@@ -216,8 +216,9 @@ def markdown(rows, paper, front, info) -> str:
                         "I/O ms", "compute ms", "device ms", "device tok/s", "emulator tok/s"], t,
                        "llllllrrrrrrrr"))
     lines += ["```", "",
-              "device = simulated: I/O from datasheet timing, compute from counted instructions x the board's "
-              "CPI, overlapped as the firmware's double-buffered tiles overlap them; emulator tok/s = wall-clock "
+              "device = simulated: I/O from datasheet timing, compute from the executed blocks' cycles (Cortex-M7 "
+              "pipeline model) at the board's clock, overlapped as the firmware's double-buffered tiles overlap "
+              "them; emulator tok/s = wall-clock "
               "decode speed of the emulation on the machine above.", "",
               f"## The paper's case: context {paper['ctx']}", ""]
     pt = []
@@ -279,7 +280,7 @@ def plots(out: Path, rows, front, model: str) -> None:
     labels = [f"{r['board']}\n{r['dtype']}\n{r['flash']}" for r in rows]
     x = np.arange(len(rows))
     for k, (key, name) in enumerate((("io_ms_per_token", "I/O (flash + PSRAM, simulated DMA)"),
-                                     ("compute_ms_per_token", "compute (counted instructions x CPI)"),
+                                     ("compute_ms_per_token", "compute (cycles of the executed blocks)"),
                                      ("device_ms_per_token", "device time (overlapped)"))):
         ax.bar(x + (k - 1) * 0.27, [r[key] for r in rows], 0.27, label=name)
     ax.set_xticks(x, labels, fontsize=7)

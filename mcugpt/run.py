@@ -3,7 +3,8 @@
     prompt text -> GPT-2 tokens -> mailbox -> firmware on the board -> tokens + UART text
                 -> summary: speed on this machine, simulated device time per token (flash and
                    PSRAM I/O simulated from datasheet timing as DMA on the board's clock, compute
-                   from counted instructions x the board's CPI, overlapped as the firmware's
+                   from the executed basic blocks' cycles (the Cortex-M7 pipeline model,
+                   target/m7_pipeline.py) at the board's clock, overlapped as the firmware's
                    double-buffered tiles overlap them), flash bytes per token, measured peak
                    RAM against the plan
 
@@ -142,10 +143,11 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
         k["overlap_fraction"] = k["overlap_s"] / hideable if hideable > 0 else 0.0
 
     instructions = mean([p.instructions for p in decode])
+    cycles = mean([p.cycles for p in decode])
     if counted:
-        compute_model = (f"{instructions / 1e6:,.1f}M instructions per token, counted ({result.counter} block "
-                         f"counter), x {result.cpi:g} cycles/instruction at {cpu_hz / 1e6:g} MHz "
-                         f"(the {plan.board} board's CPI: docs/boards.md)")
+        compute_model = (f"{instructions / 1e6:,.1f}M instructions, {cycles / 1e6:,.1f}M cycles per token "
+                         f"(CPI {cycles / instructions if instructions else 0:.2f}): every executed basic block "
+                         f"timed by the Cortex-M7 pipeline model (target/m7_pipeline.py), at {cpu_hz / 1e6:g} MHz")
     else:
         compute_model = ("not counted (MCUGPT_COUNTER=off): compute took no simulated time, so the "
                          "device time is the I/O alone, a lower bound")
@@ -166,7 +168,8 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
             "overlap_s_per_token": overlap_s, "stall_s_per_token": stall_s,
             "sequential_s_per_token": io_s + compute_s,
             "overlap_fraction": overlap_s / hideable if hideable > 0 else 0.0,
-            "instructions_per_token": instructions, "cpi": result.cpi, "cpu_hz": cpu_hz,
+            "instructions_per_token": instructions, "cycles_per_token": cycles,
+            "cpi": cycles / instructions if instructions else 0.0, "cpu_hz": cpu_hz,
             "counter": result.counter,
             "compute_model": compute_model,
             "io_model": f"{flash} flash" + (f" + {plan.profile.psram.part} PSRAM" if plan.kv.placement == "psram" else "")

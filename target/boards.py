@@ -3,8 +3,8 @@
 A board is its CPU (part, core, the datasheet's maximum clock), its SRAM regions (the model's
 arena lives in one contiguous region), its flash (one or more packages of a part in
 target/flash_timing.py, on a controller at a clock no faster than part or controller allow)
-and its PSRAM (a part in target/psram_timing.py), plus the cycles per instruction that times
-the counted compute. The planner reads the arena region's size, the flash capacity and the
+and its PSRAM (a part in target/psram_timing.py). Compute is timed by the Cortex-M7 pipeline
+model (target/m7_pipeline.py) at the CPU's clock. The planner reads the arena region's size, the flash capacity and the
 PSRAM capacity; the emulated board maps exactly these memories and runs the parts at these
 clocks. `sim64` is the method's abstract 64 MB device, made of real flash parts, and is
 labelled as not buyable.
@@ -57,8 +57,6 @@ class BoardProfile:
     sram: tuple[SramRegion, ...]
     flash: tuple[ExternalMemory, ...]     # the board's flash; alternatives after the first (sim64)
     psram: ExternalMemory | None
-    cpi: float                            # core cycles per executed instruction, for the hot loops
-    cpi_source: str
     assumptions: tuple[str, ...] = ()
 
     @property
@@ -103,7 +101,7 @@ class BoardProfile:
         return {
             "name": self.name, "buyable": self.buyable, "doc": self.doc,
             "cpu": {"part": self.cpu.part, "core": self.cpu.core, "hz": self.cpu.max_hz,
-                    "emulated": self.cpu.emulated, "cpi": self.cpi},
+                    "emulated": self.cpu.emulated},
             "sram": [{"name": r.name, "bytes": r.bytes, "arena": r.arena} for r in self.sram],
             "flash": {"part": flash.part, "chips": flash.chips, "bytes": self.flash_bytes,
                       "controller": flash.controller, "clock_hz": flash.clock_hz},
@@ -131,15 +129,6 @@ def psram_timing_of(m: ExternalMemory) -> psram_timing.PsramTiming:
     return psram_timing.at_clock(psram_timing.get_preset(m.part), m.clock_hz)
 
 
-# Cycles per instruction of a Cortex-M7 on this firmware, from the M7's issue rules measured on
-# an STM32H743 (jnk0le/random, "pipeline cycle test/doc/cortex_m7.md") and ARM's M7 pipeline
-# description in GCC (gcc/config/arm/cortex-m7.md), applied to the two loops that execute 96-98 %
-# of the counted instructions. Derivation and validation: docs/board.md, "Cycles per instruction".
-M7_CPI, M7_CPI_SOURCE = 0.85, (
-    "Cortex-M7 issue rules (measured on STM32H743: jnk0le/random pipeline cycle test; ARM's GCC "
-    "cortex-m7.md) applied to the hot loops: fp32 vec_dot 48 cycles / 55 instructions = 0.87, int8 "
-    "dot2_i8 ~41 / 54 = 0.76; docs/board.md 'Cycles per instruction'")
-
 _XSPI_200 = "XSPI at 200 MHz: the clock ST's STM32H7S78-DK templates run both ports at (DS14359's XSPI maximum not reached)"
 
 BOARDS = {b.name: b for b in (
@@ -152,7 +141,7 @@ BOARDS = {b.name: b for b in (
         sram=(SramRegion("SRAM", 64 * MiB, True, "the mission's 64 MB device (the paper's case study)"),),
         flash=(ExternalMemory("mx66uw1g45g", 4, "octal SPI, four chip selects", 200_000_000,
                               "four packages of the STM32H7S78-DK's part, at its 200 MHz"),),
-        psram=None, cpi=M7_CPI, cpi_source=M7_CPI_SOURCE,
+        psram=None,
         assumptions=("sim64 is not a real board: its SRAM size is the paper's device, its flash "
                      "four real 1 Gbit parts on one octal bus",)),
     BoardProfile(
@@ -168,7 +157,6 @@ BOARDS = {b.name: b for b in (
               SramRegion("AHB SRAM", 32 * KiB, False, "CMSIS stm32h7s7xx.h: SRAM1-2, 16 KB each")),
         flash=(ExternalMemory("mx66uw1g45g", 1, "XSPI2", 200_000_000, _XSPI_200),),
         psram=ExternalMemory("aps256xxn-obr", 1, "XSPI1 (16 lines)", 200_000_000, _XSPI_200),
-        cpi=M7_CPI, cpi_source=M7_CPI_SOURCE,
         assumptions=("XSPI controller maximum clock: 200 MHz (ST's kit templates), DS14359 not reached",
                      "the 72 KB SRAM4 counts in the 456 KiB (ECC option bytes at their factory value)")),
     BoardProfile(
@@ -186,7 +174,6 @@ BOARDS = {b.name: b for b in (
                               "100 MHz: ST's STM32H735G-DK BSP (stm32h735g_discovery_ospi.c); the part allows 133"),),
         psram=ExternalMemory("s70kl1281", 1, "OCTOSPI2", 100_000_000,
                              "100 MHz: ST's BSP, and the part's maximum at 3.0 V"),
-        cpi=M7_CPI, cpi_source=M7_CPI_SOURCE,
         assumptions=("OCTOSPI clocks: 100 MHz as ST's BSP runs them (DS13315's maximum not reached)",)),
 )}
 DEFAULT_BOARD = "sim64"

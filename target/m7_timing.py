@@ -1,21 +1,20 @@
-"""Cortex-M7 cycles per basic block from LLVM's scheduling model (llvm-mca): the evidence
-the constant cycles-per-instruction of target/boards.py is checked against.
+"""Basic blocks of the firmware, and LLVM's Cortex-M7 scheduling model (llvm-mca) on them: the
+independent figure the pipeline model (target/m7_pipeline.py) is checked against.
 
     python -m target.m7_timing build/gpt2/firmware.elf vec_dot matvec_rows_i8
 
 cuts the firmware's code into basic blocks (leaders: the first instruction, branch targets,
 the instruction after a branch), times every block with llvm-mca in one run (one code
-region per block; MCA_ITERATIONS iterations, so a loop body is timed in its steady state:
-the in-order, dual-issue M7 with LLVM's units, latencies and forwarding), and prints, for
-the largest block of each named function (its inner loop), the instructions, llvm-mca's
-cycles per iteration and the constant-CPI model's. docs/board.md ("Cycles per instruction")
-sets these beside the cycles the M7's measured issue rules give, and
-tests/test_m7_timing.py keeps the figures there true.
+region per block; MCA_ITERATIONS iterations, so a loop body is timed in its steady state),
+and prints, for the largest block of each named function (its inner loop), the
+instructions, llvm-mca's cycles per iteration and the pipeline model's. docs/board.md
+("Cycles per basic block") sets them beside the cycles worked out by hand from the M7's
+measured issue rules; tests/test_m7_timing.py keeps those figures true.
 
-llvm-mca is Debian's `llvm` package (`make test` installs it as root). What it does not
-take: the IT instruction (dropped; the conditional instructions it covers are timed
-unconditionally), a call (timed as the branch it is: llvm-mca would assume 100 cycles of
-latency), and `vcmp.f32 sN, #0` (llvm 14 has no scheduling entry; timed as
+llvm-mca is Debian's `llvm` package (`make test` installs it as root; nothing else needs
+it). What it does not take: the IT instruction (dropped; the conditional instructions it
+covers are timed unconditionally), a call (timed as the branch it is: llvm-mca would assume
+100 cycles of latency), and `vcmp.f32 sN, #0` (llvm 14 has no scheduling entry; timed as
 `vcmp.f32 sN, sN`). It models every load as a hit in zero-wait memory.
 """
 
@@ -173,16 +172,21 @@ def inner_loop(blocks: list[Block]) -> Block:
 
 
 def main(argv: list[str]) -> int:
-    from target.boards import M7_CPI
+    from target import m7_pipeline
     if len(argv) < 2:
         print("usage: python -m target.m7_timing FIRMWARE.elf FUNCTION...")
         return 2
+    from elftools.elf.elffile import ELFFile
+    with open(argv[0], "rb") as f:
+        text = ELFFile(f).get_section_by_name(".text")
+        insns = m7_pipeline.decode(m7_pipeline.disassemble(text.data(), text["sh_addr"]))
     loops = {name: inner_loop(bs) for name, bs in function_blocks(argv[0], argv[1:]).items()}
-    cycles = mca_cycles(list(loops.values()))
+    cycles = mca_cycles(list(loops.values())) if llvm_mca_available() else {}
     for name, b in loops.items():
-        c = cycles[b.key]
-        print(f"{name}: inner loop at 0x{b.start:08x}, {b.instructions} instructions: llvm-mca {c:.2f} cycles "
-              f"per iteration (CPI {c / b.instructions:.2f}); constant CPI {M7_CPI}: {b.instructions * M7_CPI:.2f}")
+        model = m7_pipeline.block_cycles([i for i in insns if b.start <= i.address < b.end], loop=True)
+        mca = f"llvm-mca {cycles[b.key]:.2f}" if b.key in cycles else "llvm-mca not installed"
+        print(f"{name}: inner loop at 0x{b.start:08x}, {b.instructions} instructions: pipeline model "
+              f"{model:.0f} cycles per iteration; {mca}")
     return 0
 
 

@@ -215,7 +215,7 @@ def _matrix_reads(log, image):
     out, current = {}, None
     starts = [i for i, e in enumerate(log) if e[0] == "start" and e[1] == "READ"]
     for i in starts:
-        _, _, addr, length, instr, _t0, _t1 = log[i]
+        _, _, addr, length, instr, _t0, _t1, _cycles = log[i]
         done = next(e for e in log[i + 1:] if e[0] == "done")
         if addr in blobs:
             current = blobs[addr]
@@ -251,23 +251,24 @@ def test_the_dma_of_tile_i_plus_1_starts_before_tile_i_is_computed(tiled, tok):
     assert result.dma_overlapped_instructions > 0.5 * result.instructions
 
 
-def _replay(log, ns_per_instruction, bus_ns):
+def _replay(log, ns_per_cycle, bus_ns):
     """A second implementation of the board's timeline, from the DMA log alone.
 
-    The CPU's time is its instructions x ns per instruction plus the time it has waited. A
+    The CPU's time is its cycles (as counted when each event happened) x ns per cycle plus
+    the time it has waited. A
     transfer starts when it is issued, or when the one before it ends, and takes its bus time
     (`bus_ns(command, length)`: the datasheet model, not the log). The CPU waits when it sees
     a transfer done before the transfer's end. Returns (stall_ns, [(start, end)] per transfer)."""
     stall, free_at, end, spans = 0.0, 0.0, None, []
     for e in log:
         if e[0] == "start":
-            _, command, _addr, length, instr, _t0, _t1 = e
-            begin = max(instr * ns_per_instruction + stall, free_at)
+            _, command, _addr, length, _instr, _t0, _t1, cycles = e
+            begin = max(cycles * ns_per_cycle + stall, free_at)
             end = free_at = begin + bus_ns(command, length)
             spans.append((begin, end))
         else:
-            _, instr, _now = e
-            now = instr * ns_per_instruction + stall
+            _, _instr, _now, cycles = e
+            now = cycles * ns_per_cycle + stall
             stall += max(0.0, end - now)
     return stall, spans
 
@@ -277,19 +278,18 @@ def test_the_board_clock_agrees_with_a_replay_of_the_dma_log(tiled, tok):
     independent replay of the flash controller's log gives, with every read timed by the
     datasheet model (target/flash_timing.py read_time_ns)."""
     image = tiled.out_dir / "flash.img"
-    size = image.stat().st_size
     with Board(tiled.out_dir / "firmware.elf", image, ram_bytes=160 << 10, record_dma=True) as board:
         result = board.run(tok.encode("Hello"), n_new=2)
         log = board.flashctl.log
     assert {e[1] for e in log if e[0] == "start"} == {"READ"}
-    ns_per_instruction = 0.85 / 480e6 * 1e9            # sim64: 0.85 cycles per instruction at 480 MHz
-    stall, spans = _replay(log, ns_per_instruction, lambda cmd, n: read_time_ns("w25q-quad", n, device_size=size))
+    ns_per_cycle = 1e9 / 480e6                          # sim64's 480 MHz
+    stall, spans = _replay(log, ns_per_cycle, lambda cmd, n: read_time_ns("w25q-quad", n, device_size=16 << 20))
     logged = [(e[5], e[6]) for e in log if e[0] == "start"]
     assert len(spans) == len(logged) > 100
     for (a0, a1), (b0, b1) in zip(spans, logged):
         assert a0 == pytest.approx(b0, rel=1e-9, abs=1e-3) and a1 == pytest.approx(b1, rel=1e-9, abs=1e-3)
     assert result.stall_ns == pytest.approx(stall, rel=1e-9)
-    assert result.device_ns == pytest.approx(result.instructions * ns_per_instruction + stall, rel=1e-9)
+    assert result.device_ns == pytest.approx(result.cycles * ns_per_cycle + stall, rel=1e-9)
     io = sum(b - a for a, b in spans)
     assert result.flash_ns == pytest.approx(io, rel=1e-9)   # the flash device's own count of its bus time
     # the double-buffered tiles hide part of the I/O: the CPU waited for less than all of it
