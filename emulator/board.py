@@ -169,6 +169,7 @@ class RunResult:
     flash_bytes: int                         # over the whole run
     flash_ns: float                          # simulated flash time, program/erase waits included
     flash_commands: dict                     # SpiNorFlash.stats()["commands"]: per command kind
+    crc_ns: float                            # the CRC unit's passes (0 when it is on the DMA path)
     wall_s: float                            # host seconds in emu_start
     token_wall_s: list[float]                # host seconds up to each token (from the previous one)
     peak_ram: PeakRam
@@ -281,10 +282,12 @@ class Board:
     def __init__(self, elf_path, flash_image_path, ram_bytes: int = mm.SRAM_SIZE_DEFAULT,
                  flash_preset: str = "w25q-quad", flash_chips: int = 1,
                  psram_preset: str | None = None, psram_bytes: int = 0,
-                 cpu_hz: float | None = None, count_instructions: bool | None = None,
+                 cpu_hz: float | None = None, crc_ns_per_byte: float = 0.0,
+                 count_instructions: bool | None = None,
                  record_dma: bool = False):
         default = get_board(DEFAULT_BOARD)
         self.cpu_hz = float(cpu_hz or default.cpu_hz)
+        self.crc_ns_per_byte = crc_ns_per_byte
         if count_instructions is None:
             count_instructions = counter_mode() != "off"
         self.count_instructions = count_instructions
@@ -352,7 +355,8 @@ class Board:
         return cls(elf_path, flash_image_path, ram_bytes=ram_bytes or profile.sram_bytes,
                    flash_preset=flash_timing_of(flash), flash_chips=flash.chips,
                    psram_preset=psram_timing_of(profile.psram) if profile.psram else None,
-                   psram_bytes=profile.psram_bytes, cpu_hz=profile.cpu_hz, **kw)
+                   psram_bytes=profile.psram_bytes, cpu_hz=profile.cpu_hz,
+                   crc_ns_per_byte=profile.crc.ns_per_byte, **kw)
 
     # -- static checks ---------------------------------------------------------
 
@@ -437,13 +441,15 @@ class Board:
             self.counter = InstructionCounter(uc, mm.CODE_BASE, code, costs=halfword_costs(code, mm.CODE_BASE))
         self.clock = CpuClock(self.counter, self.cpu_hz)
         self.faults = Faults()
-        self.flashctl = FlashController(self.faults, self.flash, mm.SRAM_BASE, self.ram_bytes, clock=self.clock)
+        self.flashctl = FlashController(self.faults, self.flash, mm.SRAM_BASE, self.ram_bytes, clock=self.clock,
+                                        crc_ns_per_byte=self.crc_ns_per_byte)
         self.psramctl = PsramController(self.faults, self.psram, mm.SRAM_BASE, self.ram_bytes, clock=self.clock)
         if self.record_dma:
             self.flashctl.log, self.psramctl.log = [], []
         self.uart = Uart(self.faults, on_text)
         vocab = self.image.header["vocab_size"] if self.image is not None else 0
-        self.trace = Trace(self.faults, self.flash, self.stage_label, vocab, psram=self.psram, clock=self.clock)
+        self.trace = Trace(self.faults, self.flash, self.stage_label, vocab, psram=self.psram, clock=self.clock,
+                           crc_ns=lambda: self.flashctl.crc_ns)
         self.sysctl = SysCtl(self.faults)
         for p in (self.flashctl, self.psramctl, self.uart, self.trace, self.sysctl):
             p.map(uc)
@@ -569,6 +575,7 @@ class Board:
             stages=[self.trace.stages[i] for i in sorted(self.trace.stages)],
             positions=list(self.trace.positions), per_position=list(self.trace.per_position),
             flash_bytes=stats["total"]["bytes"], flash_ns=stats["elapsed_ns"], flash_commands=stats["commands"],
+            crc_ns=self.flashctl.crc_ns,
             wall_s=wall_s, token_wall_s=[b - a for a, b in zip(times, times[1:])],
             peak_ram=self.measure_ram(), uart_bytes=bytes(self.uart.data),
             flash_errors=list(self.flashctl.errors),

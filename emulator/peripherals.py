@@ -340,6 +340,13 @@ class FlashController(_DmaPeripheral):
     ready (auto-polling, as the STM32 OCTOSPI does), so the program/erase time is part of
     the command's time and the next command finds the device idle.
 
+    The CRC unit: with `crc_ns_per_byte` 0 it sits on the DMA's data path and costs nothing
+    (a controller that checksums what it moves). Otherwise it is fed by a second DMA pass
+    (the STM32H7RS way: its CRC unit has no DMA request of its own): each READ's bytes go
+    through it after the READ ends, at `crc_ns_per_byte`, one pass after another; reading
+    CRC_VALUE or writing CRC_CTRL waits (the CPU stalls) until the passes are done.
+    `crc_ns` sums the passes' time.
+
     An out-of-range read, a DST range outside SRAM, a zero LEN, an unknown command or a
     command the device refuses (no write enable...) sets STATUS = ERROR | DONE at once and
     records why in `errors` (the firmware decides what to do; the board quotes the detail
@@ -351,11 +358,18 @@ class FlashController(_DmaPeripheral):
     results = ("CRC_VALUE", "JEDEC_ID", "DEV_STATUS")
 
     def __init__(self, faults: Faults, flash: SpiNorFlash, ram_base: int, ram_size: int,
-                 clock: CpuClock | None = None):
+                 clock: CpuClock | None = None, crc_ns_per_byte: float = 0.0):
         super().__init__(faults, clock, mm.FLASH_CMD, ram_base, ram_size)
         self.flash = flash
         self.crc = 0
         self.crc_enabled = False
+        self.crc_ns_per_byte = crc_ns_per_byte
+        self.crc_free_at_ns = 0.0   # when the CRC unit has finished the passes queued so far
+        self.crc_ns = 0.0
+
+    def _crc_wait(self) -> None:
+        if self.crc_free_at_ns > self.clock.sync():
+            self.clock.stall_until(self.crc_free_at_ns)
 
     def read(self, uc, name):
         if name == "STATUS":
@@ -363,6 +377,7 @@ class FlashController(_DmaPeripheral):
         if name in self.results and self._busy_access(uc, name, "read"):
             return 0
         if name == "CRC_VALUE":
+            self._crc_wait()
             return self.crc
         if name == "CRC_CTRL":
             return CRC_ENABLE if self.crc_enabled else 0
@@ -370,6 +385,7 @@ class FlashController(_DmaPeripheral):
 
     def _write_register(self, name, value):
         if name == "CRC_CTRL":
+            self._crc_wait()
             if value & CRC_RESET:
                 self.crc = 0
             self.crc_enabled = bool(value & CRC_ENABLE)
@@ -390,6 +406,7 @@ class FlashController(_DmaPeripheral):
                     return self._fail(f"READ of {length} bytes to 0x{dst:08x}..0x{dst + length:08x}: "
                                       f"not inside SRAM (0x{self.ram_base:08x}..0x{self.ram_base + self.ram_size:08x})")
                 data = f.read(addr, length)
+                crc_pass = self.crc_enabled and self.crc_ns_per_byte > 0
                 if self.crc_enabled:
                     self.crc = zlib.crc32(data, self.crc)
                 retire = lambda: self._land(uc, dst, data)  # the DMA: one write, when it completes
@@ -411,7 +428,12 @@ class FlashController(_DmaPeripheral):
                 return self._fail(f"unknown flash command {cmd}")
         except (FlashError, ValueError, UcError) as e:
             return self._fail(f"{name}: {e}")
-        return self._start(name, addr, length, f.now_ns - before, retire)
+        status = self._start(name, addr, length, f.now_ns - before, retire)
+        if name == "READ" and crc_pass:   # the second pass starts when the read has landed
+            duration = length * self.crc_ns_per_byte
+            self.crc_free_at_ns = max(self.crc_free_at_ns, self.dma.free_at_ns) + duration
+            self.crc_ns += duration
+        return status
 
     def _land(self, uc, dst: int, data: bytes) -> None:
         try:
@@ -557,6 +579,7 @@ class StageStats(_Timing):
     instructions: int = 0     # executed by the CPU (counted)
     cycles: float = 0.0       # their cycles (the pipeline model's)
     compute_ns: float = 0.0   # cycles / clock
+    crc_ns: float = 0.0       # the CRC unit's passes over what it read (0 when the CRC is inline)
     stall_ns: float = 0.0     # the CPU waiting for DMA transfers to finish
 
 
@@ -575,6 +598,7 @@ class PositionStats(_Timing):
     cycles: float = 0.0
     compute_ns: float = 0.0
     stall_ns: float = 0.0
+    crc_ns: float = 0.0
 
 
 class StageCall(NamedTuple):
@@ -602,10 +626,12 @@ class Trace(Peripheral):
     spec = mm.TRACE
 
     def __init__(self, faults: Faults, flash: SpiNorFlash, stage_name: Callable[[int], str],
-                 vocab_size: int = 0, psram: Psram | None = None, clock: CpuClock | None = None):
+                 vocab_size: int = 0, psram: Psram | None = None, clock: CpuClock | None = None,
+                 crc_ns: Callable[[], float] = lambda: 0.0):
         super().__init__(faults)
         self.flash = flash
         self.psram = psram
+        self.crc_ns = crc_ns      # the CRC unit's pass time so far (FlashController.crc_ns)
         self.clock = clock if clock is not None else CpuClock()
         self.stage_name = stage_name
         self.vocab_size = vocab_size
@@ -632,7 +658,7 @@ class Trace(Peripheral):
         c = self.clock
         c.sync()
         return (self.flash.stats()["total"]["bytes"], self.flash.now_ns, pb, pns, time.perf_counter(),
-                c.instructions, c.stall_ns, c.cycles)
+                c.instructions, c.stall_ns, c.cycles, self.crc_ns())
 
     def _charge(self, acc, opened, now) -> None:
         acc.flash_bytes += now[0] - opened[0]
@@ -642,6 +668,7 @@ class Trace(Peripheral):
         acc.wall_s += now[4] - opened[4]
         acc.instructions += now[5] - opened[5]
         acc.cycles += now[7] - opened[7]
+        acc.crc_ns += now[8] - opened[8]
         acc.compute_ns = acc.cycles * self.clock.ns_per_cycle
         acc.stall_ns += now[6] - opened[6]
 
@@ -658,7 +685,7 @@ class Trace(Peripheral):
         if self.per_position:
             p = self.per_position[-1]  # closed once: at the next POSITION, or at the end
             p.flash_bytes, p.psram_bytes, p.flash_ns, p.psram_ns, p.wall_s = 0, 0, 0.0, 0.0, 0.0
-            p.instructions, p.cycles, p.compute_ns, p.stall_ns = 0, 0.0, 0.0, 0.0
+            p.instructions, p.cycles, p.compute_ns, p.stall_ns, p.crc_ns = 0, 0.0, 0.0, 0.0, 0.0
             self._charge(p, self._position_opened, self._now())
 
     def finish(self) -> None:

@@ -106,6 +106,7 @@ def run_summary(r: dict) -> str:
         f"{100 * d['overlap_fraction']:.0f}% of the hideable time hidden)",
         f"             I/O: {d['io_model']}",
         f"             compute: {d['compute_model']}",
+        f"             CRC: {seconds(d['crc_s_per_token'])} per token, {d['crc_model']}",
         f"flash read   {size(r['flash_bytes_per_token'])} per token"
         + (f"; PSRAM {size(r['psram_bytes_per_token'])} per token" if r["kv_placement"] == "psram" else ""),
         f"peak RAM     {size(ram['measured'])} measured ({ram['measured']:,} B: static {size(ram['static'])}, "

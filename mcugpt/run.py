@@ -117,6 +117,7 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
     device_s = mean([p.device_ns for p in decode]) * 1e-9
     overlap_s = io_s + compute_s - device_s
     stall_s = mean([p.stall_ns for p in decode]) * 1e-9
+    crc_s = mean([p.crc_ns for p in decode]) * 1e-9
 
     by_kind = {}
     for s in result.stages:
@@ -172,6 +173,11 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
             "cpi": cycles / instructions if instructions else 0.0, "cpu_hz": cpu_hz,
             "counter": result.counter,
             "compute_model": compute_model,
+            "crc_s_per_token": crc_s,
+            "crc_model": ("inline: the flash controller's DMA feeds the CRC unit, at no cost"
+                          if plan.profile.crc.bytes_per_s is None else
+                          f"a second DMA pass through the CRC unit after each read, at "
+                          f"{plan.profile.crc.bytes_per_s / 1e6:g} MB/s ({plan.profile.crc.source})"),
             "io_model": f"{flash} flash" + (f" + {plan.profile.psram.part} PSRAM" if plan.kv.placement == "psram" else "")
                         + ", simulated from datasheet timing, by DMA concurrent with the CPU (double-buffered weight tiles)",
         },

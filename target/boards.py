@@ -49,6 +49,17 @@ class ExternalMemory:
 
 
 @dataclass(frozen=True)
+class CrcUnit:
+    """How the board checks the CRC32 of what it reads from flash."""
+    bytes_per_s: float | None   # None: on the DMA's data path, free; else a second DMA pass at this rate
+    source: str
+
+    @property
+    def ns_per_byte(self) -> float:
+        return 0.0 if self.bytes_per_s is None else 1e9 / self.bytes_per_s
+
+
+@dataclass(frozen=True)
 class BoardProfile:
     name: str
     doc: str
@@ -57,6 +68,7 @@ class BoardProfile:
     sram: tuple[SramRegion, ...]
     flash: tuple[ExternalMemory, ...]     # the board's flash; alternatives after the first (sim64)
     psram: ExternalMemory | None
+    crc: CrcUnit
     assumptions: tuple[str, ...] = ()
 
     @property
@@ -105,6 +117,8 @@ class BoardProfile:
             "sram": [{"name": r.name, "bytes": r.bytes, "arena": r.arena} for r in self.sram],
             "flash": {"part": flash.part, "chips": flash.chips, "bytes": self.flash_bytes,
                       "controller": flash.controller, "clock_hz": flash.clock_hz},
+            "crc": {"bytes_per_s": self.crc.bytes_per_s, "path": "inline" if self.crc.bytes_per_s is None
+                    else "second DMA pass", "source": self.crc.source},
             "psram": None if not self.psram else {
                 "part": self.psram.part, "chips": self.psram.chips, "bytes": self.psram_bytes,
                 "controller": self.psram.controller, "clock_hz": self.psram.clock_hz},
@@ -129,6 +143,13 @@ def psram_timing_of(m: ExternalMemory) -> psram_timing.PsramTiming:
     return psram_timing.at_clock(psram_timing.get_preset(m.part), m.clock_hz)
 
 
+# The STM32H7's CRC unit has no DMA request: the CPU, or a memory-to-memory DMA pass into
+# CRC_DR (ST AN4187), feeds it. mcugpt's firmware checks every blob it streams, so on these
+# boards each read's bytes take a second DMA pass through the unit after the read.
+_CRC_PASS = ("CRC_DR fed by a memory-to-memory DMA (the unit has no DMA request: ST's HAL, AN4187), "
+             "4 HCLK per 32-bit word at HCLK {hclk} MHz")
+_CRC_ASSUMPTION = ("CRC unit throughput: 4 HCLK per 32-bit word (RM0090's STM32F4 figure; the H7's not found), "
+                   "HCLK = CPU clock / 2 as ST's examples run it")
 _XSPI_200 = "XSPI at 200 MHz: the clock ST's STM32H7S78-DK templates run both ports at (DS14359's XSPI maximum not reached)"
 
 BOARDS = {b.name: b for b in (
@@ -142,6 +163,7 @@ BOARDS = {b.name: b for b in (
         flash=(ExternalMemory("mx66uw1g45g", 4, "octal SPI, four chip selects", 200_000_000,
                               "four packages of the STM32H7S78-DK's part, at its 200 MHz"),),
         psram=None,
+        crc=CrcUnit(None, "the abstract device's flash controller checksums what its DMA moves"),
         assumptions=("sim64 is not a real board: its SRAM size is the paper's device, its flash "
                      "four real 1 Gbit parts on one octal bus",)),
     BoardProfile(
@@ -157,7 +179,9 @@ BOARDS = {b.name: b for b in (
               SramRegion("AHB SRAM", 32 * KiB, False, "CMSIS stm32h7s7xx.h: SRAM1-2, 16 KB each")),
         flash=(ExternalMemory("mx66uw1g45g", 1, "XSPI2", 200_000_000, _XSPI_200),),
         psram=ExternalMemory("aps256xxn-obr", 1, "XSPI1 (16 lines)", 200_000_000, _XSPI_200),
+        crc=CrcUnit(300e6, _CRC_PASS.format(hclk=300)),
         assumptions=("XSPI controller maximum clock: 200 MHz (ST's kit templates), DS14359 not reached",
+                     _CRC_ASSUMPTION,
                      "the 72 KB SRAM4 counts in the 456 KiB (ECC option bytes at their factory value)")),
     BoardProfile(
         "stm32h735g-dk",
@@ -174,7 +198,9 @@ BOARDS = {b.name: b for b in (
                               "100 MHz: ST's STM32H735G-DK BSP (stm32h735g_discovery_ospi.c); the part allows 133"),),
         psram=ExternalMemory("s70kl1281", 1, "OCTOSPI2", 100_000_000,
                              "100 MHz: ST's BSP, and the part's maximum at 3.0 V"),
-        assumptions=("OCTOSPI clocks: 100 MHz as ST's BSP runs them (DS13315's maximum not reached)",)),
+        crc=CrcUnit(275e6, _CRC_PASS.format(hclk=275)),
+        assumptions=("OCTOSPI clocks: 100 MHz as ST's BSP runs them (DS13315's maximum not reached)",
+                     _CRC_ASSUMPTION)),
 )}
 DEFAULT_BOARD = "sim64"
 

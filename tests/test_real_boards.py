@@ -146,3 +146,24 @@ def test_fit_measures_what_run_measures(tmp_path):
         r = json.loads(mcugpt("run", "--build", build, "--prompt", "Hello", "--tokens", "1", "--json",
                               check=True).stdout)
         assert r["device"]["tokens_per_s"] == pytest.approx(row["tokens_per_s"], rel=1e-9)
+
+
+# ----------------------------------------------------------------------------
+# the CRC check's cost on a chip whose CRC unit is not on the flash DMA's path
+
+
+def test_the_crc_is_a_second_dma_pass_on_the_stm32h7s78_dk(tmp_path, tok):
+    """The STM32H7's CRC unit has no DMA request: every blob the firmware streams takes a
+    second DMA pass through it, at 4 HCLK per word = 300 MB/s at HCLK 300 MHz. Per token that
+    is every streamed (not resident) vector and matrix, over 300 MB/s; the embedding's rows
+    are not checked (a CRC covers a whole blob). sim64's controller checks inline, for free."""
+    built = compile_model("tiny", tmp_path / "b", board="stm32h7s78-dk", dtype="int8", group="none", quiet=True)
+    plan = built.plan
+    streamed = sum(t.bytes for t in plan.tensors if t.access != "row" and not t.resident)
+    with Board.for_profile(built.out_dir / "firmware.elf", built.out_dir / "flash.img", plan.profile) as board:
+        r = board.run(tok.encode("Hello"), n_new=2)
+    last = r.per_position[-1]          # a position that ends in the head: every tensor once
+    assert last.crc_ns == pytest.approx(streamed / 300e6 * 1e9, rel=1e-9)
+    assert r.tokens and r.stall_ns > 0
+    sim = compile_model("tiny", tmp_path / "s", dtype="int8", group="none", quiet=True, cc=None)
+    assert sim.plan.profile.crc.bytes_per_s is None and sim.plan.profile.crc.ns_per_byte == 0.0
