@@ -349,7 +349,7 @@ class Board:
                     flash_preset: str | None = None, **kw) -> Board:
         """The board a target.boards.BoardProfile describes: its SRAM (or `ram_bytes`, to map
         less), its flash parts (or the alternative made of `flash_preset`), its PSRAM part, at
-        the clocks the board runs them, and its CPU clock and cycles per instruction. `kw`: the
+        the clocks the board runs them, its CPU clock and its CRC path. `kw`: the
         other Board options."""
         flash = profile.flash_option(flash_preset)
         return cls(elf_path, flash_image_path, ram_bytes=ram_bytes or profile.sram_bytes,

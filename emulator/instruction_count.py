@@ -1,12 +1,15 @@
-"""Counting the instructions the firmware executes, exactly, on every run, for next to nothing.
+"""Counting the instructions the firmware executes, and their cycles, exactly, on every run,
+for next to nothing.
 
 The device's compute time is counted, not guessed (docs/board.md, "Time"): the board's CPU
-clock advances by instructions x cycles-per-instruction / clock (target/boards.py). The
-count comes from a `UC_HOOK_BLOCK` hook, called once per translation block (TB) executed,
-whose callback is **native code**: a 30-line C function compiled once per machine (below)
-and handed to Unicorn by address, so no Python runs per block. It adds the block's
-instruction count to a 64-bit counter the board reads (through ctypes, no call) at every
-peripheral access. Measured cost: within noise of an uninstrumented run on GPT-2 124M
+clock advances by the cycles of the instructions executed, each instruction carrying its
+basic block's cycles by the Cortex-M7 pipeline model (target/m7_pipeline.py) over the
+block's instructions. The count comes from a `UC_HOOK_BLOCK` hook, called once per
+translation block (TB) executed, whose callback is **native code**: a 30-line C function
+compiled once per machine (below) and handed to Unicorn by address, so no Python runs per
+block. It adds the block's instruction count, and its cycles (a prefix sum over the code's
+per-instruction cycles: two reads), to 64-bit counters the board reads (through ctypes, no
+call) at every peripheral access. Measured cost: within noise of an uninstrumented run on GPT-2 124M
 (docs/board.md has the figures); a Python callback per block would cost ~10x the run.
 
 A block's instruction count is decoded from the code bytes on its first execution and

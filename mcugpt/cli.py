@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "flash holding DIR/flash.img), stream the text as it is generated, then "
                                    "print a summary: emulation speed, simulated device time per token "
                                    "(flash and PSRAM I/O simulated from datasheet timing, compute from the "
-                                   "counted instructions x the board's cycles per instruction, overlapped as "
+                                   "executed basic blocks' cycles (Cortex-M7 pipeline model), overlapped as "
                                    "the double-buffered tiles overlap them), flash bytes per token, measured "
                                    "peak RAM vs the plan, "
                                    "and the slowest stage kinds.")
