@@ -101,7 +101,8 @@ def run_summary(r: dict) -> str:
         f"emulator     {seconds(r['wall_s'])} on this machine: {r['emulated_tokens_per_s']:.2f} tokens/s "
         f"({seconds(r['decode_wall_s_per_token'])} per generated token)",
         f"device time  {seconds(d['s_per_token'])} per token -> {d['tokens_per_s']:.2f} tokens/s: I/O "
-        f"{seconds(d['io_s_per_token'])} and compute {seconds(d['compute_s_per_token'])}, overlapped "
+        f"{seconds(d['io_s_per_token'])}" + (f", CRC {seconds(d['crc_s_per_token'])}" if d["crc_s_per_token"] else "")
+        + f" and compute {seconds(d['compute_s_per_token'])}, overlapped "
         f"(sequential would be {seconds(d['sequential_s_per_token'])}; "
         f"{100 * d['overlap_fraction']:.0f}% of the hideable time hidden)",
         f"             I/O: {d['io_model']}",
@@ -119,9 +120,11 @@ def run_summary(r: dict) -> str:
         logits = ("logits bit-identical" if c["logits_identical"] else
                   f"logits DIFFER: max |error| {c['logits_max_abs_error']:.2g}")
         lines.append(f"reference    tokens {verdict}; {logits} (numpy reference, compiler/reference.py)")
-    rows = [[k["kind"], k["stages"], seconds(k["io_s"]), seconds(k["compute_s"]), seconds(k["device_s"]),
+    rows = [[k["kind"], k["stages"], seconds(k["io_s"]), seconds(k["compute_s"]), seconds(k["crc_s"]),
+             seconds(k["device_s"]),
              f"{100 * k['overlap_fraction']:.0f}%", size(k["flash_bytes"]), f"{100 * k['share']:.0f}%"]
             for k in r["stage_kinds"]]
     lines += ["", "slowest stage kinds, per token (all layers)",
-              table(["kind", "stages", "I/O", "compute", "device", "overlap", "flash read", "share"], rows, "lrrrrrrr")]
+              table(["kind", "stages", "I/O", "compute", "CRC", "device", "overlap", "flash read", "share"], rows,
+                    "lrrrrrrrr")]
     return "\n".join(lines)
