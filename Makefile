@@ -40,8 +40,9 @@ toolchain:
 	  cmd=$${need%%:*}; pkg=$${need##*:}; \
 	  command -v $$cmd >/dev/null || { \
 	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	      apt-get install -y -q $$pkg >/dev/null || \
-	      { apt-get update -q >/dev/null && apt-get install -y -q $$pkg >/dev/null; }; \
+	      apt-get install -y -q $$pkg >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $$pkg >/dev/null 2>&1; } || \
+	      echo "note: could not install $$pkg; the tests that need $$cmd will be skipped"; \
 	    else echo "note: $$cmd not found (Debian package $$pkg); its tests will be skipped"; fi; }; \
 	done
 
