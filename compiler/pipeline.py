@@ -65,10 +65,9 @@ def stages_of(cfg: GPTConfig) -> list[Stage]:
     return partition(onnx.helper.make_model(graph))
 
 
-def check_flash(cfg: GPTConfig, plan: Plan, tok, stages: list[Stage]) -> int:
+def check_flash(cfg: GPTConfig, plan: Plan, tokens: list[bytes], stages: list[Stage]) -> int:
     """The image's size, or one line saying it does not fit the board's flash and what
-    would (int8, a smaller model)."""
-    tokens = token_bytes_table(tok, cfg.vocab_size)
+    would (int8, a smaller model). `tokens`: the image's token table (token_bytes_table)."""
     size = image_size(plan, tokens)
     board = plan.profile
     capacity = board.flash_bytes
@@ -101,11 +100,12 @@ def compile_model(model: str | None, out_dir: Path, weights_dir: str | None = No
     """Everything `mcugpt compile` writes; `cc=None` skips the firmware build."""
     progress = progress_bar(quiet)
     cfg, weights, tok = load_model(model, weights_dir, weights_seed, progress)
+    tokens = token_bytes_table(tok, cfg.vocab_size)
     # plan first, on the graph's shapes alone: a model the board cannot hold is refused
     # before anything is written
     shape_stages = stages_of(cfg)
     check_flash(cfg, make_plan(cfg, shape_stages, ram=ram, ctx=ctx, dtype=dtype, board=board, group=group),
-                tok, shape_stages)
+                tokens, shape_stages)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / "model.onnx"
@@ -120,7 +120,7 @@ def compile_model(model: str | None, out_dir: Path, weights_dir: str | None = No
     inits = {t.name: t for t in graph.graph.initializer}
     header = write_image(out_dir / "flash.img", cfg, plan, stages,
                          lambda name: initializer_array(inits[name], out_dir),
-                         token_bytes_table(tok, cfg.vocab_size), progress=progress)
+                         tokens, progress=progress)
     write_headers(out_dir / "include", plan)
     # what `mcugpt run` needs to encode prompts and to rebuild the reference for --check
     source = {"model": cfg.name, "preset": None if weights_dir else cfg.name,

@@ -14,6 +14,7 @@ from pathlib import Path
 from compiler.pipeline import check_flash, compile_model, load_model, stages_of
 from compiler.plan import DTYPES, make_plan
 from compiler.sampler import Sampling
+from compiler.tokenizer import token_bytes_table
 from target.boards import BOARDS
 from target.errors import McugptError
 
@@ -29,6 +30,7 @@ def fit(model: str | None, weights_dir: str | None = None, weights_seed: int = 0
     cfg, _weights, tok = load_model(model, weights_dir, weights_seed)
     del _weights
     stages = stages_of(cfg)
+    tokens = token_bytes_table(tok, cfg.vocab_size)
     rows = []
     configs = [(b, dt) for b in BOARDS.values() for dt in DTYPES]
     for board, dtype in progress(configs, desc="boards x dtypes"):
@@ -46,7 +48,7 @@ def fit(model: str | None, weights_dir: str | None = None, weights_seed: int = 0
         row.update(ctx=plan.ctx, ctx_limited_by=plan.ctx_limited_by, kv=plan.kv.placement,
                    peak_ram_plan=plan.peak_ram_bytes)
         try:
-            row["image_bytes"] = check_flash(cfg, plan, tok, stages)
+            row["image_bytes"] = check_flash(cfg, plan, tokens, stages)
         except McugptError as e:
             row["why"] = str(e)
             continue

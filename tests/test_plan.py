@@ -1,13 +1,10 @@
 """The memory plan: exact RAM figures up front, tiles under a budget, clear refusals."""
 
-import onnx
 import pytest
 
 from compiler.config import load_preset
-from compiler.onnx_export import build_decode_graph
-from compiler.partition import partition
+from compiler.pipeline import stages_of
 from compiler.plan import make_plan
-from compiler.weights import tensor_shapes
 from target.errors import McugptError
 
 
@@ -15,16 +12,7 @@ from target.errors import McugptError
 def gpt2_stages():
     """GPT-2 124M's stages, from a graph whose initializers are shape-only placeholders."""
     cfg = load_preset("gpt2")
-    fake = {n: _Shape(s) for n, s in tensor_shapes(cfg).items()}
-    graph, arrays = build_decode_graph(cfg, fake)
-    for name, a in arrays.items():
-        graph.initializer.append(onnx.TensorProto(name=name, data_type=onnx.TensorProto.FLOAT, dims=a.shape))
-    return cfg, partition(onnx.helper.make_model(graph))
-
-
-class _Shape:
-    def __init__(self, shape):
-        self.shape = shape
+    return cfg, stages_of(cfg)
 
 
 def test_gpt2_has_72_block_stages_and_its_kv_bytes(gpt2_stages):
