@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import capstone
 
+from target.m7_timing import _CONDS
+
 # --- instruction classes ------------------------------------------------------------------
 
 ALU, SHIFTED, DSP, MUL, MAC, LOAD, LOADB, STORE, MULTI, BRANCH, IT, NOP = (
@@ -41,7 +43,6 @@ _DSP = ("sxt", "uxt", "ubfx", "sbfx", "bfi", "bfc", "pkh", "uadd", "usub", "sadd
         "clz", "rev", "rbit", "usat", "ssat", "sel", "uqadd", "uqsub", "shadd", "uhadd")
 _MAC = ("mla", "mls", "smla", "smlal", "umlal", "smlsd", "smmla", "umaal")
 _MUL = ("mul", "smul", "umul", "smmul", "sdiv", "udiv")
-_CONDS = ("eq", "ne", "hs", "lo", "mi", "pl", "vs", "vc", "hi", "ls", "ge", "lt", "gt", "le", "cs", "cc", "al")
 
 
 def _base(mnemonic: str) -> str:
@@ -101,6 +102,7 @@ class Insn:
     accumulator: str | None      # the register a MAC accumulates into (its late-read operand)
     regs_in_list: int            # registers of a load/store multiple
     address_regs: tuple[str, ...] = ()   # registers a load/store uses to form its address
+    target: int | None = None            # a branch's target address, when it is immediate
 
 
 def decode(insns) -> list[Insn]:
@@ -123,7 +125,8 @@ def decode(insns) -> list[Insn]:
             2 if cls == MULTI else 1)
         addr = tuple(re.findall(r"\b(r\d+|sb|sl|fp|ip|sp|lr)\b", i.op_str[i.op_str.index("["):])) if "[" in i.op_str else ()
         addr = tuple({"sb": "r9", "sl": "r10", "fp": "r11", "ip": "r12"}.get(r, r) for r in addr)
-        out.append(Insn(i.address, cls, reads, writes, acc, n, addr))
+        t = re.search(r"#(0x[0-9a-f]+)", i.op_str) if cls == BRANCH else None
+        out.append(Insn(i.address, cls, reads, writes, acc, n, addr, int(t.group(1), 16) if t else None))
     return out
 
 
@@ -280,16 +283,9 @@ def halfword_costs(code: bytes, base: int) -> list[int]:
         if not block:
             continue
         last = block[-1]
-        loop = last.cls == BRANCH and _branch_target(code, base, last.address) == b.start
+        loop = last.cls == BRANCH and last.target == b.start
         share = block_cycles(block, loop) / len(block)
         for i in block:
             costs[(i.address - base) // 2] = round(share * FIXED)
     _cache[key] = costs
     return costs
-
-
-def _branch_target(code: bytes, base: int, address: int) -> int | None:
-    i = next(iter(capstone.Cs(capstone.CS_ARCH_ARM, capstone.CS_MODE_THUMB | capstone.CS_MODE_MCLASS)
-                  .disasm(code[address - base:address - base + 4], address)), None)
-    m = re.search(r"#(0x[0-9a-f]+)", i.op_str) if i is not None else None
-    return int(m.group(1), 16) if m else None
