@@ -368,8 +368,7 @@ class FlashController(_DmaPeripheral):
         self.crc_ns = 0.0
 
     def _crc_wait(self) -> None:
-        if self.crc_free_at_ns > self.clock.sync():
-            self.clock.stall_until(self.crc_free_at_ns)
+        self.clock.stall_until(self.crc_free_at_ns)   # no wait when the passes are done
 
     def read(self, uc, name):
         if name == "STATUS":
