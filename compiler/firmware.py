@@ -58,7 +58,9 @@ def render_linker_script(plan: Plan) -> str:
         model=plan.model.name, plan_id=plan.plan_id, ram=plan.ram_budget,
         code_base=memory_map.CODE_BASE, code_size=memory_map.CODE_SIZE,
         sram_base=memory_map.SRAM_BASE, stack=plan.reserved["stack"],
-        firmware=plan.reserved["firmware"], asserts=LINK_ASSERTS)
+        firmware=plan.reserved["firmware"], asserts=LINK_ASSERTS,
+        tcm=plan.tcm_bytes > 0, dtcm_base=memory_map.DTCM_BASE,
+        dtcm=plan.profile.dtcm.bytes if plan.profile.dtcm else 0)
 
 
 def sources(target: str, runtime: Path = RUNTIME_C) -> list[Path]:

@@ -11,6 +11,11 @@ fixed here, at compile time, and rendered into C:
   resident             weights kept in SRAM across tokens (the paper's grouping)
   kv                   the KV cache, ctx positions x layers x (keys, values) x n_embd floats
                        (or kv_block, one block of it, when the cache is in PSRAM)
+On a board with a data TCM (target/boards.py), the buffers that DMA refills and the int8
+input vector (TCM_BUFFERS) go in a second, small arena there: the CPU reads every weight
+byte once from them, and from the AXI SRAM each 32-byte line would be a D-cache line fill
+plus cache maintenance after every DMA; the TCM is zero-wait and beside the cache. The weight
+tiles then shrink to what the TCM holds (`--tcm off` keeps everything in the SRAM arena).
 The budget is what the board gives the model (`--ram`); it must also hold the stack and the
 firmware's own variables, reserved below. The context is the plan's first priority (default:
 the model's, or the largest the budget allows); the weight tile gets what is left, up to a
@@ -47,7 +52,11 @@ GROUPING = ("auto", "none")
 # measurable (the per-command overhead of a 256 KiB read is ~0.01%), and the RAM is worth
 # more holding weights resident.
 TILE_TARGET = 256 << 10
-PLAN_FORMAT = 3
+PLAN_FORMAT = 4
+TCM_MODES = ("auto", "off")
+# Buffers the data TCM takes when the board has one: the DMA's destinations (the weight
+# tiles, a block of the KV cache) and the int8 kernel's quantized input, read with every MAC.
+TCM_BUFFERS = ("xq", "kv_block", "weights", "weights_next")
 TOPK_BYTES = 8 + TOPK_MAX * 8  # runtime_c TopK: k, n, then TOPK_MAX values and ids
 # The arena's buffers, in the order a reader meets them in a stage.
 ARENA_ORDER = ("x", "h", "qkv", "att", "hidden", "xq", "scores", "params", "weights", "weights_next",
@@ -78,8 +87,9 @@ def is_quantized(role, dtype: str) -> bool:
 @dataclass
 class Buffer:
     name: str
-    offset: int          # in the arena, a multiple of ALIGN
+    offset: int          # in its region's arena, a multiple of ALIGN
     bytes: int
+    region: str = "sram"  # "sram": the arena in the board's SRAM; "dtcm": the arena in its data TCM
 
 
 @dataclass
@@ -171,6 +181,8 @@ class Plan:
     weight_buffers: int
     buffers: list[Buffer]
     arena_bytes: int
+    tcm_bytes: int              # the arena in the data TCM (0: none)
+    tcm_why: str                # why the TCM holds what it holds, or nothing
     kv: KvPlan
     tensors: list[TensorPlan]
     stages: list[StagePlan]
@@ -302,11 +314,14 @@ def choose_resident(tensors: list[TensorPlan], room: int) -> list[TensorPlan]:
 
 
 def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: int | None = None,
-              dtype: str = "fp32", board: str = DEFAULT_BOARD, group: str = "auto") -> Plan:
+              dtype: str = "fp32", board: str = DEFAULT_BOARD, group: str = "auto", tcm: str = "auto") -> Plan:
     """group "auto": weight tiles stay moderate (TILE_TARGET) and the RAM left after the
     context and the buffers keeps weights resident; "none": every weight streams every
-    token and the tiles take all the RAM left."""
+    token and the tiles take all the RAM left. tcm "auto": TCM_BUFFERS in the board's data
+    TCM when it has one and they fit; "off": all in the SRAM arena."""
     prof = get_board(board)
+    if tcm not in TCM_MODES:
+        raise McugptError(f"unknown --tcm '{tcm}' (known: {', '.join(TCM_MODES)})")
     if dtype not in DTYPES:
         raise McugptError(f"unknown --dtype '{dtype}' (known: {', '.join(DTYPES)})")
     if group not in GROUPING:
@@ -349,11 +364,29 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
     kv_token = cfg.kv_bytes_per_token
     block_bytes = lambda c: min(c, KV_BLOCK_POSITIONS) * cfg.head_dim * F32
 
+    # the data TCM: the tiles, the KV block and xq, when two of the widest rows fit beside them
+    dtcm = prof.dtcm if tcm == "auto" else None
+    tcm_tile = 0
+    if dtcm is not None:
+        tcm_tile = (dtcm.bytes - _align(fixed["xq"]) - _align(block_bytes(cfg.n_ctx))) // WEIGHT_BUFFERS // ALIGN * ALIGN
+    in_tcm = set(TCM_BUFFERS) if tcm_tile >= min_tile else set()
+    if tcm == "off":
+        tcm_why = "--tcm off: every buffer in the SRAM arena"
+    elif dtcm is None:
+        tcm_why = f"the {prof.name} board has no data TCM its DMA can write"
+    elif not in_tcm:
+        tcm_why = (f"two tiles of the widest row ({min_tile:,} bytes) do not fit the {dtcm.bytes // 1024} KiB DTCM "
+                   f"beside the other TCM buffers")
+    else:
+        tcm_why = (f"the DMA's destinations and the int8 input read with every MAC: zero-wait, and no D-cache "
+                   f"line fills or maintenance; tiles of at most {tcm_tile:,} bytes fit the {dtcm.bytes // 1024} KiB DTCM")
+
     def total(c, tile, kv_in_sram):
+        """The SRAM the plan needs (the TCM's buffers are not in it)."""
         logits = (tile // head_row) * F32
-        kv = c * kv_token if kv_in_sram else block_bytes(c)
-        return (reserved + sum(_align(b) for b in fixed.values()) + _align(c * F32)
-                + WEIGHT_BUFFERS * _align(tile) + _align(logits) + _align(kv))
+        kv = c * kv_token if kv_in_sram else (0 if in_tcm else block_bytes(c))
+        return (reserved + sum(_align(b) for n, b in fixed.items() if n not in in_tcm) + _align(c * F32)
+                + (0 if in_tcm else WEIGHT_BUFFERS * _align(tile)) + _align(logits) + _align(kv))
 
     def largest_ctx(kv_in_sram, cap):
         if cap < 1 or total(1, min_tile, kv_in_sram) > ram:
@@ -384,7 +417,9 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
                 f"RAM budget of {ram:,} bytes is too small for {cfg.name}: the smallest budget "
                 f"that works (context of 1 token) is {smallest:,} bytes")
     tile = max_tile if group == "none" else min(max_tile, max(min_tile, TILE_TARGET))
-    if total(ctx, tile, kv_in_sram) > ram:
+    if in_tcm:
+        tile = min(tile, tcm_tile)
+    elif total(ctx, tile, kv_in_sram) > ram:
         lo, hi = min_tile, max_tile  # largest tile that fits beside the context
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -401,11 +436,14 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
                   "kv": ctx * kv_token if kv_in_sram else 0,
                   "kv_block": 0 if kv_in_sram else block_bytes(ctx),
                   "resident": sum(_align(t.bytes) for t in resident)})
-    buffers, offset = [], 0
+    buffers, offset = [], {"sram": 0, "dtcm": 0}
     for name in ARENA_ORDER:
-        buffers.append(Buffer(name, offset, sizes[name]))
-        offset += _align(sizes[name])
-    arena = offset
+        region = "dtcm" if name in in_tcm else "sram"
+        buffers.append(Buffer(name, offset[region], sizes[name], region))
+        offset[region] += _align(sizes[name])
+    arena, tcm_bytes = offset["sram"], offset["dtcm"]
+    if dtcm is not None and tcm_bytes > dtcm.bytes:
+        raise AssertionError(f"the TCM arena of {tcm_bytes} bytes exceeds the {dtcm.bytes}-byte DTCM")
     offset = next(b.offset for b in buffers if b.name == "resident")
     for t in resident:
         t.resident_offset = offset
@@ -425,7 +463,8 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
         ctx_limited_by=None if ctx >= cfg.n_ctx else (
             "psram" if not kv_in_sram and ctx == min(cfg.n_ctx, psram_ctx_cap) else "sram"),
         reserved={"stack": STACK_RESERVE, "firmware": FIRMWARE_RESERVE},
-        tile_bytes=tile, weight_buffers=WEIGHT_BUFFERS, buffers=buffers, arena_bytes=arena, kv=kv,
+        tile_bytes=tile, weight_buffers=WEIGHT_BUFFERS, buffers=buffers, arena_bytes=arena,
+        tcm_bytes=tcm_bytes, tcm_why=tcm_why, kv=kv,
         tensors=tensors, stages=stage_plans,
         resident=_resident_summary(stage_plans, resident, group),
         totals=Totals(stages=len(stages), block_stages=sum(1 for k in kinds if k.in_block),

@@ -53,6 +53,7 @@ from unicorn import (
 )
 from unicorn.arm_const import UC_ARM_REG_LR, UC_ARM_REG_PC, UC_ARM_REG_SP, UC_CPU_ARM_CORTEX_M7
 
+from emulator import dcache as dcache_model
 from emulator.instruction_count import InstructionCounter, counter_mode
 from emulator.peripherals import (
     CpuClock,
@@ -63,13 +64,14 @@ from emulator.peripherals import (
     StageCall,
     StageStats,
     SysCtl,
+    SystemControl,
     Trace,
     Uart,
 )
 from emulator.psram import Psram
 from emulator.spi_flash import SpiNorFlash
 from target import memory_map as mm
-from target.boards import DEFAULT_BOARD, flash_timing_of, get_board, psram_timing_of
+from target.boards import DEFAULT_BOARD, DCache, flash_timing_of, get_board, psram_timing_of
 from target.errors import McugptError
 from target.flash_layout import NO_LAYER, read_image
 from target.flash_timing import get_preset as get_flash_preset
@@ -83,8 +85,7 @@ PAINT = 0x5AFEC0DE          # every SRAM word before reset; a word still holding
 PAGE = 4096                 # Unicorn maps whole 4 KiB pages
 SRAM_WINDOW = mm.MAILBOX_BASE - mm.SRAM_BASE  # the most SRAM the address map has room for
 CODE_WINDOW = 0x10000000                      # 0x08000000 .. 0x18000000: code flash addresses
-SCS_BASE, SCS_SIZE = 0xE000E000, 0x1000       # ARMv7-M System Control Space
-CPUID_OFFSET, CPUID_M7 = 0xD00, 0x411FC272    # Cortex-M7 r1p2
+DTCM_WINDOW = mm.SRAM_BASE - mm.DTCM_BASE     # the most data TCM the address map has room for
 
 # QEMU's exception numbers, as Unicorn passes them to a UC_HOOK_INTR callback.
 EXCEPTIONS = {
@@ -189,6 +190,10 @@ class RunResult:
     counter: str = "off"                     # "native", "python" (slow fallback) or "off"
     dma_overlapped_instructions: int = 0     # executed while a flash/PSRAM transfer was in flight
     stage_calls: list = field(default_factory=list)  # peripherals.StageCall per stage call, in order
+    dcache: dict | None = None               # DCacheModel.stats(): line fills, write-backs, stall cycles (None: no cache)
+    bus_cycles: float = 0.0                  # CPU cycles lost to DMA bus sharing (counted in `cycles`)
+    tcm_bytes: int = 0                       # the board's data TCM (0: none mapped)
+    tcm_high_water: int = 0                  # bytes of the TCM arena the firmware wrote
 
     @property
     def tokens_per_s(self) -> float:
@@ -284,7 +289,8 @@ class Board:
                  psram_preset: str | None = None, psram_bytes: int = 0,
                  cpu_hz: float | None = None, crc_ns_per_byte: float = 0.0,
                  count_instructions: bool | None = None,
-                 record_dma: bool = False):
+                 record_dma: bool = False, dtcm_bytes: int = 0, dcache: DCache | None = None,
+                 dma_steal_cycles_per_word: float = 0.0):
         default = get_board(DEFAULT_BOARD)
         self.cpu_hz = float(cpu_hz or default.cpu_hz)
         self.crc_ns_per_byte = crc_ns_per_byte
@@ -292,6 +298,12 @@ class Board:
             count_instructions = counter_mode() != "off"
         self.count_instructions = count_instructions
         self.record_dma = record_dma
+        if not 0 <= dtcm_bytes <= DTCM_WINDOW or dtcm_bytes % PAGE:
+            raise McugptError(f"data TCM of {dtcm_bytes:,} bytes: must be whole 4 KiB pages, at most {DTCM_WINDOW:,}")
+        self.dtcm_bytes = dtcm_bytes
+        self.dcache_spec = dcache
+        self.dcache = None
+        self.dma_steal_cycles_per_word = dma_steal_cycles_per_word
         if psram_preset is None and psram_bytes:
             raise McugptError(f"{psram_bytes:,} bytes of PSRAM without a PSRAM preset (psram_preset)")
         if psram_bytes < 0:
@@ -356,7 +368,9 @@ class Board:
                    flash_preset=flash_timing_of(flash), flash_chips=flash.chips,
                    psram_preset=psram_timing_of(profile.psram) if profile.psram else None,
                    psram_bytes=profile.psram_bytes, cpu_hz=profile.cpu_hz,
-                   crc_ns_per_byte=profile.crc.ns_per_byte, **kw)
+                   crc_ns_per_byte=profile.crc.ns_per_byte,
+                   dtcm_bytes=profile.dtcm.bytes if profile.dtcm else 0, dcache=profile.dcache,
+                   dma_steal_cycles_per_word=profile.dma_steal_cycles_per_word, **kw)
 
     # -- static checks ---------------------------------------------------------
 
@@ -379,6 +393,9 @@ class Board:
                 code_end = max(code_end, addr + size)
             elif mm.SRAM_BASE <= addr < mm.SRAM_BASE + SRAM_WINDOW:
                 sram_end = max(sram_end, addr + size)
+            elif mm.DTCM_BASE <= addr < mm.DTCM_BASE + DTCM_WINDOW:
+                if addr + size > mm.DTCM_BASE + self.dtcm_bytes:
+                    raise _need("data TCM", mm.DTCM_BASE, addr + size, self.dtcm_bytes)
             else:
                 raise McugptError(f"{fw.path}: a segment at 0x{addr:08x} ({size:,} bytes) is outside "
                                   f"the board's code flash and SRAM")
@@ -422,12 +439,14 @@ class Board:
         uc.mem_map(mm.CODE_BASE, mm.CODE_SIZE, UC_PROT_READ | UC_PROT_EXEC)
         uc.mem_map(mm.SRAM_BASE, self.ram_bytes, UC_PROT_ALL)
         uc.mem_map(mm.MAILBOX_BASE, mm.MAILBOX_SIZE, UC_PROT_ALL)
-        uc.mem_map(SCS_BASE, SCS_SIZE, UC_PROT_ALL)
-        uc.mem_write(SCS_BASE + CPUID_OFFSET, struct.pack("<I", CPUID_M7))
+        if self.dtcm_bytes:
+            uc.mem_map(mm.DTCM_BASE, self.dtcm_bytes, UC_PROT_ALL)
 
         if self._paint is None:
             self._paint = np.full(self.ram_bytes // 4, PAINT, "<u4").tobytes()
         uc.mem_write(mm.SRAM_BASE, self._paint)
+        if self.dtcm_bytes:
+            uc.mem_write(mm.DTCM_BASE, self._paint[:self.dtcm_bytes])
         for addr, _vaddr, _memsz, data in self.firmware.segments:
             if data:
                 uc.mem_write(addr, data)  # file bytes only: .bss and NOLOAD sections keep the paint
@@ -440,10 +459,19 @@ class Board:
             code = bytes(uc.mem_read(mm.CODE_BASE, code_end - mm.CODE_BASE))
             self.counter = InstructionCounter(uc, mm.CODE_BASE, code, costs=halfword_costs(code, mm.CODE_BASE))
         self.clock = CpuClock(self.counter, self.cpu_hz)
+        # The D-cache in front of the SRAM, when the board has one: its line fills and
+        # write-backs are charged to the CPU's clock.
+        self.dcache = (dcache_model.DCacheModel(self.dcache_spec, mm.SRAM_BASE, self.ram_bytes, self.clock)
+                       if self.dcache_spec is not None else None)
+        self.scb = SystemControl(self.dcache)
         self.faults = Faults()
         self.flashctl = FlashController(self.faults, self.flash, mm.SRAM_BASE, self.ram_bytes, clock=self.clock,
                                         crc_ns_per_byte=self.crc_ns_per_byte)
         self.psramctl = PsramController(self.faults, self.psram, mm.SRAM_BASE, self.ram_bytes, clock=self.clock)
+        for ctl in (self.flashctl, self.psramctl):
+            ctl.tcm = (mm.DTCM_BASE, self.dtcm_bytes) if self.dtcm_bytes else None
+            ctl.dcache = self.dcache
+            ctl.steal_cycles_per_word = self.dma_steal_cycles_per_word
         if self.record_dma:
             self.flashctl.log, self.psramctl.log = [], []
         self.uart = Uart(self.faults, on_text)
@@ -451,7 +479,7 @@ class Board:
         self.trace = Trace(self.faults, self.flash, self.stage_label, vocab, psram=self.psram, clock=self.clock,
                            crc_ns=lambda: self.flashctl.crc_ns)
         self.sysctl = SysCtl(self.faults)
-        for p in (self.flashctl, self.psramctl, self.uart, self.trace, self.sysctl):
+        for p in (self.flashctl, self.psramctl, self.uart, self.trace, self.sysctl, self.scb):
             p.map(uc)
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_bad_access)
         uc.hook_add(UC_HOOK_MEM_PROT, self._on_bad_access)
@@ -487,6 +515,9 @@ class Board:
         self.faults.record(uc, "exception", what, address)
 
     def _region_note(self, addr: int) -> str:
+        if mm.DTCM_BASE <= addr < mm.DTCM_BASE + DTCM_WINDOW:
+            return (f"past the end of the data TCM: the board maps {self.dtcm_bytes:,} bytes at 0x{mm.DTCM_BASE:08x}"
+                    if self.dtcm_bytes else "the data TCM, which this board does not have")
         if mm.SRAM_BASE <= addr < mm.SRAM_BASE + SRAM_WINDOW:
             return f"past the end of SRAM: the board maps {self.ram_bytes:,} bytes at 0x{mm.SRAM_BASE:08x}"
         if mm.CODE_BASE <= addr < mm.CODE_BASE + CODE_WINDOW:
@@ -527,6 +558,9 @@ class Board:
         except UcError as e:
             uc_error = e
         wall_s = time.perf_counter() - t0
+        stale = self.dcache.unmaintained() if self.dcache is not None else None
+        if stale is not None and self.sysctl.exit_code == EXIT_OK:
+            self.faults.record(self.uc, "coherence", dcache_model.coherence_message(stale), stale)
         self._stage_at_stop = self.trace.current  # before _result closes the stage
         result = self._result(wall_s, t0, dump_logits)
 
@@ -587,7 +621,10 @@ class Board:
             cpi=clock.cycles / clock.instructions if clock.instructions else 0.0,
             counter=self.counter.kind if self.counter is not None else "off", stage_calls=list(self.trace.calls),
             dma_overlapped_instructions=(self.flashctl.dma.overlapped_instructions
-                                         + self.psramctl.dma.overlapped_instructions))
+                                         + self.psramctl.dma.overlapped_instructions),
+            dcache=self.dcache.stats() if self.dcache is not None else None,
+            bus_cycles=self.flashctl.bus_cycles + self.psramctl.bus_cycles,
+            tcm_bytes=self.dtcm_bytes, tcm_high_water=self._tcm_high_water())
 
     # -- after the run ------------------------------------------------------------
 
@@ -598,6 +635,15 @@ class Board:
         if end <= start:
             return np.zeros(0, bool)
         return np.frombuffer(bytes(self.uc.mem_read(start, end - start)), "<u4") == PAINT
+
+    def _tcm_high_water(self) -> int:
+        """Bytes of the TCM arena (`tcm_arena`) up to its highest written word."""
+        start, size = self.firmware.symbols.get("tcm_arena", (0, 0))
+        if not self.dtcm_bytes or not size:
+            return 0
+        words = np.frombuffer(bytes(self.uc.mem_read(start, size & ~3)), "<u4") != PAINT
+        written = np.flatnonzero(words)
+        return 0 if written.size == 0 else int(written[-1] + 1) * 4
 
     def measure_ram(self) -> PeakRam:
         """Scan SRAM for the words the firmware wrote (see PeakRam)."""

@@ -130,6 +130,7 @@ class CpuClock:
         self.instructions = 0      # executed so far (as of the last sync)
         self.cycles = 0.0          # their cycles
         self.stall_ns = 0.0        # CPU time spent waiting for DMA transfers
+        self.memory_cycles = 0.0   # of `cycles`: D-cache line fills and write-backs (add_cycles)
         self.now_ns = 0.0          # cycles x ns_per_cycle + stall_ns
         self._seen = 0
         self._seen_cycles = 0.0
@@ -158,6 +159,14 @@ class CpuClock:
         self.cycles += int(instructions) * self.cpi
         self.now_ns = self.cycles * self.ns_per_cycle + self.stall_ns
         return self.now_ns
+
+    def add_cycles(self, cycles: float) -> None:
+        """Charge CPU cycles the counter does not see: the D-cache's line fills and
+        write-backs (emulator/dcache.py). They count as compute (`memory_cycles` of it)."""
+        self.sync()
+        self.cycles += cycles
+        self.memory_cycles += cycles
+        self.now_ns = self.cycles * self.ns_per_cycle + self.stall_ns
 
     def stall_until(self, t_ns: float) -> float:
         """The CPU waits (polls a status register) until t_ns."""
@@ -246,7 +255,7 @@ class _DmaPeripheral(Peripheral):
     One command at a time: touching the controller's registers while a transfer is in
     flight (any write but STATUS, or a read of a result register) is a firmware bug, so it
     is a bus error naming the register, as on a controller that rejects it. `log`, when
-    a list, receives ("start", command, address, length, instructions, start_ns, end_ns, cycles)
+    a list, receives ("start", command, address, length, instructions, start_ns, end_ns, cycles, ram)
     and ("done", instructions, now_ns, cycles) per transfer, for tests.
     """
 
@@ -261,6 +270,10 @@ class _DmaPeripheral(Peripheral):
         self._busy_at: int | None = None   # instructions at the last STATUS read that answered BUSY
         self._commands = {v: k for k, v in commands.items()}
         self.ram_base, self.ram_size = ram_base, ram_size
+        self.tcm: tuple[int, int] | None = None   # (base, size) of a data TCM the DMA may also write
+        self.dcache = None                         # emulator.dcache.DCacheModel over the SRAM, or None
+        self.steal_cycles_per_word = 0.0           # bus sharing (target/boards.py dma_steal_cycles_per_word)
+        self.bus_cycles = 0.0                      # CPU cycles lost to this controller's transfers so far
         self.errors: list[str] = []
 
     def write(self, uc, name, value):
@@ -270,6 +283,11 @@ class _DmaPeripheral(Peripheral):
         if self._busy_access(uc, name, "write"):
             return
         if name == "CMD":
+            stale = self.dcache.unmaintained() if self.dcache is not None else None
+            if stale is not None:
+                from emulator.dcache import coherence_message
+                self.faults.record(uc, "coherence", coherence_message(stale), stale)
+                return
             self.regs["CMD"] = value
             self.regs["STATUS"] = self._execute(uc, value)
         else:
@@ -283,7 +301,21 @@ class _DmaPeripheral(Peripheral):
         raise NotImplementedError
 
     def _ram_range_ok(self, start: int, length: int) -> bool:
+        if self.tcm is not None and self.tcm[0] <= start and start + length <= self.tcm[0] + self.tcm[1]:
+            return True
         return self.ram_base <= start and start + length <= self.ram_base + self.ram_size
+
+    def _share_bus(self, words: float) -> None:
+        """The CPU loses cycles to a transfer's words on the memory it computes from."""
+        if self.steal_cycles_per_word:
+            cycles = words * self.steal_cycles_per_word
+            self.bus_cycles += cycles
+            self.clock.add_cycles(cycles)
+
+    def _dma_wrote(self, uc, dst: int, length: int) -> None:
+        """A transfer landed in RAM: the D-cache's copies of those lines are stale now."""
+        if self.dcache is not None:
+            self.dcache.dma_wrote(dst, length)
 
     def _busy_access(self, uc, name: str, access: str) -> bool:
         """A register access that must wait for the transfer in flight: a bus error."""
@@ -317,8 +349,9 @@ class _DmaPeripheral(Peripheral):
         self._busy_at = None
         end = self.dma.start(duration_ns, retire)
         if self.log is not None:
+            ram = self.regs.get("DST", self.regs.get("RAM", 0))   # the RAM end of the transfer
             self.log.append(("start", command, addr, length, self.clock.instructions, end - duration_ns, end,
-                             self.clock.cycles))
+                             self.clock.cycles, ram))
         return BUSY
 
     def _fail(self, msg: str) -> int:
@@ -428,6 +461,8 @@ class FlashController(_DmaPeripheral):
         except (FlashError, ValueError, UcError) as e:
             return self._fail(f"{name}: {e}")
         status = self._start(name, addr, length, f.now_ns - before, retire)
+        if name == "READ":   # the transfer's words, and the CRC pass's, share the CPU's memory
+            self._share_bus(length / 4 * (2 if crc_pass else 1))
         if name == "READ" and crc_pass:   # the second pass starts when the read has landed
             duration = length * self.crc_ns_per_byte
             self.crc_free_at_ns = max(self.crc_free_at_ns, self.dma.free_at_ns) + duration
@@ -439,6 +474,7 @@ class FlashController(_DmaPeripheral):
             uc.mem_write(dst, data)
         except UcError as e:  # the range was checked at the command: only a board bug gets here
             self.faults.record(uc, "bus_error", f"DMA write of {len(data)} bytes at 0x{dst:08x}: {e}", dst)
+        self._dma_wrote(uc, dst, len(data))
 
 
 # ----------------------------------------------------------------------------
@@ -492,11 +528,15 @@ class PsramController(_DmaPeripheral):
         try:
             if name == "READ":
                 data = self.psram.read(addr, length)
-                retire = lambda: uc.mem_write(ram, data)  # the DMA: one write, when it completes
+
+                def retire():   # the DMA: one write, when it completes
+                    uc.mem_write(ram, data)
+                    self._dma_wrote(uc, ram, length)
             else:
                 self.psram.write(addr, bytes(uc.mem_read(ram, length)))  # one read, at the command
         except (PsramError, ValueError, UcError) as e:
             return self._fail(f"{what}: {e}")
+        self._share_bus(length / 4)
         return self._start(name, addr, length, self.psram.now_ns - before, retire)
 
 
@@ -580,6 +620,7 @@ class StageStats(_Timing):
     compute_ns: float = 0.0   # cycles / clock
     crc_ns: float = 0.0       # the CRC unit's passes over what it read (0 when the CRC is inline)
     stall_ns: float = 0.0     # the CPU waiting for DMA transfers to finish
+    memory_cycles: float = 0.0  # of `cycles`: D-cache line fills and write-backs
 
 
 @dataclass
@@ -598,6 +639,7 @@ class PositionStats(_Timing):
     compute_ns: float = 0.0
     stall_ns: float = 0.0
     crc_ns: float = 0.0
+    memory_cycles: float = 0.0
 
 
 class StageCall(NamedTuple):
@@ -647,8 +689,8 @@ class Trace(Peripheral):
         self._step_logits: np.ndarray | None = None
 
     def _now(self) -> tuple:
-        """(flash bytes, flash ns, PSRAM bytes, PSRAM ns, perf_counter, instructions, stall ns)
-        so far."""
+        """(flash bytes, flash ns, PSRAM bytes, PSRAM ns, perf_counter, instructions, stall ns,
+        cycles, CRC ns, memory cycles) so far."""
         if self.psram is None:
             pb, pns = 0, 0.0
         else:
@@ -657,7 +699,7 @@ class Trace(Peripheral):
         c = self.clock
         c.sync()
         return (self.flash.stats()["total"]["bytes"], self.flash.now_ns, pb, pns, time.perf_counter(),
-                c.instructions, c.stall_ns, c.cycles, self.crc_ns())
+                c.instructions, c.stall_ns, c.cycles, self.crc_ns(), c.memory_cycles)
 
     def _charge(self, acc, opened, now) -> None:
         acc.flash_bytes += now[0] - opened[0]
@@ -668,6 +710,7 @@ class Trace(Peripheral):
         acc.instructions += now[5] - opened[5]
         acc.cycles += now[7] - opened[7]
         acc.crc_ns += now[8] - opened[8]
+        acc.memory_cycles += now[9] - opened[9]
         acc.compute_ns = acc.cycles * self.clock.ns_per_cycle
         acc.stall_ns += now[6] - opened[6]
 
@@ -685,6 +728,7 @@ class Trace(Peripheral):
             p = self.per_position[-1]  # closed once: at the next POSITION, or at the end
             p.flash_bytes, p.psram_bytes, p.flash_ns, p.psram_ns, p.wall_s = 0, 0, 0.0, 0.0, 0.0
             p.instructions, p.cycles, p.compute_ns, p.stall_ns, p.crc_ns = 0, 0.0, 0.0, 0.0, 0.0
+            p.memory_cycles = 0.0
             self._charge(p, self._position_opened, self._now())
 
     def finish(self) -> None:
@@ -759,3 +803,54 @@ class SysCtl(Peripheral):
             self.exit_code = value
             self.exit_args = (self.regs["ARG0"], self.regs["ARG1"], self.regs["ARG2"])
             uc.emu_stop()
+
+
+# ----------------------------------------------------------------------------
+# System Control Block: the Cortex-M7's architectural registers the firmware touches
+
+
+class SystemControl:
+    """The ARMv7-M System Control Space page (0xE000E000), as the firmware uses it: CPUID,
+    CPACR (the FPU's enable), and the cache control registers, which drive the D-cache model
+    (emulator/dcache.py): CCR.DC turns it on, CSSELR/CCSIDR give its geometry (CMSIS reads
+    them to invalidate it by set and way, DCISW), and DCIMVAC/DCCMVAC/DCCIMVAC maintain one
+    line by address. Other words read back what was written. Without a D-cache (sim64) CLIDR
+    reads 0, so the firmware leaves the cache off and does no maintenance."""
+
+    BASE, SIZE = 0xE000E000, 0x1000
+    CPUID, CPUID_M7 = 0xD00, 0x411FC272    # Cortex-M7 r1p2
+    CLIDR, CCSIDR, CSSELR, DCISW = (mm.SCB_CLIDR - BASE, mm.SCB_CCSIDR - BASE, mm.SCB_CSSELR - BASE,
+                                    mm.SCB_DCISW - BASE)
+    _BY_ADDRESS = {mm.SCB_DCIMVAC: 1, mm.SCB_DCCMVAC: 2, mm.SCB_DCCIMVAC: 3}
+
+    def __init__(self, dcache=None):
+        self.dcache = dcache
+        self.words: dict[int, int] = {self.CPUID: self.CPUID_M7}
+        self.maintenance_ops = 0
+
+    def map(self, uc) -> None:
+        uc.mmio_map(self.BASE, self.SIZE, self._read, None, self._write, None)
+
+    def _read(self, uc, offset, size, _ud) -> int:
+        if offset == self.CLIDR:   # level 1: separate I- and D-caches (0b011), or none
+            return 0b011 if self.dcache is not None else 0
+        if offset == self.CCSIDR:
+            return self.dcache.ccsidr if self.dcache is not None else 0
+        word = self.words.get(offset & ~3, 0)
+        return (word >> (8 * (offset & 3))) & ((1 << (8 * size)) - 1)
+
+    def _write(self, uc, offset, size, value, _ud) -> None:
+        addr = self.BASE + offset
+        if addr in self._BY_ADDRESS:
+            self.maintenance_ops += 1
+            if self.dcache is not None:
+                self.dcache.maintain(value, self._BY_ADDRESS[addr])
+            return
+        if offset == self.DCISW:   # whole-cache invalidation at reset: nothing is streamed yet
+            self.maintenance_ops += 1
+            return
+        mask = ((1 << (8 * size)) - 1) << (8 * (offset & 3))
+        word = self.words.get(offset & ~3, 0)
+        self.words[offset & ~3] = (word & ~mask) | ((value << (8 * (offset & 3))) & mask)
+        if addr == mm.SCB_CCR and self.dcache is not None:
+            self.dcache.set_enabled(bool(self.words[offset & ~3] & mm.SCB_CCR_DC))

@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "and buffers, smallest tensors first (most I/O time saved per byte), so "
                         "whole groups of stages run without flash I/O; none: stream every weight "
                         "every token")
+    c.add_argument("--tcm", default="auto", choices=["auto", "off"],
+                   help="auto (default): on a board with a data TCM, put the weight tiles, the KV "
+                        "block and the int8 input there (zero-wait, no D-cache line fills); off: "
+                        "everything in the SRAM arena, behind the D-cache (to compare)")
     c.add_argument("--ctx", type=int, metavar="N",
                    help="context to plan for (KV cache positions); default: the model's, or the "
                         "largest the RAM budget allows")
@@ -166,7 +170,7 @@ def cmd_compile(a) -> None:
     t0 = time.time()
     res = compile_model(a.model, Path(a.out), weights_dir=a.weights, weights_seed=a.weights_seed, ram=a.ram,
                         ctx=a.ctx, quiet=a.quiet or a.json, cc=a.cc, dtype=a.dtype, board=a.board,
-                        group=a.group)
+                        group=a.group, tcm=a.tcm)
     if a.json:
         print(res.plan.to_json())
         return

@@ -53,7 +53,11 @@ def plan_summary(plan) -> str:
         f"board        {plan.board}: {plan.profile.doc}",
         f"RAM budget   {size(plan.ram_budget)} ({plan.ram_budget:,} B)",
         f"  KV cache   {size(kv.bytes)} in {kv.placement} ({kv.bytes_per_token:,} B per token)",
-        f"  tiles      {plan.weight_buffers} x {size(plan.tile_bytes)} weight tile buffers (double-buffered)",
+        f"  tiles      {plan.weight_buffers} x {size(plan.tile_bytes)} weight tile buffers (double-buffered)"
+        + (" in the data TCM" if plan.tcm_bytes else ""),
+        f"  TCM        {size(plan.tcm_bytes)}: " + (", ".join(b.name for b in plan.buffers if b.region == 'dtcm'
+                                                          and b.bytes) + f" ({plan.tcm_why})" if plan.tcm_bytes
+                                                 else plan.tcm_why),
         f"  arena      {size(plan.arena_bytes)} + stack {size(plan.reserved['stack'])} "
         f"+ firmware {size(plan.reserved['firmware'])}",
         f"  resident   {size(res.bytes)} of weights kept in SRAM ({len(plan.resident_tensors)} "
@@ -107,12 +111,14 @@ def run_summary(r: dict) -> str:
         f"{100 * d['overlap_fraction']:.0f}% of the hideable time hidden)",
         f"             I/O: {d['io_model']}",
         f"             compute: {d['compute_model']}",
+        f"             memory: {d['memory_model']}",
         f"             CRC: {seconds(d['crc_s_per_token'])} per token, {d['crc_model']}",
         f"flash read   {size(r['flash_bytes_per_token'])} per token"
         + (f"; PSRAM {size(r['psram_bytes_per_token'])} per token" if r["kv_placement"] == "psram" else ""),
         f"peak RAM     {size(ram['measured'])} measured ({ram['measured']:,} B: static {size(ram['static'])}, "
         f"arena high-water {size(ram['arena_high_water'])}, stack {size(ram['stack_used'])}) "
-        f"vs plan {size(ram['plan'])}",
+        f"vs plan {size(ram['plan'])}" + (f"; data TCM {size(r['tcm']['high_water'])} of "
+                                           f"{size(r['tcm']['bytes'])}" if r["tcm"]["bytes"] else ""),
     ]
     if "check" in r:
         c = r["check"]

@@ -160,6 +160,24 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
                          "device time is the I/O alone, a lower bound")
     hideable = sequential_s - max(io_s, compute_s, crc_s)
     ram = result.peak_ram
+    memory_cycles = mean([p.memory_cycles for p in decode])
+    dc = plan.profile.dcache
+    tcm_buffers = [b.name for b in plan.buffers if b.region == "dtcm" and b.bytes]
+    steal = plan.profile.dma_steal_cycles_per_word
+    parts = []
+    if result.dcache is not None:
+        parts.append(f"D-cache line fills ({dc.fill_cycles} cycles each, one per line a DMA wrote into the SRAM) "
+                     f"and write-backs ({dc.writeback_cycles})")
+    if steal:
+        parts.append(f"bus sharing with the DMA ({steal:g} cycles per word moved, an assumption)")
+    if not parts:
+        memory_model = ("zero-wait SRAM, no D-cache (the board's memory is abstract)" if dc is None else
+                        "D-cache not modelled")
+    else:
+        memory_model = (f"{memory_cycles / 1e6:,.2f}M cycles per token ({100 * memory_cycles / cycles if cycles else 0:.1f}% "
+                        f"of compute): " + " and ".join(parts) + "; "
+                        + (f"{', '.join(tcm_buffers)} in the zero-wait data TCM" if tcm_buffers
+                           else "nothing in the data TCM") + " (emulator/dcache.py)")
     return {
         "model": plan.model.name, "dtype": plan.dtype, "flash": flash, "ram_mapped": ram.ram_mapped,
         "prompt": prompt, "prompt_tokens": prompt_tokens, "tokens": result.tokens, "text": result.text,
@@ -179,6 +197,8 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
             "cpi": cycles / instructions if instructions else 0.0, "cpu_hz": cpu_hz,
             "counter": result.counter,
             "compute_model": compute_model,
+            "memory_cycles_per_token": memory_cycles,
+            "memory_model": memory_model,
             "crc_s_per_token": crc_s,
             "crc_model": ("inline: the flash controller's DMA feeds the CRC unit, at no cost"
                           if plan.profile.crc.bytes_per_s is None else
@@ -196,6 +216,10 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
                      "arena_high_water": ram.arena_high_water, "arena": ram.arena_bytes,
                      "stack_used": ram.stack_used, "stack_reserve": ram.stack_bytes,
                      "plan": plan.peak_ram_bytes, "plan_arena": plan.arena_bytes},
+        "tcm": {"bytes": result.tcm_bytes, "high_water": result.tcm_high_water, "plan": plan.tcm_bytes,
+                "buffers": tcm_buffers, "why": plan.tcm_why},
+        "dcache": result.dcache,
+        "bus_sharing_cycles": result.bus_cycles,
         "stage_kinds": kinds,
         "stages": [{"index": s.index, "name": s.name, "calls": s.calls, "flash_bytes": s.flash_bytes,
                     "flash_s": s.flash_ns * 1e-9, "wall_s": s.wall_s, "instructions": s.instructions,

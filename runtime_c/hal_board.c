@@ -9,9 +9,40 @@
 // the "memory" clobber stops the compiler from moving loads and stores across it.
 static inline void barrier(void) { __asm__ volatile("dsb" ::: "memory"); }
 
+// The D-cache (turned on at reset, startup.c) sees the CPU's accesses, not the DMA's: after a
+// DMA wrote cacheable RAM, the lines the cache holds there are stale and must be invalidated
+// before the CPU reads them; before a DMA reads RAM the CPU wrote, its dirty lines must be
+// cleaned to memory. The data TCM (below SRAM_BASE) is not cached and needs neither. The
+// arena's buffers start on line boundaries (the plan aligns them to DCACHE_LINE), so
+// invalidating a transfer's last partial line discards nothing of another buffer.
+static int dcache_on;                 // startup.c turned it on (a board with a D-cache)
+
+static void dcache_by_address(volatile uint32_t* op, const void* p, uint32_t len) {
+    uintptr_t a = (uintptr_t)p;
+    if (!dcache_on || len == 0 || a < SRAM_BASE || a >= MAILBOX_BASE) return;
+    barrier();
+    for (uintptr_t line = a & ~(uintptr_t)(DCACHE_LINE - 1); line < a + len; line += DCACHE_LINE)
+        *op = (uint32_t)line;
+    __asm__ volatile("dsb\n\tisb" ::: "memory");
+}
+static void dcache_invalidate(const void* p, uint32_t len) { dcache_by_address(&SCB_DCIMVAC, p, len); }
+static void dcache_clean(const void* p, uint32_t len) { dcache_by_address(&SCB_DCCMVAC, p, len); }
+
+// A destination that shares a cache line with other data (a table entry read into a local,
+// not an arena buffer) must not be invalidated: that would discard the CPU's dirty bytes of
+// the same line. Such reads land in this line-aligned bounce buffer, and the CPU copies them.
+#define BOUNCE_BYTES 128u
+static uint8_t bounce[BOUNCE_BYTES] __attribute__((aligned(DCACHE_LINE)));
+
+static int shares_a_line(const void* p, uint32_t len) {
+    uintptr_t a = (uintptr_t)p;
+    return dcache_on && a >= SRAM_BASE && a < MAILBOX_BASE && ((a | len) & (DCACHE_LINE - 1)) != 0;
+}
+
 void hal_init(int argc, char** argv) {
     (void)argc;
     (void)argv;
+    dcache_on = (SCB_CCR & SCB_CCR_DC) != 0;
 }
 
 // ----------------------------------------------------------------------------
@@ -23,6 +54,7 @@ void hal_init(int argc, char** argv) {
 
 static struct {
     uint32_t active, flash_addr, len;
+    void* dst;
 } pending;
 
 void flash_wait(void) {
@@ -34,6 +66,7 @@ void flash_wait(void) {
         if (status & FLASH_STATUS_ERROR) board_exit(EXIT_FLASH_ERROR, status, pending.flash_addr, pending.len);
     } while (!(status & FLASH_STATUS_DONE));
     barrier();                        // the DMA's bytes are in RAM: nothing may read them earlier
+    dcache_invalidate(pending.dst, pending.len);
 }
 
 static void dma_start(uint32_t flash_addr, void* dst, uint32_t len) {
@@ -46,6 +79,7 @@ static void dma_start(uint32_t flash_addr, void* dst, uint32_t len) {
     pending.active = 1;
     pending.flash_addr = flash_addr;
     pending.len = len;
+    pending.dst = dst;
 }
 
 // CRC_CTRL as last written (RESET is a pulse: it reads back as ENABLE), so a stream of
@@ -59,11 +93,26 @@ static void set_crc_ctrl(uint32_t value) {
     }
 }
 
+// One synchronous read, through the bounce buffer when dst shares a cache line.
+static void read_now(uint32_t flash_addr, void* dst, uint32_t len) {
+    if (!shares_a_line(dst, len)) {
+        dma_start(flash_addr, dst, len);
+        flash_wait();
+        return;
+    }
+    for (uint32_t done = 0; done < len;) {
+        uint32_t n = len - done < BOUNCE_BYTES ? len - done : BOUNCE_BYTES;
+        dma_start(flash_addr + done, bounce, n);
+        flash_wait();
+        for (uint32_t i = 0; i < n; i++) ((uint8_t*)dst)[done + i] = bounce[i];
+        done += n;
+    }
+}
+
 void flash_read(uint32_t flash_addr, void* dst, uint32_t len) {
     flash_wait();
     set_crc_ctrl(0);                  // keep these bytes out of any running CRC
-    dma_start(flash_addr, dst, len);
-    flash_wait();
+    read_now(flash_addr, dst, len);
 }
 
 void crc_begin(void) {
@@ -79,8 +128,9 @@ void flash_read_crc_start(uint32_t flash_addr, void* dst, uint32_t len) {
 }
 
 void flash_read_crc(uint32_t flash_addr, void* dst, uint32_t len) {
-    flash_read_crc_start(flash_addr, dst, len);
     flash_wait();
+    set_crc_ctrl(CRC_ENABLE);
+    read_now(flash_addr, dst, len);
 }
 
 uint32_t crc_value(void) {
@@ -104,6 +154,7 @@ static void psram_dma(uint32_t cmd, uint32_t psram_addr, uint32_t ram, uint32_t 
         if (status & FLASH_STATUS_ERROR) board_exit(EXIT_PSRAM_ERROR, status, psram_addr, len);
     } while (!(status & FLASH_STATUS_DONE));
     barrier();
+    if (cmd == PSRAM_CMD_READ) dcache_invalidate((const void*)(uintptr_t)ram, len);
 }
 
 void psram_read(uint32_t psram_addr, void* dst, uint32_t len) {
@@ -111,6 +162,7 @@ void psram_read(uint32_t psram_addr, void* dst, uint32_t len) {
 }
 
 void psram_write(uint32_t psram_addr, const void* src, uint32_t len) {
+    dcache_clean(src, len);
     psram_dma(PSRAM_CMD_WRITE, psram_addr, (uint32_t)(uintptr_t)src, len);
 }
 

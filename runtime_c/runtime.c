@@ -12,8 +12,9 @@
 //      and feed it back to 2.
 // It computes what compiler/reference.py computes, operation for operation.
 //
-// RAM: every buffer sits in one static arena at the offset the memory plan gave it
-// (model_plan.h). Nothing is allocated; nothing of the image's tables is kept in RAM
+// RAM: every buffer sits in a static arena at the offset the memory plan gave it
+// (model_plan.h): the SRAM arena, or on a board with a data TCM the TCM arena for the
+// buffers DMA refills. Nothing is allocated; nothing of the image's tables is kept in RAM
 // beyond the entry being used. Freestanding C11, float32 only.
 #include <stddef.h>
 #include <stdint.h>
@@ -39,8 +40,20 @@
 #define ARENA_SECTION
 #endif
 uint8_t arena[ARENA_BYTES] ARENA_SECTION __attribute__((aligned(32)));
+#if TCM_ARENA_BYTES
+// The data TCM's arena (zero-wait, not cached): the weight tiles, the KV block and the int8
+// input vector, when the plan put them there. The linker places .dtcm in the TCM.
+#ifdef __arm__
+#define TCM_SECTION __attribute__((section(".dtcm")))
+#else
+#define TCM_SECTION
+#endif
+uint8_t tcm_arena[TCM_ARENA_BYTES] TCM_SECTION __attribute__((aligned(32)));
+#endif
 
-#define BUF(name) ((float*)(arena + BUF_##name##_OFFSET))
+// A buffer's address: BUF_<name>_ARENA names its arena (model_plan.h).
+#define BUF_ADDR(name) (BUF_##name##_ARENA + BUF_##name##_OFFSET)
+#define BUF(name) ((float*)BUF_ADDR(name))
 // x       (N_EMBD,)            the residual stream
 // h       (N_EMBD,)            layer-norm output; the input of the next matrix
 // qkv     (3 N_EMBD,)          query, key, value of this position
@@ -52,7 +65,7 @@ uint8_t arena[ARENA_BYTES] ARENA_SECTION __attribute__((aligned(32)));
 // weights_next                 the other tile buffer: the next tile streams in while one is used
 // logits  (head tile rows,)    one vocabulary tile of logits
 // kv      keys (N_LAYER, N_CTX, N_EMBD), then values (N_LAYER, N_CTX, N_EMBD)
-#define TOPK ((TopK*)(arena + BUF_TOPK_OFFSET))  // the head's running top-k
+#define TOPK ((TopK*)BUF_ADDR(TOPK))  // the head's running top-k
 #define KV_KEYS(layer) (BUF(KV) + (size_t)(layer) * N_CTX * N_EMBD)
 #define KV_VALUES(layer) (BUF(KV) + (size_t)(N_LAYER + (layer)) * N_CTX * N_EMBD)
 
@@ -276,7 +289,7 @@ static Input input(const float* x, uint32_t cols) {
     Input in = {x, 0, 0.0f};
     (void)cols;   // fp32 builds read x as it is
 #if WEIGHTS_INT8
-    int8_t* q = (int8_t*)(arena + BUF_XQ_OFFSET);
+    int8_t* q = (int8_t*)BUF_ADDR(XQ);
     quantize_vector_i8(q, &in.scale, x, (int)cols);
     in.q = q;
 #endif
@@ -321,7 +334,7 @@ static void stage_embed(uint32_t i, const StageEntry* s, uint32_t token, uint32_
     uint32_t n = VOCAB_SIZE - first < tile_rows ? VOCAB_SIZE - first : tile_rows;
     uint32_t tile_offset = wte.offset + first * ROLE_SPEC[STAGE_EMBED][ROLE_EMBED_WTE].row_bytes;
     float scale;
-    int8_t* q = (int8_t*)(arena + BUF_XQ_OFFSET);
+    int8_t* q = (int8_t*)BUF_ADDR(XQ);
     const uint8_t* kept = resident(wte_index);
     if (kept) {
         const uint8_t* t = kept + (tile_offset - wte.offset);

@@ -64,6 +64,23 @@ void Fault_Handler(void) {
 // ----------------------------------------------------------------------------
 // reset: RAM as C expects it, the FPU on, the stack painted, then main()
 
+// The D-cache: its contents are unknown at reset, so invalidate every line (by set and way,
+// as CMSIS's SCB_EnableDCache does, from the geometry in CCSIDR), then turn it on. From here
+// on the HAL keeps it coherent with the DMA (hal_board.c).
+static void dcache_enable(void) {
+    if ((SCB_CLIDR & 7u) < 2u) return;   // no level-1 data cache (sim64, an abstract device)
+    SCB_CSSELR = 0;                   // the level-1 data cache
+    __asm__ volatile("dsb" ::: "memory");
+    uint32_t ccsidr = SCB_CCSIDR;
+    uint32_t sets = ((ccsidr >> 13) & 0x7FFFu) + 1, ways = ((ccsidr >> 3) & 0x3FFu) + 1;
+    uint32_t way_shift = ways > 1 ? (uint32_t)__builtin_clz(ways - 1) : 0;
+    for (uint32_t set = 0; set < sets; set++)
+        for (uint32_t way = 0; way < ways; way++) SCB_DCISW = set << 5 | (ways > 1 ? way << way_shift : 0);
+    __asm__ volatile("dsb" ::: "memory");
+    SCB_CCR |= SCB_CCR_DC;
+    __asm__ volatile("dsb\n\tisb" ::: "memory");
+}
+
 void Reset_Handler(void) {
     // .data: initial values are stored in code flash; copy them to RAM. Volatile so the
     // compiler cannot turn the loops into calls to memcpy/memset, which this build lacks.
@@ -76,6 +93,8 @@ void Reset_Handler(void) {
     // before any floating-point instruction.
     SCB_CPACR |= 0xFu << 20;
     __asm__ volatile("dsb\n\tisb" ::: "memory");
+
+    dcache_enable();
 
     // Paint the unused stack, from the bottom of the reserve up to where SP is now.
     uint32_t* sp;

@@ -36,6 +36,23 @@ class SramRegion:
     bytes: int
     arena: bool            # the model's arena (and stack, statics) lives here: the one the plan fills
     source: str
+    tcm: bool = False      # a tightly coupled memory: zero-wait, beside the D-cache, never cached
+    dma: bool = True       # the board's DMA can write it
+
+
+@dataclass(frozen=True)
+class DCache:
+    """The Cortex-M7's L1 data cache in front of the arena's SRAM (the TCMs bypass it)."""
+    bytes: int
+    ways: int
+    line: int
+    fill_cycles: int       # CPU cycles a read or write miss stalls for its line fill
+    writeback_cycles: int  # CPU cycles to write a dirty line back (an eviction or a clean)
+    source: str
+
+    @property
+    def sets(self) -> int:
+        return self.bytes // (self.ways * self.line)
 
 
 @dataclass(frozen=True)
@@ -69,6 +86,10 @@ class BoardProfile:
     flash: tuple[ExternalMemory, ...]     # the board's flash; alternatives after the first (sim64)
     psram: ExternalMemory | None
     crc: CrcUnit
+    dcache: DCache | None = None          # None: the SRAM is zero-wait (sim64, an abstract device)
+    # Bus sharing: CPU cycles lost per 32-bit word a DMA moves through the memory the CPU
+    # computes from (the transfer itself, and the CRC pass that reads it back).
+    dma_steal_cycles_per_word: float = 0.0
     assumptions: tuple[str, ...] = ()
 
     @property
@@ -79,6 +100,11 @@ class BoardProfile:
     def sram_bytes(self) -> int:
         """The arena region: what the model's RAM budget may be at most."""
         return next(r.bytes for r in self.sram if r.arena)
+
+    @property
+    def dtcm(self) -> SramRegion | None:
+        """The data TCM, when the board has one its DMA can write: the plan's fast region."""
+        return next((r for r in self.sram if r.tcm and r.dma and r.name == "DTCM"), None)
 
     @property
     def psram_bytes(self) -> int:
@@ -114,9 +140,13 @@ class BoardProfile:
             "name": self.name, "buyable": self.buyable, "doc": self.doc,
             "cpu": {"part": self.cpu.part, "core": self.cpu.core, "hz": self.cpu.max_hz,
                     "emulated": self.cpu.emulated},
-            "sram": [{"name": r.name, "bytes": r.bytes, "arena": r.arena} for r in self.sram],
+            "sram": [{"name": r.name, "bytes": r.bytes, "arena": r.arena, "tcm": r.tcm} for r in self.sram],
+            "dcache": None if not self.dcache else {
+                "bytes": self.dcache.bytes, "ways": self.dcache.ways, "line": self.dcache.line,
+                "fill_cycles": self.dcache.fill_cycles, "writeback_cycles": self.dcache.writeback_cycles},
             "flash": {"part": flash.part, "chips": flash.chips, "bytes": self.flash_bytes,
                       "controller": flash.controller, "clock_hz": flash.clock_hz},
+            "dma_steal_cycles_per_word": self.dma_steal_cycles_per_word,
             "crc": {"bytes_per_s": self.crc.bytes_per_s, "path": "inline" if self.crc.bytes_per_s is None
                     else "second DMA pass", "source": self.crc.source},
             "psram": None if not self.psram else {
@@ -150,6 +180,21 @@ _CRC_PASS = ("CRC_DR fed by a memory-to-memory DMA (the unit has no DMA request:
              "4 HCLK per 32-bit word at HCLK {hclk} MHz")
 _CRC_ASSUMPTION = ("CRC unit throughput: 4 HCLK per 32-bit word (RM0090's STM32F4 figure; the H7's not found), "
                    "HCLK = CPU clock / 2 as ST's examples run it")
+# The Cortex-M7's D-cache: 4-way set-associative, 32-byte lines (Arm's Cortex-M7 TRM; the same
+# core configuration table in Microchip's SAM E70 datasheet); both STM32H7 parts here have 32 KB.
+# No source we reached gives the cycles of a line fill from the AXI SRAM: the figures are
+# assumptions, derived from the bus, and labelled as such.
+_FILL_ASSUMPTION = ("D-cache line fill from AXI SRAM: 12 CPU cycles (4 beats of 64 bits at HCLK = CPU/2, plus an "
+                    "assumed 4-cycle interconnect latency); a dirty line's write-back 8 cycles; LRU replacement. "
+                    "No measured figure was found")
+# Bus sharing: the DMA writes the tiles into the DTCM through the M7's AHBS port, and the CRC
+# pass reads them back, while the CPU reads the other tile from the same TCM. The TCM is two
+# interleaved 32-bit banks; the int8 kernel loads about once every two cycles, so a DMA word
+# finds its bank busy about a quarter of the time and then costs the CPU at most one cycle.
+_STEAL = 0.25
+_STEAL_ASSUMPTION = ("bus sharing: each 32-bit word a DMA moves through the memory the CPU computes from "
+                     "(and each word the CRC pass reads back) costs the CPU 0.25 cycles: two interleaved TCM banks, "
+                     "the CPU loading about every other cycle, at most one cycle lost per collision. Not measured")
 _XSPI_200 = "XSPI at 200 MHz: the clock ST's STM32H7S78-DK templates run both ports at (DS14359's XSPI maximum not reached)"
 
 BOARDS = {b.name: b for b in (
@@ -165,7 +210,8 @@ BOARDS = {b.name: b for b in (
         psram=None,
         crc=CrcUnit(None, "the abstract device's flash controller checksums what its DMA moves"),
         assumptions=("sim64 is not a real board: its SRAM size is the paper's device, its flash "
-                     "four real 1 Gbit parts on one octal bus",)),
+                     "four real 1 Gbit parts on one octal bus",
+                     "sim64's SRAM is zero-wait and uncached: no D-cache, no TCM")),
     BoardProfile(
         "stm32h7s78-dk",
         "ST STM32H7S78-DK: STM32H7S7L8 Cortex-M7 at 600 MHz, 456 KiB AXI SRAM for the model, "
@@ -174,13 +220,17 @@ BOARDS = {b.name: b for b in (
         cpu=Cpu("STM32H7S7L8H6H", "Cortex-M7", 600e6, True,
                 "600 MHz: ST's STM32H7S78-DK examples and product page (DS14359 not reached)"),
         sram=(SramRegion("AXI SRAM", 456 * KiB, True, "CMSIS stm32h7s7xx.h: SRAM1-4 at 0x24000000, 128+128+128+72 KB"),
-              SramRegion("DTCM", 64 * KiB, False, "CMSIS stm32h7s7xx.h (64 KB default option bytes)"),
-              SramRegion("ITCM", 64 * KiB, False, "CMSIS stm32h7s7xx.h"),
+              SramRegion("DTCM", 64 * KiB, False, "CMSIS stm32h7s7xx.h (64 KB default option bytes); HPDMA/GPDMA "
+                         "reach it through the M7's AHBS port (ST's example notes)", tcm=True),
+              SramRegion("ITCM", 64 * KiB, False, "CMSIS stm32h7s7xx.h", tcm=True, dma=False),
               SramRegion("AHB SRAM", 32 * KiB, False, "CMSIS stm32h7s7xx.h: SRAM1-2, 16 KB each")),
         flash=(ExternalMemory("mx66uw1g45g", 1, "XSPI2", 200_000_000, _XSPI_200),),
         psram=ExternalMemory("aps256xxn-obr", 1, "XSPI1 (16 lines)", 200_000_000, _XSPI_200),
         crc=CrcUnit(300e6, _CRC_PASS.format(hclk=300)),
-        assumptions=("XSPI controller maximum clock: 200 MHz (ST's kit templates), DS14359 not reached",
+        dcache=DCache(32 * KiB, 4, 32, 12, 8, "32 KB (ST's STM32H7R/S product text); 4-way, 32-byte lines (Arm)"),
+        dma_steal_cycles_per_word=_STEAL,
+        assumptions=(_FILL_ASSUMPTION, _STEAL_ASSUMPTION,
+                     "XSPI controller maximum clock: 200 MHz (ST's kit templates), DS14359 not reached",
                      _CRC_ASSUMPTION,
                      "the 72 KB SRAM4 counts in the 456 KiB (ECC option bytes at their factory value)")),
     BoardProfile(
@@ -191,15 +241,20 @@ BOARDS = {b.name: b for b in (
         cpu=Cpu("STM32H735IGK6", "Cortex-M7", 550e6, True,
                 "550 MHz: Zephyr's stm32h735g_disco.dts and ST's H723/733 feature list (DS13315 not reached)"),
         sram=(SramRegion("AXI SRAM", 320 * KiB, True, "CMSIS stm32h735xx.h: SRAM1+2 at 0x24000000, 128+192 KB"),
-              SramRegion("DTCM", 128 * KiB, False, "CMSIS stm32h735xx.h"),
-              SramRegion("ITCM", 64 * KiB, False, "CMSIS stm32h735xx.h"),
+              SramRegion("DTCM", 128 * KiB, False, "CMSIS stm32h735xx.h; the MDMA reaches it through the M7's "
+                         "AHBS port", tcm=True),
+              SramRegion("ITCM", 64 * KiB, False, "CMSIS stm32h735xx.h", tcm=True, dma=False),
               SramRegion("AHB SRAM", 48 * KiB, False, "CMSIS stm32h735xx.h: SRAM1, SRAM2, SRAM4")),
         flash=(ExternalMemory("mx25lm51245g", 1, "OCTOSPI1", 100_000_000,
                               "100 MHz: ST's STM32H735G-DK BSP (stm32h735g_discovery_ospi.c); the part allows 133"),),
         psram=ExternalMemory("s70kl1281", 1, "OCTOSPI2", 100_000_000,
                              "100 MHz: ST's BSP, and the part's maximum at 3.0 V"),
         crc=CrcUnit(275e6, _CRC_PASS.format(hclk=275)),
-        assumptions=("OCTOSPI clocks: 100 MHz as ST's BSP runs them (DS13315's maximum not reached)",
+        dcache=DCache(32 * KiB, 4, 32, 12, 8, "32 KB (ST's STM32H723/733/735 product text); 4-way, 32-byte lines (Arm)"),
+        dma_steal_cycles_per_word=_STEAL,
+        assumptions=(_FILL_ASSUMPTION, _STEAL_ASSUMPTION,
+                     "the MDMA writes the DTCM through the AHBS port (RM0468's bus matrix not reached)",
+                     "OCTOSPI clocks: 100 MHz as ST's BSP runs them (DS13315's maximum not reached)",
                      _CRC_ASSUMPTION)),
 )}
 DEFAULT_BOARD = "sim64"

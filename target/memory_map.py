@@ -10,11 +10,27 @@ from dataclasses import dataclass
 
 CODE_BASE = 0x08000000     # internal flash: the firmware's code and read-only data
 CODE_SIZE = 2 << 20
-SRAM_BASE = 0x20000000     # the model's RAM: firmware statics, the arena, the stack
+DTCM_BASE = 0x20000000     # the data TCM, on boards that have one (target/boards.py): zero-wait, uncached
+SRAM_BASE = 0x24000000     # the model's RAM (the STM32H7's AXI SRAM): firmware statics, the arena, the stack
 SRAM_SIZE_DEFAULT = 64 << 20
 MAILBOX_BASE = 0x30000000  # host -> firmware: prompt and settings (not counted as model RAM)
 MAILBOX_SIZE = 64 << 10
 PERIPH_BASE = 0x40000000   # execute-never in the M-profile default map: fine for registers
+
+# The Cortex-M7's cache control: ARMv7-M System Control Block registers, the same on every M7
+# (Arm's ARMv7-M ARM, B3.2), not board addresses. The firmware turns the D-cache on at reset
+# and keeps it coherent with the DMA by address: invalidate after a DMA wrote cacheable RAM,
+# clean before a DMA reads it. The emulator's D-cache model (emulator/dcache.py) watches these.
+SCB_CCR = 0xE000ED14       # bit 16 DC: D-cache enable
+SCB_CCR_DC = 1 << 16
+SCB_CLIDR = 0xE000ED78     # which caches the core has: bits 2:0 = 0b010 or 0b011 with a level-1 D-cache
+SCB_CCSIDR = 0xE000ED80    # the selected cache's geometry: sets, ways, line size
+SCB_CSSELR = 0xE000ED84    # select a cache for CCSIDR (0: level-1 data)
+SCB_DCISW = 0xE000EF60     # write set | way: invalidate that line (CMSIS SCB_InvalidateDCache)
+SCB_DCIMVAC = 0xE000EF5C   # write an address: invalidate its line
+SCB_DCCMVAC = 0xE000EF68   # write an address: clean its line (write it back if dirty)
+SCB_DCCIMVAC = 0xE000EF70  # write an address: clean and invalidate its line
+DCACHE_LINE = 32           # bytes: the Cortex-M7's line, and the arena's buffer alignment
 
 
 @dataclass(frozen=True)

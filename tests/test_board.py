@@ -263,7 +263,7 @@ def test_sram_is_painted_before_reset(program, image):
 
 def test_firmware_that_needs_more_sram_than_the_board_maps_is_refused(program, image):
     # ram_use: 0x590 bytes of .data/.bss, 16 KiB of stack, 64 KiB of arena = 83,344 bytes
-    with pytest.raises(McugptError, match=r"^firmware needs 83,344 bytes of SRAM at 0x20000000, "
+    with pytest.raises(McugptError, match=r"^firmware needs 83,344 bytes of SRAM at 0x24000000, "
                                           r"the board maps 65,536$"):
         Board(program("ram_use"), image, ram_bytes=64 * KiB)
 
@@ -275,6 +275,18 @@ def test_sram_is_rounded_up_to_4_kib_and_not_more(program, image):
     with pytest.raises(BoardFault) as e:
         board.run([0, 0, mm.SRAM_BASE + 102_400], n_new=0)   # the next one: unmapped
     assert e.value.address == mm.SRAM_BASE + 102_400
+
+
+def test_the_data_tcm_is_mapped_exactly_when_the_board_has_one(program, image):
+    tcm = 64 * KiB
+    board = Board(program("faults"), image, ram_bytes=RAM, dtcm_bytes=tcm)
+    board.run([0, 0, mm.DTCM_BASE + tcm - 4], n_new=0)   # the last word: fine
+    with pytest.raises(BoardFault) as e:
+        board.run([0, 0, mm.DTCM_BASE + tcm], n_new=0)
+    assert e.value.address == mm.DTCM_BASE + tcm and "past the end of the data TCM" in str(e.value)
+    with pytest.raises(BoardFault) as e:   # a board without one (sim64)
+        Board(program("faults"), image, ram_bytes=RAM).run([0, 0, mm.DTCM_BASE], n_new=0)
+    assert e.value.kind == "unmapped" and "which this board does not have" in str(e.value)
 
 
 # ----------------------------------------------------------------------------

@@ -215,7 +215,7 @@ def _matrix_reads(log, image):
     out, current = {}, None
     starts = [i for i, e in enumerate(log) if e[0] == "start" and e[1] == "READ"]
     for i in starts:
-        _, _, addr, length, instr, _t0, _t1, _cycles = log[i]
+        _, _, addr, length, instr, _t0, _t1, _cycles, _ram = log[i]
         done = next(e for e in log[i + 1:] if e[0] == "done")
         if addr in blobs:
             current = blobs[addr]
@@ -262,7 +262,7 @@ def _replay(log, ns_per_cycle, bus_ns):
     stall, free_at, end, spans = 0.0, 0.0, None, []
     for e in log:
         if e[0] == "start":
-            _, command, _addr, length, _instr, _t0, _t1, cycles = e
+            _, command, _addr, length, _instr, _t0, _t1, cycles, _ram = e
             begin = max(cycles * ns_per_cycle + stall, free_at)
             end = free_at = begin + bus_ns(command, length)
             spans.append((begin, end))

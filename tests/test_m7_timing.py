@@ -102,7 +102,9 @@ def test_every_integer_block_against_llvm_mca(firmware):
     times them) the model gives fewer cycles than llvm-mca, by about a fifth: llvm-mca charges
     each nop a cycle, stores three cycles of latency, and no early-to-late ALU forwarding
     (movw/movt pairs), where the measurements say otherwise; it does pair two loads, which
-    the model, not knowing the banks, does not. The spread stays within a band."""
+    the model, not knowing the banks, does not. The spread stays within a band. (The ratios
+    cluster at 2/3 and 3/4, so the median moves between the two as the firmware's code mix
+    changes; the mean is the steadier figure.)"""
     base, code = _code(firmware["int8"])
     blocks = m7_timing.basic_blocks(code, base)
     mca = m7_timing.mca_cycles(blocks)
@@ -114,4 +116,4 @@ def test_every_integer_block_against_llvm_mca(firmware):
             ratios.append(m7_pipeline.block_cycles(block, loop=True) / mca[b.key])
     assert len(ratios) > 300
     assert 0.70 <= statistics.mean(ratios) <= 0.85
-    assert statistics.median(ratios) == pytest.approx(0.75, abs=0.05)
+    assert 0.60 <= statistics.median(ratios) <= 0.80

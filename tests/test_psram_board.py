@@ -69,7 +69,8 @@ def tiny_ref(tiny):
 def board_run(build_dir, prompt, n_new, sampling=Sampling(), profile=STM32H7, **board_kw):
     """Run a build on the board the profile describes (or with board_kw overriding it)."""
     kw = dict(ram_bytes=profile.sram_bytes, flash_preset=flash_timing_of(profile.flash[0]),
-              psram_preset=psram_timing_of(profile.psram), psram_bytes=profile.psram_bytes)
+              psram_preset=psram_timing_of(profile.psram), psram_bytes=profile.psram_bytes,
+              dtcm_bytes=profile.dtcm.bytes, dcache=profile.dcache)
     kw.update(board_kw)
     with Board(build_dir / "firmware.elf", build_dir / "flash.img", **kw) as board:
         result = board.run(prompt, n_new, temperature=sampling.temperature, top_k=sampling.top_k,
@@ -281,8 +282,8 @@ def test_board_psram_arguments_are_checked(psram_tiny):
     with Board.for_profile(elf, img, STM32H7) as board:
         assert board.psram.size == STM32H7.psram_bytes and board.psram.timing.name == STM32H7.psram.part
         assert board.ram_bytes == STM32H7.sram_bytes
-    with Board.for_profile(elf, img, get_board("sim64")) as board:
-        assert board.psram is None
+    with pytest.raises(McugptError, match=r"needs [\d,]+ bytes of data TCM at 0x20000000, the board maps 0"):
+        Board.for_profile(elf, img, get_board("sim64"))   # built for a board with a data TCM
 
 
 # ----------------------------------------------------------------------------
