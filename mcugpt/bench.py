@@ -39,10 +39,11 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def _row(report: dict, board: str, dtype: str, flash: str, compile_s: float) -> dict:
+def _row(report: dict, board: str, dtype: str, flash: str, compile_s: float, tcm: str = "auto") -> dict:
     d, ram = report["device"], report["peak_ram"]
     return {
-        "board": board, "dtype": dtype, "flash": flash, "ctx": report["ctx"], "kv": report["kv_placement"],
+        "board": board, "dtype": dtype, "flash": flash, "tcm": tcm if BOARDS[board].dtcm else "-",
+        "ctx": report["ctx"], "kv": report["kv_placement"],
         "tokens_equal_reference": report["check"]["tokens_equal"],
         "logits_max_abs_error": report["check"]["logits_max_abs_error"],
         "peak_sram_measured": ram["measured"], "peak_sram_plan": ram["plan"],
@@ -50,6 +51,7 @@ def _row(report: dict, board: str, dtype: str, flash: str, compile_s: float) -> 
         "psram_bytes_per_token": report["psram_bytes_per_token"],
         "io_ms_per_token": 1e3 * d["io_s_per_token"], "compute_ms_per_token": 1e3 * d["compute_s_per_token"],
         "crc_ms_per_token": 1e3 * d["crc_s_per_token"],
+        "memory_ms_per_token": 1e3 * d["memory_cycles_per_token"] / d["cpu_hz"],
         "device_ms_per_token": 1e3 * d["s_per_token"], "device_tokens_per_s": d["tokens_per_s"],
         "emulator_s_per_token": report["decode_wall_s_per_token"],
         "emulator_tokens_per_s": 1.0 / report["decode_wall_s_per_token"] if report["decode_wall_s_per_token"] else 0.0,
@@ -59,22 +61,25 @@ def _row(report: dict, board: str, dtype: str, flash: str, compile_s: float) -> 
 
 def sweep(out: Path, model: str, tokens: int, progress) -> tuple[list[dict], list[dict]]:
     """Every board x dtype x flash option that fits, compiled and run; and those that do not
-    fit, with compile's one-line reason."""
+    fit, with compile's one-line reason. A board with a data TCM also runs with `--tcm off`
+    (every buffer behind the D-cache), to show what the TCM placement is worth."""
     rows, refused = [], []
-    configs = [(b, dt) for b in BOARDS for dt in ("fp32", "int8")]
-    for board, dtype in progress(configs, desc="boards x dtypes"):
+    configs = [(b, dt, "auto") for b in BOARDS for dt in ("fp32", "int8")]
+    configs += [(b, "int8", "off") for b in BOARDS if BOARDS[b].dtcm]
+    for board, dtype, tcm in progress(configs, desc="boards x dtypes"):
         t0 = time.perf_counter()
         try:
-            built = compile_model(model, out / "builds" / f"{model}-{board}-{dtype}", board=board, dtype=dtype,
-                                  quiet=True)
+            built = compile_model(model, out / "builds" / f"{model}-{board}-{dtype}" + ("-tcm-off" if tcm == "off" else ""),
+                                  board=board, dtype=dtype, tcm=tcm, quiet=True)
         except McugptError as e:
-            refused.append({"board": board, "dtype": dtype, "why": str(e)})
+            if tcm == "auto":
+                refused.append({"board": board, "dtype": dtype, "why": str(e)})
             continue
         compile_s = time.perf_counter() - t0
         build = Build.open(built.out_dir)
         for flash in BOARDS[board].flash:
             report = run(build, PROMPT, tokens, Sampling(), flash=flash.part, check=True)
-            rows.append(_row(report, board, dtype, flash.part, compile_s))
+            rows.append(_row(report, board, dtype, flash.part, compile_s, tcm))
     return rows, refused
 
 
@@ -208,20 +213,22 @@ def markdown(rows, paper, front, info) -> str:
              f"Each configuration generates {info['tokens']} tokens after the prompt {PROMPT!r}, greedy, "
              "and is checked against the numpy reference.", "",
              "## Boards, dtypes and flash parts", ""]
-    t = [[r["board"], r["dtype"], r["flash"], r["ctx"], r["kv"], "yes" if r["tokens_equal_reference"] else "NO",
+    t = [[r["board"], r["dtype"], r["flash"], r["tcm"], r["ctx"], r["kv"], "yes" if r["tokens_equal_reference"] else "NO",
           size(r["peak_sram_measured"]), size(r["flash_bytes_per_token"]), size(r["psram_bytes_per_token"]),
-          f"{r['io_ms_per_token']:.0f}", f"{r['compute_ms_per_token']:.0f}", f"{r['crc_ms_per_token']:.0f}",
-          f"{r['device_ms_per_token']:.0f}",
+          f"{r['io_ms_per_token']:.0f}", f"{r['compute_ms_per_token']:.0f}", f"{r['memory_ms_per_token']:.0f}",
+          f"{r['crc_ms_per_token']:.0f}", f"{r['device_ms_per_token']:.0f}",
           f"{r['device_tokens_per_s']:.2f}", f"{r['emulator_tokens_per_s']:.2f}"] for r in rows]
     lines.append("```")
-    lines.append(table(["board", "dtype", "flash", "ctx", "KV", "exact", "peak SRAM", "flash/tok", "PSRAM/tok",
-                        "I/O ms", "compute ms", "CRC ms", "device ms", "device tok/s", "emulator tok/s"], t,
-                       "llllllrrrrrrrrr"))
+    lines.append(table(["board", "dtype", "flash", "TCM", "ctx", "KV", "exact", "peak SRAM", "flash/tok", "PSRAM/tok",
+                        "I/O ms", "compute ms", "of it memory", "CRC ms", "device ms", "device tok/s",
+                        "emulator tok/s"], t, "lllllllrrrrrrrrrr"))
     lines += ["```", "",
               "device = simulated: I/O from datasheet timing, compute from the executed blocks' cycles (Cortex-M7 "
               "pipeline model) at the board's clock, overlapped as the firmware's double-buffered tiles overlap "
               "them, with the CRC check's second DMA pass where the board's CRC unit is not on the flash DMA's "
-              "path (CRC ms; docs/boards.md); emulator tok/s = wall-clock "
+              "path (CRC ms; docs/boards.md); of it memory = the part of compute that is D-cache line fills and "
+              "bus sharing with the DMA (emulator/dcache.py); TCM auto = the tiles, KV block and int8 input in "
+              "the data TCM, off = all behind the D-cache; emulator tok/s = wall-clock "
               "decode speed of the emulation on the machine above.", "",
               f"## The paper's case: context {paper['ctx']}", ""]
     pt = []
@@ -280,7 +287,7 @@ def plots(out: Path, rows, front, model: str) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
     fig, ax = plt.subplots(figsize=(11, 5))
-    labels = [f"{r['board']}\n{r['dtype']}\n{r['flash']}" for r in rows]
+    labels = [f"{r['board']}\n{r['dtype']}\n{r['flash']}" + ("\nTCM off" if r['tcm'] == "off" else "") for r in rows]
     x = np.arange(len(rows))
     for k, (key, name) in enumerate((("io_ms_per_token", "I/O (flash + PSRAM, simulated DMA)"),
                                      ("compute_ms_per_token", "compute (cycles of the executed blocks)"),
