@@ -69,8 +69,8 @@ def sweep(out: Path, model: str, tokens: int, progress) -> tuple[list[dict], lis
     for board, dtype, tcm in progress(configs, desc="boards x dtypes"):
         t0 = time.perf_counter()
         try:
-            built = compile_model(model, out / "builds" / f"{model}-{board}-{dtype}" + ("-tcm-off" if tcm == "off" else ""),
-                                  board=board, dtype=dtype, tcm=tcm, quiet=True)
+            name = f"{model}-{board}-{dtype}" + ("-tcm-off" if tcm == "off" else "")
+            built = compile_model(model, out / "builds" / name, board=board, dtype=dtype, tcm=tcm, quiet=True)
         except McugptError as e:
             if tcm == "auto":
                 refused.append({"board": board, "dtype": dtype, "why": str(e)})
