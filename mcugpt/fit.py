@@ -37,7 +37,7 @@ def fit(model: str | None, weights_dir: str | None = None, weights_seed: int = 0
         row = {"board": board.name, "buyable": board.buyable, "dtype": dtype, "fits": False, "why": "",
                "ctx": None, "ctx_limited_by": None, "kv": None, "tokens_per_s": None,
                "image_bytes": None, "flash_bytes": board.flash_bytes, "peak_ram_plan": None,
-               "sram_bytes": board.sram_bytes, "psram_bytes": board.psram_bytes,
+               "sram_bytes": board.sram_bytes, "psram_bytes": board.psram_bytes, "tcm_bytes": 0,
                "assumptions": board.all_assumptions()}
         rows.append(row)
         try:
@@ -46,7 +46,7 @@ def fit(model: str | None, weights_dir: str | None = None, weights_seed: int = 0
             row["why"] = str(e)
             continue
         row.update(ctx=plan.ctx, ctx_limited_by=plan.ctx_limited_by, kv=plan.kv.placement,
-                   peak_ram_plan=plan.peak_ram_bytes)
+                   peak_ram_plan=plan.peak_ram_bytes, tcm_bytes=plan.tcm_bytes)
         try:
             row["image_bytes"] = check_flash(cfg, plan, tokens, stages)
         except McugptError as e:
@@ -56,7 +56,8 @@ def fit(model: str | None, weights_dir: str | None = None, weights_seed: int = 0
         limit = f", limited by the {plan.ctx_limited_by}" if plan.ctx_limited_by else ""
         row["why"] = (f"image {size(row['image_bytes'])} in {size(board.flash_bytes)} of flash; plan "
                       f"{size(plan.peak_ram_bytes)} in {size(board.sram_bytes)} of SRAM; context {plan.ctx}{limit}; "
-                      f"KV cache in {plan.kv.placement}")
+                      f"KV cache in {plan.kv.placement}"
+                      + (f"; tiles in {size(plan.tcm_bytes)} of data TCM" if plan.tcm_bytes else ""))
         if not board.cpu.emulated:
             row["why"] += f"; no speed figure: the emulator does not run the {board.cpu.core}"
         elif not measure:
