@@ -54,13 +54,16 @@ GROUPING = ("auto", "none")
 TILE_TARGET = 256 << 10
 PLAN_FORMAT = 4
 TCM_MODES = ("auto", "off")
+# The KV cache's keys and values: float32, or int8 per position and head with a float32 scale
+# (compiler/quantize.py quantize_vector; the reference dequantizes exactly as the firmware does).
+KV_DTYPES = ("auto", "fp32", "int8")
 # Buffers the data TCM takes when the board has one: the DMA's destinations (the weight
 # tiles, a block of the KV cache) and the int8 kernel's quantized input, read with every MAC.
-TCM_BUFFERS = ("xq", "kv_block", "weights", "weights_next")
+TCM_BUFFERS = ("xq", "kv_block", "kv_rows", "weights", "weights_next")
 TOPK_BYTES = 8 + TOPK_MAX * 8  # runtime_c TopK: k, n, then TOPK_MAX values and ids
 # The arena's buffers, in the order a reader meets them in a stage.
 ARENA_ORDER = ("x", "h", "qkv", "att", "hidden", "xq", "scores", "params", "weights", "weights_next",
-               "logits", "topk", "kv_block", "resident", "kv")
+               "logits", "topk", "kv_block", "kv_rows", "resident", "kv")
 
 
 def _align(n: int) -> int:
@@ -138,6 +141,17 @@ class StagePlan:
     ram_bytes: int              # its working set: activations, params, weight tiles (not the KV cache)
 
 
+def kv_row_bytes(cfg: GPTConfig, kv_dtype: str) -> int:
+    """One head's key (or value) at one position, as stored: head_dim floats, or int8 a
+    float32 scale then head_dim int8 values, padded to a word."""
+    return cfg.head_dim * F32 if kv_dtype == "fp32" else (F32 + cfg.head_dim + 3) // 4 * 4
+
+
+def kv_token_bytes(cfg: GPTConfig, kv_dtype: str) -> int:
+    """Keys and values of one position, every layer and head."""
+    return 2 * cfg.n_layer * cfg.n_head * kv_row_bytes(cfg, kv_dtype)
+
+
 @dataclass
 class KvPlan:
     placement: str              # "sram" or "psram"
@@ -145,8 +159,11 @@ class KvPlan:
     bytes_per_token: int
     offset: int                 # in the arena (sram) or in PSRAM
     layout: str
-    block_positions: int = 0    # psram: positions of one head per DMA read
+    block_positions: int = 0    # psram, or int8: positions of one head per block read
     psram_bytes: int = 0
+    dtype: str = "fp32"         # keys and values: "fp32" or "int8" (KV_DTYPES)
+    row_bytes: int = 0          # one head's key or value at one position, as stored
+    why: str = ""               # why this dtype
 
 
 @dataclass
@@ -314,7 +331,8 @@ def choose_resident(tensors: list[TensorPlan], room: int) -> list[TensorPlan]:
 
 
 def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: int | None = None,
-              dtype: str = "fp32", board: str = DEFAULT_BOARD, group: str = "auto", tcm: str = "auto") -> Plan:
+              dtype: str = "fp32", board: str = DEFAULT_BOARD, group: str = "auto", tcm: str = "auto",
+              kv_dtype: str = "auto") -> Plan:
     """group "auto": weight tiles stay moderate (TILE_TARGET) and the RAM left after the
     context and the buffers keeps weights resident; "none": every weight streams every
     token and the tiles take all the RAM left. tcm "auto": TCM_BUFFERS in the board's data
@@ -322,6 +340,8 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
     prof = get_board(board)
     if tcm not in TCM_MODES:
         raise McugptError(f"unknown --tcm '{tcm}' (known: {', '.join(TCM_MODES)})")
+    if kv_dtype not in KV_DTYPES:
+        raise McugptError(f"unknown --kv '{kv_dtype}' (known: {', '.join(KV_DTYPES)})")
     if dtype not in DTYPES:
         raise McugptError(f"unknown --dtype '{dtype}' (known: {', '.join(DTYPES)})")
     if group not in GROUPING:
@@ -361,14 +381,15 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
                                if t.role == KIND_BY_NAME["head"].matrices[0].name)]
     head_row = head_matrix.row_bytes
     reserved = STACK_RESERVE + FIRMWARE_RESERVE
-    kv_token = cfg.kv_bytes_per_token
-    block_bytes = lambda c: min(c, KV_BLOCK_POSITIONS) * cfg.head_dim * F32
+    block_bytes = lambda c: min(c, KV_BLOCK_POSITIONS) * cfg.head_dim * F32          # dequantized / fp32 rows
+    rows_bytes = lambda c, kvd: min(c, KV_BLOCK_POSITIONS) * kv_row_bytes(cfg, kvd)  # int8 rows as stored
 
-    # the data TCM: the tiles, the KV block and xq, when two of the widest rows fit beside them
+    # the data TCM: the tiles, the KV blocks and xq, when two of the widest rows fit beside them
     dtcm = prof.dtcm if tcm == "auto" else None
     tcm_tile = 0
     if dtcm is not None:
-        tcm_tile = (dtcm.bytes - _align(fixed["xq"]) - _align(block_bytes(cfg.n_ctx))) // WEIGHT_BUFFERS // ALIGN * ALIGN
+        tcm_tile = (dtcm.bytes - _align(fixed["xq"]) - _align(block_bytes(cfg.n_ctx))
+                    - _align(rows_bytes(cfg.n_ctx, "int8"))) // WEIGHT_BUFFERS // ALIGN * ALIGN
     in_tcm = set(TCM_BUFFERS) if tcm_tile >= min_tile else set()
     if tcm == "off":
         tcm_why = "--tcm off: every buffer in the SRAM arena"
@@ -381,60 +402,84 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
         tcm_why = (f"the DMA's destinations and the int8 input read with every MAC: zero-wait, and no D-cache "
                    f"line fills or maintenance; tiles of at most {tcm_tile:,} bytes fit the {dtcm.bytes // 1024} KiB DTCM")
 
-    def total(c, tile, kv_in_sram):
+    def kv_sizes(c, kv_in_sram, kvd) -> dict:
+        """The KV cache's buffers: the cache itself when in SRAM; a block of one head's rows as
+        floats (read from PSRAM, or dequantized from int8); int8 from PSRAM: the rows as stored."""
+        return {"kv": c * kv_token_bytes(cfg, kvd) if kv_in_sram else 0,
+                "kv_block": block_bytes(c) if (not kv_in_sram or kvd == "int8") else 0,
+                "kv_rows": rows_bytes(c, kvd) if (not kv_in_sram and kvd == "int8") else 0}
+
+    def total(c, tile, kv_in_sram, kvd):
         """The SRAM the plan needs (the TCM's buffers are not in it)."""
         logits = (tile // head_row) * F32
-        kv = c * kv_token if kv_in_sram else (0 if in_tcm else block_bytes(c))
+        kv = sum(_align(b) for n, b in kv_sizes(c, kv_in_sram, kvd).items() if n not in in_tcm)
         return (reserved + sum(_align(b) for n, b in fixed.items() if n not in in_tcm) + _align(c * F32)
-                + (0 if in_tcm else WEIGHT_BUFFERS * _align(tile)) + _align(logits) + _align(kv))
+                + (0 if in_tcm else WEIGHT_BUFFERS * _align(tile)) + _align(logits) + kv)
 
-    def largest_ctx(kv_in_sram, cap):
-        if cap < 1 or total(1, min_tile, kv_in_sram) > ram:
+    def largest_ctx(kv_in_sram, cap, kvd):
+        if cap < 1 or total(1, min_tile, kv_in_sram, kvd) > ram:
             return 0
         lo, hi = 1, cap
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            lo, hi = (mid, hi) if total(mid, min_tile, kv_in_sram) <= ram else (lo, mid - 1)
+            lo, hi = (mid, hi) if total(mid, min_tile, kv_in_sram, kvd) <= ram else (lo, mid - 1)
         return lo
 
-    psram_ctx_cap = prof.psram_bytes // kv_token
-    if ctx is not None:
-        if not 1 <= ctx <= cfg.n_ctx:
-            raise McugptError(f"--ctx {ctx} is outside 1..{cfg.n_ctx} (the model's context)")
-        kv_in_sram = total(ctx, min_tile, True) <= ram or ctx > psram_ctx_cap
-        if total(ctx, min_tile, kv_in_sram) > ram:
-            raise McugptError(
-                f"RAM budget of {ram:,} bytes is too small for {cfg.name} with a context of {ctx} "
-                f"tokens: the smallest budget that works is {total(ctx, min_tile, kv_in_sram):,} bytes")
+    def context(kvd):
+        """(context, KV cache in SRAM?) with keys and values in `kvd`; context 0 if none fits."""
+        psram_cap = prof.psram_bytes // kv_token_bytes(cfg, kvd)
+        if ctx is not None:
+            in_sram = total(ctx, min_tile, True, kvd) <= ram or ctx > psram_cap
+            return (ctx if total(ctx, min_tile, in_sram, kvd) <= ram else 0), in_sram
+        in_sram = largest_ctx(True, cfg.n_ctx, kvd)
+        in_psram = largest_ctx(False, min(cfg.n_ctx, psram_cap), kvd) if in_sram < cfg.n_ctx else 0
+        return max(in_sram, in_psram), in_sram >= in_psram
+
+    if ctx is not None and not 1 <= ctx <= cfg.n_ctx:
+        raise McugptError(f"--ctx {ctx} is outside 1..{cfg.n_ctx} (the model's context)")
+    wanted = ctx or cfg.n_ctx
+    if kv_dtype == "auto":
+        (c32, sram32), (c8, sram8) = context("fp32"), context("int8")
+        if c32 >= wanted or c8 <= c32:
+            kvd, got, kv_in_sram = "fp32", c32, sram32
+            kv_why = ("auto: float32 keys and values reach the " + ("requested" if ctx else "model's") + " context"
+                      if c32 >= wanted else "auto: int8 would not reach a longer context")
+        else:
+            kvd, got, kv_in_sram = "int8", c8, sram8
+            kv_why = (f"auto: float32 keys and values reach a context of {c32}, int8 (per position and head, "
+                      f"float32 scales) {c8}")
     else:
-        in_sram = largest_ctx(True, cfg.n_ctx)
-        in_psram = largest_ctx(False, min(cfg.n_ctx, psram_ctx_cap)) if in_sram < cfg.n_ctx else 0
-        kv_in_sram = in_sram >= in_psram
-        ctx = max(in_sram, in_psram)
-        if ctx < 1:
-            smallest = min(total(1, min_tile, True), total(1, min_tile, False) if psram_ctx_cap else 1 << 62)
-            raise McugptError(
-                f"RAM budget of {ram:,} bytes is too small for {cfg.name}: the smallest budget "
-                f"that works (context of 1 token) is {smallest:,} bytes")
+        kvd = kv_dtype
+        got, kv_in_sram = context(kvd)
+        kv_why = f"--kv {kvd}"
+    if got < 1:
+        need = min(total(ctx or 1, min_tile, s, d) for d in ("fp32", "int8") if kv_dtype in ("auto", d)
+                   for s in (True, False) if s or prof.psram_bytes)
+        raise McugptError(
+            f"RAM budget of {ram:,} bytes is too small for {cfg.name}" + (
+                f" with a context of {ctx} tokens" if ctx else "") + f": the smallest budget that works"
+            + ("" if ctx else " (context of 1 token)") + f" is {need:,} bytes")
+    ctx = got
+    kv_token = kv_token_bytes(cfg, kvd)
+    psram_ctx_cap = prof.psram_bytes // kv_token
     tile = max_tile if group == "none" else min(max_tile, max(min_tile, TILE_TARGET))
     if in_tcm:
         tile = min(tile, tcm_tile)
-    elif total(ctx, tile, kv_in_sram) > ram:
+    elif total(ctx, tile, kv_in_sram, kvd) > ram:
         lo, hi = min_tile, max_tile  # largest tile that fits beside the context
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            lo, hi = (mid, hi) if total(ctx, mid, kv_in_sram) <= ram else (lo, mid - 1)
+            lo, hi = (mid, hi) if total(ctx, mid, kv_in_sram, kvd) <= ram else (lo, mid - 1)
         tile = lo
     for t in mats:
         t.tile_rows = min(t.rows, tile // t.row_bytes)
-    resident = choose_resident(tensors, ram - total(ctx, tile, kv_in_sram) - ALIGN) if group == "auto" else []
+    resident = choose_resident(tensors, ram - total(ctx, tile, kv_in_sram, kvd) - ALIGN) if group == "auto" else []
 
     # the arena: fixed offsets, in ARENA_ORDER
     sizes = dict(fixed)
     sizes.update({"scores": ctx * F32, "weights": tile, "weights_next": tile if WEIGHT_BUFFERS == 2 else 0,
                   "logits": head_matrix.tile_rows * F32,
-                  "kv": ctx * kv_token if kv_in_sram else 0,
-                  "kv_block": 0 if kv_in_sram else block_bytes(ctx),
+                  **kv_sizes(ctx, kv_in_sram, kvd),
                   "resident": sum(_align(t.bytes) for t in resident)})
     buffers, offset = [], {"sram": 0, "dtcm": 0}
     for name in ARENA_ORDER:
@@ -449,15 +494,23 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
         t.resident_offset = offset
         offset += _align(t.bytes)
 
-    stage_plans = [_stage_plan(s, k, cfg, dtype, ctx, kv_in_sram, sizes, by_name) for s, k in zip(stages, kinds)]
+    stage_plans = [_stage_plan(s, k, cfg, dtype, ctx, kv_in_sram, kv_token, sizes, by_name)
+                   for s, k in zip(stages, kinds)]
     largest = max(stage_plans, key=lambda r: r.ram_bytes)
-    if kv_in_sram:
+    row = kv_row_bytes(cfg, kvd)
+    int8_row = f"rows of {row} bytes: a float32 scale, then head_dim int8" if kvd == "int8" else ""
+    if kv_in_sram and kvd == "fp32":
         kv = KvPlan("sram", ctx * kv_token, kv_token, next(b.offset for b in buffers if b.name == "kv"),
-                    "keys [layer][position][n_embd], then values [layer][position][n_embd]")
+                    "keys [layer][position][n_embd], then values [layer][position][n_embd]", dtype=kvd,
+                    row_bytes=row, why=kv_why)
     else:
-        kv = KvPlan("psram", ctx * kv_token, kv_token, 0,
-                    "[layer][keys, values][head][position][head_dim] from PSRAM address 0",
-                    block_positions=min(ctx, KV_BLOCK_POSITIONS), psram_bytes=prof.psram_bytes)
+        where = "sram" if kv_in_sram else "psram"
+        kv = KvPlan(where, ctx * kv_token, kv_token,
+                    next(b.offset for b in buffers if b.name == "kv") if kv_in_sram else 0,
+                    "[layer][keys, values][head][position] " + (int8_row or "[head_dim] floats")
+                    + (" from PSRAM address 0" if not kv_in_sram else ""),
+                    block_positions=min(ctx, KV_BLOCK_POSITIONS), psram_bytes=prof.psram_bytes if not kv_in_sram else 0,
+                    dtype=kvd, row_bytes=row, why=kv_why)
     plan = Plan(
         format=PLAN_FORMAT, plan_id=0, model=cfg, dtype=dtype, board=prof.name, ram_budget=ram, ctx=ctx,
         ctx_limited_by=None if ctx >= cfg.n_ctx else (
@@ -477,7 +530,7 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
     return plan
 
 
-def _stage_plan(s: Stage, kind, cfg, dtype, ctx, kv_in_sram, sizes, by_name) -> StagePlan:
+def _stage_plan(s: Stage, kind, cfg, dtype, ctx, kv_in_sram, kv_token, sizes, by_name) -> StagePlan:
     ts = [by_name[t.initializer] for t in s.tensors]
     flash = 0
     for r, t in zip(kind.roles, ts):
@@ -485,15 +538,16 @@ def _stage_plan(s: Stage, kind, cfg, dtype, ctx, kv_in_sram, sizes, by_name) -> 
             flash += t.row_bytes if r.access == ROW else t.bytes   # ROW: one row per token
     kv_read = kv_write = 0
     if "kv" in kind.reads:   # at the last position of the planned context
-        kv_read, kv_write = 2 * cfg.n_embd * F32 * ctx, 2 * cfg.n_embd * F32
+        kv_read, kv_write = kv_token // cfg.n_layer * ctx, kv_token // cfg.n_layer
     has_vectors = any(r.access == VECTOR for r in kind.roles)
     matrices = [t for r, t in zip(kind.roles, ts) if r.access == MATRIX]
     bufs = [b for b in dict.fromkeys(kind.reads + kind.writes + kind.scratch)]
-    if "kv" in bufs and not kv_in_sram:
-        bufs[bufs.index("kv")] = "kv_block"
+    if "kv" in bufs:   # what of the cache's buffers the stage uses
+        at = bufs.index("kv")
+        bufs[at:at + 1] = [b for b in ("kv", "kv_block", "kv_rows") if sizes[b] and (b != "kv" or kv_in_sram)]
     if dtype == "int8" and any(r.int8 for r in kind.roles):
         bufs.append("xq")   # the quantized input (embed: the int8 row it dequantizes)
-    act = sum(sizes[b] for b in bufs if b not in ("kv", "kv_block", "topk"))
+    act = sum(sizes[b] for b in bufs if b not in ("kv", "kv_block", "kv_rows", "topk"))
     in_ram = sum(sizes[b] for b in bufs if b != "kv") + (sizes["params"] if has_vectors else 0)
     if matrices:
         in_ram += WEIGHT_BUFFERS * max(min(t.tile_rows * t.row_bytes, sizes["weights"]) for t in matrices)

@@ -18,7 +18,7 @@ from target.stages import checkpoint_tensors, stage_sequence
 
 from . import numerics as nx
 from .config import GPTConfig
-from .quantize import matvec_int8, quantize_rows
+from .quantize import matvec_int8, quantize_rows, quantize_vector
 from .sampler import Prng, Sampling, choose
 
 
@@ -48,10 +48,15 @@ class Activations:
 class Reference:
     """dtype "int8": every tensor target/stages.py marks int8 (the matrices, and so the tied
     wte) is quantized per output row, and each matrix-vector product quantizes its input
-    vector: compiler/quantize.py."""
+    vector: compiler/quantize.py. kv_dtype "int8": each head's key and value are quantized
+    per position (one float32 scale each) as they enter the cache, and attention reads them
+    back dequantized, (float)q * scale, as the firmware does (compiler/plan.py KV_DTYPES)."""
 
-    def __init__(self, cfg: GPTConfig, weights: dict[str, np.ndarray], dtype: str = "fp32"):
-        self.cfg, self.w, self.dtype = cfg, weights, dtype
+    def __init__(self, cfg: GPTConfig, weights: dict[str, np.ndarray], dtype: str = "fp32",
+                 kv_dtype: str = "fp32"):
+        if kv_dtype not in ("fp32", "int8"):
+            raise McugptError(f"unknown KV cache dtype '{kv_dtype}' (known: fp32, int8)")
+        self.cfg, self.w, self.dtype, self.kv_dtype = cfg, weights, dtype, kv_dtype
         self.eps = np.float32(cfg.layer_norm_epsilon)
         self.rows = {}   # name -> stored [out, in] (one row per output), as the firmware streams it
         self.q = {}
@@ -102,8 +107,19 @@ class Reference:
         """Each head attends over positions 0..pos of the cache: softmax(q k^T / sqrt(head_dim)) v
         (numerics.attention: every head at once)."""
         q, k, v = np.split(a.qkv, 3)
+        if self.kv_dtype == "int8":
+            k, v = self.kv_round_trip(k), self.kv_round_trip(v)
         kv.keys[layer, a.pos], kv.values[layer, a.pos] = k, v
         a.att = nx.attention(q, kv.keys[layer, : a.pos + 1], kv.values[layer, : a.pos + 1], self.cfg.n_head)
+
+    def kv_round_trip(self, x: np.ndarray) -> np.ndarray:
+        """Every head's slice of x quantized (quantize_vector) and dequantized: q * scale."""
+        out = np.empty_like(x)
+        hd = self.cfg.head_dim
+        for h in range(self.cfg.n_head):
+            q, scale = quantize_vector(x[h * hd:(h + 1) * hd])
+            out[h * hd:(h + 1) * hd] = q.astype(np.float32) * np.float32(scale)
+        return out
 
     def attn_proj(self, a: Activations, w: dict, layer, kv) -> None:
         a.x = nx.add(a.x, self.linear(a.att, w["w"], w["b"]))

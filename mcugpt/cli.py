@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default): on a board with a data TCM, put the weight tiles, the KV "
                         "block and the int8 input there (zero-wait, no D-cache line fills); off: "
                         "everything in the SRAM arena, behind the D-cache (to compare)")
+    c.add_argument("--kv", default="auto", choices=["auto", "fp32", "int8"],
+                   help="KV cache keys and values: auto (default: fp32 when it reaches the context, "
+                        "else int8 if that reaches a longer one), fp32, or int8 per position and head "
+                        "with float32 scales (the reference does the same arithmetic: bit-identical)")
     c.add_argument("--ctx", type=int, metavar="N",
                    help="context to plan for (KV cache positions); default: the model's, or the "
                         "largest the RAM budget allows")
@@ -107,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prompt", required=True, help="text to continue")
     r.add_argument("--tokens", type=int, default=16, metavar="N", help="tokens to generate (default 16)")
     r.add_argument("--ctx", type=int, metavar="N", help="context limit (default: the model's)")
+    r.add_argument("--dtype", default="fp32", choices=["fp32", "int8"],
+                   help="weights: fp32, or int8 as `compile --dtype int8` stores them")
+    r.add_argument("--kv", default="fp32", choices=["fp32", "int8"],
+                   help="KV cache: fp32, or int8 per position and head as a build whose plan chose it")
     _sampling_args(r)
     r.add_argument("--json", action="store_true",
                    help="print one JSON object: prompt_tokens, tokens, text and settings")
@@ -170,7 +178,7 @@ def cmd_compile(a) -> None:
     t0 = time.time()
     res = compile_model(a.model, Path(a.out), weights_dir=a.weights, weights_seed=a.weights_seed, ram=a.ram,
                         ctx=a.ctx, quiet=a.quiet or a.json, cc=a.cc, dtype=a.dtype, board=a.board,
-                        group=a.group, tcm=a.tcm)
+                        group=a.group, tcm=a.tcm, kv_dtype=a.kv)
     if a.json:
         print(res.plan.to_json())
         return
@@ -194,7 +202,7 @@ def cmd_reference(a) -> None:
     n_ctx = a.ctx or cfg.n_ctx
     if a.ctx is not None and not 1 <= a.ctx <= cfg.n_ctx:
         raise McugptError(f"--ctx {a.ctx} is outside 1..{cfg.n_ctx} (the model's context)")
-    gen = generate(Reference(cfg, weights), prompt, a.tokens, sampling, n_ctx=n_ctx)
+    gen = generate(Reference(cfg, weights, dtype=a.dtype, kv_dtype=a.kv), prompt, a.tokens, sampling, n_ctx=n_ctx)
     text = tok.decode(gen.tokens)
     if a.json:
         print(json.dumps({"model": cfg.name, "prompt": a.prompt, "prompt_tokens": gen.prompt_tokens,

@@ -52,7 +52,7 @@ def plan_summary(plan) -> str:
         f"compute      {count(t.macs_per_token_at_ctx)} MACs per token at full context",
         f"board        {plan.board}: {plan.profile.doc}",
         f"RAM budget   {size(plan.ram_budget)} ({plan.ram_budget:,} B)",
-        f"  KV cache   {size(kv.bytes)} in {kv.placement} ({kv.bytes_per_token:,} B per token)",
+        f"  KV cache   {size(kv.bytes)} {kv.dtype} in {kv.placement} ({kv.bytes_per_token:,} B per token; {kv.why})",
         f"  tiles      {plan.weight_buffers} x {size(plan.tile_bytes)} weight tile buffers (double-buffered)"
         + (" in the data TCM" if plan.tcm_bytes else ""),
         f"  TCM        {size(plan.tcm_bytes)}: " + (", ".join(b.name for b in plan.buffers if b.region == 'dtcm'

@@ -87,7 +87,8 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
 def compare_with_reference(build: Build, prompt_tokens, n_new, sampling, result: RunResult) -> dict:
     cfg, weights, _ = build.model()
     t0 = time.perf_counter()
-    ref = generate(Reference(cfg, weights, dtype=build.plan.dtype), prompt_tokens, n_new, sampling,
+    ref = generate(Reference(cfg, weights, dtype=build.plan.dtype, kv_dtype=build.plan.kv.dtype), prompt_tokens,
+                   n_new, sampling,
                    n_ctx=build.plan.ctx, keep_logits=True)
     err = max(float(np.max(np.abs(a - b))) for a, b in zip(result.logits, ref.logits))
     scale = max(float(np.max(np.abs(b))) for b in ref.logits)

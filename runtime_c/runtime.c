@@ -76,7 +76,15 @@ _Static_assert(BUF_X_BYTES >= N_EMBD * F32 && BUF_H_BYTES >= N_EMBD * F32, "x, h
 _Static_assert(BUF_QKV_BYTES >= 3 * N_EMBD * F32 && BUF_ATT_BYTES >= N_EMBD * F32, "qkv, att");
 _Static_assert(BUF_HIDDEN_BYTES >= 4 * N_EMBD * F32 && BUF_SCORES_BYTES >= N_CTX * F32, "hidden, scores");
 _Static_assert(BUF_PARAMS_BYTES >= 4 * N_EMBD * F32, "params: the largest bias (b_fc), or gain+bias");
+#if KV_INT8   // rows of KV_ROW_BYTES: a float32 scale, then HEAD_DIM int8; read a block at a time
+_Static_assert(KV_ROW_BYTES >= F32 + HEAD_DIM && KV_ROW_BYTES % 4 == 0, "int8 KV row");
+_Static_assert(KV_BLOCK_POSITIONS >= 1 && BUF_KV_BLOCK_BYTES >= KV_BLOCK_POSITIONS * HEAD_DIM * F32, "kv_block");
 #if KV_IN_SRAM
+_Static_assert(BUF_KV_BYTES >= 2u * N_LAYER * N_HEAD * N_CTX * KV_ROW_BYTES, "kv");
+#else
+_Static_assert(BUF_KV_ROWS_BYTES >= KV_BLOCK_POSITIONS * KV_ROW_BYTES, "kv_rows");
+#endif
+#elif KV_IN_SRAM
 _Static_assert(BUF_KV_BYTES >= 2u * N_LAYER * N_CTX * N_EMBD * F32, "kv");
 #else  // the cache is in PSRAM; the arena holds one block of one head's rows
 _Static_assert(KV_BLOCK_POSITIONS >= 1 && BUF_KV_BLOCK_BYTES >= KV_BLOCK_POSITIONS * HEAD_DIM * F32, "kv_block");
@@ -377,52 +385,92 @@ static void stage_attn_qkv(uint32_t i, const StageEntry* s) {
     matrix_close(&m);
 }
 
-#if !KV_IN_SRAM
-// The KV cache in PSRAM, from address 0: [layer][keys, values][head][position][head_dim]
-// floats, N_CTX positions per head. One head's rows 0..pos are contiguous, so a block of
-// KV_BLOCK_POSITIONS of them is one DMA read.
-_Static_assert(2ull * N_LAYER * N_CTX * N_EMBD * F32 <= 0xFFFFFFFFull, "PSRAM addresses are 32-bit");
+#if !KV_IN_SRAM || KV_INT8
+// The KV cache as rows: [layer][keys, values][head][position] rows of KV_ROW_BYTES (fp32:
+// HEAD_DIM floats; int8: a float32 scale, then HEAD_DIM int8), N_CTX positions per head,
+// in PSRAM from address 0 or, int8 in SRAM, in the arena's kv buffer. One head's rows
+// 0..pos are contiguous, so a block of KV_BLOCK_POSITIONS of them is one read.
+_Static_assert(2ull * N_LAYER * N_HEAD * N_CTX * KV_ROW_BYTES <= 0xFFFFFFFFull, "KV addresses are 32-bit");
 
-enum { PSRAM_KEYS = 0, PSRAM_VALUES = 1 };   // the `values` argument below
+enum { KV_KEYS_ROW = 0, KV_VALUES_ROW = 1 };   // the `values` argument below
 
-static uint32_t kv_psram_addr(uint32_t layer, uint32_t values, uint32_t head, uint32_t pos) {
-    return (((layer * 2u + values) * N_HEAD + head) * N_CTX + pos) * HEAD_DIM * F32;
+static uint32_t kv_row_offset(uint32_t layer, uint32_t values, uint32_t head, uint32_t pos) {
+    return (((layer * 2u + values) * N_HEAD + head) * N_CTX + pos) * KV_ROW_BYTES;
 }
 
-// pass 1: scores[t] = q . k_t * scale for t = 0..n_pos-1, the keys read a block at a time
-static void psram_head_scores(float* scores, const float* q, uint32_t layer, uint32_t head,
-                              uint32_t n_pos) {
+// Store one head's key or value for position pos: as floats, or quantized (quantize.py
+// quantize_vector: one scale per position and head).
+static void kv_store(uint32_t layer, uint32_t values, uint32_t head, uint32_t pos, const float* x) {
+#if KV_INT8
+#if KV_IN_SRAM
+    uint8_t* row = (uint8_t*)BUF_ADDR(KV) + kv_row_offset(layer, values, head, pos);
+#else
+    uint8_t* row = (uint8_t*)BUF_ADDR(KV_ROWS);
+#endif
+    float scale;
+    quantize_vector_i8((int8_t*)(row + F32), &scale, x, HEAD_DIM);
+    *(float*)(void*)row = scale;
+#if !KV_IN_SRAM
+    psram_write(kv_row_offset(layer, values, head, pos), row, KV_ROW_BYTES);
+#endif
+#else
+    psram_write(kv_row_offset(layer, values, head, pos), x, HEAD_DIM * F32);
+#endif
+}
+
+// Rows t..t+n-1 of one head as floats in BUF(KV_BLOCK): read from PSRAM, and for int8
+// dequantized, each value one float multiply: (float)q * scale (the reference's KVCache).
+static const float* kv_load(uint32_t layer, uint32_t values, uint32_t head, uint32_t t, uint32_t n) {
+    float* out = BUF(KV_BLOCK);
+#if KV_INT8
+#if KV_IN_SRAM
+    const uint8_t* rows = (const uint8_t*)BUF_ADDR(KV) + kv_row_offset(layer, values, head, t);
+#else
+    uint8_t* rows = (uint8_t*)BUF_ADDR(KV_ROWS);
+    psram_read(kv_row_offset(layer, values, head, t), rows, n * KV_ROW_BYTES);
+#endif
+    for (uint32_t r = 0; r < n; r++) {
+        const uint8_t* row = rows + r * KV_ROW_BYTES;
+        float scale = *(const float*)(const void*)row;
+        const int8_t* q = (const int8_t*)(row + F32);
+        for (uint32_t d = 0; d < HEAD_DIM; d++) out[r * HEAD_DIM + d] = (float)q[d] * scale;
+    }
+#else
+    psram_read(kv_row_offset(layer, values, head, t), out, n * HEAD_DIM * F32);
+#endif
+    return out;
+}
+
+// pass 1: scores[t] = q . k_t * scale for t = 0..n_pos-1, the keys a block at a time
+static void block_head_scores(float* scores, const float* q, uint32_t layer, uint32_t head, uint32_t n_pos) {
     float scale = attention_scale(HEAD_DIM);
     for (uint32_t t = 0; t < n_pos; t += KV_BLOCK_POSITIONS) {
         uint32_t n = n_pos - t < KV_BLOCK_POSITIONS ? n_pos - t : KV_BLOCK_POSITIONS;
-        psram_read(kv_psram_addr(layer, PSRAM_KEYS, head, t), BUF(KV_BLOCK), n * HEAD_DIM * F32);
-        attention_scores(scores + t, q, BUF(KV_BLOCK), (int)n, HEAD_DIM, HEAD_DIM, scale);
+        attention_scores(scores + t, q, kv_load(layer, KV_KEYS_ROW, head, t, n), (int)n, HEAD_DIM, HEAD_DIM, scale);
     }
 }
 
-// pass 2: out = sum over t = 0..n_pos-1, in order, of scores[t] v_t, the values read a
-// block at a time
-static void psram_head_values(float* out, const float* scores, uint32_t layer, uint32_t head,
-                              uint32_t n_pos) {
+// pass 2: out = sum over t = 0..n_pos-1, in order, of scores[t] v_t, the values a block at
+// a time
+static void block_head_values(float* out, const float* scores, uint32_t layer, uint32_t head, uint32_t n_pos) {
     for (uint32_t d = 0; d < HEAD_DIM; d++) out[d] = 0.0f;
     for (uint32_t t = 0; t < n_pos; t += KV_BLOCK_POSITIONS) {
         uint32_t n = n_pos - t < KV_BLOCK_POSITIONS ? n_pos - t : KV_BLOCK_POSITIONS;
-        psram_read(kv_psram_addr(layer, PSRAM_VALUES, head, t), BUF(KV_BLOCK), n * HEAD_DIM * F32);
-        attention_accumulate(out, scores + t, BUF(KV_BLOCK), (int)n, HEAD_DIM, HEAD_DIM);
+        attention_accumulate(out, scores + t, kv_load(layer, KV_VALUES_ROW, head, t, n), (int)n, HEAD_DIM, HEAD_DIM);
     }
 }
 #endif
 
 // attn_core: append this position's key and value to the layer's KV cache, then each head
 // attends over positions 0..pos: att = softmax(q k^T / sqrt(HEAD_DIM)) v.
-// With the cache in PSRAM the same kernels (kernels.h: attention_head in pieces) run over
-// blocks read back by DMA, in the same order, so the result has the same bits.
+// With the cache in rows (PSRAM, or int8) the same kernels (kernels.h: attention_head in
+// pieces) run over blocks of rows, in the same order, so the result has the same bits.
 static void stage_attn_core(uint32_t i, const StageEntry* s, uint32_t pos) {
     if (s->layer >= N_LAYER) board_exit(EXIT_BAD_STAGE, i, s->kind, s->layer);
     const float* q = BUF(QKV);
     const float* k = BUF(QKV) + N_EMBD;
     const float* v = BUF(QKV) + 2 * N_EMBD;
-#if KV_IN_SRAM
+#if KV_IN_SRAM && !KV_INT8
     float* keys = KV_KEYS(s->layer);       // (N_CTX, N_EMBD): row t = every head's key at t
     float* values = KV_VALUES(s->layer);
     for (uint32_t d = 0; d < N_EMBD; d++) {
@@ -437,14 +485,14 @@ static void stage_attn_core(uint32_t i, const StageEntry* s, uint32_t pos) {
 #else
     for (uint32_t head = 0; head < N_HEAD; head++) {   // row pos of every head: k, then v
         uint32_t c = head * HEAD_DIM;
-        psram_write(kv_psram_addr(s->layer, PSRAM_KEYS, head, pos), k + c, HEAD_DIM * F32);
-        psram_write(kv_psram_addr(s->layer, PSRAM_VALUES, head, pos), v + c, HEAD_DIM * F32);
+        kv_store(s->layer, KV_KEYS_ROW, head, pos, k + c);
+        kv_store(s->layer, KV_VALUES_ROW, head, pos, v + c);
     }
     for (uint32_t head = 0; head < N_HEAD; head++) {
         uint32_t c = head * HEAD_DIM;
-        psram_head_scores(BUF(SCORES), q + c, s->layer, head, pos + 1);
+        block_head_scores(BUF(SCORES), q + c, s->layer, head, pos + 1);
         softmax(BUF(SCORES), (int)pos + 1);
-        psram_head_values(BUF(ATT) + c, BUF(SCORES), s->layer, head, pos + 1);
+        block_head_values(BUF(ATT) + c, BUF(SCORES), s->layer, head, pos + 1);
     }
 #endif
 }
