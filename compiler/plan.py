@@ -507,7 +507,7 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
         where = "sram" if kv_in_sram else "psram"
         kv = KvPlan(where, ctx * kv_token, kv_token,
                     next(b.offset for b in buffers if b.name == "kv") if kv_in_sram else 0,
-                    "[layer][keys, values][head][position] " + (int8_row or "[head_dim] floats")
+                    "[layer][keys, values][head][position]" + (" " + int8_row if int8_row else "[head_dim]")
                     + (" from PSRAM address 0" if not kv_in_sram else ""),
                     block_positions=min(ctx, KV_BLOCK_POSITIONS), psram_bytes=prof.psram_bytes if not kv_in_sram else 0,
                     dtype=kvd, row_bytes=row, why=kv_why)
