@@ -57,6 +57,10 @@ TCM_MODES = ("auto", "off")
 # The KV cache's keys and values: float32, or int8 per position and head with a float32 scale
 # (compiler/quantize.py quantize_vector; the reference dequantizes exactly as the firmware does).
 KV_DTYPES = ("auto", "fp32", "int8")
+# When the weights' CRCs are checked: "stream", every blob each time it streams (a second DMA
+# pass on boards whose CRC unit is not on the flash DMA's path); "boot", every blob once at
+# boot, then streamed unchecked; "auto": boot where the check is a second pass, else stream.
+VERIFY_MODES = ("auto", "stream", "boot")
 # Buffers the data TCM takes when the board has one: the DMA's destinations (the weight
 # tiles, a block of the KV cache) and the int8 kernel's quantized input, read with every MAC.
 TCM_BUFFERS = ("xq", "kv_block", "kv_rows", "weights", "weights_next")
@@ -200,6 +204,8 @@ class Plan:
     arena_bytes: int
     tcm_bytes: int              # the arena in the data TCM (0: none)
     tcm_why: str                # why the TCM holds what it holds, or nothing
+    verify: str                 # VERIFY_MODES: "stream" or "boot"
+    verify_why: str
     kv: KvPlan
     tensors: list[TensorPlan]
     stages: list[StagePlan]
@@ -332,7 +338,7 @@ def choose_resident(tensors: list[TensorPlan], room: int) -> list[TensorPlan]:
 
 def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: int | None = None,
               dtype: str = "fp32", board: str = DEFAULT_BOARD, group: str = "auto", tcm: str = "auto",
-              kv_dtype: str = "auto") -> Plan:
+              kv_dtype: str = "auto", verify: str = "auto") -> Plan:
     """group "auto": weight tiles stay moderate (TILE_TARGET) and the RAM left after the
     context and the buffers keeps weights resident; "none": every weight streams every
     token and the tiles take all the RAM left. tcm "auto": TCM_BUFFERS in the board's data
@@ -342,6 +348,18 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
         raise McugptError(f"unknown --tcm '{tcm}' (known: {', '.join(TCM_MODES)})")
     if kv_dtype not in KV_DTYPES:
         raise McugptError(f"unknown --kv '{kv_dtype}' (known: {', '.join(KV_DTYPES)})")
+    if verify not in VERIFY_MODES:
+        raise McugptError(f"unknown --verify '{verify}' (known: {', '.join(VERIFY_MODES)})")
+    if verify == "auto":
+        if prof.crc.bytes_per_s is None:
+            verify, verify_why = "stream", "auto: the flash DMA feeds the CRC unit as it reads, at no cost"
+        else:
+            verify, verify_why = "boot", (
+                f"auto: the {prof.name}'s CRC unit is a second DMA pass at {prof.crc.bytes_per_s / 1e6:g} MB/s, "
+                f"which would bound every token; every blob is checked once at boot instead, and streamed "
+                f"reads are not re-checked")
+    else:
+        verify_why = f"--verify {verify}"
     if dtype not in DTYPES:
         raise McugptError(f"unknown --dtype '{dtype}' (known: {', '.join(DTYPES)})")
     if group not in GROUPING:
@@ -517,7 +535,7 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
             "psram" if not kv_in_sram and ctx == min(cfg.n_ctx, psram_ctx_cap) else "sram"),
         reserved={"stack": STACK_RESERVE, "firmware": FIRMWARE_RESERVE},
         tile_bytes=tile, weight_buffers=WEIGHT_BUFFERS, buffers=buffers, arena_bytes=arena,
-        tcm_bytes=tcm_bytes, tcm_why=tcm_why, kv=kv,
+        tcm_bytes=tcm_bytes, tcm_why=tcm_why, verify=verify, verify_why=verify_why, kv=kv,
         tensors=tensors, stages=stage_plans,
         resident=_resident_summary(stage_plans, resident, group),
         totals=Totals(stages=len(stages), block_stages=sum(1 for k in kinds if k.in_block),

@@ -192,6 +192,7 @@ class RunResult:
     stage_calls: list = field(default_factory=list)  # peripherals.StageCall per stage call, in order
     dcache: dict | None = None               # DCacheModel.stats(): line fills, write-backs, stall cycles (None: no cache)
     bus_cycles: float = 0.0                  # CPU cycles lost to DMA bus sharing (counted in `cycles`)
+    boot_ns: float = 0.0                     # the board's clock when the first position started
     tcm_bytes: int = 0                       # the board's data TCM (0: none mapped)
     tcm_high_water: int = 0                  # bytes of the TCM arena the firmware wrote
 
@@ -624,6 +625,7 @@ class Board:
                                          + self.psramctl.dma.overlapped_instructions),
             dcache=self.dcache.stats() if self.dcache is not None else None,
             bus_cycles=self.flashctl.bus_cycles + self.psramctl.bus_cycles,
+            boot_ns=self.trace.boot_ns or 0.0,
             tcm_bytes=self.dtcm_bytes, tcm_high_water=self._tcm_high_water())
 
     # -- after the run ------------------------------------------------------------

@@ -683,6 +683,7 @@ class Trace(Peripheral):
         self.tokens: list[int] = []
         self.token_times: list[float] = []  # perf_counter at each TOKEN write
         self.positions: list[int] = []
+        self.boot_ns: float | None = None   # the board's clock when the first position started
         self.per_position: list[PositionStats] = []
         self._position_opened = self._opened
         self.logits: list[np.ndarray | None] = []
@@ -759,6 +760,8 @@ class Trace(Peripheral):
             self.logits.append(self._step_logits)
             self._step_logits = None
         elif name == "POSITION":
+            if not self.positions:   # the end of boot: image checks, weight checks, resident loads
+                self.boot_ns = self.clock.sync()
             self.positions.append(value)
             self._close_position()
             self.per_position.append(PositionStats(value))

@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KV cache keys and values: auto (default: fp32 when it reaches the context, "
                         "else int8 if that reaches a longer one), fp32, or int8 per position and head "
                         "with float32 scales (the reference does the same arithmetic: bit-identical)")
+    c.add_argument("--verify", default="auto", choices=["auto", "stream", "boot"],
+                   help="when weight CRCs are checked: stream (every blob each time it streams), boot "
+                        "(every blob once at boot, then streamed unchecked), or auto (default: boot where "
+                        "the board's CRC unit is a second DMA pass that would bound the token, else stream)")
     c.add_argument("--ctx", type=int, metavar="N",
                    help="context to plan for (KV cache positions); default: the model's, or the "
                         "largest the RAM budget allows")
@@ -178,7 +182,7 @@ def cmd_compile(a) -> None:
     t0 = time.time()
     res = compile_model(a.model, Path(a.out), weights_dir=a.weights, weights_seed=a.weights_seed, ram=a.ram,
                         ctx=a.ctx, quiet=a.quiet or a.json, cc=a.cc, dtype=a.dtype, board=a.board,
-                        group=a.group, tcm=a.tcm, kv_dtype=a.kv)
+                        group=a.group, tcm=a.tcm, kv_dtype=a.kv, verify=a.verify)
     if a.json:
         print(res.plan.to_json())
         return

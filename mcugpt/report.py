@@ -62,6 +62,8 @@ def plan_summary(plan) -> str:
         f"+ firmware {size(plan.reserved['firmware'])}",
         f"  resident   {size(res.bytes)} of weights kept in SRAM ({len(plan.resident_tensors)} "
         f"tensors; {res.stages_fully_resident} stages read no flash; --group {res.group})",
+        f"  weights    CRC-checked " + ("once at boot" if plan.verify == "boot" else "as they stream")
+        + f" ({plan.verify_why})",
         f"  largest    stage {plan.largest_stage['name']}: {size(plan.largest_stage['ram_bytes'])} "
         f"working set (without the KV cache)",
         f"peak RAM     {size(plan.peak_ram_bytes)} ({plan.peak_ram_bytes:,} B)",
@@ -113,6 +115,8 @@ def run_summary(r: dict) -> str:
         f"             compute: {d['compute_model']}",
         f"             memory: {d['memory_model']}",
         f"             CRC: {seconds(d['crc_s_per_token'])} per token, {d['crc_model']}",
+        f"boot         {seconds(d['boot_s'])} on the device: image checks"
+        + (", every weight blob's CRC" if d["verify"] == "boot" else "") + ", resident weights",
         f"flash read   {size(r['flash_bytes_per_token'])} per token"
         + (f"; PSRAM {size(r['psram_bytes_per_token'])} per token" if r["kv_placement"] == "psram" else ""),
         f"peak RAM     {size(ram['measured'])} measured ({ram['measured']:,} B: static {size(ram['static'])}, "

@@ -204,7 +204,11 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
             "crc_model": ("inline: the flash controller's DMA feeds the CRC unit, at no cost"
                           if plan.profile.crc.bytes_per_s is None else
                           f"a second DMA pass through the CRC unit after each read, at "
-                          f"{plan.profile.crc.bytes_per_s / 1e6:g} MB/s ({plan.profile.crc.source})"),
+                          f"{plan.profile.crc.bytes_per_s / 1e6:g} MB/s ({plan.profile.crc.source})")
+                         + ("; every weight blob checked once at boot, streamed reads not re-checked"
+                            if plan.verify == "boot" else "; every streamed blob checked as it streams"),
+            "verify": plan.verify, "verify_why": plan.verify_why,
+            "boot_s": result.boot_ns * 1e-9,
             "io_model": f"{flash} flash" + (f" + {plan.profile.psram.part} PSRAM" if plan.kv.placement == "psram" else "")
                         + ", simulated from datasheet timing, by DMA concurrent with the CPU (double-buffered weight tiles)",
         },

@@ -34,6 +34,8 @@ uint32_t crc_value(void);
 // call (flash_read, flash_read_crc, crc_begin, crc_value, flash_read_crc_start) first waits
 // for it, so transfers finish in the order they were started and the CRC unit sees a
 // blob's pieces in order. flash_wait with nothing in flight returns at once.
+// flash_read_start: the same without the CRC unit.
+void flash_read_start(uint32_t flash_addr, void* dst, uint32_t len);
 // dst must be an arena buffer (it starts on a cache line and owns the rest of its last line):
 // the D-cache's copy of those lines is invalidated when the transfer is waited for.
 void flash_read_crc_start(uint32_t flash_addr, void* dst, uint32_t len);

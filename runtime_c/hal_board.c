@@ -127,6 +127,12 @@ void flash_read_crc_start(uint32_t flash_addr, void* dst, uint32_t len) {
     dma_start(flash_addr, dst, len);
 }
 
+void flash_read_start(uint32_t flash_addr, void* dst, uint32_t len) {
+    flash_wait();
+    set_crc_ctrl(0);
+    dma_start(flash_addr, dst, len);
+}
+
 void flash_read_crc(uint32_t flash_addr, void* dst, uint32_t len) {
     flash_wait();
     set_crc_ctrl(CRC_ENABLE);

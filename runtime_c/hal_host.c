@@ -141,7 +141,7 @@ static void file_read(uint32_t flash_addr, void* dst, uint32_t len) {
 // An asynchronous read is done when it is waited for, as late as the board's DMA may land
 // it: a runtime that touched the buffer earlier would see stale bytes here too.
 static struct {
-    int active;
+    int active, crc;
     uint32_t flash_addr, len;
     void* dst;
 } pending;
@@ -150,7 +150,7 @@ void flash_wait(void) {
     if (!pending.active) return;
     pending.active = 0;
     file_read(pending.flash_addr, pending.dst, pending.len);
-    crc_update(pending.dst, pending.len);
+    if (pending.crc) crc_update(pending.dst, pending.len);
 }
 
 void flash_read(uint32_t flash_addr, void* dst, uint32_t len) {
@@ -163,14 +163,18 @@ void crc_begin(void) {
     crc_state = 0;
 }
 
-void flash_read_crc_start(uint32_t flash_addr, void* dst, uint32_t len) {
+static void read_start(uint32_t flash_addr, void* dst, uint32_t len, int crc) {
     flash_wait();
     if (len == 0) return;
     pending.active = 1;
+    pending.crc = crc;
     pending.flash_addr = flash_addr;
     pending.dst = dst;
     pending.len = len;
 }
+
+void flash_read_crc_start(uint32_t flash_addr, void* dst, uint32_t len) { read_start(flash_addr, dst, len, 1); }
+void flash_read_start(uint32_t flash_addr, void* dst, uint32_t len) { read_start(flash_addr, dst, len, 0); }
 
 void flash_read_crc(uint32_t flash_addr, void* dst, uint32_t len) {
     flash_read_crc_start(flash_addr, dst, len);

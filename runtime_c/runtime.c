@@ -168,6 +168,23 @@ static const uint8_t* resident(uint32_t tensor) {
     return offset == NOT_RESIDENT ? 0 : arena + offset;
 }
 
+// VERIFY_AT_BOOT: every weight blob that streams is CRC-checked once here, through the CRC
+// unit a weight buffer at a time; from then on its reads skip the CRC unit (the plan's
+// verify_why says why). Resident tensors are checked as they are loaded.
+static uint32_t section_crc(uint32_t offset, uint32_t size);
+
+static void verify_weights(void) {
+#if VERIFY_AT_BOOT
+    for (uint32_t i = 0; i < TENSOR_COUNT; i++) {
+        if (TENSOR_PLAN[i].resident_offset != NOT_RESIDENT) continue;
+        TensorEntry t;
+        read_tensor_entry(i, &t);
+        uint32_t computed = section_crc(t.offset, t.size);
+        if (computed != t.crc) board_exit(EXIT_BAD_TENSOR_CRC, i, t.crc, computed);
+    }
+#endif
+}
+
 static void load_resident(void) {
     for (uint32_t i = 0; i < TENSOR_COUNT; i++) {
         uint32_t offset = TENSOR_PLAN[i].resident_offset;
@@ -193,9 +210,13 @@ static void load_vector(uint32_t stage, const StageEntry* s, uint32_t role, floa
         for (uint32_t k = 0; k < t.cols; k++) dst[k] = kept[k];
         return;
     }
+#if VERIFY_AT_BOOT
+    flash_read(t.offset, dst, t.size);   // checked at boot
+#else
     crc_begin();
     flash_read_crc(t.offset, dst, t.size);
     check_crc(index, &t);
+#endif
 }
 
 // A matrix [rows, cols] streamed through the weight tile buffers, tile_rows rows at a time:
@@ -236,7 +257,11 @@ static uint32_t tile_rows_from(const MatrixStream* m, uint32_t row) {
 // Start the DMA of the tile that begins at `row` into m->spare (nothing past the last row).
 static void matrix_fetch(MatrixStream* m, uint32_t row) {
     if (row >= m->t.rows) return;
+#if VERIFY_AT_BOOT
+    flash_read_start(m->t.offset + row * m->row_bytes, m->spare, tile_rows_from(m, row) * m->row_bytes);
+#else
     flash_read_crc_start(m->t.offset + row * m->row_bytes, m->spare, tile_rows_from(m, row) * m->row_bytes);
+#endif
 }
 
 // Open the matrix in `role` (a ROLE_* of the stage's kind), tiled as the plan says.
@@ -254,7 +279,9 @@ static void matrix_open(MatrixStream* m, uint32_t stage, const StageEntry* s, ui
 #endif
     m->kept = resident(m->index);
     if (m->kept) return;   // checked at boot; its tiles are read in place
+#if !VERIFY_AT_BOOT
     crc_begin();   // after the TensorEntry read: nothing else may feed this CRC
+#endif
 #if DOUBLE_BUFFERED
     matrix_fetch(m, 0);   // tile 0 streams in while the caller prepares its input
 #endif
@@ -282,7 +309,7 @@ static int matrix_next_tile(MatrixStream* m) {
 }
 
 static void matrix_close(MatrixStream* m) {
-    if (!m->kept) check_crc(m->index, &m->t);
+    if (!m->kept && !VERIFY_AT_BOOT) check_crc(m->index, &m->t);
 }
 
 // The input vector of a matrix-vector product. int8 builds quantize it once per matrix
@@ -689,6 +716,7 @@ static void read_request(void) {
 void mcugpt_run(void) {
     check_image();
     read_request();
+    verify_weights();
     load_resident();
     prng_init(&rng, request.seed);
     uint32_t n_prompt = request.n_prompt, n_total = request.n_prompt + request.n_new;
