@@ -390,8 +390,9 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
     fixed["params"] = max(_params_elements(k, cfg) for k in kinds) * F32
     fixed["topk"] = TOPK_BYTES
     mats = [t for t in tensors if t.access == MATRIX]
-    # int8: the input vector of a matrix-vector product, quantized (the widest input)
-    fixed["xq"] = max(t.cols for t in mats) if dtype == "int8" else 0
+    # int8: the input vector of a matrix-vector product, quantized (the widest input), then
+    # unpacked for the 4-row kernel (2 bytes per element: runtime_c/kernels_int8.h unpack_i8)
+    fixed["xq"] = 3 * max(t.cols for t in mats) if dtype == "int8" else 0
     min_tile = max(t.row_bytes for t in mats)               # one row of the widest matrix
     max_tile = max(t.rows * t.row_bytes for t in mats)      # the largest whole matrix
     # the LM head's matrix: its tile of logits is a buffer of its own

@@ -130,6 +130,70 @@ static void dot2_i8(int32_t* out, const int8_t* w0, const int8_t* w1, const int8
     out[1] = a1;
 }
 
+// Four rows against activations unpacked once per matrix (unpack_i8): each pair of words
+// of xu (LDRD) serves four rows, so a word of four columns of four rows costs
+// 1 LDRD + 4 LDR + 8 SXTB16 + 8 SMLAD for 16 multiply-accumulates. Each row's SMLAD on the
+// odd lanes comes first: its operand was unpacked a cycle earlier, so it pairs with the
+// second SXTB16, and the second SMLAD pairs with the next row's LDR (the M7's dual issue:
+// target/m7_pipeline.py), three cycles per row and word. Rows 1 and 3 are
+// addressed from rows 0 and 2 by the row length `cols`, so the loop needs 13 registers
+// (r0-r12): built only when optimizing, where no frame pointer is reserved. n % 4 == 0,
+// rows 4-byte aligned.
+#if defined(__OPTIMIZE__)
+#define HAVE_DOT4 1
+#define DOT4_ROW(acc, row_load)                     \
+    row_load                                        \
+    "sxtb16 %[t], %[v], ror #8\n\t"                \
+    "sxtb16 %[v], %[v]\n\t"                         \
+    "smlad  %[" #acc "], %[t], %[x13], %[" #acc "]\n\t" \
+    "smlad  %[" #acc "], %[v], %[x02], %[" #acc "]\n\t"
+#define DOT4_WORD                                   \
+    "ldrd   %[x02], %[x13], [%[xu]], #8\n\t"        \
+    DOT4_ROW(a1, "ldr    %[v], [%[w0], %[cs]]\n\t")  \
+    DOT4_ROW(a3, "ldr    %[v], [%[w2], %[cs]]\n\t")  \
+    DOT4_ROW(a0, "ldr    %[v], [%[w0]], #4\n\t")     \
+    DOT4_ROW(a2, "ldr    %[v], [%[w2]], #4\n\t")
+
+static void dot4_i8(int32_t* out, const int8_t* w, const uint32_t* xu, int n, int cols) {
+    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    const int8_t* w0 = w;
+    const int8_t* w2 = w + 2 * cols;
+    int k = n >> 3;    // two words per iteration
+    uint32_t x02, x13, v, t;
+    if (k > 0) {
+        __asm__ volatile(
+            "1:\n\t"
+            DOT4_WORD DOT4_WORD
+            "subs   %[k], %[k], #1\n\t"
+            "bne    1b\n\t"
+            : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [xu] "+r"(xu), [w0] "+r"(w0),
+              [w2] "+r"(w2), [k] "+r"(k), [x02] "=&r"(x02), [x13] "=&r"(x13), [v] "=&r"(v), [t] "=&r"(t)
+            : [cs] "r"(cols)
+            : "cc", "memory");
+    }
+    if (n & 4) {   // one word left
+        x02 = load4((const int8_t*)xu);       // two plain LDR: never paired into LDRD
+        x13 = load4((const int8_t*)(xu + 1));
+        v = load4(w0); a0 = __smlad(even_pairs(v), (int32_t)x02, a0); a0 = __smlad(odd_pairs(v), (int32_t)x13, a0);
+        v = load4(w0 + cols); a1 = __smlad(even_pairs(v), (int32_t)x02, a1); a1 = __smlad(odd_pairs(v), (int32_t)x13, a1);
+        v = load4(w2); a2 = __smlad(even_pairs(v), (int32_t)x02, a2); a2 = __smlad(odd_pairs(v), (int32_t)x13, a2);
+        v = load4(w2 + cols); a3 = __smlad(even_pairs(v), (int32_t)x02, a3); a3 = __smlad(odd_pairs(v), (int32_t)x13, a3);
+    }
+    out[0] = a0;
+    out[1] = a1;
+    out[2] = a2;
+    out[3] = a3;
+}
+#endif
+
+void unpack_i8(uint32_t* xu, const int8_t* qx, int n) {
+    for (int j = 0; j < n >> 2; j++) {
+        uint32_t v = load4(qx + 4 * j);
+        xu[2 * j] = (uint32_t)even_pairs(v);
+        xu[2 * j + 1] = (uint32_t)odd_pairs(v);
+    }
+}
+
 static int32_t dot_i8(const int8_t* w, const int8_t* x, int n) {
     int32_t a = 0;
     for (int k = n >> 2; k > 0; k--) {
@@ -143,6 +207,14 @@ static int32_t dot_i8(const int8_t* w, const int8_t* x, int n) {
 }
 
 #else  // portable C: the host build
+
+void unpack_i8(uint32_t* xu, const int8_t* qx, int n) {
+    for (int j = 0; j < n >> 2; j++) {
+        const int8_t* q = qx + 4 * j;
+        xu[2 * j] = (uint32_t)(uint16_t)(int16_t)q[0] | (uint32_t)(uint16_t)(int16_t)q[2] << 16;
+        xu[2 * j + 1] = (uint32_t)(uint16_t)(int16_t)q[1] | (uint32_t)(uint16_t)(int16_t)q[3] << 16;
+    }
+}
 
 static void dot2_i8(int32_t* out, const int8_t* w0, const int8_t* w1, const int8_t* x, int n) {
     int32_t a0 = 0, a1 = 0;
@@ -172,8 +244,20 @@ static inline float dequant(int32_t acc, float row_scale, float sx, const float*
 }
 
 void matvec_rows_i8(float* y, const int8_t* w_tile, const float* row_scales,
-                    const float* bias_or_null, const int8_t* qx, float sx, int rows, int cols) {
+                    const float* bias_or_null, const int8_t* qx, const uint32_t* xu, float sx,
+                    int rows, int cols) {
     int r = 0;
+#ifdef HAVE_DOT4
+    if (xu && (cols & 3) == 0 && ((uintptr_t)w_tile & 3) == 0) {
+        for (; r + 4 <= rows; r += 4) {
+            int32_t acc[4];
+            dot4_i8(acc, w_tile + (size_t)r * (size_t)cols, xu, cols, cols);
+            for (int i = 0; i < 4; i++) y[r + i] = dequant(acc[i], row_scales[r + i], sx, bias_or_null, r + i);
+        }
+    }
+#else
+    (void)xu;
+#endif
     for (; r + 2 <= rows; r += 2) {
         const int8_t* w0 = w_tile + (size_t)r * (size_t)cols;
         int32_t acc[2];

@@ -40,7 +40,16 @@ void quantize_vector_i8(int8_t* q, float* scale, const float* x, int n);
 // rows (cols % 4 == 0, tile 4-byte aligned) are the fast case on real silicon.
 // y (rows,), w_tile (rows, cols), row_scales (rows,), bias_or_null (rows,) or NULL,
 // qx (cols,) as produced by quantize_vector_i8 with scale sx. y must not alias the inputs.
+// xu: NULL, or qx unpacked by unpack_i8 (then, with cols % 4 == 0 and 4-byte aligned rows,
+// four rows share each load of the activations: the fast path). The result is the same
+// either way: the sums are exact integers.
 void matvec_rows_i8(float* y, const int8_t* w_tile, const float* row_scales,
-                    const float* bias_or_null, const int8_t* qx, float sx, int rows, int cols);
+                    const float* bias_or_null, const int8_t* qx, const uint32_t* xu, float sx,
+                    int rows, int cols);
+
+// qx (n,) unpacked once per matrix for matvec_rows_i8: for each word j of four int8,
+// xu[2j] holds elements 4j and 4j+2 and xu[2j+1] elements 4j+1 and 4j+3, each sign-extended
+// to an int16 lane (SXTB16 and SXTB16 ROR #8). xu (2 * (n / 4),) words, 8-byte aligned.
+void unpack_i8(uint32_t* xu, const int8_t* qx, int n);
 
 #endif // MCUGPT_KERNELS_INT8_H

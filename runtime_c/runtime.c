@@ -92,7 +92,10 @@ _Static_assert(KV_BLOCK_POSITIONS >= 1 && BUF_KV_BLOCK_BYTES >= KV_BLOCK_POSITIO
 // (The weight tiles and the head's logits fit their buffers: compiler/codegen.py checks
 // every tensor's tile rows before it renders TENSOR_PLAN_TABLE.)
 #if WEIGHTS_INT8
-_Static_assert(BUF_XQ_BYTES >= 4 * N_EMBD, "xq: the widest quantized input");
+// xq: the widest quantized input (4 N_EMBD int8), then the same unpacked for the 4-row
+// kernel (kernels_int8.h unpack_i8: 2 bytes per element)
+#define XU_OFFSET (4u * N_EMBD)
+_Static_assert(BUF_XQ_BYTES >= 12 * N_EMBD && XU_OFFSET % 8 == 0, "xq");
 #endif
 _Static_assert(BUF_TOPK_BYTES >= sizeof(TopK), "topk: the head's running top-k");
 _Static_assert(N_CTX <= N_CTX_MODEL && N_EMBD == N_HEAD * HEAD_DIM, "model shape");
@@ -317,16 +320,20 @@ static void matrix_close(MatrixStream* m) {
 typedef struct {
     const float* f;       // (cols,)
     const int8_t* q;      // (cols,) int8 builds only
+    const uint32_t* xu;   // q unpacked (unpack_i8), once per matrix: int8 builds only
     float scale;
 } Input;
 
 static Input input(const float* x, uint32_t cols) {
-    Input in = {x, 0, 0.0f};
+    Input in = {x, 0, 0, 0.0f};
     (void)cols;   // fp32 builds read x as it is
 #if WEIGHTS_INT8
     int8_t* q = (int8_t*)BUF_ADDR(XQ);
+    uint32_t* xu = (uint32_t*)(void*)(BUF_ADDR(XQ) + XU_OFFSET);
     quantize_vector_i8(q, &in.scale, x, (int)cols);
+    unpack_i8(xu, q, (int)cols);
     in.q = q;
+    in.xu = xu;
 #endif
     return in;
 }
@@ -337,7 +344,7 @@ static void tile_product(const MatrixStream* m, float* y, const float* b, const 
 #if WEIGHTS_INT8
     const float* scales = m->buf;
     const int8_t* rows = (const int8_t*)(m->buf + m->n);
-    matvec_rows_i8(y, rows, scales, b, in->q, in->scale, (int)m->n, (int)m->t.cols);
+    matvec_rows_i8(y, rows, scales, b, in->q, in->xu, in->scale, (int)m->n, (int)m->t.cols);
 #else
     matvec_rows(y, m->buf, b, in->f, (int)m->n, (int)m->t.cols);
 #endif

@@ -26,6 +26,7 @@ uint8_t arena[ARENA_BYTES] __attribute__((section(".arena"), aligned(32)));
 
 #define CASE_WORDS 9u
 #define FLAG_BIAS 1u
+#define FLAG_UNPACKED 2u   /* also unpack_i8 the quantized vector and pass it (the 4-row kernel) */
 #define MODE_INT8 1u
 #define MODE_FP32 2u
 #define STAGE_QUANTIZE 1u
@@ -92,7 +93,8 @@ int main(void) {
         float* b = (float*)take(&used, 4u * rows, 0);
         float* y = (float*)take(&used, 4u * rows, 0);
         int8_t* qx = (int8_t*)take(&used, cols + 4u, (flags >> 12) & 7u);
-        if (!w || !x || !s || !b || !y || !qx) return bad(c, 2);
+        uint32_t* xu = (uint32_t*)(void*)take(&used, 2u * cols + 8u, 0);
+        if (!w || !x || !s || !b || !y || !qx || !xu) return bad(c, 2);
         const float* bias = (flags & FLAG_BIAS) ? b : NULL;
 
         dma_read(w_addr, w, rows * cols * elem);
@@ -104,9 +106,14 @@ int main(void) {
             float sx = 0.0f;
             TRACE_STAGE = STAGE_QUANTIZE;
             for (uint32_t r = 0; r < reps; r++) quantize_vector_i8(qx, &sx, x, (int)cols);
+            const uint32_t* unpacked = 0;
+            if (flags & FLAG_UNPACKED) {
+                unpack_i8(xu, qx, (int)cols);
+                unpacked = xu;
+            }
             TRACE_STAGE = STAGE_MATVEC_I8;
             for (uint32_t r = 0; r < reps; r++)
-                matvec_rows_i8(y, (const int8_t*)w, s, bias, qx, sx, (int)rows, (int)cols);
+                matvec_rows_i8(y, (const int8_t*)w, s, bias, qx, unpacked, sx, (int)rows, (int)cols);
             TRACE_STAGE = TRACE_IDLE;
             dump(y, 0, rows);
             TRACE_TOKEN = 2u * c;
