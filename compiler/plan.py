@@ -56,6 +56,8 @@ PLAN_FORMAT = 4
 TCM_MODES = ("auto", "off")
 # The KV cache's keys and values: float32, or int8 per position and head with a float32 scale
 # (compiler/quantize.py quantize_vector; the reference dequantizes exactly as the firmware does).
+# "auto" takes int8 only for int8 weights, and only when float32 would not reach the context:
+# an fp32 build stays exact against Hugging Face unless asked otherwise.
 KV_DTYPES = ("auto", "fp32", "int8")
 # When the weights' CRCs are checked: "stream", every blob each time it streams (a second DMA
 # pass on boards whose CRC unit is not on the flash DMA's path); "boot", every blob once at
@@ -459,10 +461,11 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
     wanted = ctx or cfg.n_ctx
     if kv_dtype == "auto":
         (c32, sram32), (c8, sram8) = context("fp32"), context("int8")
-        if c32 >= wanted or c8 <= c32:
+        if c32 >= wanted or c8 <= c32 or dtype == "fp32":
             kvd, got, kv_in_sram = "fp32", c32, sram32
             kv_why = ("auto: float32 keys and values reach the " + ("requested" if ctx else "model's") + " context"
-                      if c32 >= wanted else "auto: int8 would not reach a longer context")
+                      if c32 >= wanted else "auto: int8 would not reach a longer context" if c8 <= c32 else
+                      "auto: fp32 weights keep float32 keys and values (--kv int8 to trade exactness for context)")
         else:
             kvd, got, kv_in_sram = "int8", c8, sram8
             kv_why = (f"auto: float32 keys and values reach a context of {c32}, int8 (per position and head, "
@@ -472,8 +475,8 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
         got, kv_in_sram = context(kvd)
         kv_why = f"--kv {kvd}"
     if got < 1:
-        need = min(total(ctx or 1, min_tile, s, d) for d in ("fp32", "int8") if kv_dtype in ("auto", d)
-                   for s in (True, False) if s or prof.psram_bytes)
+        kvds = [kv_dtype] if kv_dtype != "auto" else ["fp32"] if dtype == "fp32" else ["fp32", "int8"]
+        need = min(total(ctx or 1, min_tile, s, d) for d in kvds for s in (True, False) if s or prof.psram_bytes)
         raise McugptError(
             f"RAM budget of {ram:,} bytes is too small for {cfg.name}" + (
                 f" with a context of {ctx} tokens" if ctx else "") + f": the smallest budget that works"

@@ -167,8 +167,13 @@ def function_blocks(elf_path, names: list[str]) -> dict[str, list[Block]]:
 
 
 def inner_loop(blocks: list[Block]) -> Block:
-    """A function's inner loop: its largest block (the kernels' loops are unrolled)."""
-    return max(blocks, key=lambda b: b.instructions)
+    """A function's inner loop: of its unrolled blocks (16 instructions or more), the one
+    densest in multiply-accumulates; its largest block when none is that long."""
+    macs = lambda b: sum(1 for line in b.lines if line.split()[0].startswith(("smla", "vmla", "vfma")))
+    unrolled = [b for b in blocks if b.instructions >= 16]
+    if not unrolled:
+        return max(blocks, key=lambda b: b.instructions)
+    return max(unrolled, key=lambda b: (macs(b) / b.instructions, b.instructions))
 
 
 def main(argv: list[str]) -> int:

@@ -69,7 +69,7 @@ def _expected_int8_tiles(w_out_in: np.ndarray, tile_rows: int) -> bytes:
 
 def test_image_stores_int8_matrices_in_the_plans_tiles(tiny, tmp_path):
     cfg, w = tiny
-    tiled = compile_model("tiny", tmp_path, dtype="int8", ram=160 << 10, cc=None, quiet=True)
+    tiled = compile_model("tiny", tmp_path, dtype="int8", ram=160 << 10, kv_dtype="fp32", cc=None, quiet=True)
     img = read_image(tiled.out_dir / "flash.img")  # CRCs
     t = next(t for t in img.tensors if t["name"] == "h.0.mlp.c_fc.weight")
     rows, cols = 4 * cfg.n_embd, cfg.n_embd

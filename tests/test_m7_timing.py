@@ -41,7 +41,7 @@ def test_a_loop_worked_by_hand():
 #  rules (docs/board.md), the pipeline model's cycles, llvm-mca's)
 LOOPS = {
     "fp32": ("vec_dot", 55, 48, 50, 100.0),
-    "int8": ("matvec_rows_i8", 54, 41, 41, 51.0),
+    "int8": ("matvec_rows_i8", 44, 29, 29, 40.0),   # the four-row loop (kernels_int8.c dot4_i8)
 }
 
 
@@ -75,7 +75,8 @@ def test_basic_blocks_cover_the_code_once(firmware):
 
 @pytest.mark.parametrize("dtype", ["fp32", "int8"])
 def test_the_kernels_inner_loops_against_the_measured_issue_rules(firmware, dtype):
-    """fp32: 50 cycles per 16 MACs against 48 by hand (+4 %); int8: 41 per 32 MACs, as by hand."""
+    """fp32: 50 cycles per 16 MACs against 48 by hand (+4 %); int8: 29 per 32 MACs, as by hand
+    (docs/board.md works both)."""
     name, n, by_hand, model, _ = LOOPS[dtype]
     loop, insns = _loop(firmware[dtype], name)
     assert loop.instructions == len(insns) == n
@@ -86,14 +87,15 @@ def test_the_kernels_inner_loops_against_the_measured_issue_rules(firmware, dtyp
 @pytest.mark.skipif(not m7_timing.llvm_mca_available(), reason="llvm-mca is not installed (apt install llvm)")
 @pytest.mark.parametrize("dtype", ["fp32", "int8"])
 def test_the_kernels_inner_loops_against_llvm_mca(firmware, dtype):
-    """llvm-mca times the loops at 100 and 51 cycles: it holds each fp32 `vldr` until the
-    `vmla` before it has read the reused register, a stall the measurements do not show
-    (docs/board.md). The pipeline model's error against it: -50 % and -20 %."""
+    """llvm-mca times the loops at 100 and 40 cycles: it holds each fp32 `vldr` until the
+    `vmla` before it has read the reused register, a stall the measurements do not show; on the
+    int8 loop it pairs fewer instructions than the measured rules allow (docs/board.md). The
+    pipeline model's error against it: -50 % and -28 %."""
     name, _, _, model, mca = LOOPS[dtype]
     loop, _ = _loop(firmware[dtype], name)
     got = m7_timing.mca_cycles([loop])[loop.key]
     assert got == pytest.approx(mca, rel=0.02)
-    assert model / got - 1 == pytest.approx({"fp32": -0.50, "int8": -0.20}[dtype], abs=0.01)
+    assert model / got - 1 == pytest.approx({"fp32": -0.50, "int8": -0.275}[dtype], abs=0.01)
 
 
 @pytest.mark.skipif(not m7_timing.llvm_mca_available(), reason="llvm-mca is not installed (apt install llvm)")
