@@ -96,7 +96,8 @@ class Compiled:
 def compile_model(model: str | None, out_dir: Path, weights_dir: str | None = None, weights_seed: int = 0,
                   ram: int | None = None, ctx: int | None = None, quiet: bool = False,
                   cc: str | None = "zig", dtype: str = "fp32", board: str = DEFAULT_BOARD,
-                  group: str = "auto", tcm: str = "auto", kv_dtype: str = "auto", verify: str = "auto") -> Compiled:
+                  group: str = "auto", tcm: str = "auto", kv_dtype: str = "auto", verify: str = "auto",
+                  prefill: int | None = None) -> Compiled:
     """Everything `mcugpt compile` writes; `cc=None` skips the firmware build."""
     progress = progress_bar(quiet)
     cfg, weights, tok = load_model(model, weights_dir, weights_seed, progress)
@@ -105,7 +106,7 @@ def compile_model(model: str | None, out_dir: Path, weights_dir: str | None = No
     # before anything is written
     shape_stages = stages_of(cfg)
     check_flash(cfg, make_plan(cfg, shape_stages, ram=ram, ctx=ctx, dtype=dtype, board=board, group=group,
-                          tcm=tcm, kv_dtype=kv_dtype, verify=verify),
+                          tcm=tcm, kv_dtype=kv_dtype, verify=verify, prefill=prefill),
                 tokens, shape_stages)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -116,7 +117,7 @@ def compile_model(model: str | None, out_dir: Path, weights_dir: str | None = No
     graph = onnx.load(str(onnx_path), load_external_data=False)
     stages = partition(graph)
     plan = make_plan(cfg, stages, ram=ram, ctx=ctx, dtype=dtype, board=board, group=group, tcm=tcm,
-                     kv_dtype=kv_dtype, verify=verify)
+                     kv_dtype=kv_dtype, verify=verify, prefill=prefill)
     (out_dir / "plan.json").write_text(plan.to_json())
 
     inits = {t.name: t for t in graph.graph.initializer}

@@ -63,6 +63,11 @@ KV_DTYPES = ("auto", "fp32", "int8")
 # pass on boards whose CRC unit is not on the flash DMA's path); "boot", every blob once at
 # boot, then streamed unchecked; "auto": boot where the check is a second pass, else stream.
 VERIFY_MODES = ("auto", "stream", "boot")
+# The prompt is processed in chunks of positions (runtime_c/runtime.c forward): each stage runs
+# over every position of a chunk before the next stage, so a weight tile streams once per chunk.
+# Each position of a chunk needs its own activation buffers (and int8 input): the chunk is the
+# largest up to PREFILL_MAX that fits beside the context, ahead of resident weights.
+PREFILL_MAX = 16
 # Buffers the data TCM takes when the board has one: the DMA's destinations (the weight
 # tiles, a block of the KV cache) and the int8 kernel's quantized input, read with every MAC.
 TCM_BUFFERS = ("xq", "kv_block", "kv_rows", "weights", "weights_next")
@@ -206,6 +211,8 @@ class Plan:
     arena_bytes: int
     tcm_bytes: int              # the arena in the data TCM (0: none)
     tcm_why: str                # why the TCM holds what it holds, or nothing
+    prefill_chunk: int          # prompt positions per chunk (activation slots in the arena)
+    prefill_why: str
     verify: str                 # VERIFY_MODES: "stream" or "boot"
     verify_why: str
     kv: KvPlan
@@ -340,7 +347,7 @@ def choose_resident(tensors: list[TensorPlan], room: int) -> list[TensorPlan]:
 
 def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: int | None = None,
               dtype: str = "fp32", board: str = DEFAULT_BOARD, group: str = "auto", tcm: str = "auto",
-              kv_dtype: str = "auto", verify: str = "auto") -> Plan:
+              kv_dtype: str = "auto", verify: str = "auto", prefill: int | None = None) -> Plan:
     """group "auto": weight tiles stay moderate (TILE_TARGET) and the RAM left after the
     context and the buffers keeps weights resident; "none": every weight streams every
     token and the tiles take all the RAM left. tcm "auto": TCM_BUFFERS in the board's data
@@ -350,6 +357,8 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
         raise McugptError(f"unknown --tcm '{tcm}' (known: {', '.join(TCM_MODES)})")
     if kv_dtype not in KV_DTYPES:
         raise McugptError(f"unknown --kv '{kv_dtype}' (known: {', '.join(KV_DTYPES)})")
+    if prefill is not None and not 1 <= prefill <= PREFILL_MAX:
+        raise McugptError(f"--prefill {prefill} is outside 1..{PREFILL_MAX} (positions per prompt chunk)")
     if verify not in VERIFY_MODES:
         raise McugptError(f"unknown --verify '{verify}' (known: {', '.join(VERIFY_MODES)})")
     if verify == "auto":
@@ -405,13 +414,20 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
     block_bytes = lambda c: min(c, KV_BLOCK_POSITIONS) * cfg.head_dim * F32          # dequantized / fp32 rows
     rows_bytes = lambda c, kvd: min(c, KV_BLOCK_POSITIONS) * kv_row_bytes(cfg, kvd)  # int8 rows as stored
 
-    # the data TCM: the tiles, the KV blocks and xq, when two of the widest rows fit beside them
+    # prefill chunk: positions whose activations (and int8 inputs) the arena holds at once;
+    # the context is planned with one, then the chunk takes what the context leaves
+    per_position = set(ACTIVATIONS) | {"xq"}
+    chunk = 1
+
+    # the data TCM: the tiles, the KV blocks and xq (one position's), when two of the widest
+    # rows fit beside them
     dtcm = prof.dtcm if tcm == "auto" else None
     tcm_tile = 0
     if dtcm is not None:
         tcm_tile = (dtcm.bytes - _align(fixed["xq"]) - _align(block_bytes(cfg.n_ctx))
                     - _align(rows_bytes(cfg.n_ctx, "int8"))) // WEIGHT_BUFFERS // ALIGN * ALIGN
     in_tcm = set(TCM_BUFFERS) if tcm_tile >= min_tile else set()
+    size_of = lambda name: fixed[name] * (chunk if name in per_position else 1)
     if tcm == "off":
         tcm_why = "--tcm off: every buffer in the SRAM arena"
     elif dtcm is None:
@@ -434,7 +450,7 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
         """The SRAM the plan needs (the TCM's buffers are not in it)."""
         logits = (tile // head_row) * F32
         kv = sum(_align(b) for n, b in kv_sizes(c, kv_in_sram, kvd).items() if n not in in_tcm)
-        return (reserved + sum(_align(b) for n, b in fixed.items() if n not in in_tcm) + _align(c * F32)
+        return (reserved + sum(_align(size_of(n)) for n in fixed if n not in in_tcm) + _align(c * F32)
                 + (0 if in_tcm else WEIGHT_BUFFERS * _align(tile)) + _align(logits) + kv)
 
     def largest_ctx(kv_in_sram, cap, kvd):
@@ -483,6 +499,25 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
             + ("" if ctx else " (context of 1 token)") + f" is {need:,} bytes")
     ctx = got
     kv_token = kv_token_bytes(cfg, kvd)
+
+    # the prefill chunk: the largest that fits beside the context (more than one position's
+    # int8 inputs leave the TCM to the tiles and the KV blocks)
+    fits = None
+    for chunk in range(prefill or PREFILL_MAX, 0, -1):
+        if chunk > 1:
+            in_tcm.discard("xq")
+        elif tcm_tile >= min_tile:
+            in_tcm.add("xq")
+        if total(ctx, min_tile, kv_in_sram, kvd) <= ram:
+            fits = chunk
+            break
+        if prefill:
+            break
+    if fits is None:
+        raise McugptError(f"RAM budget of {ram:,} bytes is too small for a prefill chunk of {prefill} positions "
+                          f"with {cfg.name} at a context of {ctx}: --prefill 1 needs no more than the context")
+    prefill_why = (f"--prefill {prefill}" if prefill else
+                   f"auto: the largest chunk up to {PREFILL_MAX} whose activations fit beside the context")
     psram_ctx_cap = prof.psram_bytes // kv_token
     tile = max_tile if group == "none" else min(max_tile, max(min_tile, TILE_TARGET))
     if in_tcm:
@@ -498,7 +533,7 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
     resident = choose_resident(tensors, ram - total(ctx, tile, kv_in_sram, kvd) - ALIGN) if group == "auto" else []
 
     # the arena: fixed offsets, in ARENA_ORDER
-    sizes = dict(fixed)
+    sizes = {name: size_of(name) for name in fixed}
     sizes.update({"scores": ctx * F32, "weights": tile, "weights_next": tile if WEIGHT_BUFFERS == 2 else 0,
                   "logits": head_matrix.tile_rows * F32,
                   **kv_sizes(ctx, kv_in_sram, kvd),
@@ -539,7 +574,7 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
             "psram" if not kv_in_sram and ctx == min(cfg.n_ctx, psram_ctx_cap) else "sram"),
         reserved={"stack": STACK_RESERVE, "firmware": FIRMWARE_RESERVE},
         tile_bytes=tile, weight_buffers=WEIGHT_BUFFERS, buffers=buffers, arena_bytes=arena,
-        tcm_bytes=tcm_bytes, tcm_why=tcm_why, verify=verify, verify_why=verify_why, kv=kv,
+        tcm_bytes=tcm_bytes, tcm_why=tcm_why, prefill_chunk=chunk, prefill_why=prefill_why, verify=verify, verify_why=verify_why, kv=kv,
         tensors=tensors, stages=stage_plans,
         resident=_resident_summary(stage_plans, resident, group),
         totals=Totals(stages=len(stages), block_stages=sum(1 for k in kinds if k.in_block),

@@ -193,6 +193,8 @@ class RunResult:
     dcache: dict | None = None               # DCacheModel.stats(): line fills, write-backs, stall cycles (None: no cache)
     bus_cycles: float = 0.0                  # CPU cycles lost to DMA bus sharing (counted in `cycles`)
     boot_ns: float = 0.0                     # the board's clock when the first position started
+    ttft_ns: float = 0.0                     # from the first position to the first token, on the board's clock
+    ttft_wall_s: float = 0.0                 # the same in host seconds
     tcm_bytes: int = 0                       # the board's data TCM (0: none mapped)
     tcm_high_water: int = 0                  # bytes of the TCM arena the firmware wrote
 
@@ -540,13 +542,13 @@ class Board:
 
     def run(self, prompt_tokens, n_new: int, temperature: float = 0.0, top_k: int = 40, seed: int = 0,
             dump_logits: bool = False, on_text: Callable[[str], None] | None = None,
-            max_instructions: int | None = None, timeout_s: float | None = None) -> RunResult:
+            max_instructions: int | None = None, timeout_s: float | None = None, chunk: int = 0) -> RunResult:
         """Reset the board with this request in the mailbox and run until SYSCTL.EXIT.
 
         Raises BoardFault if the firmware crashes, hits `max_instructions` or `timeout_s`,
         and FirmwareError if it exits with an error code. Both carry the partial result.
         """
-        mailbox = self._mailbox(prompt_tokens, n_new, temperature, top_k, seed, dump_logits)
+        mailbox = self._mailbox(prompt_tokens, n_new, temperature, top_k, seed, dump_logits, chunk)
         if self.psram is not None:  # before the trace unit (built at power-on) reads the counters
             self.psram.reset_stats()
         self.flash.reset_stats()
@@ -574,7 +576,7 @@ class Board:
                                 code=code, name=EXIT_NAMES[code], args=args, result=result)
         return result
 
-    def _mailbox(self, prompt, n_new, temperature, top_k, seed, dump_logits) -> bytes:
+    def _mailbox(self, prompt, n_new, temperature, top_k, seed, dump_logits, chunk=0) -> bytes:
         prompt = [int(t) for t in prompt]
         if len(prompt) > mm.MAILBOX_MAX_PROMPT:
             raise McugptError(f"the prompt has {len(prompt):,} tokens, the mailbox holds at most {mm.MAILBOX_MAX_PROMPT:,}")
@@ -585,7 +587,7 @@ class Board:
         words = {"MAGIC": mm.MAILBOX_MAGIC, "N_PROMPT": len(prompt), "N_NEW": int(n_new),
                  "TEMPERATURE": struct.unpack("<I", struct.pack("<f", float(temperature)))[0],
                  "TOP_K": int(top_k), "SEED_LO": int(seed) & 0xFFFFFFFF, "SEED_HI": int(seed) >> 32,
-                 "FLAGS": mm.MAILBOX_FLAGS["DUMP_LOGITS"] if dump_logits else 0}
+                 "FLAGS": mm.MAILBOX_FLAGS["DUMP_LOGITS"] if dump_logits else 0, "CHUNK": int(chunk)}
         buf = bytearray(mm.MAILBOX_SIZE)
         for name, value in words.items():
             struct.pack_into("<I", buf, mm.MAILBOX[name], value)
@@ -626,6 +628,9 @@ class Board:
             dcache=self.dcache.stats() if self.dcache is not None else None,
             bus_cycles=self.flashctl.bus_cycles + self.psramctl.bus_cycles,
             boot_ns=self.trace.boot_ns or 0.0,
+            ttft_ns=(self.trace.token_ns[0] - self.trace.boot_ns) if self.trace.token_ns and self.trace.boot_ns else 0.0,
+            ttft_wall_s=(self.trace.token_times[0] - self.trace.boot_wall)
+            if self.trace.token_times and self.trace.boot_wall else 0.0,
             tcm_bytes=self.dtcm_bytes, tcm_high_water=self._tcm_high_water())
 
     # -- after the run ------------------------------------------------------------

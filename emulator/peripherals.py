@@ -682,6 +682,8 @@ class Trace(Peripheral):
         self._opened = self._now()
         self.tokens: list[int] = []
         self.token_times: list[float] = []  # perf_counter at each TOKEN write
+        self.token_ns: list[float] = []     # the board's clock at each TOKEN write
+        self.boot_wall: float | None = None  # perf_counter when the first position started
         self.positions: list[int] = []
         self.boot_ns: float | None = None   # the board's clock when the first position started
         self.per_position: list[PositionStats] = []
@@ -757,11 +759,13 @@ class Trace(Peripheral):
         elif name == "TOKEN":
             self.tokens.append(value)
             self.token_times.append(time.perf_counter())
+            self.token_ns.append(self.clock.sync())
             self.logits.append(self._step_logits)
             self._step_logits = None
         elif name == "POSITION":
             if not self.positions:   # the end of boot: image checks, weight checks, resident loads
                 self.boot_ns = self.clock.sync()
+                self.boot_wall = time.perf_counter()
             self.positions.append(value)
             self._close_position()
             self.per_position.append(PositionStats(value))

@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="when weight CRCs are checked: stream (every blob each time it streams), boot "
                         "(every blob once at boot, then streamed unchecked), or auto (default: boot where "
                         "the board's CRC unit is a second DMA pass that would bound the token, else stream)")
+    c.add_argument("--prefill", type=int, metavar="N",
+                   help="prompt positions per chunk the plan holds activations for (default: the largest "
+                        "up to 16 that fits beside the context; 1: one position at a time)")
     c.add_argument("--ctx", type=int, metavar="N",
                    help="context to plan for (KV cache positions); default: the model's, or the "
                         "largest the RAM budget allows")
@@ -141,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--check", action="store_true",
                    help="also run the numpy reference and compare tokens and logits")
     u.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the board after this much host time")
+    u.add_argument("--prefill-chunk", type=int, metavar="N",
+                   help="prompt positions processed together, 1 .. the plan's chunk (default: the plan's; "
+                        "1: one position at a time, to compare the time to first token)")
     u.add_argument("--json", action="store_true", help="print one JSON object (no streaming text)")
 
     b = sub.add_parser("bench", help="GPT-2 on every board and dtype, beside the paper",
@@ -182,7 +188,7 @@ def cmd_compile(a) -> None:
     t0 = time.time()
     res = compile_model(a.model, Path(a.out), weights_dir=a.weights, weights_seed=a.weights_seed, ram=a.ram,
                         ctx=a.ctx, quiet=a.quiet or a.json, cc=a.cc, dtype=a.dtype, board=a.board,
-                        group=a.group, tcm=a.tcm, kv_dtype=a.kv, verify=a.verify)
+                        group=a.group, tcm=a.tcm, kv_dtype=a.kv, verify=a.verify, prefill=a.prefill)
     if a.json:
         print(res.plan.to_json())
         return
@@ -235,7 +241,7 @@ def cmd_run(a) -> None:
         sys.stdout.flush()
 
     report = run(build, a.prompt, a.tokens, sampling, ram=a.ram,
-                 on_text=None if a.json else stream, check=a.check, timeout_s=a.timeout)
+                 on_text=None if a.json else stream, check=a.check, timeout_s=a.timeout, chunk=a.prefill_chunk)
     if a.json:
         print(to_json(report))
     else:

@@ -62,6 +62,7 @@ def plan_summary(plan) -> str:
         f"+ firmware {size(plan.reserved['firmware'])}",
         f"  resident   {size(res.bytes)} of weights kept in SRAM ({len(plan.resident_tensors)} "
         f"tensors; {res.stages_fully_resident} stages read no flash; --group {res.group})",
+        f"  prefill    {plan.prefill_chunk} prompt positions per chunk ({plan.prefill_why})",
         f"  weights    CRC-checked " + ("once at boot" if plan.verify == "boot" else "as they stream")
         + f" ({plan.verify_why})",
         f"  largest    stage {plan.largest_stage['name']}: {size(plan.largest_stage['ram_bytes'])} "
@@ -115,6 +116,9 @@ def run_summary(r: dict) -> str:
         f"             compute: {d['compute_model']}",
         f"             memory: {d['memory_model']}",
         f"             CRC: {seconds(d['crc_s_per_token'])} per token, {d['crc_model']}",
+        f"first token  {seconds(d['prefill_s'])} on the device after boot ({r['prefill_positions']} prompt "
+        f"positions in {r['prefill_chunks']} chunks of up to {r['prefill_chunk']}); {seconds(d['prefill_wall_s'])} "
+        f"on this machine",
         f"boot         {seconds(d['boot_s'])} on the device: image checks"
         + (", every weight blob's CRC" if d["verify"] == "boot" else "") + ", resident weights",
         f"flash read   {size(r['flash_bytes_per_token'])} per token"

@@ -61,15 +61,19 @@ class Build:
 
 def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | None = None,
         flash: str | None = None, on_text=None, dump_logits: bool = False, check: bool = False,
-        timeout_s: float | None = None) -> dict:
+        timeout_s: float | None = None, chunk: int | None = None) -> dict:
     """Generate on the board the build was planned for: its SRAM (or `ram`, to map less), its
-    flash part (or `flash`), its PSRAM."""
+    flash part (or `flash`), its PSRAM. `chunk`: prompt positions per chunk, 1 .. the plan's
+    prefill chunk (default: the plan's)."""
     profile = build.plan.profile
     flash = profile.flash_option(flash).part
     check_request(sampling.temperature, sampling.top_k, n_new)
     tok = build.tokenizer()
     prompt_tokens = encode(tok, prompt)
     check_context(len(prompt_tokens), n_new, build.plan.ctx)
+    if chunk is not None and not 1 <= chunk <= build.plan.prefill_chunk:
+        raise McugptError(f"--prefill-chunk {chunk} is outside 1..{build.plan.prefill_chunk} (the build's plan "
+                          f"holds {build.plan.prefill_chunk} positions' activations)")
     # The firmware checks the image too (and is tested to); checking here first gives the
     # host's clearer message for a truncated, foreign or damaged image.
     read_image(build.path / "flash.img", verify_weights=False)
@@ -77,8 +81,8 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
                            ram_bytes=ram, flash_preset=flash) as board:
         result = board.run(prompt_tokens, n_new, temperature=sampling.temperature, top_k=sampling.top_k,
                            seed=sampling.seed, dump_logits=dump_logits or check, on_text=on_text,
-                           timeout_s=timeout_s)
-    report = summarize(build, result, prompt, prompt_tokens, flash)
+                           timeout_s=timeout_s, chunk=chunk or 0)
+    report = summarize(build, result, prompt, prompt_tokens, flash, chunk)
     if check:
         report["check"] = compare_with_reference(build, prompt_tokens, n_new, sampling, result)
     return report
@@ -102,7 +106,8 @@ def compare_with_reference(build: Build, prompt_tokens, n_new, sampling, result:
             "reference_wall_s": time.perf_counter() - t0}
 
 
-def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[int], flash: str) -> dict:
+def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[int], flash: str,
+              chunk: int | None = None) -> dict:
     plan = build.plan
     n_prompt = len(prompt_tokens)
     cpu_hz = result.cpu_hz or plan.profile.cpu_hz
@@ -110,8 +115,12 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
 
     # A generated token costs one forward pass that ends in the head: positions
     # n_prompt-1 onwards. The prompt's other positions skip the head (prefill).
-    decode = [p for p in result.per_position if p.position >= n_prompt - 1]
-    prefill = [p for p in result.per_position if p.position < n_prompt - 1]
+    # (The prompt runs in chunks of positions: an entry per chunk, at its first position.
+    # Decoding runs one position at a time from n_prompt on; with no such step, the last
+    # forward pass stands for one.)
+    decode = ([p for p in result.per_position if p.position >= n_prompt]
+              or [p for p in result.per_position if p.position >= n_prompt - 1] or result.per_position[-1:])
+    prefill = [p for p in result.per_position if p.position < n_prompt and p not in decode]
     mean = lambda xs: sum(xs) / len(xs) if xs else 0.0
     io_s = mean([p.io_ns for p in decode]) * 1e-9
     compute_s = mean([p.compute_ns for p in decode]) * 1e-9
@@ -185,7 +194,9 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
         "wall_s": result.wall_s,
         "emulated_tokens_per_s": len(result.tokens) / result.wall_s if result.wall_s else 0.0,
         "decode_wall_s_per_token": mean([p.wall_s for p in decode]),
-        "prefill_positions": len(prefill),
+        "prefill_positions": n_prompt,
+        "prefill_chunks": len([p for p in result.per_position if p.position < n_prompt]),
+        "prefill_chunk": chunk or plan.prefill_chunk,
         "device": {
             "io_s_per_token": io_s, "compute_s_per_token": compute_s, "s_per_token": device_s,
             "tokens_per_s": 1.0 / device_s if device_s else 0.0,
@@ -208,6 +219,8 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
                          + ("; every weight blob checked once at boot, streamed reads not re-checked"
                             if plan.verify == "boot" else "; every streamed blob checked as it streams"),
             "verify": plan.verify, "verify_why": plan.verify_why,
+            # time to first token: from the first prompt position to the first token chosen
+            "prefill_s": result.ttft_ns * 1e-9, "prefill_wall_s": result.ttft_wall_s,
             "boot_s": result.boot_ns * 1e-9,
             "io_model": f"{flash} flash" + (f" + {plan.profile.psram.part} PSRAM" if plan.kv.placement == "psram" else "")
                         + ", simulated from datasheet timing, by DMA concurrent with the CPU (double-buffered weight tiles)",

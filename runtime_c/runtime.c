@@ -66,15 +66,22 @@ uint8_t tcm_arena[TCM_ARENA_BYTES] TCM_SECTION __attribute__((aligned(32)));
 // logits  (head tile rows,)    one vocabulary tile of logits
 // kv      keys (N_LAYER, N_CTX, N_EMBD), then values (N_LAYER, N_CTX, N_EMBD)
 #define TOPK ((TopK*)BUF_ADDR(TOPK))  // the head's running top-k
+// x, h, qkv, att, hidden and xq hold PREFILL_CHUNK slots: one per position of a chunk
+#define X_(p) (BUF(X) + (size_t)(p) * N_EMBD)
+#define H_(p) (BUF(H) + (size_t)(p) * N_EMBD)
+#define QKV_(p) (BUF(QKV) + (size_t)(p) * 3 * N_EMBD)
+#define ATT_(p) (BUF(ATT) + (size_t)(p) * N_EMBD)
+#define HIDDEN_(p) (BUF(HIDDEN) + (size_t)(p) * 4 * N_EMBD)
 #define KV_KEYS(layer) (BUF(KV) + (size_t)(layer) * N_CTX * N_EMBD)
 #define KV_VALUES(layer) (BUF(KV) + (size_t)(N_LAYER + (layer)) * N_CTX * N_EMBD)
 
 // The plan sized the buffers; these say what this file puts in them.
 #define F32 4u
 
-_Static_assert(BUF_X_BYTES >= N_EMBD * F32 && BUF_H_BYTES >= N_EMBD * F32, "x, h");
-_Static_assert(BUF_QKV_BYTES >= 3 * N_EMBD * F32 && BUF_ATT_BYTES >= N_EMBD * F32, "qkv, att");
-_Static_assert(BUF_HIDDEN_BYTES >= 4 * N_EMBD * F32 && BUF_SCORES_BYTES >= N_CTX * F32, "hidden, scores");
+#define P_ PREFILL_CHUNK
+_Static_assert(P_ >= 1 && BUF_X_BYTES >= P_ * N_EMBD * F32 && BUF_H_BYTES >= P_ * N_EMBD * F32, "x, h");
+_Static_assert(BUF_QKV_BYTES >= P_ * 3 * N_EMBD * F32 && BUF_ATT_BYTES >= P_ * N_EMBD * F32, "qkv, att");
+_Static_assert(BUF_HIDDEN_BYTES >= P_ * 4 * N_EMBD * F32 && BUF_SCORES_BYTES >= N_CTX * F32, "hidden, scores");
 _Static_assert(BUF_PARAMS_BYTES >= 4 * N_EMBD * F32, "params: the largest bias (b_fc), or gain+bias");
 #if KV_INT8   // rows of KV_ROW_BYTES: a float32 scale, then HEAD_DIM int8; read a block at a time
 _Static_assert(KV_ROW_BYTES >= F32 + HEAD_DIM && KV_ROW_BYTES % 4 == 0, "int8 KV row");
@@ -95,7 +102,8 @@ _Static_assert(KV_BLOCK_POSITIONS >= 1 && BUF_KV_BLOCK_BYTES >= KV_BLOCK_POSITIO
 // xq: the widest quantized input (4 N_EMBD int8), then the same unpacked for the 4-row
 // kernel (kernels_int8.h unpack_i8: 2 bytes per element)
 #define XU_OFFSET (4u * N_EMBD)
-_Static_assert(BUF_XQ_BYTES >= 12 * N_EMBD && XU_OFFSET % 8 == 0, "xq");
+#define XQ_SLOT (12u * N_EMBD)   // one position's
+_Static_assert(BUF_XQ_BYTES >= P_ * XQ_SLOT && XU_OFFSET % 8 == 0 && XQ_SLOT % 8 == 0, "xq");
 #endif
 _Static_assert(BUF_TOPK_BYTES >= sizeof(TopK), "topk: the head's running top-k");
 _Static_assert(N_CTX <= N_CTX_MODEL && N_EMBD == N_HEAD * HEAD_DIM, "model shape");
@@ -124,6 +132,7 @@ typedef struct {
     uint32_t top_k;          // 1..TOPK_MAX, for sampling
     uint64_t seed;
     uint32_t flags;          // MAILBOX_FLAG_*
+    uint32_t chunk;          // prompt positions per chunk, 1..PREFILL_CHUNK
 } Request;
 static Request request;
 
@@ -324,12 +333,13 @@ typedef struct {
     float scale;
 } Input;
 
-static Input input(const float* x, uint32_t cols) {
+static Input input(const float* x, uint32_t cols, uint32_t slot) {
     Input in = {x, 0, 0, 0.0f};
     (void)cols;   // fp32 builds read x as it is
+    (void)slot;
 #if WEIGHTS_INT8
-    int8_t* q = (int8_t*)BUF_ADDR(XQ);
-    uint32_t* xu = (uint32_t*)(void*)(BUF_ADDR(XQ) + XU_OFFSET);
+    int8_t* q = (int8_t*)(BUF_ADDR(XQ) + slot * XQ_SLOT);
+    uint32_t* xu = (uint32_t*)(void*)(BUF_ADDR(XQ) + slot * XQ_SLOT + XU_OFFSET);
     quantize_vector_i8(q, &in.scale, x, (int)cols);
     unpack_i8(xu, q, (int)cols);
     in.q = q;
@@ -350,12 +360,22 @@ static void tile_product(const MatrixStream* m, float* y, const float* b, const 
 #endif
 }
 
-// x += W in + b, tile by tile, in the reference's order x + (in @ W + b); the tile's
-// product goes through BUF(H), which no projection back into the residual stream reads.
-static void residual_product(MatrixStream* m, const float* b, const Input* in) {
+// A chunk of consecutive positions processed together (PREFILL_CHUNK at most): each stage
+// runs over all of them before the next stage, so every weight tile streams once per chunk.
+typedef struct {
+    uint32_t pos0, n;                 // positions pos0 .. pos0 + n - 1
+    uint32_t tokens[PREFILL_CHUNK];
+} Chunk;
+
+// For each position p of the chunk: x_p += W in_p + b, tile by tile, in the reference's
+// order x + (in @ W + b); the tile's product goes through h_p, which no projection back into
+// the residual stream reads.
+static void residual_product(MatrixStream* m, const float* b, const Input* in, const Chunk* c) {
     while (matrix_next_tile(m)) {
-        tile_product(m, BUF(H) + m->row, b + m->row, in);
-        add_inplace(BUF(X) + m->row, BUF(H) + m->row, (int)m->n);
+        for (uint32_t p = 0; p < c->n; p++) {
+            tile_product(m, H_(p) + m->row, b + m->row, &in[p]);
+            add_inplace(X_(p) + m->row, H_(p) + m->row, (int)m->n);
+        }
     }
 }
 
@@ -364,7 +384,8 @@ static void residual_product(MatrixStream* m, const float* b, const Input* in) {
 
 // embed: x = wte[token] + wpe[pos]. Only two rows are read, so there is no CRC to check
 // (a CRC covers a whole blob); the head reads all of wte every token and checks it.
-static void stage_embed(uint32_t i, const StageEntry* s, uint32_t token, uint32_t pos) {
+static void embed_one(uint32_t i, const StageEntry* s, uint32_t token, uint32_t pos, uint32_t slot) {
+    float* x = X_(slot);
     TensorEntry wte, wpe;
     uint32_t wte_index = open_tensor(i, s, ROLE_EMBED_WTE, &wte);
     open_tensor(i, s, ROLE_EMBED_WPE, &wpe);
@@ -376,7 +397,7 @@ static void stage_embed(uint32_t i, const StageEntry* s, uint32_t token, uint32_
     uint32_t n = VOCAB_SIZE - first < tile_rows ? VOCAB_SIZE - first : tile_rows;
     uint32_t tile_offset = wte.offset + first * ROLE_SPEC[STAGE_EMBED][ROLE_EMBED_WTE].row_bytes;
     float scale;
-    int8_t* q = (int8_t*)BUF_ADDR(XQ);
+    int8_t* q = (int8_t*)(BUF_ADDR(XQ) + slot * XQ_SLOT);
     const uint8_t* kept = resident(wte_index);
     if (kept) {
         const uint8_t* t = kept + (tile_offset - wte.offset);
@@ -386,36 +407,43 @@ static void stage_embed(uint32_t i, const StageEntry* s, uint32_t token, uint32_
         flash_read(tile_offset + j * F32, &scale, F32);
         flash_read(tile_offset + n * F32 + j * N_EMBD, q, N_EMBD);
     }
-    for (uint32_t d = 0; d < N_EMBD; d++) BUF(X)[d] = (float)q[d] * scale;
+    for (uint32_t d = 0; d < N_EMBD; d++) x[d] = (float)q[d] * scale;
 #else
     const float* kept = (const float*)resident(wte_index);
     if (kept) {
-        for (uint32_t d = 0; d < N_EMBD; d++) BUF(X)[d] = kept[(size_t)token * N_EMBD + d];
+        for (uint32_t d = 0; d < N_EMBD; d++) x[d] = kept[(size_t)token * N_EMBD + d];
     } else {
-        flash_read(wte.offset + token * N_EMBD * F32, BUF(X), N_EMBD * F32);
+        flash_read(wte.offset + token * N_EMBD * F32, x, N_EMBD * F32);
     }
 #endif
-    flash_read(wpe.offset + pos * N_EMBD * F32, BUF(H), N_EMBD * F32);
-    add_inplace(BUF(X), BUF(H), N_EMBD);
+    flash_read(wpe.offset + pos * N_EMBD * F32, H_(slot), N_EMBD * F32);
+    add_inplace(x, H_(slot), N_EMBD);
+}
+
+static void stage_embed(uint32_t i, const StageEntry* s, const Chunk* c) {
+    for (uint32_t p = 0; p < c->n; p++) embed_one(i, s, c->tokens[p], c->pos0 + p, p);
 }
 
 // ln_1, ln_2: h = layernorm(x) * gain + bias
-static void stage_layernorm(uint32_t i, const StageEntry* s) {
+static void stage_layernorm(uint32_t i, const StageEntry* s, const Chunk* c) {
     float* gain = BUF(PARAMS);
     float* bias = BUF(PARAMS) + N_EMBD;
     load_vector(i, s, ROLE_LN_1_GAIN, gain);
     load_vector(i, s, ROLE_LN_1_BIAS, bias);
-    layernorm(BUF(H), BUF(X), gain, bias, N_EMBD, LN_EPS);
+    for (uint32_t p = 0; p < c->n; p++) layernorm(H_(p), X_(p), gain, bias, N_EMBD, LN_EPS);
 }
 
 // attn_qkv: qkv = W h + b, W [3 N_EMBD, N_EMBD]
-static void stage_attn_qkv(uint32_t i, const StageEntry* s) {
+static void stage_attn_qkv(uint32_t i, const StageEntry* s, const Chunk* c) {
     float* b = BUF(PARAMS);
     load_vector(i, s, ROLE_ATTN_QKV_B, b);   // the bias first: one blob in the CRC unit at a time
     MatrixStream m;
     matrix_open(&m, i, s, ROLE_ATTN_QKV_W);
-    Input in = input(BUF(H), N_EMBD);
-    while (matrix_next_tile(&m)) tile_product(&m, BUF(QKV) + m.row, b + m.row, &in);
+    Input in[PREFILL_CHUNK];
+    for (uint32_t p = 0; p < c->n; p++) in[p] = input(H_(p), N_EMBD, p);
+    while (matrix_next_tile(&m)) {
+        for (uint32_t p = 0; p < c->n; p++) tile_product(&m, QKV_(p) + m.row, b + m.row, &in[p]);
+    }
     matrix_close(&m);
 }
 
@@ -499,11 +527,11 @@ static void block_head_values(float* out, const float* scores, uint32_t layer, u
 // attends over positions 0..pos: att = softmax(q k^T / sqrt(HEAD_DIM)) v.
 // With the cache in rows (PSRAM, or int8) the same kernels (kernels.h: attention_head in
 // pieces) run over blocks of rows, in the same order, so the result has the same bits.
-static void stage_attn_core(uint32_t i, const StageEntry* s, uint32_t pos) {
-    if (s->layer >= N_LAYER) board_exit(EXIT_BAD_STAGE, i, s->kind, s->layer);
-    const float* q = BUF(QKV);
-    const float* k = BUF(QKV) + N_EMBD;
-    const float* v = BUF(QKV) + 2 * N_EMBD;
+static void attn_one(const StageEntry* s, uint32_t pos, uint32_t slot) {
+    const float* q = QKV_(slot);
+    const float* k = QKV_(slot) + N_EMBD;
+    const float* v = QKV_(slot) + 2 * N_EMBD;
+    float* att = ATT_(slot);
 #if KV_IN_SRAM && !KV_INT8
     float* keys = KV_KEYS(s->layer);       // (N_CTX, N_EMBD): row t = every head's key at t
     float* values = KV_VALUES(s->layer);
@@ -513,7 +541,7 @@ static void stage_attn_core(uint32_t i, const StageEntry* s, uint32_t pos) {
     }
     for (uint32_t head = 0; head < N_HEAD; head++) {
         uint32_t c = head * HEAD_DIM;      // the head's columns in q, the cache rows and att
-        attention_head(BUF(ATT) + c, q + c, keys + c, values + c, (int)pos + 1, HEAD_DIM, N_EMBD,
+        attention_head(att + c, q + c, keys + c, values + c, (int)pos + 1, HEAD_DIM, N_EMBD,
                        BUF(SCORES));
     }
 #else
@@ -526,56 +554,69 @@ static void stage_attn_core(uint32_t i, const StageEntry* s, uint32_t pos) {
         uint32_t c = head * HEAD_DIM;
         block_head_scores(BUF(SCORES), q + c, s->layer, head, pos + 1);
         softmax(BUF(SCORES), (int)pos + 1);
-        block_head_values(BUF(ATT) + c, BUF(SCORES), s->layer, head, pos + 1);
+        block_head_values(att + c, BUF(SCORES), s->layer, head, pos + 1);
     }
 #endif
 }
 
+// The chunk's positions in order: each appends its key and value before it attends, so
+// position p sees positions 0..p and no later one (causal, as one position at a time).
+static void stage_attn_core(uint32_t i, const StageEntry* s, const Chunk* c) {
+    if (s->layer >= N_LAYER) board_exit(EXIT_BAD_STAGE, i, s->kind, s->layer);
+    for (uint32_t p = 0; p < c->n; p++) attn_one(s, c->pos0 + p, p);
+}
+
 // attn_proj: x += W att + b, W [N_EMBD, N_EMBD]
-static void stage_attn_proj(uint32_t i, const StageEntry* s) {
+static void stage_attn_proj(uint32_t i, const StageEntry* s, const Chunk* c) {
     float* b = BUF(PARAMS);
     load_vector(i, s, ROLE_ATTN_PROJ_B, b);
     MatrixStream m;
     matrix_open(&m, i, s, ROLE_ATTN_PROJ_W);
-    Input in = input(BUF(ATT), N_EMBD);
-    residual_product(&m, b, &in);
+    Input in[PREFILL_CHUNK];
+    for (uint32_t p = 0; p < c->n; p++) in[p] = input(ATT_(p), N_EMBD, p);
+    residual_product(&m, b, in, c);
     matrix_close(&m);
 }
 
 // mlp: hidden = gelu(W_fc h + b_fc), W_fc [4 N_EMBD, N_EMBD];
 //      x += W_proj hidden + b_proj, W_proj [N_EMBD, 4 N_EMBD]
 // Each bias is loaded just before its matrix: the params buffer holds one vector at a time.
-static void stage_mlp(uint32_t i, const StageEntry* s) {
+static void stage_mlp(uint32_t i, const StageEntry* s, const Chunk* c) {
     float* b = BUF(PARAMS);
     MatrixStream m;
+    Input in[PREFILL_CHUNK];
     load_vector(i, s, ROLE_MLP_B_FC, b);
     matrix_open(&m, i, s, ROLE_MLP_W_FC);
-    Input in = input(BUF(H), N_EMBD);
-    while (matrix_next_tile(&m)) tile_product(&m, BUF(HIDDEN) + m.row, b + m.row, &in);
+    for (uint32_t p = 0; p < c->n; p++) in[p] = input(H_(p), N_EMBD, p);
+    while (matrix_next_tile(&m)) {
+        for (uint32_t p = 0; p < c->n; p++) tile_product(&m, HIDDEN_(p) + m.row, b + m.row, &in[p]);
+    }
     matrix_close(&m);
-    gelu_tanh(BUF(HIDDEN), 4 * N_EMBD);
+    for (uint32_t p = 0; p < c->n; p++) gelu_tanh(HIDDEN_(p), 4 * N_EMBD);
 
     load_vector(i, s, ROLE_MLP_B_PROJ, b);
     matrix_open(&m, i, s, ROLE_MLP_W_PROJ);
-    in = input(BUF(HIDDEN), 4 * N_EMBD);
-    residual_product(&m, b, &in);
+    for (uint32_t p = 0; p < c->n; p++) in[p] = input(HIDDEN_(p), 4 * N_EMBD, p);
+    residual_product(&m, b, in, c);
     matrix_close(&m);
 }
 
 // head: h = layernorm(x) (ln_f); logits = wte h, one vocabulary tile at a time, each tile
 // offered to the running top-k and then overwritten: the whole logits vector never exists.
-static void stage_head(uint32_t i, const StageEntry* s) {
+// Only the chunk's last position: nobody reads the logits of the others.
+static void stage_head(uint32_t i, const StageEntry* s, const Chunk* c) {
+    uint32_t last = c->n - 1;
     float* gain = BUF(PARAMS);
     float* bias = BUF(PARAMS) + N_EMBD;
     load_vector(i, s, ROLE_HEAD_GAIN, gain);
     load_vector(i, s, ROLE_HEAD_BIAS, bias);
-    layernorm(BUF(H), BUF(X), gain, bias, N_EMBD, LN_EPS);
+    layernorm(H_(last), X_(last), gain, bias, N_EMBD, LN_EPS);
 
     // greedy is top-k with k = 1: the largest logit, the lower id on ties
     topk_init(TOPK, request.temperature == 0.0f ? 1 : (int)request.top_k);
     MatrixStream m;
     matrix_open(&m, i, s, ROLE_HEAD_WTE);
-    Input in = input(BUF(H), N_EMBD);
+    Input in = input(H_(last), N_EMBD, last);
     while (matrix_next_tile(&m)) {
         tile_product(&m, BUF(LOGITS), NULL, &in);
         topk_push(TOPK, BUF(LOGITS), (int)m.row, (int)m.n);
@@ -585,24 +626,25 @@ static void stage_head(uint32_t i, const StageEntry* s) {
 }
 
 // ----------------------------------------------------------------------------
-// one forward pass: the image's stages in order, for one token at one position
+// one forward pass: the image's stages in order, for a chunk of positions (one when
+// decoding)
 
-static void forward(uint32_t token, uint32_t pos, int need_logits) {
-    trace_position(pos);
+static void forward(const Chunk* c, int need_logits) {
+    trace_position(c->pos0);
     for (uint32_t i = 0; i < header.stage_count; i++) {
         StageEntry s;
         read_stage(i, &s);
         if (s.kind == STAGE_HEAD && !need_logits) continue;   // nobody reads these logits
         trace_stage(i);
         switch (s.kind) {
-        case STAGE_EMBED: stage_embed(i, &s, token, pos); break;
+        case STAGE_EMBED: stage_embed(i, &s, c); break;
         case STAGE_LN_1:
-        case STAGE_LN_2: stage_layernorm(i, &s); break;
-        case STAGE_ATTN_QKV: stage_attn_qkv(i, &s); break;
-        case STAGE_ATTN_CORE: stage_attn_core(i, &s, pos); break;
-        case STAGE_ATTN_PROJ: stage_attn_proj(i, &s); break;
-        case STAGE_MLP: stage_mlp(i, &s); break;
-        case STAGE_HEAD: stage_head(i, &s); break;
+        case STAGE_LN_2: stage_layernorm(i, &s, c); break;
+        case STAGE_ATTN_QKV: stage_attn_qkv(i, &s, c); break;
+        case STAGE_ATTN_CORE: stage_attn_core(i, &s, c); break;
+        case STAGE_ATTN_PROJ: stage_attn_proj(i, &s, c); break;
+        case STAGE_MLP: stage_mlp(i, &s, c); break;
+        case STAGE_HEAD: stage_head(i, &s, c); break;
         default: board_exit(EXIT_BAD_STAGE, i, s.kind, 0);
         }
     }
@@ -700,6 +742,9 @@ static void read_request(void) {
     r->top_k = mailbox_word(MAILBOX_TOP_K_OFFSET);
     r->seed = (uint64_t)mailbox_word(MAILBOX_SEED_HI_OFFSET) << 32 | mailbox_word(MAILBOX_SEED_LO_OFFSET);
     r->flags = mailbox_word(MAILBOX_FLAGS_OFFSET);
+    r->chunk = mailbox_word(MAILBOX_CHUNK_OFFSET);
+    if (r->chunk == 0) r->chunk = PREFILL_CHUNK;
+    if (r->chunk > PREFILL_CHUNK) bad_setting(MAILBOX_CHUNK_OFFSET, r->chunk);
 
     if (r->n_prompt < 1) bad_setting(MAILBOX_N_PROMPT_OFFSET, r->n_prompt);
     // as reference.check_context: every prompt and new token needs a KV cache position
@@ -728,10 +773,13 @@ void mcugpt_run(void) {
     prng_init(&rng, request.seed);
     uint32_t n_prompt = request.n_prompt, n_total = request.n_prompt + request.n_new;
 
-    // the prompt fills the KV cache; only its last position's logits choose a token
-    for (uint32_t pos = 0; pos < n_prompt; pos++) {
-        int last = pos + 1 == n_prompt;
-        forward(mailbox_word(MAILBOX_PROMPT_OFFSET + 4 * pos), pos, last && request.n_new > 0);
+    // the prompt fills the KV cache a chunk of positions at a time; only its last
+    // position's logits choose a token
+    Chunk c;
+    for (c.pos0 = 0; c.pos0 < n_prompt; c.pos0 += c.n) {
+        c.n = n_prompt - c.pos0 < request.chunk ? n_prompt - c.pos0 : request.chunk;
+        for (uint32_t p = 0; p < c.n; p++) c.tokens[p] = mailbox_word(MAILBOX_PROMPT_OFFSET + 4 * (c.pos0 + p));
+        forward(&c, c.pos0 + c.n == n_prompt && request.n_new > 0);
     }
     // each new token is chosen, printed, and fed back (except the last: nobody needs
     // the logits after it)
@@ -739,7 +787,10 @@ void mcugpt_run(void) {
         uint32_t token = choose();
         trace_token(token);
         print_token(token);
-        if (pos + 1 < n_total) forward(token, pos, 1);
+        c.pos0 = pos;
+        c.n = 1;
+        c.tokens[0] = token;
+        if (pos + 1 < n_total) forward(&c, 1);
     }
     trace_stage(TRACE_IDLE);
     board_exit(EXIT_OK, request.n_new, 0, 0);

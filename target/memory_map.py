@@ -122,6 +122,7 @@ MAILBOX = {
     "SEED_LO": 0x14,        # sampling seed, low and high words
     "SEED_HI": 0x18,
     "FLAGS": 0x1C,          # MAILBOX_FLAG_* bits
+    "CHUNK": 0x20,          # prompt positions per chunk: 1..the plan's PREFILL_CHUNK; 0 = the plan's
     "PROMPT": 0x100,        # N_PROMPT u32 token ids
 }
 MAILBOX_MAGIC = 0x4D424F58  # "XOBM"
