@@ -68,12 +68,15 @@ VERIFY_MODES = ("auto", "stream", "boot")
 # Each position of a chunk needs its own activation buffers (and int8 input): the chunk is the
 # largest up to PREFILL_MAX that fits beside the context, ahead of resident weights.
 PREFILL_MAX = 16
+# The int8 kernel takes rows four at a time (runtime_c/kernels_int8.c dot4_i8); a tile of a
+# multiple of four rows leaves no remainder to the slower two- and one-row loops.
+ROW_GROUP = 4
 # Buffers the data TCM takes when the board has one: the DMA's destinations (the weight
 # tiles, a block of the KV cache) and the int8 kernel's quantized input, read with every MAC.
 TCM_BUFFERS = ("xq", "kv_block", "kv_rows", "weights", "weights_next")
 TOPK_BYTES = 8 + TOPK_MAX * 8  # runtime_c TopK: k, n, then TOPK_MAX values and ids
 # The arena's buffers, in the order a reader meets them in a stage.
-ARENA_ORDER = ("x", "h", "qkv", "att", "hidden", "xq", "scores", "params", "weights", "weights_next",
+ARENA_ORDER = ("x", "h", "qkv", "att", "hidden", "xq", "wu", "scores", "params", "weights", "weights_next",
                "logits", "topk", "kv_block", "kv_rows", "resident", "kv")
 
 
@@ -403,7 +406,10 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
     mats = [t for t in tensors if t.access == MATRIX]
     # int8: the input vector of a matrix-vector product, quantized (the widest input), then
     # unpacked for the 4-row kernel (2 bytes per element: runtime_c/kernels_int8.h unpack_i8)
-    fixed["xq"] = 3 * max(t.cols for t in mats) if dtype == "int8" else 0
+    fixed["xq"] = 3 * max(t.cols for t in mats) + 8 if dtype == "int8" else 0
+    # int8 with a prefill chunk: four rows unpacked once for every position of the chunk
+    # (runtime_c/kernels_int8.h matvec_rows_i8_batch)
+    fixed["wu"] = 8 * max(t.cols for t in mats) if dtype == "int8" else 0
     min_tile = max(t.row_bytes for t in mats)               # one row of the widest matrix
     max_tile = max(t.rows * t.row_bytes for t in mats)      # the largest whole matrix
     # the LM head's matrix: its tile of logits is a buffer of its own
@@ -427,7 +433,7 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
         tcm_tile = (dtcm.bytes - _align(fixed["xq"]) - _align(block_bytes(cfg.n_ctx))
                     - _align(rows_bytes(cfg.n_ctx, "int8"))) // WEIGHT_BUFFERS // ALIGN * ALIGN
     in_tcm = set(TCM_BUFFERS) if tcm_tile >= min_tile else set()
-    size_of = lambda name: fixed[name] * (chunk if name in per_position else 1)
+    size_of = lambda name: 0 if name == "wu" and chunk == 1 else fixed[name] * (chunk if name in per_position else 1)
     if tcm == "off":
         tcm_why = "--tcm off: every buffer in the SRAM arena"
     elif dtcm is None:
@@ -530,6 +536,8 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
         tile = lo
     for t in mats:
         t.tile_rows = min(t.rows, tile // t.row_bytes)
+        if dtype == "int8" and t.tile_rows < t.rows and t.tile_rows >= ROW_GROUP:
+            t.tile_rows -= t.tile_rows % ROW_GROUP   # whole groups for the four-row int8 kernel
     resident = choose_resident(tensors, ram - total(ctx, tile, kv_in_sram, kvd) - ALIGN) if group == "auto" else []
 
     # the arena: fixed offsets, in ARENA_ORDER

@@ -208,11 +208,27 @@ static int32_t dot_i8(const int8_t* w, const int8_t* x, int n) {
 
 #else  // portable C: the host build
 
+// SXTB16 and SXTB16 ROR #8 of a word of four int8 (little-endian), and that word
+static uint32_t pairs(const int8_t* q, int first) {
+    return (uint32_t)(uint16_t)(int16_t)q[first] | (uint32_t)(uint16_t)(int16_t)q[first + 2] << 16;
+}
+static inline uint32_t load4(const int8_t* p) {
+    return (uint32_t)(uint8_t)p[0] | (uint32_t)(uint8_t)p[1] << 8 | (uint32_t)(uint8_t)p[2] << 16
+         | (uint32_t)(uint8_t)p[3] << 24;
+}
+static inline int32_t even_pairs(uint32_t v) {
+    int8_t q[4] = {(int8_t)v, (int8_t)(v >> 8), (int8_t)(v >> 16), (int8_t)(v >> 24)};
+    return (int32_t)pairs(q, 0);
+}
+static inline int32_t odd_pairs(uint32_t v) {
+    int8_t q[4] = {(int8_t)v, (int8_t)(v >> 8), (int8_t)(v >> 16), (int8_t)(v >> 24)};
+    return (int32_t)pairs(q, 1);
+}
+
 void unpack_i8(uint32_t* xu, const int8_t* qx, int n) {
     for (int j = 0; j < n >> 2; j++) {
-        const int8_t* q = qx + 4 * j;
-        xu[2 * j] = (uint32_t)(uint16_t)(int16_t)q[0] | (uint32_t)(uint16_t)(int16_t)q[2] << 16;
-        xu[2 * j + 1] = (uint32_t)(uint16_t)(int16_t)q[1] | (uint32_t)(uint16_t)(int16_t)q[3] << 16;
+        xu[2 * j] = pairs(qx + 4 * j, 0);
+        xu[2 * j + 1] = pairs(qx + 4 * j, 1);
     }
 }
 
@@ -268,5 +284,146 @@ void matvec_rows_i8(float* y, const int8_t* w_tile, const float* row_scales,
     if (r < rows) {
         int32_t acc = dot_i8(w_tile + (size_t)r * (size_t)cols, qx, cols);
         y[r] = dequant(acc, row_scales[r], sx, bias_or_null, r);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// a chunk of vectors: weights unpacked once per group of four rows
+
+// Four rows' words, interleaved per column word: wu[8j + 2r] = row r's elements 4j, 4j+2 and
+// wu[8j + 2r + 1] its elements 4j+1, 4j+3, each an int16 lane (SXTB16, as unpack_i8).
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP && defined(__OPTIMIZE__)
+// In assembly so that each SXTB16's result is stored (STRD) two instructions later: the M7
+// makes a DSP result available to a store only after two cycles. 13 registers, as dot4_i8.
+// noinline: inlined into its caller's loop, the 13 registers may not all be free
+__attribute__((noinline)) static void unpack_rows4_i8(uint32_t* wu, const int8_t* w, int cols) {
+    const int8_t* w0 = w;
+    const int8_t* w2 = w + 2 * cols;
+    int k = cols >> 2;
+    uint32_t a, a2, b, b2, c, c2, d, d2;
+    if (k > 0) __asm__ volatile(
+        "1:\n\t"
+        "ldr    %[a], [%[w2], %[cs]]\n\t"       /* row 3 */
+        "ldr    %[b], [%[w0], %[cs]]\n\t"       /* row 1 */
+        "ldr    %[c], [%[w0]], #4\n\t"          /* row 0 */
+        "ldr    %[d], [%[w2]], #4\n\t"          /* row 2 */
+        "sxtb16 %[c2], %[c], ror #8\n\t"
+        "sxtb16 %[c], %[c]\n\t"
+        "sxtb16 %[b2], %[b], ror #8\n\t"
+        "sxtb16 %[b], %[b]\n\t"
+        "strd   %[c], %[c2], [%[wu]], #8\n\t"
+        "sxtb16 %[d2], %[d], ror #8\n\t"
+        "sxtb16 %[d], %[d]\n\t"
+        "strd   %[b], %[b2], [%[wu]], #8\n\t"
+        "sxtb16 %[a2], %[a], ror #8\n\t"
+        "sxtb16 %[a], %[a]\n\t"
+        "strd   %[d], %[d2], [%[wu]], #8\n\t"
+        "subs   %[k], %[k], #1\n\t"
+        "strd   %[a], %[a2], [%[wu]], #8\n\t"
+        "bne    1b\n\t"
+        : [w0] "+r"(w0), [w2] "+r"(w2), [wu] "+r"(wu), [k] "+r"(k), [a] "=&r"(a), [a2] "=&r"(a2),
+          [b] "=&r"(b), [b2] "=&r"(b2), [c] "=&r"(c), [c2] "=&r"(c2), [d] "=&r"(d), [d2] "=&r"(d2)
+        : [cs] "r"(cols)
+        : "cc", "memory");
+}
+#else
+static void unpack_rows4_i8(uint32_t* wu, const int8_t* w, int cols) {
+    for (int j = 0; j < cols >> 2; j++) {
+        for (int r = 0; r < 4; r++) {
+            uint32_t v = load4(w + (size_t)r * (size_t)cols + 4 * j);
+            wu[8 * j + 2 * r] = (uint32_t)even_pairs(v);
+            wu[8 * j + 2 * r + 1] = (uint32_t)odd_pairs(v);
+        }
+    }
+}
+#endif
+
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP && defined(__OPTIMIZE__)
+// One column word of four unpacked rows against one unpacked vector: 2 + 8 LDR and 8 SMLAD
+// for 16 multiply-accumulates. Every SMLAD's operands were loaded two instructions earlier,
+// so it dual-issues with the next LDR: about 10 cycles per word (target/m7_pipeline.py).
+#define DOT4U_WORD                                           \
+    "ldr    %[e], [%[wp]], #4\n\t"                           \
+    "ldr    %[o], [%[wp]], #4\n\t"                           \
+    "ldr    %[e2], [%[wp]], #4\n\t"                          \
+    "smlad  %[a0], %[e], %[x02], %[a0]\n\t"                  \
+    "ldr    %[o2], [%[wp]], #4\n\t"                          \
+    "smlad  %[a0], %[o], %[x13], %[a0]\n\t"                  \
+    "ldr    %[e], [%[wp]], #4\n\t"                           \
+    "smlad  %[a1], %[e2], %[x02], %[a1]\n\t"                 \
+    "ldr    %[o], [%[wp]], #4\n\t"                           \
+    "smlad  %[a1], %[o2], %[x13], %[a1]\n\t"                 \
+    "ldr    %[e2], [%[wp]], #4\n\t"                          \
+    "smlad  %[a2], %[e], %[x02], %[a2]\n\t"                  \
+    "ldr    %[o2], [%[wp]], #4\n\t"                          \
+    "smlad  %[a2], %[o], %[x13], %[a2]\n\t"                  \
+    "smlad  %[a3], %[e2], %[x02], %[a3]\n\t"                 \
+    "ldr    %[x02], [%[xu]], #4\n\t"                         \
+    "smlad  %[a3], %[o2], %[x13], %[a3]\n\t"                 \
+    "ldr    %[x13], [%[xu]], #4\n\t"
+
+__attribute__((noinline)) static void dot4u_i8(int32_t* out, const uint32_t* wu, const uint32_t* xu, int words) {
+    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    uint32_t x02 = xu[0], x13 = xu[1], e, o, e2, o2;
+    xu += 2;
+    int k = words;
+    if (k & 1) {   // an odd word first, alone
+        __asm__ volatile(DOT4U_WORD
+            : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [xu] "+r"(xu), [wp] "+r"(wu),
+              [x02] "+r"(x02), [x13] "+r"(x13), [e] "=&r"(e), [o] "=&r"(o), [e2] "=&r"(e2), [o2] "=&r"(o2)
+            :
+            : "memory");
+    }
+    k >>= 1;
+    if (k > 0) __asm__ volatile(
+        "1:\n\t"
+        DOT4U_WORD DOT4U_WORD
+        "subs   %[k], %[k], #1\n\t"
+        "bne    1b\n\t"
+        : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [xu] "+r"(xu), [wp] "+r"(wu),
+          [k] "+r"(k), [x02] "+r"(x02), [x13] "+r"(x13), [e] "=&r"(e), [o] "=&r"(o), [e2] "=&r"(e2),
+          [o2] "=&r"(o2)
+        :
+        : "cc", "memory");
+    out[0] = a0;
+    out[1] = a1;
+    out[2] = a2;
+    out[3] = a3;
+}
+#else
+static void dot4u_i8(int32_t* out, const uint32_t* wu, const uint32_t* xu, int words) {
+    int32_t a[4] = {0, 0, 0, 0};
+    for (int j = 0; j < words; j++) {
+        for (int r = 0; r < 4; r++) {
+            for (int h = 0; h < 2; h++) {
+                uint32_t wv = wu[8 * j + 2 * r + h], xv = xu[2 * j + h];
+                a[r] += (int32_t)(int16_t)(wv & 0xFFFF) * (int32_t)(int16_t)(xv & 0xFFFF)
+                      + (int32_t)(int16_t)(wv >> 16) * (int32_t)(int16_t)(xv >> 16);
+            }
+        }
+    }
+    for (int r = 0; r < 4; r++) out[r] = a[r];
+}
+#endif
+
+void matvec_rows_i8_batch(float* const* y, const int8_t* w_tile, const float* row_scales,
+                          const float* bias_or_null, const int8_t* const* qx, const uint32_t* const* xu,
+                          const float* sx, int n, int rows, int cols, uint32_t* scratch) {
+    int r = 0;
+    if ((cols & 3) == 0 && cols > 0 && ((uintptr_t)w_tile & 3) == 0) {
+        for (; r + 4 <= rows; r += 4) {
+            unpack_rows4_i8(scratch, w_tile + (size_t)r * (size_t)cols, cols);
+            for (int p = 0; p < n; p++) {
+                int32_t acc[4];
+                dot4u_i8(acc, scratch, xu[p], cols >> 2);
+                for (int i = 0; i < 4; i++) y[p][r + i] = dequant(acc[i], row_scales[r + i], sx[p], bias_or_null, r + i);
+            }
+        }
+    }
+    if (r < rows) {   // the rows left: each vector on its own
+        for (int p = 0; p < n; p++) {
+            matvec_rows_i8(y[p] + r, w_tile + (size_t)r * (size_t)cols, row_scales + r,
+                           bias_or_null ? bias_or_null + r : 0, qx[p], xu[p], sx[p], rows - r, cols);
+        }
     }
 }

@@ -102,8 +102,11 @@ _Static_assert(KV_BLOCK_POSITIONS >= 1 && BUF_KV_BLOCK_BYTES >= KV_BLOCK_POSITIO
 // xq: the widest quantized input (4 N_EMBD int8), then the same unpacked for the 4-row
 // kernel (kernels_int8.h unpack_i8: 2 bytes per element)
 #define XU_OFFSET (4u * N_EMBD)
-#define XQ_SLOT (12u * N_EMBD)   // one position's
+#define XQ_SLOT (12u * N_EMBD + 8u)   // one position's (the kernels read 8 bytes past xu)
 _Static_assert(BUF_XQ_BYTES >= P_ * XQ_SLOT && XU_OFFSET % 8 == 0 && XQ_SLOT % 8 == 0, "xq");
+#if PREFILL_CHUNK > 1
+_Static_assert(BUF_WU_BYTES >= 8u * 4u * N_EMBD, "wu: four rows of the widest matrix, unpacked");
+#endif
 #endif
 _Static_assert(BUF_TOPK_BYTES >= sizeof(TopK), "topk: the head's running top-k");
 _Static_assert(N_CTX <= N_CTX_MODEL && N_EMBD == N_HEAD * HEAD_DIM, "model shape");
@@ -367,15 +370,36 @@ typedef struct {
     uint32_t tokens[PREFILL_CHUNK];
 } Chunk;
 
+// The current tile's rows times every position's input: y_p (m->n,) for p < n. int8 with
+// more than one position unpacks each group of four rows once for all of them.
+static void tile_products(const MatrixStream* m, float* const* y, const float* b, const Input* in, uint32_t n) {
+#if WEIGHTS_INT8
+    if (n > 1) {
+        const int8_t* qx[PREFILL_CHUNK];
+        const uint32_t* xu[PREFILL_CHUNK];
+        float sx[PREFILL_CHUNK];
+        for (uint32_t p = 0; p < n; p++) {
+            qx[p] = in[p].q;
+            xu[p] = in[p].xu;
+            sx[p] = in[p].scale;
+        }
+        matvec_rows_i8_batch(y, (const int8_t*)(m->buf + m->n), m->buf, b, qx, xu, sx, (int)n, (int)m->n,
+                             (int)m->t.cols, (uint32_t*)(void*)BUF_ADDR(WU));
+        return;
+    }
+#endif
+    for (uint32_t p = 0; p < n; p++) tile_product(m, y[p], b, &in[p]);
+}
+
 // For each position p of the chunk: x_p += W in_p + b, tile by tile, in the reference's
 // order x + (in @ W + b); the tile's product goes through h_p, which no projection back into
 // the residual stream reads.
 static void residual_product(MatrixStream* m, const float* b, const Input* in, const Chunk* c) {
+    float* y[PREFILL_CHUNK];
     while (matrix_next_tile(m)) {
-        for (uint32_t p = 0; p < c->n; p++) {
-            tile_product(m, H_(p) + m->row, b + m->row, &in[p]);
-            add_inplace(X_(p) + m->row, H_(p) + m->row, (int)m->n);
-        }
+        for (uint32_t p = 0; p < c->n; p++) y[p] = H_(p) + m->row;
+        tile_products(m, y, b + m->row, in, c->n);
+        for (uint32_t p = 0; p < c->n; p++) add_inplace(X_(p) + m->row, H_(p) + m->row, (int)m->n);
     }
 }
 
@@ -441,8 +465,10 @@ static void stage_attn_qkv(uint32_t i, const StageEntry* s, const Chunk* c) {
     matrix_open(&m, i, s, ROLE_ATTN_QKV_W);
     Input in[PREFILL_CHUNK];
     for (uint32_t p = 0; p < c->n; p++) in[p] = input(H_(p), N_EMBD, p);
+    float* y[PREFILL_CHUNK];
     while (matrix_next_tile(&m)) {
-        for (uint32_t p = 0; p < c->n; p++) tile_product(&m, QKV_(p) + m.row, b + m.row, &in[p]);
+        for (uint32_t p = 0; p < c->n; p++) y[p] = QKV_(p) + m.row;
+        tile_products(&m, y, b + m.row, in, c->n);
     }
     matrix_close(&m);
 }
@@ -588,8 +614,10 @@ static void stage_mlp(uint32_t i, const StageEntry* s, const Chunk* c) {
     load_vector(i, s, ROLE_MLP_B_FC, b);
     matrix_open(&m, i, s, ROLE_MLP_W_FC);
     for (uint32_t p = 0; p < c->n; p++) in[p] = input(H_(p), N_EMBD, p);
+    float* y[PREFILL_CHUNK];
     while (matrix_next_tile(&m)) {
-        for (uint32_t p = 0; p < c->n; p++) tile_product(&m, HIDDEN_(p) + m.row, b + m.row, &in[p]);
+        for (uint32_t p = 0; p < c->n; p++) y[p] = HIDDEN_(p) + m.row;
+        tile_products(&m, y, b + m.row, in, c->n);
     }
     matrix_close(&m);
     for (uint32_t p = 0; p < c->n; p++) gelu_tanh(HIDDEN_(p), 4 * N_EMBD);
