@@ -25,6 +25,9 @@ from target.errors import McugptError
 from target.stages import KIND_BY_NAME
 
 PROMPT = "Hello, my name is"
+# A 32-token prompt for the time to first token (GPT-2's tokenizer)
+LONG_PROMPT = ("The staged method runs a language model on a microcontroller by streaming every weight "
+               "from flash, one stage at a time, so that the peak memory is a single stage")
 PAPER = {"classic_ram": 120e6, "staged_ram": 8e6, "classic_tokens_per_s": 20.0, "staged_tokens_per_s": 2.0,
          "ctx": 512, "source": "Khudaiberdieva et al., GPT-2-small-like model, 64 MB device, context 512"}
 FRONTIER_RAM = [512 << 10, 1 << 20, 2 << 20, 4 << 20, 8 << 20, 16 << 20, 32 << 20, 64 << 20]
@@ -81,6 +84,38 @@ def sweep(out: Path, model: str, tokens: int, progress) -> tuple[list[dict], lis
             report = run(build, PROMPT, tokens, Sampling(), flash=flash.part, check=True)
             rows.append(_row(report, board, dtype, flash.part, compile_s, tcm))
     return rows, refused
+
+
+def time_to_first_token(out: Path, model: str, rows: list[dict], progress) -> list[dict]:
+    """Each build of the sweep (TCM auto), on LONG_PROMPT: the time to first token with the
+    plan's prefill chunk and one position at a time, in the same build and run of the bench."""
+    out_rows = []
+    for r in progress([r for r in rows if r["tcm"] != "off"], desc="time to first token"):
+        build = Build.open(out / "builds" / f"{model}-{r['board']}-{r['dtype']}")
+        chunked = run(build, LONG_PROMPT, 1, Sampling(), flash=r["flash"], check=True)
+        single = run(build, LONG_PROMPT, 1, Sampling(), flash=r["flash"], chunk=1)
+        out_rows.append({
+            "board": r["board"], "dtype": r["dtype"], "flash": r["flash"], "prompt_tokens": len(chunked["prompt_tokens"]),
+            "chunk": chunked["prefill_chunk"], "exact": chunked["check"]["logits_identical"],
+            "ttft_s": chunked["device"]["prefill_s"], "ttft_one_at_a_time_s": single["device"]["prefill_s"],
+            "speedup": single["device"]["prefill_s"] / chunked["device"]["prefill_s"],
+            "ttft_wall_s": chunked["device"]["prefill_wall_s"],
+            "ttft_one_at_a_time_wall_s": single["device"]["prefill_wall_s"]})
+    return out_rows
+
+
+def ttft_markdown(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    t = [[r["board"], r["dtype"], r["flash"], r["prompt_tokens"], r["chunk"], "yes" if r["exact"] else "NO",
+          f"{r['ttft_s']:.2f}", f"{r['ttft_one_at_a_time_s']:.2f}", f"{r['speedup']:.2f}x",
+          f"{r['ttft_wall_s']:.1f}", f"{r['ttft_one_at_a_time_wall_s']:.1f}"] for r in rows]
+    return ("\n## Time to first token\n\n```\n"
+            + table(["board", "dtype", "flash", "prompt", "chunk", "exact", "TTFT s", "one at a time s", "speed-up",
+                     "wall s", "one at a time wall s"], t, "lllrrlrrrrr")
+            + "\n```\n\nTTFT = simulated device time from the first prompt position to the first token (after "
+              "boot); one at a time = the same build with `mcugpt run --prefill-chunk 1`; exact = the chunked run's "
+              "logits bit-identical to the numpy reference.\n")
 
 
 def frontier(out: Path, model: str, progress) -> list[dict]:
@@ -323,6 +358,7 @@ def bench(out: Path, model: str = "gpt2", tokens: int = 3, progress=None, comman
     progress = progress or (lambda it, **kw: it)
     t0 = time.perf_counter()
     rows, refused = sweep(out, model, tokens, progress)
+    ttft = time_to_first_token(out, model, rows, progress)
     paper = paper_comparison(out, model, rows)
     front = frontier(out, model, progress)
     quant = quantization_error(model, QUANT_TOKENS, progress)
@@ -330,12 +366,13 @@ def bench(out: Path, model: str = "gpt2", tokens: int = 3, progress=None, comman
     info = {"model": model, "tokens": tokens, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
             "command": command or f"mcugpt bench --model {model} --tokens {tokens} --out {out}",
             "wall_s": time.perf_counter() - t0}
-    result = {"info": info, "configs": rows, "refused": refused, "paper": paper, "frontier": front,
+    result = {"info": info, "configs": rows, "refused": refused, "time_to_first_token": ttft, "paper": paper,
+              "frontier": front,
               "int8_vs_fp32": quant,
               "counter_overhead": overhead}
     (out / "bench.json").write_text(json.dumps(result, indent=1))
     (out / "bench.md").write_text(markdown(rows, paper, front, info) + refused_markdown(refused)
-                                  + quant_markdown(quant)
+                                  + ttft_markdown(ttft) + quant_markdown(quant)
                                   + overhead_markdown(overhead))
     plots(out, rows, front, model)
     return result

@@ -177,7 +177,7 @@ def _firmware_with(built, tmp_path: Path, file: str, old: str, new: str) -> Path
 
 
 @pytest.mark.parametrize("file, old, new", [
-    ("runtime.c", "add_inplace(BUF(X) + m->row, BUF(H) + m->row", "(void)(BUF(X) + m->row, BUF(H) + m->row"),  # skipped residual
+    ("runtime.c", "add_inplace(X_(p) + m->row, H_(p) + m->row", "(void)(X_(p) + m->row, H_(p) + m->row"),  # skipped residual
     ("kernels.c", "1.0f / mcu_sqrtf((float)head_dim)", "1.0f / (float)head_dim"),  # softmax scale
     ("kernels.c", "0.044715f", "0.04715f"),    # a GELU constant: same greedy tokens, logits off by ~4e-3
 ], ids=["skipped-residual", "softmax-scale", "gelu-constant"])

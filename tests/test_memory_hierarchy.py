@@ -42,18 +42,21 @@ def run(built, elf=None, n_new=3):
 
 
 @pytest.mark.parametrize("model", ["tiny", "gpt2"])
-def test_the_dma_buffers_and_the_int8_input_go_in_the_data_tcm(model):
+def test_the_dma_buffers_go_in_the_data_tcm_and_the_int8_input_too_without_a_prefill_chunk(model):
     cfg = load_preset(model)
-    plan = make_plan(cfg, stages_of(cfg), dtype="int8", board=H7)
     dtcm = get_board(H7).dtcm
-    assert {b.name for b in plan.buffers if b.region == "dtcm"} == set(TCM_BUFFERS)
-    assert 0 < plan.tcm_bytes <= dtcm.bytes
-    for b in plan.buffers:   # each inside its arena, on a cache line
-        assert b.offset % LINE == 0
-        assert b.offset + b.bytes <= (plan.tcm_bytes if b.region == "dtcm" else plan.arena_bytes)
-    for t in plan.tensors:   # every tile still fits its (smaller) buffer
-        if t.access == "matrix":
-            assert 1 <= t.tile_rows and t.tile_rows * t.row_bytes <= plan.tile_bytes
+    for prefill in (None, 1):
+        plan = make_plan(cfg, stages_of(cfg), dtype="int8", board=H7, prefill=prefill)
+        in_tcm = {b.name for b in plan.buffers if b.region == "dtcm"}
+        # one position's int8 input beside the tiles; a chunk's inputs would crowd them out
+        assert in_tcm == set(TCM_BUFFERS) - ({"xq"} if plan.prefill_chunk > 1 else set())
+        assert 0 < plan.tcm_bytes <= dtcm.bytes
+        for b in plan.buffers:   # each inside its arena, on a cache line
+            assert b.offset % LINE == 0
+            assert b.offset + b.bytes <= (plan.tcm_bytes if b.region == "dtcm" else plan.arena_bytes)
+        for t in plan.tensors:   # every tile still fits its (smaller) buffer
+            if t.access == "matrix":
+                assert 1 <= t.tile_rows and t.tile_rows * t.row_bytes <= plan.tile_bytes
 
 
 def test_without_a_tcm_or_with_tcm_off_everything_stays_in_sram():

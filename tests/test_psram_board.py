@@ -66,15 +66,16 @@ def tiny_ref(tiny):
     return Reference(cfg, w)
 
 
-def board_run(build_dir, prompt, n_new, sampling=Sampling(), profile=STM32H7, **board_kw):
-    """Run a build on the board the profile describes (or with board_kw overriding it)."""
+def board_run(build_dir, prompt, n_new, sampling=Sampling(), profile=STM32H7, chunk=0, **board_kw):
+    """Run a build on the board the profile describes (or with board_kw overriding it);
+    `chunk`: prompt positions per chunk (0: the plan's; 1: one at a time, a trace entry each)."""
     kw = dict(ram_bytes=profile.sram_bytes, flash_preset=flash_timing_of(profile.flash[0]),
               psram_preset=psram_timing_of(profile.psram), psram_bytes=profile.psram_bytes,
               dtcm_bytes=profile.dtcm.bytes, dcache=profile.dcache)
     kw.update(board_kw)
     with Board(build_dir / "firmware.elf", build_dir / "flash.img", **kw) as board:
         result = board.run(prompt, n_new, temperature=sampling.temperature, top_k=sampling.top_k,
-                           seed=sampling.seed, dump_logits=True)
+                           seed=sampling.seed, dump_logits=True, chunk=chunk)
         kv = board.psram.read(0, board.psram.size) if board.psram is not None else None
     return result, kv
 
@@ -209,7 +210,7 @@ def test_psram_bytes_per_position_are_the_layouts(psram_tiny, tok):
     n_layer, _, n_embd, _, _, _ = layout(plan)
     prompt = tok.encode(LONG_PROMPT)
     n_new = 4
-    result, _ = board_run(psram_tiny.out_dir, prompt, n_new)
+    result, _ = board_run(psram_tiny.out_dir, prompt, n_new, chunk=1)
     positions = [p.position for p in result.per_position]
     assert positions == list(range(n_forward(prompt, n_new)))
     for p in result.per_position:
@@ -232,7 +233,7 @@ def test_psram_time_is_the_timing_models_over_the_transfers(preset, psram_tiny, 
     plan = psram_tiny.plan.to_dict()
     prompt = tok.encode(LONG_PROMPT)
     n_new = 3
-    result, _ = board_run(psram_tiny.out_dir, prompt, n_new, psram_preset=preset, psram_bytes=8 << 20)
+    result, _ = board_run(psram_tiny.out_dir, prompt, n_new, psram_preset=preset, psram_bytes=8 << 20, chunk=1)
     transfers = kv_transfers(plan, range(n_forward(prompt, n_new)))
     expected = sum(transfer_time_ns(preset, n, write, addr) for addr, n, write in transfers)
     assert result.psram_ns == pytest.approx(expected, rel=1e-12)
