@@ -68,6 +68,10 @@ VERIFY_MODES = ("auto", "stream", "boot")
 # Each position of a chunk needs its own activation buffers (and int8 input): the chunk is the
 # largest up to PREFILL_MAX that fits beside the context, ahead of resident weights.
 PREFILL_MAX = 16
+# How the firmware reads weights: "stream", DMA into the tile buffers (the method); "xip", in
+# place through the memory-mapped flash and the D-cache, as most MCU LLM ports do: the
+# baseline mcugpt is measured against (no tile buffers, no resident weights, no DMA).
+RUNTIMES = ("stream", "xip")
 # The int8 kernel takes rows four at a time (runtime_c/kernels_int8.c dot4_i8); a tile of a
 # multiple of four rows leaves no remainder to the slower two- and one-row loops.
 ROW_GROUP = 4
@@ -214,6 +218,7 @@ class Plan:
     arena_bytes: int
     tcm_bytes: int              # the arena in the data TCM (0: none)
     tcm_why: str                # why the TCM holds what it holds, or nothing
+    runtime: str                # RUNTIMES: "stream" (DMA into tiles) or "xip" (in place: the baseline)
     prefill_chunk: int          # prompt positions per chunk (activation slots in the arena)
     prefill_why: str
     verify: str                 # VERIFY_MODES: "stream" or "boot"
@@ -350,7 +355,8 @@ def choose_resident(tensors: list[TensorPlan], room: int) -> list[TensorPlan]:
 
 def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: int | None = None,
               dtype: str = "fp32", board: str = DEFAULT_BOARD, group: str = "auto", tcm: str = "auto",
-              kv_dtype: str = "auto", verify: str = "auto", prefill: int | None = None) -> Plan:
+              kv_dtype: str = "auto", verify: str = "auto", prefill: int | None = None,
+              runtime: str = "stream") -> Plan:
     """group "auto": weight tiles stay moderate (TILE_TARGET) and the RAM left after the
     context and the buffers keeps weights resident; "none": every weight streams every
     token and the tiles take all the RAM left. tcm "auto": TCM_BUFFERS in the board's data
@@ -360,6 +366,10 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
         raise McugptError(f"unknown --tcm '{tcm}' (known: {', '.join(TCM_MODES)})")
     if kv_dtype not in KV_DTYPES:
         raise McugptError(f"unknown --kv '{kv_dtype}' (known: {', '.join(KV_DTYPES)})")
+    if runtime not in RUNTIMES:
+        raise McugptError(f"unknown --runtime '{runtime}' (known: {', '.join(RUNTIMES)})")
+    if runtime == "xip":   # nothing is staged: the weights are read where they are
+        group, verify = "none", "boot"
     if prefill is not None and not 1 <= prefill <= PREFILL_MAX:
         raise McugptError(f"--prefill {prefill} is outside 1..{PREFILL_MAX} (positions per prompt chunk)")
     if verify not in VERIFY_MODES:
@@ -457,7 +467,7 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
         logits = (tile // head_row) * F32
         kv = sum(_align(b) for n, b in kv_sizes(c, kv_in_sram, kvd).items() if n not in in_tcm)
         return (reserved + sum(_align(size_of(n)) for n in fixed if n not in in_tcm) + _align(c * F32)
-                + (0 if in_tcm else WEIGHT_BUFFERS * _align(tile)) + _align(logits) + kv)
+                + (0 if in_tcm or runtime == "xip" else WEIGHT_BUFFERS * _align(tile)) + _align(logits) + kv)
 
     def largest_ctx(kv_in_sram, cap, kvd):
         if cap < 1 or total(1, min_tile, kv_in_sram, kvd) > ram:
@@ -542,13 +552,14 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
 
     # the arena: fixed offsets, in ARENA_ORDER
     sizes = {name: size_of(name) for name in fixed}
-    sizes.update({"scores": ctx * F32, "weights": tile, "weights_next": tile if WEIGHT_BUFFERS == 2 else 0,
+    staged = tile if runtime == "stream" else 0
+    sizes.update({"scores": ctx * F32, "weights": staged, "weights_next": staged if WEIGHT_BUFFERS == 2 else 0,
                   "logits": head_matrix.tile_rows * F32,
                   **kv_sizes(ctx, kv_in_sram, kvd),
                   "resident": sum(_align(t.bytes) for t in resident)})
     buffers, offset = [], {"sram": 0, "dtcm": 0}
     for name in ARENA_ORDER:
-        region = "dtcm" if name in in_tcm else "sram"
+        region = "dtcm" if name in in_tcm and sizes[name] else "sram"   # (an empty buffer needs no TCM)
         buffers.append(Buffer(name, offset[region], sizes[name], region))
         offset[region] += _align(sizes[name])
     arena, tcm_bytes = offset["sram"], offset["dtcm"]
@@ -582,7 +593,7 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
             "psram" if not kv_in_sram and ctx == min(cfg.n_ctx, psram_ctx_cap) else "sram"),
         reserved={"stack": STACK_RESERVE, "firmware": FIRMWARE_RESERVE},
         tile_bytes=tile, weight_buffers=WEIGHT_BUFFERS, buffers=buffers, arena_bytes=arena,
-        tcm_bytes=tcm_bytes, tcm_why=tcm_why, prefill_chunk=chunk, prefill_why=prefill_why, verify=verify, verify_why=verify_why, kv=kv,
+        tcm_bytes=tcm_bytes, tcm_why=tcm_why, runtime=runtime, prefill_chunk=chunk, prefill_why=prefill_why, verify=verify, verify_why=verify_why, kv=kv,
         tensors=tensors, stages=stage_plans,
         resident=_resident_summary(stage_plans, resident, group),
         totals=Totals(stages=len(stages), block_stages=sum(1 for k in kinds if k.in_block),

@@ -293,7 +293,7 @@ class Board:
                  cpu_hz: float | None = None, crc_ns_per_byte: float = 0.0,
                  count_instructions: bool | None = None,
                  record_dma: bool = False, dtcm_bytes: int = 0, dcache: DCache | None = None,
-                 dma_steal_cycles_per_word: float = 0.0):
+                 dma_steal_cycles_per_word: float = 0.0, xip: bool = False):
         default = get_board(DEFAULT_BOARD)
         self.cpu_hz = float(cpu_hz or default.cpu_hz)
         self.crc_ns_per_byte = crc_ns_per_byte
@@ -307,6 +307,7 @@ class Board:
         self.dcache_spec = dcache
         self.dcache = None
         self.dma_steal_cycles_per_word = dma_steal_cycles_per_word
+        self.xip = xip   # map the flash read-only at XIP_BASE, for the XIP runtime
         if psram_preset is None and psram_bytes:
             raise McugptError(f"{psram_bytes:,} bytes of PSRAM without a PSRAM preset (psram_preset)")
         if psram_bytes < 0:
@@ -444,6 +445,10 @@ class Board:
         uc.mem_map(mm.MAILBOX_BASE, mm.MAILBOX_SIZE, UC_PROT_ALL)
         if self.dtcm_bytes:
             uc.mem_map(mm.DTCM_BASE, self.dtcm_bytes, UC_PROT_ALL)
+        if self.xip:   # the image, memory-mapped as the XSPI presents it (reads only)
+            size = len(self._mmap)
+            uc.mem_map(mm.XIP_BASE, -(-size // PAGE) * PAGE, UC_PROT_READ)
+            uc.mem_write(mm.XIP_BASE, self._mmap[:size])
 
         if self._paint is None:
             self._paint = np.full(self.ram_bytes // 4, PAINT, "<u4").tobytes()

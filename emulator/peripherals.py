@@ -770,6 +770,13 @@ class Trace(Peripheral):
             self._close_position()
             self.per_position.append(PositionStats(value))
             self._position_opened = self._now()
+        elif name == "XIP_LEN":   # the CPU reads these in place: it stalls for every line fill
+            try:
+                ns = self.flash.xip_lines(self.regs["XIP_ADDR"], value, mm.XIP_LINE)
+            except (FlashError, ValueError) as e:
+                self.faults.record(uc, "bus_error", f"XIP read of {value:,} bytes at flash 0x{self.regs['XIP_ADDR']:x}: {e}")
+                return
+            self.clock.stall_until(self.clock.sync() + ns)
         elif name == "LOGITS_COUNT":
             self._logits_tile(uc, self.regs["LOGITS_ADDR"], self.regs["LOGITS_FIRST"], value)
 

@@ -181,6 +181,23 @@ class SpiNorFlash(DeviceClock):
             start += n
         return data
 
+    def xip_lines(self, addr: int, length: int, line: int = 32, mode: str | None = None) -> float:
+        """The XIP runtime read [addr, addr + length) in place: each `line`-byte line it
+        covers is a D-cache miss, one read command of `line` bytes (command, address, dummy
+        and data phases). Charged together; returns their time in ns."""
+        name, _ = read_mode_frame(self.timing, mode)
+        if length <= 0:
+            return 0.0
+        self._check_range("XIP read", addr, length)
+        lines = (addr + length - 1) // line - addr // line + 1
+        one = read_time_ns(self.timing, line, name, device_size=self.chip_size)
+        self._spend(lines * one)
+        c = self._counters.setdefault("xip_line", {"count": 0, "bytes": 0, "ns": 0.0, "busy_ns": 0.0})
+        c["count"] += lines
+        c["bytes"] += lines * line
+        c["ns"] += lines * one
+        return lines * one
+
     def page_program(self, addr: int, data) -> None:
         """02h: program up to one page; bits only go 1 -> 0.
 

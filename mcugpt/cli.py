@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="when weight CRCs are checked: stream (every blob each time it streams), boot "
                         "(every blob once at boot, then streamed unchecked), or auto (default: boot where "
                         "the board's CRC unit is a second DMA pass that would bound the token, else stream)")
+    c.add_argument("--runtime", default="stream", choices=["stream", "xip"],
+                   help="stream (default): weights streamed by DMA into tile buffers, the method; xip: "
+                        "read in place through the memory-mapped flash and the D-cache, as most MCU LLM "
+                        "ports do (a baseline to compare against)")
     c.add_argument("--prefill", type=int, metavar="N",
                    help="prompt positions per chunk the plan holds activations for (default: the largest "
                         "up to 16 that fits beside the context; 1: one position at a time)")
@@ -188,7 +192,8 @@ def cmd_compile(a) -> None:
     t0 = time.time()
     res = compile_model(a.model, Path(a.out), weights_dir=a.weights, weights_seed=a.weights_seed, ram=a.ram,
                         ctx=a.ctx, quiet=a.quiet or a.json, cc=a.cc, dtype=a.dtype, board=a.board,
-                        group=a.group, tcm=a.tcm, kv_dtype=a.kv, verify=a.verify, prefill=a.prefill)
+                        group=a.group, tcm=a.tcm, kv_dtype=a.kv, verify=a.verify, prefill=a.prefill,
+                        runtime=a.runtime)
     if a.json:
         print(res.plan.to_json())
         return

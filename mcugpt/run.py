@@ -78,7 +78,7 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
     # host's clearer message for a truncated, foreign or damaged image.
     read_image(build.path / "flash.img", verify_weights=False)
     with Board.for_profile(build.path / "firmware.elf", build.path / "flash.img", profile,
-                           ram_bytes=ram, flash_preset=flash) as board:
+                           ram_bytes=ram, flash_preset=flash, xip=build.plan.runtime == "xip") as board:
         result = board.run(prompt_tokens, n_new, temperature=sampling.temperature, top_k=sampling.top_k,
                            seed=sampling.seed, dump_logits=dump_logits or check, on_text=on_text,
                            timeout_s=timeout_s, chunk=chunk or 0)

@@ -61,6 +61,11 @@ void uart_write(const uint8_t* bytes, uint32_t n);
 void trace_stage(uint32_t stage_index);   // a stage starts; TRACE_IDLE between tokens
 void trace_position(uint32_t pos);        // a forward pass for position pos starts
 void trace_token(uint32_t token);         // a token was chosen
+// XIP runtime: the whole flash, readable in place (the board's memory-mapped XSPI window).
+const uint8_t* flash_mapped(void);
+// XIP runtime: the CPU is about to read len bytes at flash address flash_addr in place
+// (XIP_BASE + flash_addr), so the board charges the D-cache's line fills of the mapped flash.
+void trace_xip(uint32_t flash_addr, uint32_t len);
 // Debug channel: count logits of vocabulary ids first .. first+count-1 are at p.
 void trace_logits(const float* p, uint32_t first, uint32_t count);
 

@@ -182,6 +182,12 @@ void uart_write(const uint8_t* bytes, uint32_t n) {
 void trace_stage(uint32_t stage_index) { TRACE_STAGE = stage_index; }
 void trace_position(uint32_t pos) { TRACE_POSITION = pos; }
 void trace_token(uint32_t token) { TRACE_TOKEN = token; }
+const uint8_t* flash_mapped(void) { return (const uint8_t*)XIP_BASE; }
+
+void trace_xip(uint32_t flash_addr, uint32_t len) {
+    TRACE_XIP_ADDR = flash_addr;
+    TRACE_XIP_LEN = len;              // last: this write charges the reads
+}
 
 void trace_logits(const float* p, uint32_t first, uint32_t count) {
     barrier();                        // the tile must be in RAM before the board reads it

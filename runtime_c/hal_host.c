@@ -227,6 +227,22 @@ void trace_position(uint32_t pos) {
     if (trace_enabled) fprintf(stderr, "pos %u\n", (unsigned)pos);
 }
 
+// The image read whole into memory the first time it is asked for (the XIP runtime)
+const uint8_t* flash_mapped(void) {
+    static uint8_t* mapped;
+    if (!mapped) {
+        mapped = malloc(image_size ? (size_t)image_size : 1);
+        if (!mapped) usage("no memory for the flash image");
+        file_read(0, mapped, (uint32_t)image_size);
+    }
+    return mapped;
+}
+
+void trace_xip(uint32_t flash_addr, uint32_t len) {
+    (void)flash_addr;
+    (void)len;
+}
+
 void trace_token(uint32_t token) {
     fflush(stdout);   // keep the text and the token lines in order when both go to a tty
     fprintf(stderr, "token %u\n", (unsigned)token);

@@ -225,7 +225,11 @@ static void load_vector(uint32_t stage, const StageEntry* s, uint32_t role, floa
         for (uint32_t k = 0; k < t.cols; k++) dst[k] = kept[k];
         return;
     }
-#if VERIFY_AT_BOOT
+#if RUNTIME_XIP
+    trace_xip(t.offset, t.size);         // read in place; checked at boot
+    const float* src = (const float*)(const void*)(flash_mapped() + t.offset);
+    for (uint32_t k = 0; k < t.size / F32; k++) dst[k] = src[k];
+#elif VERIFY_AT_BOOT
     flash_read(t.offset, dst, t.size);   // checked at boot
 #else
     crc_begin();
@@ -293,6 +297,10 @@ static void matrix_open(MatrixStream* m, uint32_t stage, const StageEntry* s, ui
     m->spare = BUF(WEIGHTS);
 #endif
     m->kept = resident(m->index);
+#if RUNTIME_XIP
+    m->kept = flash_mapped() + m->t.offset;   // every tile read in place (checked at boot)
+    return;
+#endif
     if (m->kept) return;   // checked at boot; its tiles are read in place
 #if !VERIFY_AT_BOOT
     crc_begin();   // after the TensorEntry read: nothing else may feed this CRC
@@ -306,8 +314,11 @@ static int matrix_next_tile(MatrixStream* m) {
     m->row += m->n;
     if (m->row >= m->t.rows) return 0;
     m->n = tile_rows_from(m, m->row);
-    if (m->kept) {   // the same tile layout as in flash, already in SRAM
+    if (m->kept) {   // the same tile layout as in flash, already in SRAM (or mapped)
         m->buf = (float*)(uintptr_t)(m->kept + m->row * m->row_bytes);
+#if RUNTIME_XIP
+        trace_xip(m->t.offset + m->row * m->row_bytes, m->n * m->row_bytes);
+#endif
         return 1;
     }
 #if DOUBLE_BUFFERED
@@ -324,7 +335,7 @@ static int matrix_next_tile(MatrixStream* m) {
 }
 
 static void matrix_close(MatrixStream* m) {
-    if (!m->kept && !VERIFY_AT_BOOT) check_crc(m->index, &m->t);
+    if (!m->kept && !VERIFY_AT_BOOT && !RUNTIME_XIP) check_crc(m->index, &m->t);
 }
 
 // The input vector of a matrix-vector product. int8 builds quantize it once per matrix
@@ -408,6 +419,18 @@ static void residual_product(MatrixStream* m, const float* b, const Input* in, c
 
 // embed: x = wte[token] + wpe[pos]. Only two rows are read, so there is no CRC to check
 // (a CRC covers a whole blob); the head reads all of wte every token and checks it.
+// A few bytes of the image a stage needs now: by DMA, or in place (the XIP runtime, where the
+// board charges the line fills).
+static void read_now_bytes(uint32_t flash_addr, void* dst, uint32_t len) {
+#if RUNTIME_XIP
+    trace_xip(flash_addr, len);
+    const uint8_t* src = flash_mapped() + flash_addr;
+    for (uint32_t k = 0; k < len; k++) ((uint8_t*)dst)[k] = src[k];
+#else
+    flash_read(flash_addr, dst, len);
+#endif
+}
+
 static void embed_one(uint32_t i, const StageEntry* s, uint32_t token, uint32_t pos, uint32_t slot) {
     float* x = X_(slot);
     TensorEntry wte, wpe;
@@ -428,8 +451,8 @@ static void embed_one(uint32_t i, const StageEntry* s, uint32_t token, uint32_t 
         scale = *(const float*)(const void*)(t + j * F32);
         for (uint32_t d = 0; d < N_EMBD; d++) q[d] = (int8_t)t[n * F32 + j * N_EMBD + d];
     } else {
-        flash_read(tile_offset + j * F32, &scale, F32);
-        flash_read(tile_offset + n * F32 + j * N_EMBD, q, N_EMBD);
+        read_now_bytes(tile_offset + j * F32, &scale, F32);
+        read_now_bytes(tile_offset + n * F32 + j * N_EMBD, q, N_EMBD);
     }
     for (uint32_t d = 0; d < N_EMBD; d++) x[d] = (float)q[d] * scale;
 #else
@@ -437,10 +460,10 @@ static void embed_one(uint32_t i, const StageEntry* s, uint32_t token, uint32_t 
     if (kept) {
         for (uint32_t d = 0; d < N_EMBD; d++) x[d] = kept[(size_t)token * N_EMBD + d];
     } else {
-        flash_read(wte.offset + token * N_EMBD * F32, x, N_EMBD * F32);
+        read_now_bytes(wte.offset + token * N_EMBD * F32, x, N_EMBD * F32);
     }
 #endif
-    flash_read(wpe.offset + pos * N_EMBD * F32, H_(slot), N_EMBD * F32);
+    read_now_bytes(wpe.offset + pos * N_EMBD * F32, H_(slot), N_EMBD * F32);
     add_inplace(x, H_(slot), N_EMBD);
 }
 
@@ -711,13 +734,21 @@ static void expect_field(uint32_t found, uint32_t expected, uint32_t field_offse
     if (found != expected) board_exit(EXIT_PLAN_MISMATCH, found, expected, field_offset);
 }
 
-// CRC32 of a section of the image, streamed through the CRC unit a weights buffer at a time.
+// CRC32 of a section of the image, streamed through the CRC unit a weights buffer at a time
+// (the XIP runtime has none: the MLP's hidden buffer, free at boot, serves).
+#if RUNTIME_XIP
+#define SECTION_BUF BUF(HIDDEN)
+#define SECTION_BUF_BYTES BUF_HIDDEN_BYTES
+#else
+#define SECTION_BUF BUF(WEIGHTS)
+#define SECTION_BUF_BYTES BUF_WEIGHTS_BYTES
+#endif
 static uint32_t section_crc(uint32_t offset, uint32_t size) {
     crc_begin();
     for (uint32_t done = 0; done < size;) {
         uint32_t left = size - done;
-        uint32_t n = left < BUF_WEIGHTS_BYTES ? left : BUF_WEIGHTS_BYTES;
-        flash_read_crc(offset + done, BUF(WEIGHTS), n);
+        uint32_t n = left < SECTION_BUF_BYTES ? left : SECTION_BUF_BYTES;
+        flash_read_crc(offset + done, SECTION_BUF, n);
         done += n;
     }
     return crc_value();

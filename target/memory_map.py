@@ -13,6 +13,8 @@ CODE_SIZE = 2 << 20
 DTCM_BASE = 0x20000000     # the data TCM, on boards that have one (target/boards.py): zero-wait, uncached
 SRAM_BASE = 0x24000000     # the model's RAM (the STM32H7's AXI SRAM): firmware statics, the arena, the stack
 SRAM_SIZE_DEFAULT = 64 << 20
+XIP_BASE = 0x70000000      # the flash, memory-mapped for the XIP runtime (the STM32H7S7's XSPI2 window)
+XIP_LINE = 32              # a D-cache line: what each miss on the mapped flash reads
 MAILBOX_BASE = 0x30000000  # host -> firmware: prompt and settings (not counted as model RAM)
 MAILBOX_SIZE = 64 << 10
 PERIPH_BASE = 0x40000000   # execute-never in the M-profile default map: fine for registers
@@ -82,6 +84,8 @@ TRACE = Peripheral("TRACE", PERIPH_BASE + 0x3000, 0x1000, (
     Register("LOGITS_FIRST", 0x0C, "debug channel: vocabulary id of the tile's first logit"),
     Register("LOGITS_COUNT", 0x10, "debug channel: write the count last; the board reads the tile"),
     Register("POSITION", 0x14, "write the position of the token being computed"),
+    Register("XIP_ADDR", 0x18, "XIP runtime: flash address of bytes the CPU is about to read in place"),
+    Register("XIP_LEN", 0x1C, "XIP runtime: write their length last; the board charges the D-cache line fills"),
 ), "stage/token trace and the logits debug channel")
 
 SYSCTL = Peripheral("SYSCTL", PERIPH_BASE + 0x4000, 0x1000, (
