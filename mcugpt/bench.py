@@ -104,6 +104,42 @@ def time_to_first_token(out: Path, model: str, rows: list[dict], progress) -> li
     return out_rows
 
 
+def xip_baseline(out: Path, model: str, rows: list[dict], ttft: list[dict], progress) -> list[dict]:
+    """The XIP baseline on each real board the model runs on: the same model and dtype built
+    with `--runtime xip`, run on LONG_PROMPT one position at a time (as the ports do), its
+    decode time and time to first token against mcugpt's from this bench run."""
+    out_rows = []
+    for r in progress([r for r in rows if r["tcm"] != "off" and BOARDS[r["board"]].buyable], desc="XIP baseline"):
+        built = compile_model(model, out / "builds" / f"{model}-{r['board']}-{r['dtype']}-xip", board=r["board"],
+                              dtype=r["dtype"], runtime="xip", quiet=True)
+        rep = run(Build.open(built.out_dir), LONG_PROMPT, 2, Sampling(), flash=r["flash"], chunk=1, check=True)
+        t = next(x for x in ttft if (x["board"], x["dtype"], x["flash"]) == (r["board"], r["dtype"], r["flash"]))
+        d = rep["device"]
+        out_rows.append({
+            "board": r["board"], "dtype": r["dtype"], "flash": r["flash"], "exact": rep["check"]["logits_identical"],
+            "xip_decode_ms": 1e3 * d["s_per_token"], "mcugpt_decode_ms": r["device_ms_per_token"],
+            "decode_speedup": 1e3 * d["s_per_token"] / r["device_ms_per_token"],
+            "xip_ttft_s": d["prefill_s"], "mcugpt_ttft_s": t["ttft_s"], "ttft_speedup": d["prefill_s"] / t["ttft_s"],
+            "xip_peak_sram": rep["peak_ram"]["measured"], "mcugpt_peak_sram": r["peak_sram_measured"]})
+    return out_rows
+
+
+def xip_markdown(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    t = [[r["board"], r["dtype"], r["flash"], "yes" if r["exact"] else "NO", f"{r['xip_decode_ms']:.0f}",
+          f"{r['mcugpt_decode_ms']:.0f}", f"{r['decode_speedup']:.2f}x", f"{r['xip_ttft_s']:.2f}",
+          f"{r['mcugpt_ttft_s']:.2f}", f"{r['ttft_speedup']:.2f}x"] for r in rows]
+    return ("\n## Against the XIP baseline\n\n```\n"
+            + table(["board", "dtype", "flash", "exact", "XIP ms/token", "mcugpt ms/token", "decode speed-up",
+                     "XIP TTFT s", "mcugpt TTFT s", "TTFT speed-up"], t, "llllrrrrrr")
+            + "\n```\n\nXIP = the same model built with `--runtime xip`: weights read in place through the "
+              "memory-mapped flash, each 32-byte D-cache line one read command of the part (command, address, "
+              "dummy and data phases), the CPU waiting; the prompt one position at a time, as the MCU LLM ports "
+              "run it. mcugpt = this bench's streamed build (decode from the table above, TTFT from the one "
+              "before). Simulated device time, same part and clocks.\n")
+
+
 def ttft_markdown(rows: list[dict]) -> str:
     if not rows:
         return ""
@@ -359,6 +395,7 @@ def bench(out: Path, model: str = "gpt2", tokens: int = 3, progress=None, comman
     t0 = time.perf_counter()
     rows, refused = sweep(out, model, tokens, progress)
     ttft = time_to_first_token(out, model, rows, progress)
+    xip = xip_baseline(out, model, rows, ttft, progress)
     paper = paper_comparison(out, model, rows)
     front = frontier(out, model, progress)
     quant = quantization_error(model, QUANT_TOKENS, progress)
@@ -366,13 +403,14 @@ def bench(out: Path, model: str = "gpt2", tokens: int = 3, progress=None, comman
     info = {"model": model, "tokens": tokens, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
             "command": command or f"mcugpt bench --model {model} --tokens {tokens} --out {out}",
             "wall_s": time.perf_counter() - t0}
-    result = {"info": info, "configs": rows, "refused": refused, "time_to_first_token": ttft, "paper": paper,
+    result = {"info": info, "configs": rows, "refused": refused, "time_to_first_token": ttft, "xip_baseline": xip,
+              "paper": paper,
               "frontier": front,
               "int8_vs_fp32": quant,
               "counter_overhead": overhead}
     (out / "bench.json").write_text(json.dumps(result, indent=1))
     (out / "bench.md").write_text(markdown(rows, paper, front, info) + refused_markdown(refused)
-                                  + ttft_markdown(ttft) + quant_markdown(quant)
+                                  + ttft_markdown(ttft) + xip_markdown(xip) + quant_markdown(quant)
                                   + overhead_markdown(overhead))
     plots(out, rows, front, model)
     return result
