@@ -318,7 +318,8 @@ def markdown(rows, paper, front, info) -> str:
               "whole) = the largest block stage's weights + KV cache + activations, the paper's accounting; "
               "staged (streamed) = the smallest budget mcugpt's planner accepts at this context (tiles of rows). "
               f"Both staged figures include the {paper['ctx']}-token KV cache "
-              f"({size(paper['dtypes']['fp32']['kv_bytes'])}, float32 in both builds), which the paper's 8 MB leaves out. "
+              f"({size(paper['dtypes']['fp32']['kv_bytes'])} in float32; an int8 build's smallest budget takes "
+              "the int8 cache, as --kv auto does), which the paper's 8 MB leaves out. "
               "staged+grouped = the 64 MiB sim64 board at this context with `--group auto`: the SRAM the "
               "KV cache leaves holds weights resident.", "",
               f"## RAM vs tokens/s (sim64, context {FRONTIER_CTX}, --group auto)", "", "```"]
@@ -330,7 +331,7 @@ def markdown(rows, paper, front, info) -> str:
 
 
 def quant_markdown(q: dict) -> str:
-    return (f"## int8 against fp32\n\nOver {q['positions']} positions of the fp32 model's own greedy "
+    return (f"\n## int8 against fp32\n\nOver {q['positions']} positions of the fp32 model's own greedy "
             f"continuation (teacher-forced), the int8 logits differ by an RMS of "
             f"{100 * q['logit_rms_error_relative']:.2f}% of the fp32 logits' standard deviation on average "
             f"(worst position {100 * q['logit_rms_error_relative_max']:.2f}%), and the top-1 token agrees at "

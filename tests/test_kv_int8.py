@@ -67,6 +67,11 @@ def board_tokens(built, prompt, n_new=3, elf=None):
         return board.run(prompt, n_new, dump_logits=True)
 
 
+def assert_bit_identical(result, ref):
+    assert result.tokens == ref.tokens
+    assert all(np.array_equal(a, b) for a, b in zip(result.logits, ref.logits))
+
+
 def reference(built, weights, prompt, kv_dtype, n_new=3):
     return generate(Reference(built.cfg, weights, dtype=built.plan.dtype, kv_dtype=kv_dtype), prompt, n_new,
                     Sampling(), keep_logits=True, n_ctx=built.plan.ctx)
@@ -82,9 +87,7 @@ def test_the_board_with_an_int8_cache_in_sram_is_the_references_bit_for_bit(tiny
     _cfg, w = tiny
     prompt = tok.encode(PROMPT)
     result = board_tokens(tiny_int8_kv, prompt)
-    ref = reference(tiny_int8_kv, w, prompt, "int8")
-    assert result.tokens == ref.tokens
-    assert all(np.array_equal(a, b) for a, b in zip(result.logits, ref.logits))
+    assert_bit_identical(result, reference(tiny_int8_kv, w, prompt, "int8"))
     # and it is the int8 cache that ran: the float32 cache's logits are not these
     f32 = reference(tiny_int8_kv, w, prompt, "fp32")
     assert not all(np.array_equal(a, b) for a, b in zip(result.logits, f32.logits))
@@ -96,9 +99,7 @@ def test_distilgpt2_with_an_int8_cache_in_psram_is_the_references_bit_for_bit(tm
     _cfg, w = distil
     prompt = tok.encode(PROMPT)
     result = board_tokens(built, prompt)
-    ref = reference(built, w, prompt, "int8")
-    assert result.tokens == ref.tokens
-    assert all(np.array_equal(a, b) for a, b in zip(result.logits, ref.logits))
+    assert_bit_identical(result, reference(built, w, prompt, "int8"))
     # each position writes one row per layer, head, key and value; attention reads rows 0..pos back
     rows = lambda p: 2 * built.cfg.n_layer * built.cfg.n_head * (1 + (p + 1))
     n = len(prompt) + 3 - 1
