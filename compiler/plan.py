@@ -52,7 +52,7 @@ GROUPING = ("auto", "none")
 # measurable (the per-command overhead of a 256 KiB read is ~0.01%), and the RAM is worth
 # more holding weights resident.
 TILE_TARGET = 256 << 10
-PLAN_FORMAT = 4
+PLAN_FORMAT = 5
 TCM_MODES = ("auto", "off")
 # The KV cache's keys and values: float32, or int8 per position and head with a float32 scale
 # (compiler/quantize.py quantize_vector; the reference dequantizes exactly as the firmware does).

@@ -547,7 +547,8 @@ class Board:
 
     def run(self, prompt_tokens, n_new: int, temperature: float = 0.0, top_k: int = 40, seed: int = 0,
             dump_logits: bool = False, on_text: Callable[[str], None] | None = None,
-            max_instructions: int | None = None, timeout_s: float | None = None, chunk: int = 0) -> RunResult:
+            max_instructions: int | None = None, timeout_s: float | None = None, chunk: int = 0,
+            on_position: Callable[[int], None] | None = None) -> RunResult:
         """Reset the board with this request in the mailbox and run until SYSCTL.EXIT.
 
         Raises BoardFault if the firmware crashes, hits `max_instructions` or `timeout_s`,
@@ -558,6 +559,7 @@ class Board:
             self.psram.reset_stats()
         self.flash.reset_stats()
         entry = self._power_on(mailbox, on_text)
+        self.trace.on_position = on_position   # each forward pass's first position, as it starts
         uc_error = None
         t0 = time.perf_counter()
         try:

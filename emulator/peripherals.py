@@ -686,6 +686,7 @@ class Trace(Peripheral):
         self.boot_wall: float | None = None  # perf_counter when the first position started
         self.positions: list[int] = []
         self.boot_ns: float | None = None   # the board's clock when the first position started
+        self.on_position: Callable[[int], None] | None = None   # told each POSITION (progress)
         self.per_position: list[PositionStats] = []
         self._position_opened = self._opened
         self.logits: list[np.ndarray | None] = []
@@ -767,6 +768,8 @@ class Trace(Peripheral):
                 self.boot_ns = self.clock.sync()
                 self.boot_wall = time.perf_counter()
             self.positions.append(value)
+            if self.on_position is not None:
+                self.on_position(value)
             self._close_position()
             self.per_position.append(PositionStats(value))
             self._position_opened = self._now()

@@ -236,17 +236,32 @@ def cmd_run(a) -> None:
     sampling = Sampling(0.0 if a.greedy else a.temperature, a.top_k, a.seed)
 
     started = False
+    # the prompt's positions as the board computes them (a bar on a terminal only): a long
+    # prompt takes the board a while before the first token
+    from compiler.pipeline import progress_bar
+    from compiler.tokenizer import encode
+    n_prompt = len(encode(build.tokenizer(), a.prompt))
+    bar = progress_bar(a.json)(total=n_prompt, desc="prompt", unit="position")
+
+    def on_position(pos):
+        if pos < n_prompt:
+            bar.n = pos
+            bar.refresh()
 
     def stream(text):  # the prompt, then the text as the board prints it
         nonlocal started
         if not started:
+            bar.close()
             sys.stdout.write(a.prompt)
             started = True
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    report = run(build, a.prompt, a.tokens, sampling, ram=a.ram,
-                 on_text=None if a.json else stream, check=a.check, timeout_s=a.timeout, chunk=a.prefill_chunk)
+    try:
+        report = run(build, a.prompt, a.tokens, sampling, ram=a.ram, on_text=None if a.json else stream,
+                     check=a.check, timeout_s=a.timeout, chunk=a.prefill_chunk, on_position=on_position)
+    finally:
+        bar.close()
     if a.json:
         print(to_json(report))
     else:

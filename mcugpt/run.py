@@ -61,7 +61,7 @@ class Build:
 
 def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | None = None,
         flash: str | None = None, on_text=None, dump_logits: bool = False, check: bool = False,
-        timeout_s: float | None = None, chunk: int | None = None) -> dict:
+        timeout_s: float | None = None, chunk: int | None = None, on_position=None) -> dict:
     """Generate on the board the build was planned for: its SRAM (or `ram`, to map less), its
     flash part (or `flash`), its PSRAM. `chunk`: prompt positions per chunk, 1 .. the plan's
     prefill chunk (default: the plan's)."""
@@ -81,7 +81,7 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
                            ram_bytes=ram, flash_preset=flash, xip=build.plan.runtime == "xip") as board:
         result = board.run(prompt_tokens, n_new, temperature=sampling.temperature, top_k=sampling.top_k,
                            seed=sampling.seed, dump_logits=dump_logits or check, on_text=on_text,
-                           timeout_s=timeout_s, chunk=chunk or 0)
+                           timeout_s=timeout_s, chunk=chunk or 0, on_position=on_position)
     report = summarize(build, result, prompt, prompt_tokens, flash, chunk)
     if check:
         report["check"] = compare_with_reference(build, prompt_tokens, n_new, sampling, result)
