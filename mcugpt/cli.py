@@ -91,9 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "block and the int8 input there (zero-wait, no D-cache line fills); off: "
                         "everything in the SRAM arena, behind the D-cache (to compare)")
     c.add_argument("--kv", default="auto", choices=["auto", "fp32", "int8"],
-                   help="KV cache keys and values: auto (default: fp32 when it reaches the context, "
-                        "else int8 if that reaches a longer one), fp32, or int8 per position and head "
-                        "with float32 scales (the reference does the same arithmetic: bit-identical)")
+                   help="KV cache keys and values: auto (default: fp32, or for int8 weights int8 when "
+                        "fp32 would not reach the context and int8 reaches a longer one), fp32, or int8 per "
+                        "position and head with float32 scales (the reference does the same arithmetic: "
+                        "bit-identical)")
     c.add_argument("--verify", default="auto", choices=["auto", "stream", "boot"],
                    help="when weight CRCs are checked: stream (every blob each time it streams), boot "
                         "(every blob once at boot, then streamed unchecked), or auto (default: boot where "
