@@ -230,6 +230,7 @@ class Plan:
     totals: Totals
     largest_stage: dict         # name, ram_bytes
     peak_ram_bytes: int
+    buses: dict                 # per bus: bytes per token, bytes/s, s per token; the bound they set
 
     # -- lookups ---------------------------------------------------------------
 
@@ -601,9 +602,33 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
                       flash_bytes_per_token=sum(r.flash_bytes_per_token for r in stage_plans),
                       macs_per_token_at_ctx=sum(r.macs for r in stage_plans)),
         largest_stage={"name": largest.name, "ram_bytes": largest.ram_bytes},
-        peak_ram_bytes=arena + STACK_RESERVE + FIRMWARE_RESERVE)
+        peak_ram_bytes=arena + STACK_RESERVE + FIRMWARE_RESERVE,
+        buses=_buses(prof, stage_plans, tile, runtime, kv, kv_in_sram))
     plan.plan_id = zlib.crc32(json.dumps(plan.to_dict(), sort_keys=True).encode())
     return plan
+
+
+def _buses(prof: BoardProfile, stage_plans, tile: int, runtime: str, kv: KvPlan, kv_in_sram: bool) -> dict:
+    """What a decoded token at the planned context moves on each external bus, at the rate of
+    the transfers the firmware makes (a weight tile, or a 32-byte line for XIP; a block of KV
+    rows), and the bound that sets: the buses run concurrently, so the busier one."""
+    from target.boards import flash_timing_of, psram_timing_of
+    from target.flash_timing import read_time_ns
+    from target.psram_timing import transfer_time_ns
+    part = flash_timing_of(prof.flash[0])
+    unit = 32 if runtime == "xip" else max(tile, 32)
+    flash_bps = unit / read_time_ns(part, unit, device_size=part.capacity) * 1e9
+    flash_bytes = sum(s.flash_bytes_per_token for s in stage_plans)
+    out = {"flash": {"bytes_per_token": flash_bytes, "bytes_per_s": flash_bps, "s_per_token": flash_bytes / flash_bps}}
+    if prof.psram is not None and not kv_in_sram:
+        block = max(kv.block_positions, 1) * kv.row_bytes
+        psram_bps = block / transfer_time_ns(psram_timing_of(prof.psram), block, False) * 1e9
+        psram_bytes = sum(s.kv_read_bytes + s.kv_write_bytes for s in stage_plans)
+        out["psram"] = {"bytes_per_token": psram_bytes, "bytes_per_s": psram_bps, "s_per_token": psram_bytes / psram_bps}
+    bound = max(b["s_per_token"] for b in out.values())
+    out["bound_s_per_token"] = bound
+    out["bound_tokens_per_s"] = 1 / bound if bound else 0.0
+    return out
 
 
 def _stage_plan(s: Stage, kind, cfg, dtype, ctx, kv_in_sram, kv_token, sizes, by_name) -> StagePlan:

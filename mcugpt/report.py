@@ -68,6 +68,10 @@ def plan_summary(plan) -> str:
         f"  largest    stage {plan.largest_stage['name']}: {size(plan.largest_stage['ram_bytes'])} "
         f"working set (without the KV cache)",
         f"peak RAM     {size(plan.peak_ram_bytes)} ({plan.peak_ram_bytes:,} B)",
+        "buses        " + "; ".join(f"{name}: {size(b['bytes_per_token'])} per token at {b['bytes_per_s'] / 1e6:.0f} MB/s = "
+                                   f"{seconds(b['s_per_token'])}" for name, b in plan.buses.items() if isinstance(b, dict))
+        + f" (at the planned context): no token faster than {seconds(plan.buses['bound_s_per_token'])}, "
+          f"{plan.buses['bound_tokens_per_s']:.2f} tokens/s",
     ]
     return "\n".join(lines)
 

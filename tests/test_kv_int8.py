@@ -120,3 +120,16 @@ def test_a_wrong_kv_scale_fails_the_comparison(tiny_int8_kv, tiny, tok, tmp_path
     result = board_tokens(tiny_int8_kv, prompt, elf=elf)
     ref = reference(tiny_int8_kv, tiny[1], prompt, "int8")
     assert not all(np.array_equal(a, b) for a, b in zip(result.logits, ref.logits))
+
+
+def test_the_plan_names_the_bound_each_bus_sets():
+    """GPT-2 int8 on the STM32H7S78-DK at context 1024: the flash carries every weight (the tied
+    wte twice: embedding row and head), the PSRAM the int8 cache: at the last position each
+    layer writes one row per head for keys and values and reads all 1024 back."""
+    cfg = load_preset("gpt2")
+    plan = make_plan(cfg, stages_of(cfg), dtype="int8", board=H7)
+    b = plan.buses
+    assert b["flash"]["bytes_per_token"] == plan.totals.flash_bytes_per_token
+    assert 390e6 < b["flash"]["bytes_per_s"] < 400e6        # 8 lanes DTR at 200 MHz, less the command
+    assert b["psram"]["bytes_per_token"] == cfg.n_layer * 2 * cfg.n_head * 68 * (1024 + 1)
+    assert b["bound_s_per_token"] == b["flash"]["s_per_token"] > b["psram"]["s_per_token"]
