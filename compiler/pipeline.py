@@ -97,7 +97,7 @@ def compile_model(model: str | None, out_dir: Path, weights_dir: str | None = No
                   ram: int | None = None, ctx: int | None = None, quiet: bool = False,
                   cc: str | None = "zig", dtype: str = "fp32", board: str = DEFAULT_BOARD,
                   group: str = "auto", tcm: str = "auto", kv_dtype: str = "auto", verify: str = "auto",
-                  prefill: int | None = None, runtime: str = "stream") -> Compiled:
+                  prefill: int | None = None, runtime: str = "stream", tiers: str = "auto") -> Compiled:
     """Everything `mcugpt compile` writes; `cc=None` skips the firmware build."""
     progress = progress_bar(quiet)
     cfg, weights, tok = load_model(model, weights_dir, weights_seed, progress)
@@ -107,7 +107,7 @@ def compile_model(model: str | None, out_dir: Path, weights_dir: str | None = No
     shape_stages = stages_of(cfg)
     check_flash(cfg, make_plan(cfg, shape_stages, ram=ram, ctx=ctx, dtype=dtype, board=board, group=group,
                           tcm=tcm, kv_dtype=kv_dtype, verify=verify, prefill=prefill,
-                          runtime=runtime),
+                          runtime=runtime, tiers=tiers),
                 tokens, shape_stages)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -118,7 +118,7 @@ def compile_model(model: str | None, out_dir: Path, weights_dir: str | None = No
     graph = onnx.load(str(onnx_path), load_external_data=False)
     stages = partition(graph)
     plan = make_plan(cfg, stages, ram=ram, ctx=ctx, dtype=dtype, board=board, group=group, tcm=tcm,
-                     kv_dtype=kv_dtype, verify=verify, prefill=prefill, runtime=runtime)
+                     kv_dtype=kv_dtype, verify=verify, prefill=prefill, runtime=runtime, tiers=tiers)
     (out_dir / "plan.json").write_text(plan.to_json())
 
     inits = {t.name: t for t in graph.graph.initializer}

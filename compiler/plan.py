@@ -72,6 +72,11 @@ PREFILL_MAX = 16
 # place through the memory-mapped flash and the D-cache, as most MCU LLM ports do: the
 # baseline mcugpt is measured against (no tile buffers, no resident weights, no DMA).
 RUNTIMES = ("stream", "xip")
+# Where streamed weights live for the run: "flash-only", or "auto": the PSRAM the KV cache
+# leaves takes whole matrices, copied there (and CRC-checked) once at boot, and streamed from
+# it by its own DMA, which reads faster than the flash (compare plan.buses).
+TIERS = ("auto", "flash-only")
+PSRAM_ALIGN = 4096
 # The int8 kernel takes rows four at a time (runtime_c/kernels_int8.c dot4_i8); a tile of a
 # multiple of four rows leaves no remainder to the slower two- and one-row loops.
 ROW_GROUP = 4
@@ -125,6 +130,7 @@ class TensorPlan:
     row_bytes: int
     tile_rows: int              # rows per weight tile (MATRIX); all its rows otherwise
     resident_offset: int | None = None  # arena offset when kept in SRAM; None: read from flash
+    psram_offset: int | None = None     # PSRAM address when the tier planner put it there
 
     @property
     def rows(self) -> int:
@@ -219,6 +225,8 @@ class Plan:
     tcm_bytes: int              # the arena in the data TCM (0: none)
     tcm_why: str                # why the TCM holds what it holds, or nothing
     runtime: str                # RUNTIMES: "stream" (DMA into tiles) or "xip" (in place: the baseline)
+    tiers: str                  # TIERS; the PSRAM tier's tensors have a psram_offset
+    psram_weight_bytes: int     # weights the PSRAM tier holds
     prefill_chunk: int          # prompt positions per chunk (activation slots in the arena)
     prefill_why: str
     verify: str                 # VERIFY_MODES: "stream" or "boot"
@@ -357,7 +365,7 @@ def choose_resident(tensors: list[TensorPlan], room: int) -> list[TensorPlan]:
 def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: int | None = None,
               dtype: str = "fp32", board: str = DEFAULT_BOARD, group: str = "auto", tcm: str = "auto",
               kv_dtype: str = "auto", verify: str = "auto", prefill: int | None = None,
-              runtime: str = "stream") -> Plan:
+              runtime: str = "stream", tiers: str = "auto") -> Plan:
     """group "auto": weight tiles stay moderate (TILE_TARGET) and the RAM left after the
     context and the buffers keeps weights resident; "none": every weight streams every
     token and the tiles take all the RAM left. tcm "auto": TCM_BUFFERS in the board's data
@@ -367,6 +375,8 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
         raise McugptError(f"unknown --tcm '{tcm}' (known: {', '.join(TCM_MODES)})")
     if kv_dtype not in KV_DTYPES:
         raise McugptError(f"unknown --kv '{kv_dtype}' (known: {', '.join(KV_DTYPES)})")
+    if tiers not in TIERS:
+        raise McugptError(f"unknown --tiers '{tiers}' (known: {', '.join(TIERS)})")
     if runtime not in RUNTIMES:
         raise McugptError(f"unknown --runtime '{runtime}' (known: {', '.join(RUNTIMES)})")
     if runtime == "xip":   # nothing is staged: the weights are read where they are
@@ -571,6 +581,16 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
         t.resident_offset = offset
         offset += _align(t.bytes)
 
+    # the PSRAM tier: whole streamed matrices in the PSRAM the KV cache leaves, largest first
+    psram_tier = 0
+    if tiers == "auto" and runtime == "stream" and prof.psram is not None:
+        at = 0 if kv_in_sram else -(-ctx * kv_token // PSRAM_ALIGN) * PSRAM_ALIGN
+        for t in sorted((t for t in tensors if t.access == MATRIX and not t.resident), key=lambda t: -t.bytes):
+            if at + t.bytes <= prof.psram_bytes:
+                t.psram_offset = at
+                at += -(-t.bytes // PSRAM_ALIGN) * PSRAM_ALIGN
+                psram_tier += t.bytes
+
     stage_plans = [_stage_plan(s, k, cfg, dtype, ctx, kv_in_sram, kv_token, sizes, by_name)
                    for s, k in zip(stages, kinds)]
     largest = max(stage_plans, key=lambda r: r.ram_bytes)
@@ -594,7 +614,7 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
             "psram" if not kv_in_sram and ctx == min(cfg.n_ctx, psram_ctx_cap) else "sram"),
         reserved={"stack": STACK_RESERVE, "firmware": FIRMWARE_RESERVE},
         tile_bytes=tile, weight_buffers=WEIGHT_BUFFERS, buffers=buffers, arena_bytes=arena,
-        tcm_bytes=tcm_bytes, tcm_why=tcm_why, runtime=runtime, prefill_chunk=chunk, prefill_why=prefill_why, verify=verify, verify_why=verify_why, kv=kv,
+        tcm_bytes=tcm_bytes, tcm_why=tcm_why, runtime=runtime, tiers=tiers, psram_weight_bytes=psram_tier, prefill_chunk=chunk, prefill_why=prefill_why, verify=verify, verify_why=verify_why, kv=kv,
         tensors=tensors, stages=stage_plans,
         resident=_resident_summary(stage_plans, resident, group),
         totals=Totals(stages=len(stages), block_stages=sum(1 for k in kinds if k.in_block),
@@ -603,12 +623,13 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
                       macs_per_token_at_ctx=sum(r.macs for r in stage_plans)),
         largest_stage={"name": largest.name, "ram_bytes": largest.ram_bytes},
         peak_ram_bytes=arena + STACK_RESERVE + FIRMWARE_RESERVE,
-        buses=_buses(prof, stage_plans, tile, runtime, kv, kv_in_sram))
+        buses=_buses(prof, stage_plans, tile, runtime, kv, kv_in_sram, psram_tier))
     plan.plan_id = zlib.crc32(json.dumps(plan.to_dict(), sort_keys=True).encode())
     return plan
 
 
-def _buses(prof: BoardProfile, stage_plans, tile: int, runtime: str, kv: KvPlan, kv_in_sram: bool) -> dict:
+def _buses(prof: BoardProfile, stage_plans, tile: int, runtime: str, kv: KvPlan, kv_in_sram: bool,
+           psram_weights: int) -> dict:
     """What a decoded token at the planned context moves on each external bus, at the rate of
     the transfers the firmware makes (a weight tile, or a 32-byte line for XIP; a block of KV
     rows), and the bound that sets: the buses run concurrently, so the busier one."""
@@ -620,11 +641,15 @@ def _buses(prof: BoardProfile, stage_plans, tile: int, runtime: str, kv: KvPlan,
     flash_bps = unit / read_time_ns(part, unit, device_size=part.capacity) * 1e9
     flash_bytes = sum(s.flash_bytes_per_token for s in stage_plans)
     out = {"flash": {"bytes_per_token": flash_bytes, "bytes_per_s": flash_bps, "s_per_token": flash_bytes / flash_bps}}
-    if prof.psram is not None and not kv_in_sram:
+    if prof.psram is not None and (not kv_in_sram or psram_weights):
+        psram = psram_timing_of(prof.psram)
+        kv_bytes = 0 if kv_in_sram else sum(s.kv_read_bytes + s.kv_write_bytes for s in stage_plans)
         block = max(kv.block_positions, 1) * kv.row_bytes
-        psram_bps = block / transfer_time_ns(psram_timing_of(prof.psram), block, False) * 1e9
-        psram_bytes = sum(s.kv_read_bytes + s.kv_write_bytes for s in stage_plans)
-        out["psram"] = {"bytes_per_token": psram_bytes, "bytes_per_s": psram_bps, "s_per_token": psram_bytes / psram_bps}
+        seconds = (kv_bytes / block * transfer_time_ns(psram, block, False) if kv_bytes else 0.0) + (
+            psram_weights / tile * transfer_time_ns(psram, tile, False) if psram_weights else 0.0)
+        psram_bytes = kv_bytes + psram_weights
+        out["psram"] = {"bytes_per_token": psram_bytes, "bytes_per_s": psram_bytes / seconds * 1e9,
+                        "s_per_token": seconds * 1e-9, "weight_bytes_per_token": psram_weights}
     bound = max(b["s_per_token"] for b in out.values())
     out["bound_s_per_token"] = bound
     out["bound_tokens_per_s"] = 1 / bound if bound else 0.0
@@ -635,7 +660,7 @@ def _stage_plan(s: Stage, kind, cfg, dtype, ctx, kv_in_sram, kv_token, sizes, by
     ts = [by_name[t.initializer] for t in s.tensors]
     flash = 0
     for r, t in zip(kind.roles, ts):
-        if not t.resident:
+        if not t.resident and (r.access == ROW or t.psram_offset is None):   # (rows come from flash)
             flash += t.row_bytes if r.access == ROW else t.bytes   # ROW: one row per token
     kv_read = kv_write = 0
     if "kv" in kind.reads:   # at the last position of the planned context

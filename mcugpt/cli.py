@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stream (default): weights streamed by DMA into tile buffers, the method; xip: "
                         "read in place through the memory-mapped flash and the D-cache, as most MCU LLM "
                         "ports do (a baseline to compare against)")
+    c.add_argument("--tiers", default="auto", choices=["auto", "flash-only"],
+                   help="auto (default): whole matrices in the PSRAM the KV cache leaves, copied there "
+                        "at boot and streamed by the PSRAM's DMA, which reads faster than the flash; "
+                        "flash-only: every streamed weight from the flash (to compare)")
     c.add_argument("--prefill", type=int, metavar="N",
                    help="prompt positions per chunk the plan holds activations for (default: the largest "
                         "up to 16 that fits beside the context; 1: one position at a time)")
@@ -194,7 +198,7 @@ def cmd_compile(a) -> None:
     res = compile_model(a.model, Path(a.out), weights_dir=a.weights, weights_seed=a.weights_seed, ram=a.ram,
                         ctx=a.ctx, quiet=a.quiet or a.json, cc=a.cc, dtype=a.dtype, board=a.board,
                         group=a.group, tcm=a.tcm, kv_dtype=a.kv, verify=a.verify, prefill=a.prefill,
-                        runtime=a.runtime)
+                        runtime=a.runtime, tiers=a.tiers)
     if a.json:
         print(res.plan.to_json())
         return

@@ -50,6 +50,11 @@ void flash_wait(void);
 // board_exit(EXIT_PSRAM_ERROR, status, psram_addr, len).
 void psram_read(uint32_t psram_addr, void* dst, uint32_t len);
 void psram_write(uint32_t psram_addr, const void* src, uint32_t len);
+// Asynchronous reads (weights of the PSRAM tier, double-buffered like the flash's):
+// psram_read_start returns at once, psram_wait returns when it has landed. Every other PSRAM
+// call waits for it first. dst: an arena buffer, as for flash_read_crc_start.
+void psram_read_start(uint32_t psram_addr, void* dst, uint32_t len);
+void psram_wait(void);
 
 // ----------------------------------------------------------------------------
 // output and trace

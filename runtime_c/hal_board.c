@@ -147,29 +147,51 @@ uint32_t crc_value(void) {
 // ----------------------------------------------------------------------------
 // PSRAM controller: ADDR, RAM, LEN, then CMD = READ or WRITE; poll STATUS until DONE
 
-static void psram_dma(uint32_t cmd, uint32_t psram_addr, uint32_t ram, uint32_t len) {
+static struct {
+    uint32_t active, psram_addr, len;
+    void* dst;
+} psram_pending;
+
+void psram_wait(void) {
+    if (!psram_pending.active) return;
+    psram_pending.active = 0;
+    uint32_t status;
+    do {
+        status = PSRAMCTL_STATUS;
+        if (status & FLASH_STATUS_ERROR) board_exit(EXIT_PSRAM_ERROR, status, psram_pending.psram_addr, psram_pending.len);
+    } while (!(status & FLASH_STATUS_DONE));
+    barrier();
+    if (psram_pending.dst) dcache_invalidate(psram_pending.dst, psram_pending.len);
+}
+
+static void psram_dma_start(uint32_t cmd, uint32_t psram_addr, uint32_t ram, uint32_t len) {
+    psram_wait();
     if (len == 0) return;
     barrier();                        // a write's source must be in RAM before the DMA reads it
     PSRAMCTL_ADDR = psram_addr;
     PSRAMCTL_RAM = ram;
     PSRAMCTL_LEN = len;
     PSRAMCTL_CMD = cmd;
-    uint32_t status;
-    do {
-        status = PSRAMCTL_STATUS;
-        if (status & FLASH_STATUS_ERROR) board_exit(EXIT_PSRAM_ERROR, status, psram_addr, len);
-    } while (!(status & FLASH_STATUS_DONE));
-    barrier();
-    if (cmd == PSRAM_CMD_READ) dcache_invalidate((const void*)(uintptr_t)ram, len);
+    psram_pending.active = 1;
+    psram_pending.psram_addr = psram_addr;
+    psram_pending.len = len;
+    psram_pending.dst = cmd == PSRAM_CMD_READ ? (void*)(uintptr_t)ram : 0;
+}
+
+void psram_read_start(uint32_t psram_addr, void* dst, uint32_t len) {
+    psram_dma_start(PSRAM_CMD_READ, psram_addr, (uint32_t)(uintptr_t)dst, len);
 }
 
 void psram_read(uint32_t psram_addr, void* dst, uint32_t len) {
-    psram_dma(PSRAM_CMD_READ, psram_addr, (uint32_t)(uintptr_t)dst, len);
+    psram_read_start(psram_addr, dst, len);
+    psram_wait();
 }
 
 void psram_write(uint32_t psram_addr, const void* src, uint32_t len) {
+    psram_wait();
     dcache_clean(src, len);
-    psram_dma(PSRAM_CMD_WRITE, psram_addr, (uint32_t)(uintptr_t)src, len);
+    psram_dma_start(PSRAM_CMD_WRITE, psram_addr, (uint32_t)(uintptr_t)src, len);
+    psram_wait();
 }
 
 // ----------------------------------------------------------------------------

@@ -119,6 +119,7 @@ _Static_assert(ROLE_LN_1_GAIN == ROLE_LN_2_GAIN && ROLE_LN_1_BIAS == ROLE_LN_2_B
 typedef struct {
     uint32_t tile_rows;        // rows per weight tile (every row, for a tensor not streamed)
     uint32_t resident_offset;  // arena offset of its bytes (laid out as in flash), or NOT_RESIDENT
+    uint32_t psram_offset;     // PSRAM address of its copy (the PSRAM tier), or NOT_RESIDENT
 } TensorPlan;
 static const RoleSpec ROLE_SPEC[STAGE_KIND_COUNT][STAGE_MAX_TENSORS] = ROLE_SPEC_TABLE;
 static const TensorPlan TENSOR_PLAN[TENSOR_COUNT] = TENSOR_PLAN_TABLE;
@@ -191,11 +192,33 @@ static uint32_t section_crc(uint32_t offset, uint32_t size);
 static void verify_weights(void) {
 #if VERIFY_AT_BOOT
     for (uint32_t i = 0; i < TENSOR_COUNT; i++) {
-        if (TENSOR_PLAN[i].resident_offset != NOT_RESIDENT) continue;
+        if (TENSOR_PLAN[i].resident_offset != NOT_RESIDENT || TENSOR_PLAN[i].psram_offset != NOT_RESIDENT) continue;
         TensorEntry t;
         read_tensor_entry(i, &t);
         uint32_t computed = section_crc(t.offset, t.size);
         if (computed != t.crc) board_exit(EXIT_BAD_TENSOR_CRC, i, t.crc, computed);
+    }
+#endif
+}
+
+// The PSRAM tier: each of its tensors copied from flash to its PSRAM address once at boot,
+// through a weight tile buffer and the CRC unit (checked here, not again); its stages then
+// stream it from the PSRAM (matrix_fetch).
+static void load_psram_tier(void) {
+#if !RUNTIME_XIP
+    for (uint32_t i = 0; i < TENSOR_COUNT; i++) {
+        uint32_t to = TENSOR_PLAN[i].psram_offset;
+        if (to == NOT_RESIDENT) continue;
+        TensorEntry t;
+        read_tensor_entry(i, &t);
+        crc_begin();
+        for (uint32_t done = 0; done < t.size;) {
+            uint32_t n = t.size - done < BUF_WEIGHTS_BYTES ? t.size - done : BUF_WEIGHTS_BYTES;
+            flash_read_crc(t.offset + done, BUF(WEIGHTS), n);
+            psram_write(to + done, BUF(WEIGHTS), n);
+            done += n;
+        }
+        check_crc(i, &t);
     }
 #endif
 }
@@ -276,6 +299,11 @@ static uint32_t tile_rows_from(const MatrixStream* m, uint32_t row) {
 // Start the DMA of the tile that begins at `row` into m->spare (nothing past the last row).
 static void matrix_fetch(MatrixStream* m, uint32_t row) {
     if (row >= m->t.rows) return;
+    uint32_t in_psram = TENSOR_PLAN[m->index].psram_offset;
+    if (in_psram != NOT_RESIDENT) {   // the PSRAM tier: its own DMA, checked at boot
+        psram_read_start(in_psram + row * m->row_bytes, m->spare, tile_rows_from(m, row) * m->row_bytes);
+        return;
+    }
 #if VERIFY_AT_BOOT
     flash_read_start(m->t.offset + row * m->row_bytes, m->spare, tile_rows_from(m, row) * m->row_bytes);
 #else
@@ -303,7 +331,7 @@ static void matrix_open(MatrixStream* m, uint32_t stage, const StageEntry* s, ui
 #endif
     if (m->kept) return;   // checked at boot; its tiles are read in place
 #if !VERIFY_AT_BOOT
-    crc_begin();   // after the TensorEntry read: nothing else may feed this CRC
+    if (TENSOR_PLAN[m->index].psram_offset == NOT_RESIDENT) crc_begin();   // nothing else may feed this CRC
 #endif
 #if DOUBLE_BUFFERED
     matrix_fetch(m, 0);   // tile 0 streams in while the caller prepares its input
@@ -323,6 +351,7 @@ static int matrix_next_tile(MatrixStream* m) {
     }
 #if DOUBLE_BUFFERED
     flash_wait();                      // tile m->row is in m->spare
+    psram_wait();
     float* ready = m->spare;
     m->spare = m->buf;                 // the previous tile's buffer: free since its compute ended
     m->buf = ready;
@@ -330,12 +359,15 @@ static int matrix_next_tile(MatrixStream* m) {
 #else
     matrix_fetch(m, m->row);
     flash_wait();
+    psram_wait();
 #endif
     return 1;
 }
 
 static void matrix_close(MatrixStream* m) {
-    if (!m->kept && !VERIFY_AT_BOOT && !RUNTIME_XIP) check_crc(m->index, &m->t);
+    if (!m->kept && !VERIFY_AT_BOOT && !RUNTIME_XIP && TENSOR_PLAN[m->index].psram_offset == NOT_RESIDENT) {
+        check_crc(m->index, &m->t);
+    }
 }
 
 // The input vector of a matrix-vector product. int8 builds quantize it once per matrix
@@ -828,6 +860,7 @@ void mcugpt_run(void) {
     check_image();
     read_request();
     verify_weights();
+    load_psram_tier();
     load_resident();
     prng_init(&rng, request.seed);
     uint32_t n_prompt = request.n_prompt, n_total = request.n_prompt + request.n_new;

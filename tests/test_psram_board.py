@@ -50,14 +50,17 @@ DONE = mm.FLASH_STATUS["DONE"]
 
 @pytest.fixture(scope="module")
 def psram_tiny(tmp_path_factory):
+    # the PSRAM holds the KV cache alone here (tiers flash-only): tests/test_tiers.py adds weights
     return compile_model("tiny", tmp_path_factory.mktemp("psram_tiny"), board="stm32h7s78-dk", ram=TINY_RAM,
+                         tiers="flash-only",
                          quiet=True)
 
 
 @pytest.fixture(scope="module")
 def sram_tiny(tmp_path_factory):
     """The same model for the same board with the whole cache in SRAM."""
-    return compile_model("tiny", tmp_path_factory.mktemp("sram_tiny"), board="stm32h7s78-dk", quiet=True)
+    return compile_model("tiny", tmp_path_factory.mktemp("sram_tiny"), board="stm32h7s78-dk", tiers="flash-only",
+                         quiet=True)
 
 
 @pytest.fixture(scope="module")
@@ -387,7 +390,7 @@ def distil_h7(tmp_path_factory):
     # int8: distilgpt2's fp32 image (313 MiB) does not fit the board's 128 MiB of flash; the
     # float32 KV cache (tests/test_kv_int8.py runs the int8 one)
     return compile_model("distilgpt2", tmp_path_factory.mktemp("distil_h7"), board="stm32h7s78-dk",
-                         dtype="int8", kv_dtype="fp32", quiet=True)
+                         dtype="int8", kv_dtype="fp32", tiers="flash-only", quiet=True)
 
 
 def test_distilgpt2_int8_on_the_stm32h7s78_dk_equals_the_reference(distil_h7, distil, tok):

@@ -158,7 +158,7 @@ def test_the_crc_is_a_second_dma_pass_on_the_stm32h7s78_dk(tmp_path, tok):
     is every streamed (not resident) vector and matrix, over 300 MB/s; the embedding's rows
     are not checked (a CRC covers a whole blob). sim64's controller checks inline, for free."""
     built = compile_model("tiny", tmp_path / "b", board="stm32h7s78-dk", dtype="int8", group="none",
-                          verify="stream", quiet=True)
+                          verify="stream", tiers="flash-only", quiet=True)
     plan = built.plan
     streamed = sum(t.bytes for t in plan.tensors if t.access != "row" and not t.resident)
     with Board.for_profile(built.out_dir / "firmware.elf", built.out_dir / "flash.img", plan.profile) as board:
