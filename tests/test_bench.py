@@ -14,8 +14,9 @@ def test_bench_on_tiny_writes_json_markdown_and_plots(tmp_path):
     assert ("stm32h735g-dk", "int8", "mx25lm51245g") in configs
     assert all(r["tokens_equal_reference"] for r in result["configs"])
     assert all(r["peak_sram_measured"] <= 456 << 10 for r in result["configs"] if r["board"] != "sim64")
-    small = {r["dtype"]: r for r in result["configs"] if r["board"] == "stm32h7s78-dk"}
-    assert small["int8"]["flash_bytes_per_token"] < 0.3 * small["fp32"]["flash_bytes_per_token"]
+    small = {r["dtype"]: r for r in result["configs"] if r["board"] == "stm32h7s78-dk" and r["tcm"] == "auto"}
+    streamed = lambda r: r["flash_bytes_per_token"] + r["psram_bytes_per_token"]   # (weights in the PSRAM tier too)
+    assert streamed(small["int8"]) < 0.3 * streamed(small["fp32"])
     paper = result["paper"]["dtypes"]["fp32"]
     assert paper["classic_ram"] > paper["staged_ram_whole_stage"] > paper["staged_ram_streamed_min"]
     assert all(v > 0 for v in paper["staged_grouped_tokens_per_s"].values())
