@@ -34,6 +34,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 from unicorn import UcError
 
+from emulator.dcache import coherence_message
 from emulator.psram import Psram, PsramError
 from emulator.spi_flash import FlashError, SpiNorFlash
 from target import memory_map as mm
@@ -285,7 +286,6 @@ class _DmaPeripheral(Peripheral):
         if name == "CMD":
             stale = self.dcache.unmaintained() if self.dcache is not None else None
             if stale is not None:
-                from emulator.dcache import coherence_message
                 self.faults.record(uc, "coherence", coherence_message(stale), stale)
                 return
             self.regs["CMD"] = value

@@ -244,12 +244,11 @@ def cmd_run(a) -> None:
     # the prompt's positions as the board computes them (a bar on a terminal only): a long
     # prompt takes the board a while before the first token
     from compiler.pipeline import progress_bar
-    from compiler.tokenizer import encode
-    n_prompt = len(encode(build.tokenizer(), a.prompt))
-    bar = progress_bar(a.json)(total=n_prompt, desc="prompt", unit="position")
+    bar = progress_bar(a.json)(desc="prompt", unit="position")
 
-    def on_position(pos):
+    def on_position(pos, n_prompt):
         if pos < n_prompt:
+            bar.total = n_prompt
             bar.n = pos
             bar.refresh()
 

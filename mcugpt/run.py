@@ -64,7 +64,8 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
         timeout_s: float | None = None, chunk: int | None = None, on_position=None) -> dict:
     """Generate on the board the build was planned for: its SRAM (or `ram`, to map less), its
     flash part (or `flash`), its PSRAM. `chunk`: prompt positions per chunk, 1 .. the plan's
-    prefill chunk (default: the plan's)."""
+    prefill chunk (default: the plan's). `on_position(pos, n_prompt)`: each forward pass as it
+    starts, with the prompt's length (progress)."""
     profile = build.plan.profile
     flash = profile.flash_option(flash).part
     check_request(sampling.temperature, sampling.top_k, n_new)
@@ -81,7 +82,8 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
                            ram_bytes=ram, flash_preset=flash, xip=build.plan.runtime == "xip") as board:
         result = board.run(prompt_tokens, n_new, temperature=sampling.temperature, top_k=sampling.top_k,
                            seed=sampling.seed, dump_logits=dump_logits or check, on_text=on_text,
-                           timeout_s=timeout_s, chunk=chunk or 0, on_position=on_position)
+                           timeout_s=timeout_s, chunk=chunk or 0,
+                           on_position=on_position and (lambda pos: on_position(pos, len(prompt_tokens))))
     report = summarize(build, result, prompt, prompt_tokens, flash, chunk)
     if check:
         report["check"] = compare_with_reference(build, prompt_tokens, n_new, sampling, result)

@@ -46,28 +46,36 @@ void hal_init(int argc, char** argv) {
 }
 
 // ----------------------------------------------------------------------------
-// flash controller: ADDR, DST, LEN, then CMD = READ; poll STATUS until DONE
-//
-// The controller is a DMA engine: after CMD the transfer runs on its own while the CPU goes
-// on (STATUS reads BUSY meanwhile). One transfer is in flight at a time; `pending` says
-// whether one is, for flash_wait and for the error report.
+// DMA transfers: the flash and PSRAM controllers are DMA engines; after CMD a transfer runs
+// on its own while the CPU goes on (STATUS reads BUSY meanwhile). Each controller has one
+// transfer in flight at a time: its Transfer says whether one is, for its wait and for the
+// error report.
 
-static struct {
-    uint32_t active, flash_addr, len;
-    void* dst;
-} pending;
+typedef struct {
+    uint32_t active, addr, len;   // addr: the flash or PSRAM address
+    void* dst;                    // the RAM it writes, or 0 (a write to PSRAM)
+} Transfer;
 
-void flash_wait(void) {
-    if (!pending.active) return;
-    pending.active = 0;
+// Poll the controller's STATUS until the transfer in flight is DONE (ERROR ends the run with
+// exit_code, the address and the length), then make its bytes visible to the CPU.
+static void transfer_wait(Transfer* t, volatile uint32_t* status_reg, uint32_t exit_code) {
+    if (!t->active) return;
+    t->active = 0;
     uint32_t status;
     do {
-        status = FLASHCTL_STATUS;
-        if (status & FLASH_STATUS_ERROR) board_exit(EXIT_FLASH_ERROR, status, pending.flash_addr, pending.len);
+        status = *status_reg;
+        if (status & FLASH_STATUS_ERROR) board_exit(exit_code, status, t->addr, t->len);
     } while (!(status & FLASH_STATUS_DONE));
     barrier();                        // the DMA's bytes are in RAM: nothing may read them earlier
-    dcache_invalidate(pending.dst, pending.len);
+    if (t->dst) dcache_invalidate(t->dst, t->len);
 }
+
+// ----------------------------------------------------------------------------
+// flash controller: ADDR, DST, LEN, then CMD = READ; poll STATUS until DONE
+
+static Transfer pending;
+
+void flash_wait(void) { transfer_wait(&pending, &FLASHCTL_STATUS, EXIT_FLASH_ERROR); }
 
 static void dma_start(uint32_t flash_addr, void* dst, uint32_t len) {
     if (len == 0) return;
@@ -76,10 +84,7 @@ static void dma_start(uint32_t flash_addr, void* dst, uint32_t len) {
     FLASHCTL_DST = (uint32_t)(uintptr_t)dst;
     FLASHCTL_LEN = len;
     FLASHCTL_CMD = FLASH_CMD_READ;
-    pending.active = 1;
-    pending.flash_addr = flash_addr;
-    pending.len = len;
-    pending.dst = dst;
+    pending = (Transfer){1, flash_addr, len, dst};
 }
 
 // CRC_CTRL as last written (RESET is a pulse: it reads back as ENABLE), so a stream of
@@ -147,22 +152,9 @@ uint32_t crc_value(void) {
 // ----------------------------------------------------------------------------
 // PSRAM controller: ADDR, RAM, LEN, then CMD = READ or WRITE; poll STATUS until DONE
 
-static struct {
-    uint32_t active, psram_addr, len;
-    void* dst;
-} psram_pending;
+static Transfer psram_pending;
 
-void psram_wait(void) {
-    if (!psram_pending.active) return;
-    psram_pending.active = 0;
-    uint32_t status;
-    do {
-        status = PSRAMCTL_STATUS;
-        if (status & FLASH_STATUS_ERROR) board_exit(EXIT_PSRAM_ERROR, status, psram_pending.psram_addr, psram_pending.len);
-    } while (!(status & FLASH_STATUS_DONE));
-    barrier();
-    if (psram_pending.dst) dcache_invalidate(psram_pending.dst, psram_pending.len);
-}
+void psram_wait(void) { transfer_wait(&psram_pending, &PSRAMCTL_STATUS, EXIT_PSRAM_ERROR); }
 
 static void psram_dma_start(uint32_t cmd, uint32_t psram_addr, uint32_t ram, uint32_t len) {
     psram_wait();
@@ -172,10 +164,7 @@ static void psram_dma_start(uint32_t cmd, uint32_t psram_addr, uint32_t ram, uin
     PSRAMCTL_RAM = ram;
     PSRAMCTL_LEN = len;
     PSRAMCTL_CMD = cmd;
-    psram_pending.active = 1;
-    psram_pending.psram_addr = psram_addr;
-    psram_pending.len = len;
-    psram_pending.dst = cmd == PSRAM_CMD_READ ? (void*)(uintptr_t)ram : 0;
+    psram_pending = (Transfer){1, psram_addr, len, cmd == PSRAM_CMD_READ ? (void*)(uintptr_t)ram : 0};
 }
 
 void psram_read_start(uint32_t psram_addr, void* dst, uint32_t len) {

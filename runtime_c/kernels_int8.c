@@ -140,7 +140,9 @@ static void dot2_i8(int32_t* out, const int8_t* w0, const int8_t* w1, const int8
 // (r0-r12): built only when optimizing, where no frame pointer is reserved. n % 4 == 0,
 // rows 4-byte aligned.
 #if defined(__OPTIMIZE__)
-#define HAVE_DOT4 1
+// The loops below and unpack_rows4_i8/dot4u_i8 further down need 13 registers: only when
+// optimizing, where no frame pointer is reserved.
+#define ASM_13_REGISTERS 1
 #define DOT4_ROW(acc, row_load)                     \
     row_load                                        \
     "sxtb16 %[t], %[v], ror #8\n\t"                \
@@ -263,7 +265,7 @@ void matvec_rows_i8(float* y, const int8_t* w_tile, const float* row_scales,
                     const float* bias_or_null, const int8_t* qx, const uint32_t* xu, float sx,
                     int rows, int cols) {
     int r = 0;
-#ifdef HAVE_DOT4
+#ifdef ASM_13_REGISTERS
     if (xu && (cols & 3) == 0 && ((uintptr_t)w_tile & 3) == 0) {
         for (; r + 4 <= rows; r += 4) {
             int32_t acc[4];
@@ -292,7 +294,7 @@ void matvec_rows_i8(float* y, const int8_t* w_tile, const float* row_scales,
 
 // Four rows' words, interleaved per column word: wu[8j + 2r] = row r's elements 4j, 4j+2 and
 // wu[8j + 2r + 1] its elements 4j+1, 4j+3, each an int16 lane (SXTB16, as unpack_i8).
-#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP && defined(__OPTIMIZE__)
+#ifdef ASM_13_REGISTERS
 // In assembly so that each SXTB16's result is stored (STRD) two instructions later: the M7
 // makes a DSP result available to a store only after two cycles. 13 registers, as dot4_i8.
 // noinline: inlined into its caller's loop, the 13 registers may not all be free
@@ -338,7 +340,7 @@ static void unpack_rows4_i8(uint32_t* wu, const int8_t* w, int cols) {
 }
 #endif
 
-#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP && defined(__OPTIMIZE__)
+#ifdef ASM_13_REGISTERS
 // One column word of four unpacked rows against one unpacked vector: 2 + 8 LDR and 8 SMLAD
 // for 16 multiply-accumulates. Every SMLAD's operands were loaded two instructions earlier,
 // so it dual-issues with the next LDR: about 10 cycles per word (target/m7_pipeline.py).
