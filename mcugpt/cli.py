@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(u)
     u.add_argument("--ram", type=parse_size, metavar="BYTES",
                    help="SRAM the board maps (default: all the board has); touching more is a fault")
+    u.add_argument("--flash", metavar="PART",
+                   help="one of the board's flash alternatives instead of its own (sim64: mx66uw1g45g octal, "
+                        "the default, or w25q01jv quad SPI); `mcugpt fit --json` lists each board's parts")
     u.add_argument("--check", action="store_true",
                    help="also run the numpy reference and compare tokens and logits")
     u.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the board after this much host time")
@@ -262,7 +265,7 @@ def cmd_run(a) -> None:
         sys.stdout.flush()
 
     try:
-        report = run(build, a.prompt, a.tokens, sampling, ram=a.ram, on_text=None if a.json else stream,
+        report = run(build, a.prompt, a.tokens, sampling, ram=a.ram, flash=a.flash, on_text=None if a.json else stream,
                      check=a.check, timeout_s=a.timeout, chunk=a.prefill_chunk, on_position=on_position)
     finally:
         bar.close()

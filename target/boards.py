@@ -206,7 +206,11 @@ BOARDS = {b.name: b for b in (
         cpu=Cpu("(abstract)", "Cortex-M7", 480e6, True, "the Cortex-M7 clock of the STM32H743 (DS12110)"),
         sram=(SramRegion("SRAM", 64 * MiB, True, "the mission's 64 MB device (the paper's case study)"),),
         flash=(ExternalMemory("mx66uw1g45g", 4, "octal SPI, four chip selects", 200_000_000,
-                              "four packages of the STM32H7S78-DK's part, at its 200 MHz"),),
+                              "four packages of the STM32H7S78-DK's part, at its 200 MHz"),
+               # the alternative (`run --flash w25q01jv`): the quad SPI NOR most MCU boards carry,
+               # where streaming I/O dominates
+               ExternalMemory("w25q01jv", 4, "quad SPI, four chip selects", 133_000_000,
+                              "four W25Q01JV at their 133 MHz (Fast Read Quad I/O)")),
         psram=None,
         crc=CrcUnit(None, "the abstract device's flash controller checksums what its DMA moves"),
         assumptions=("sim64 is not a real board: its SRAM size is the paper's device, its flash "

@@ -278,8 +278,25 @@ MX25LM51245G = replace(
     ),
 )
 
+# Winbond W25Q01JV: 1 Gbit quad SPI NOR, two 512 Mbit dies behind one chip select with
+# linear addressing (datasheet W25Q01JV-DTR rev. B1/D, "General Descriptions"). JEDEC ID
+# EF 40 21 (Linux spi-nor's w25q01jv). Read with Fast Read Quad I/O (EBh) at 133 MHz, the
+# W25Q family's frame; sim64's quad alternative is four of them on one quad bus.
+W25Q01JV = replace(
+    W25Q_QUAD,
+    name="w25q01jv",
+    part="Winbond W25Q01JV 1 Gbit quad SPI NOR (two 512 Mbit dies; Fast Read Quad I/O EBh, 133 MHz)",
+    jedec_id=bytes([0xEF, 0x40, 0x21]),
+    capacity=128 * MiB,
+    min_address_bytes=4,   # 128 MiB: past the 3-byte address range
+    assumptions=(
+        "W25Q01JV read frame (EBh: 2 mode clocks, 4 dummy clocks at 133 MHz), program and erase times "
+        "and tSHSL: the W25Q128JV's (the W25Q01JV datasheet's AC table was not reached)",
+    ),
+)
+
 PRESETS: dict[str, FlashTiming] = {t.name: t for t in (W25Q_QUAD, MX_OCTAL_DTR, W25Q_QUAD_80, MX66UW1G45G,
-                                                      MX25LM51245G)}
+                                                      MX25LM51245G, W25Q01JV)}
 DEFAULT_PRESET = "w25q-quad"
 
 
