@@ -56,6 +56,28 @@ def tiny_h735(tmp_path_factory):
 # capacity
 
 
+def test_sim64s_quad_alternative_is_four_w25q01jv_read_in_1_4_4_at_133_mhz(tiny_build, tok):
+    """`run --flash w25q01jv`: the same tokens as sim64's octal flash, from four 1 Gbit quad
+    parts (JEDEC EF 40 21), each 4 KiB read one Fast Read Quad I/O command: 8 command clocks,
+    a 4-byte address on 4 lines (8), 2 mode and 4 dummy clocks, 8192 data clocks, at 133 MHz."""
+    sim64 = get_board("sim64")
+    quad = sim64.flash_option("w25q01jv")
+    assert (quad.chips, get_preset(quad.part).capacity, get_preset(quad.part).jedec_id) == (4, 128 * MiB,
+                                                                                            bytes([0xEF, 0x40, 0x21]))
+    out = tiny_build.out_dir
+    prompt = tok.encode("Hello")
+    runs = {}
+    for part in ("mx66uw1g45g", "w25q01jv"):
+        with Board.for_profile(out / "firmware.elf", out / "flash.img", sim64, flash_preset=part) as b:
+            assert b.flash.timing.name == part and b.flash.chips == 4
+            runs[part] = b.run(prompt, 3)
+    assert frame_clocks(get_preset("w25q01jv").read_modes["quad"], 4, 4096) == 8 + 8 + 2 + 4 + 8192
+    assert runs["w25q01jv"].tokens == runs["mx66uw1g45g"].tokens
+    assert runs["w25q01jv"].flash_bytes == runs["mx66uw1g45g"].flash_bytes
+    # the same bytes at a quarter of the lanes, a third slower clock, single data rate
+    assert runs["w25q01jv"].flash_ns > 5 * runs["mx66uw1g45g"].flash_ns
+
+
 def test_compile_refuses_an_image_the_boards_flash_cannot_hold(tmp_path):
     proc = mcugpt("compile", "--model", "gpt2", "--board", "stm32h735g-dk", "--dtype", "int8", "--out", tmp_path / "b")
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
