@@ -33,8 +33,16 @@ def h7_psram(tmp_path_factory):
                          quiet=True)
 
 
-@pytest.mark.parametrize("which", ["tiny_build", "h7_int8", "h7_psram"],
-                         ids=["sim64-fp32-streamed", "stm32h7s78-int8-kv8", "stm32h7s78-fp32-kv-psram"])
+@pytest.fixture(scope="module")
+def h735_int8(tmp_path_factory):
+    """The STM32H735G-DK, int8, every weight streamed every token."""
+    return compile_model("tiny", tmp_path_factory.mktemp("h735_int8"), board="stm32h735g-dk", dtype="int8",
+                         group="none", quiet=True)
+
+
+@pytest.mark.parametrize("which", ["tiny_build", "h7_int8", "h7_psram", "h735_int8"],
+                         ids=["sim64-fp32-streamed", "stm32h7s78-int8-kv8", "stm32h7s78-fp32-kv-psram",
+                              "stm32h735-int8-streamed"])
 def test_every_stage_of_a_correct_firmware_is_exact(which, request):
     built = request.getfixturevalue(which)
     report = run(Build.open(built.out_dir), PROMPT, 2, Sampling(), check_stages=True)
