@@ -130,7 +130,10 @@ def onnx_outputs(build, board_outputs: list[np.ndarray], capture: StageCapture,
     path = build.path / "model.onnx"
     if not path.is_file():
         raise McugptError(f"{build.path}: no model.onnx; rerun `mcugpt compile --out {build.path}`")
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:   # protobuf's DecodeError, among others
+        raise McugptError(f"{path}: not an ONNX model ({type(e).__name__}: {e})") from None
     stages = partition(model)
     names = [s.name for s in build.plan.stages]
     if [s.name for s in stages] != names:
@@ -149,11 +152,15 @@ def onnx_outputs(build, board_outputs: list[np.ndarray], capture: StageCapture,
     opts.intra_op_num_threads = 1   # the machine is shared; these graphs are small
     out = []
     for st, board_out in zip(stages, board_outputs):
-        sub = stage_model(model, st)
-        _inline_weights(sub, build.path)
-        session = ort.InferenceSession(sub.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         wanted = [t for t in st.outputs if t in read_later]
-        got = session.run(wanted, {t: values[t] for t in st.inputs})
+        try:
+            sub = stage_model(model, st)
+            _inline_weights(sub, build.path)
+            session = ort.InferenceSession(sub.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            got = session.run(wanted, {t: values[t] for t in st.inputs})
+        except Exception as e:   # onnxruntime's errors are not RuntimeErrors; a missing model.onnx.data
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise McugptError(f"{path}: onnxruntime cannot run stage {st.index} ({st.name}): {why}") from None
         out.append(np.concatenate([g.reshape(-1) for g in got]).astype(np.float32))
         # what later stages read: the board's output, cut as the graph cuts it (q, k, v)
         pieces = np.split(board_out, np.cumsum([g.size for g in got])[:-1])

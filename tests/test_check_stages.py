@@ -137,3 +137,34 @@ def test_a_prefill_chunk_other_than_one_is_refused_in_one_line(tiny_build):
     assert proc.returncode == 1
     assert proc.stderr == ("mcugpt: error: --check-stages reads one position's activations per forward pass: "
                            "it runs the prompt with --prefill-chunk 1, not 4\n")
+
+
+def test_a_model_whose_weights_are_external_data_is_checked_the_same(tiny_build, tmp_path):
+    """GPT-2 124M's model.onnx keeps its weights in model.onnx.data: each stage's subgraph
+    takes its weights from there."""
+    import onnx
+    dst = tmp_path / "build"
+    shutil.copytree(tiny_build.out_dir, dst)
+    model = onnx.load(str(dst / "model.onnx"))
+    onnx.save_model(model, str(dst / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
+    assert (dst / "model.onnx.data").stat().st_size > 10 << 20
+    check = run(Build.open(dst), PROMPT, 1, Sampling(), check_stages=True)["check_stages"]
+    assert check["first_differing_stage"] is None and check["first_onnx_exceeding_stage"] is None
+
+
+@pytest.mark.parametrize("damage", ["garbage", "no-external-data"])
+def test_a_damaged_model_onnx_is_one_line(damage, tiny_build, tmp_path):
+    import onnx
+    dst = tmp_path / "build"
+    shutil.copytree(tiny_build.out_dir, dst)
+    if damage == "garbage":
+        (dst / "model.onnx").write_bytes(b"\xff\x00 not a protobuf \xff" * 10)
+        expected = f"mcugpt: error: {dst / 'model.onnx'}: not an ONNX model ("
+    else:
+        model = onnx.load(str(dst / "model.onnx"))
+        onnx.save_model(model, str(dst / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
+        (dst / "model.onnx.data").unlink()
+        expected = f"mcugpt: error: {dst / 'model.onnx'}: onnxruntime cannot run stage 0 (embed): "
+    proc = mcugpt("run", "--build", dst, "--prompt", PROMPT, "--tokens", "1", "--check-stages")
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(expected) and proc.stderr.count("\n") == 1, proc.stderr
