@@ -34,13 +34,13 @@ from compiler.partition import partition, stage_model
 from compiler.plan import Plan, is_quantized
 from compiler.reference import KVCache, Reference
 from target.errors import McugptError
-from target.stages import ACTIVATIONS, KIND_BY_NAME, dim, stage_sequence
+from target.stages import ACTIVATIONS, KIND_BY_NAME, dim, stage_name, stage_sequence
 
 # onnxruntime vs the board, per stage: the largest absolute difference may be this fraction of
 # the largest |value| of onnxruntime's output (relative to the whole vector: an elementwise
 # relative error means nothing where a layer norm's output crosses zero).
 # - float32 stages: both sides round each float32 operation once, in different orders; on
-#   the tiny model (every board, fp32 and int8 builds) they stay within 5e-7 of the vector's
+#   the tiny model (every board, fp32 and int8 builds) they stay within about 5e-7 of the vector's
 #   scale, a few ulps. 1e-4, the run's logits tolerance (mcugpt/run.py), leaves room for
 #   wider models' longer sums and still catches a wrong constant (a GELU coefficient off by
 #   5% moves the MLP's output by 1e-3 of its scale).
@@ -174,12 +174,14 @@ def check_stages(build, capture: StageCapture, board_logits: np.ndarray, prompt_
     plan = build.plan
     cfg, weights, _ = build.model()
     ref_model = Reference(cfg, weights, dtype=plan.dtype, kv_dtype=plan.kv.dtype)
-    sequence = [k.name if layer is None else f"h{layer}.{k.name}" for k, layer in stage_sequence(cfg.n_layer)]
+    sequence = [stage_name(k.name, layer) for k, layer in stage_sequence(cfg.n_layer)]
     if sequence != [s.name for s in plan.stages]:
         raise McugptError(f"the plan's stages {[s.name for s in plan.stages]} are not the reference's {sequence}")
     board = []
     for s, kind in zip(plan.stages, capture.kinds):
-        board.append(np.asarray(board_logits, np.float32) if not kind.writes else capture.outputs[s.index])
+        if kind.writes and s.index not in capture.outputs:
+            raise McugptError(f"stage {s.index} ({s.name}) did not run at position {capture.position} on the board")
+        board.append(capture.outputs[s.index] if kind.writes else np.asarray(board_logits, np.float32))
     ref = reference_outputs(ref_model, prompt_tokens, plan.ctx)
     kv_round_trip = ref_model.kv_round_trip if plan.kv.dtype == "int8" else (lambda x: x)
     ort_out = onnx_outputs(build, board, capture, prompt_tokens, kv_round_trip)
@@ -209,10 +211,11 @@ def check_stages(build, capture: StageCapture, board_logits: np.ndarray, prompt_
 
 def stage_table(check: dict) -> str:
     """The per-stage comparison as text: a line per stage, then the verdicts."""
-    lines = [f"stage check  position {check['position']} (the prompt's last, token {check['token']}), "
-             f"prefill chunk 1; onnxruntime fed the board's input to each stage",
-             f"{'#':>3}  {'stage':<14} {'output':<7} {'values':>6}  {'max |board|':>11}  "
-             f"{'vs reference':>14}  {'vs onnxruntime':>14}  {'tolerance':>9}"]
+    title = (f"stage check  position {check['position']} (the prompt's last, token {check['token']}), "
+             f"prefill chunk 1; onnxruntime fed the board's input to each stage")
+    header = (f"{'#':>3}  {'stage':<14} {'output':<7} {'values':>6}  {'max |board|':>11}  "
+              f"{'vs reference':>14}  {'vs onnxruntime':>14}  {'tolerance':>9}")
+    lines = [title, header]
     for row in check["rows"]:
         ref = "identical" if row["reference_identical"] else f"{row['reference_max_abs_error']:.3g} DIFF"
         onnx_mark = "" if row["onnx_within"] else "  OVER"

@@ -241,8 +241,8 @@ def cmd_reference(a) -> None:
 
 def cmd_run(a) -> None:
     from compiler.sampler import Sampling
-    from mcugpt.report import run_summary
     from mcugpt.check_stages import failure, stage_table
+    from mcugpt.report import run_summary
     from mcugpt.run import Build, run, to_json
     build = Build.open(a.build)
     sampling = Sampling(0.0 if a.greedy else a.temperature, a.top_k, a.seed)
