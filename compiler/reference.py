@@ -76,13 +76,17 @@ class Reference:
             return nx.matvec_rows(self.w[w], x, bias)
         return nx.matvec(x, self.w[w], bias)
 
-    def forward(self, token: int, pos: int, kv: KVCache) -> np.ndarray:
+    def forward(self, token: int, pos: int, kv: KVCache, on_stage=None) -> np.ndarray:
         """Logits (vocab_size,) for `token` at `pos`; writes this position's keys/values.
-        The stages of target/stages.py in order, each given its tensors' names by role."""
+        The stages of target/stages.py in order, each given its tensors' names by role.
+        `on_stage(kind, layer, a)`, if given, sees the activations after each stage (a debug
+        hook: mcugpt/check_stages.py compares them with the board's, stage by stage)."""
         a = Activations(token, pos)
         for kind, layer in stage_sequence(self.cfg.n_layer):
             names = {r.name: r.checkpoint.format(layer=layer) for r in kind.roles}
             getattr(self, kind.name)(a, names, layer, kv)
+            if on_stage is not None:
+                on_stage(kind, layer, a)
         return a.logits
 
     # -- the stages -------------------------------------------------------------

@@ -548,7 +548,8 @@ class Board:
     def run(self, prompt_tokens, n_new: int, temperature: float = 0.0, top_k: int = 40, seed: int = 0,
             dump_logits: bool = False, on_text: Callable[[str], None] | None = None,
             max_instructions: int | None = None, timeout_s: float | None = None, chunk: int = 0,
-            on_position: Callable[[int], None] | None = None) -> RunResult:
+            on_position: Callable[[int], None] | None = None,
+            on_stage_end: Callable[[int, int | None], None] | None = None) -> RunResult:
         """Reset the board with this request in the mailbox and run until SYSCTL.EXIT.
 
         Raises BoardFault if the firmware crashes, hits `max_instructions` or `timeout_s`,
@@ -560,6 +561,7 @@ class Board:
         self.flash.reset_stats()
         entry = self._power_on(mailbox, on_text)
         self.trace.on_position = on_position   # each forward pass's first position, as it starts
+        self.trace.on_stage_end = on_stage_end  # (stage, position) as each stage ends: read_f32 sees its output
         uc_error = None
         t0 = time.perf_counter()
         try:
@@ -639,6 +641,19 @@ class Board:
             ttft_wall_s=(self.trace.token_times[0] - self.trace.boot_wall)
             if self.trace.token_times and self.trace.boot_wall else 0.0,
             tcm_bytes=self.dtcm_bytes, tcm_high_water=self._tcm_high_water())
+
+    # -- memory, from the host -----------------------------------------------------
+
+    def symbol_address(self, name: str) -> int:
+        """The address of the firmware's symbol `name` (e.g. "arena", "tcm_arena")."""
+        if name not in self.firmware.symbols:
+            raise McugptError(f"{self.firmware.path}: no symbol '{name}'")
+        return self.firmware.symbols[name][0]
+
+    def read_f32(self, address: int, count: int) -> np.ndarray:
+        """`count` float32 at `address` as the CPU would read them: Unicorn's memory is always
+        current (the D-cache model only times line fills, it holds no data)."""
+        return np.frombuffer(bytes(self.uc.mem_read(address, 4 * count)), "<f4").copy()
 
     # -- after the run ------------------------------------------------------------
 

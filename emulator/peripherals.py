@@ -687,6 +687,9 @@ class Trace(Peripheral):
         self.positions: list[int] = []
         self.boot_ns: float | None = None   # the board's clock when the first position started
         self.on_position: Callable[[int], None] | None = None   # told each POSITION (progress)
+        # told (stage index, position) as each stage ends, before the next one starts: its
+        # output buffers are then in RAM, not yet overwritten (mcugpt/check_stages.py)
+        self.on_stage_end: Callable[[int, int | None], None] | None = None
         self.per_position: list[PositionStats] = []
         self._position_opened = self._opened
         self.logits: list[np.ndarray | None] = []
@@ -747,6 +750,8 @@ class Trace(Peripheral):
     def write(self, uc, name, value):
         self.regs[name] = value
         if name == "STAGE":
+            if self.current is not None and self.on_stage_end is not None:
+                self.on_stage_end(self.current, self.positions[-1] if self.positions else None)
             self._close()
             if value != mm.TRACE_IDLE:
                 s = self.stages.get(value)

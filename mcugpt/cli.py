@@ -155,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "the default, or w25q01jv quad SPI); `mcugpt fit --json` lists each board's parts")
     u.add_argument("--check", action="store_true",
                    help="also run the numpy reference and compare tokens and logits")
+    u.add_argument("--check-stages", action="store_true",
+                   help="also capture every stage's output at the prompt's last position on the board and "
+                        "compare it with the numpy reference (bit for bit) and with onnxruntime running the "
+                        "stage's own ONNX subgraph (within a tolerance); print a table per stage and fail "
+                        "naming the first stage that differs from the reference (runs the prompt with "
+                        "--prefill-chunk 1; docs/check_stages.md)")
     u.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the board after this much host time")
     u.add_argument("--prefill-chunk", type=int, metavar="N",
                    help="prompt positions processed together, 1 .. the plan's chunk (default: the plan's; "
@@ -238,6 +244,7 @@ def cmd_reference(a) -> None:
 
 def cmd_run(a) -> None:
     from compiler.sampler import Sampling
+    from mcugpt.check_stages import failure, stage_table
     from mcugpt.report import run_summary
     from mcugpt.run import Build, run, to_json
     build = Build.open(a.build)
@@ -266,7 +273,8 @@ def cmd_run(a) -> None:
 
     try:
         report = run(build, a.prompt, a.tokens, sampling, ram=a.ram, flash=a.flash, on_text=None if a.json else stream,
-                     check=a.check, timeout_s=a.timeout, chunk=a.prefill_chunk, on_position=on_position)
+                     check=a.check, timeout_s=a.timeout, chunk=a.prefill_chunk, on_position=on_position,
+                     check_stages=a.check_stages)
     finally:
         bar.close()
     if a.json:
@@ -274,6 +282,11 @@ def cmd_run(a) -> None:
     else:
         print("\n")
         print(run_summary(report))
+        if a.check_stages:
+            print()
+            print(stage_table(report["check_stages"]))
+    if a.check_stages and failure(report["check_stages"]):
+        raise McugptError(failure(report["check_stages"]))
     if a.check and not (report["check"]["tokens_equal"] and report["check"]["logits_identical"]):
         raise McugptError(f"the board's tokens {report['tokens']} differ from the reference's "
                           f"{report['check']['reference_tokens']}" if not report["check"]["tokens_equal"] else

@@ -25,6 +25,8 @@ from compiler.reference import Reference, check_context, generate
 from compiler.sampler import Sampling, check_request
 from compiler.tokenizer import encode, load_tokenizer
 from emulator.board import Board, RunResult
+from mcugpt.check_stages import StageCapture, checked_position
+from mcugpt.check_stages import check_stages as compare_stages
 from target.errors import McugptError
 from target.flash_layout import read_image
 
@@ -61,17 +63,25 @@ class Build:
 
 def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | None = None,
         flash: str | None = None, on_text=None, dump_logits: bool = False, check: bool = False,
-        timeout_s: float | None = None, chunk: int | None = None, on_position=None) -> dict:
+        timeout_s: float | None = None, chunk: int | None = None, on_position=None,
+        check_stages: bool = False) -> dict:
     """Generate on the board the build was planned for: its SRAM (or `ram`, to map less), its
     flash part (or `flash`), its PSRAM. `chunk`: prompt positions per chunk, 1 .. the plan's
     prefill chunk (default: the plan's). `on_position(pos, n_prompt)`: each forward pass as it
-    starts, with the prompt's length (progress)."""
+    starts, with the prompt's length (progress). `check_stages`: also capture every stage's
+    output at the prompt's last position and compare it with the reference and onnxruntime
+    (mcugpt/check_stages.py; the prompt then runs one position at a time)."""
     profile = build.plan.profile
     flash = profile.flash_option(flash).part
     check_request(sampling.temperature, sampling.top_k, n_new)
     tok = build.tokenizer()
     prompt_tokens = encode(tok, prompt)
     check_context(len(prompt_tokens), n_new, build.plan.ctx)
+    if check_stages:
+        if chunk not in (None, 1):
+            raise McugptError(f"--check-stages reads one position's activations per forward pass: it runs the "
+                              f"prompt with --prefill-chunk 1, not {chunk}")
+        chunk = 1
     if chunk is not None and not 1 <= chunk <= build.plan.prefill_chunk:
         raise McugptError(f"--prefill-chunk {chunk} is outside 1..{build.plan.prefill_chunk} (the build's plan "
                           f"holds {build.plan.prefill_chunk} positions' activations)")
@@ -80,13 +90,17 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
     read_image(build.path / "flash.img", verify_weights=False)
     with Board.for_profile(build.path / "firmware.elf", build.path / "flash.img", profile,
                            ram_bytes=ram, flash_preset=flash, xip=build.plan.runtime == "xip") as board:
+        capture = StageCapture(board, build.plan, checked_position(len(prompt_tokens))) if check_stages else None
         result = board.run(prompt_tokens, n_new, temperature=sampling.temperature, top_k=sampling.top_k,
-                           seed=sampling.seed, dump_logits=dump_logits or check, on_text=on_text,
+                           seed=sampling.seed, dump_logits=dump_logits or check or check_stages, on_text=on_text,
                            timeout_s=timeout_s, chunk=chunk or 0,
-                           on_position=on_position and (lambda pos: on_position(pos, len(prompt_tokens))))
+                           on_position=on_position and (lambda pos: on_position(pos, len(prompt_tokens))),
+                           on_stage_end=capture)
     report = summarize(build, result, prompt, prompt_tokens, flash, chunk)
     if check:
         report["check"] = compare_with_reference(build, prompt_tokens, n_new, sampling, result)
+    if check_stages:
+        report["check_stages"] = compare_stages(build, capture, result.logits[0], prompt_tokens)
     return report
 
 
