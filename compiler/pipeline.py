@@ -35,8 +35,14 @@ def load_model(model: str | None, weights_dir: str | None, weights_seed: int = 0
     folder's config.json wins over the preset."""
     if weights_dir:
         folder = Path(weights_dir)
+        try:
+            folder.stat()
+        except OSError as e:   # ENOENT, or ELOOP for a symlink loop
+            raise McugptError(f"--weights {weights_dir}: no such folder"
+                              + ("" if isinstance(e, FileNotFoundError) else f" ({e.strerror})")) from None
         if not folder.is_dir():
-            raise McugptError(f"--weights {weights_dir}: no such folder")
+            raise McugptError(f"--weights {weights_dir}: not a folder; give the folder that holds "
+                              f"config.json and model.safetensors")
         cfg = config_from_hf(folder / "config.json", model or folder.name)
         weights = load_checkpoint(folder, cfg)
         tok = load_tokenizer(str(folder))
