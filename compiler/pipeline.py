@@ -46,6 +46,9 @@ def load_model(model: str | None, weights_dir: str | None, weights_seed: int = 0
         cfg = config_from_hf(folder / "config.json", model or folder.name)
         weights = load_checkpoint(folder, cfg)
         tok = load_tokenizer(str(folder))
+        if cfg.vocab_size < tok.n_vocab:   # a prompt could encode to a token with no wte row
+            raise McugptError(f"{folder / 'config.json'}: vocab_size {cfg.vocab_size} is less than the "
+                              f"tokenizer's {tok.n_vocab} tokens ({tok.name})")
     else:
         cfg = load_preset(model or "gpt2")
         bar = partial(progress, desc="weights", unit="tensor") if progress else None

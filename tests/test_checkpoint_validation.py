@@ -158,6 +158,13 @@ def test_context_and_vocabulary_must_match_the_tensors(ckpt, key, value, tensor,
     refused(ckpt, rf"tensor '{tensor}' has shape \[\d+, 64\], expected {names} from config.json")
 
 
+def test_the_vocabulary_must_hold_every_token_the_tokenizer_gives(tmp_path, tiny):
+    cfg, w = tiny
+    small = {**w, "wte.weight": w["wte.weight"][:1000]}
+    folder = write_checkpoint(tmp_path / "ckpt", cfg, small, config=tiny_config(cfg, vocab_size=1000))
+    refused(folder, r"config.json: vocab_size 1000 is less than the tokenizer's 50257 tokens \(gpt2\)")
+
+
 @pytest.mark.parametrize("content, match", [
     (b'{"n_layer": 2, "name": "caf\xe9"}', r"config.json: not UTF-8 text \(byte 0xe9 at offset 27\)"),
     (b'{"n_layer": 2,', r"config.json: not valid JSON \(.* at line 1 column 15\)"),
