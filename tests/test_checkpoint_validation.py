@@ -6,6 +6,7 @@ config's shapes with finite values, from regular files, as one model.safetensors
 shards. Every refusal is one McugptError line naming the key, tensor or file.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -405,10 +406,13 @@ def test_compile_with_a_bad_checkpoint_prints_one_error_line(ckpt, tmp_path, edi
 
 def test_a_sharded_bf16_checkpoint_compiles_and_runs_as_its_float32_values(tmp_path, tiny, tok):
     """Converted weights are the model: the board, running a sharded bfloat16 folder, gives
-    the tokens the reference gives for the same values held as float32 in memory."""
+    the tokens the reference gives for the same values held as float32 in memory. Its
+    epsilon is the JSON integer 1, which the firmware must still read as a float."""
     cfg, w = tiny
     truncated = {k: (v.view(np.uint32) & 0xFFFF0000).view(np.float32) for k, v in w.items()}
     folder = write_shards(tmp_path / "ckpt", cfg, truncated, prefix="transformer.")
+    set_config(folder, layer_norm_epsilon=1)
+    cfg = dataclasses.replace(cfg, layer_norm_epsilon=1.0)
     for file in folder.glob("model-*.safetensors"):
         bits = {k: (v.view(np.uint32) >> 16).astype(np.uint16) for k, v in load_file(str(file)).items()}
         save_raw(bits, file, dtypes=dict.fromkeys(bits, "bfloat16"))
