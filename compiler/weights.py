@@ -64,10 +64,10 @@ def synthetic_weights(cfg: GPTConfig, seed: int = 0, progress=None) -> dict[str,
 # exactly (every float16 and bfloat16 value is a float32 value): numpy dtype as stored.
 FLOAT_DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}
 
-# No trained GPT-2 has a weight anywhere near this (GPT-2 124M's largest are in the
-# hundreds). Beyond it a weight times an activation of 1e8 already passes float32's
-# 3.4e38: the layer norms and dot products overflow to inf, then NaN, and the board and
-# the reference would "agree" on NaN logits. Such a value is a corrupt file, not a model.
+# No trained model has a weight anywhere near this. Beyond it, a weight times an
+# activation of 1e8 already passes float32's 3.4e38: the dot products and layer norms
+# overflow to inf, then NaN, and the board and the reference would "agree" on NaN logits.
+# Such a value is a corrupt file, not a model.
 MAX_ABS_WEIGHT = 1e30
 
 # safetensors' own bound on the JSON header (safetensors/src/tensor.rs, MAX_HEADER_SIZE)
