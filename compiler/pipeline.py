@@ -35,11 +35,20 @@ def load_model(model: str | None, weights_dir: str | None, weights_seed: int = 0
     folder's config.json wins over the preset."""
     if weights_dir:
         folder = Path(weights_dir)
+        try:
+            folder.stat()
+        except OSError as e:   # ENOENT, or ELOOP for a symlink loop
+            raise McugptError(f"--weights {weights_dir}: no such folder"
+                              + ("" if isinstance(e, FileNotFoundError) else f" ({e.strerror})")) from None
         if not folder.is_dir():
-            raise McugptError(f"--weights {weights_dir}: no such folder")
+            raise McugptError(f"--weights {weights_dir}: not a folder; give the folder that holds "
+                              f"config.json and model.safetensors")
         cfg = config_from_hf(folder / "config.json", model or folder.name)
         weights = load_checkpoint(folder, cfg)
         tok = load_tokenizer(str(folder))
+        if cfg.vocab_size < tok.n_vocab:   # a prompt could encode to a token with no wte row
+            raise McugptError(f"{folder / 'config.json'}: vocab_size {cfg.vocab_size} is less than the "
+                              f"tokenizer's {tok.n_vocab} tokens ({tok.name})")
     else:
         cfg = load_preset(model or "gpt2")
         bar = partial(progress, desc="weights", unit="tensor") if progress else None

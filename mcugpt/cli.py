@@ -45,8 +45,9 @@ def _model_args(p: argparse.ArgumentParser):
                    help=f"model shapes: one of {', '.join(preset_names())} (default gpt2; with "
                         "--weights, the folder's config.json wins and this only names the model)")
     p.add_argument("--weights", metavar="DIR",
-                   help="a Hugging Face GPT-2 checkpoint folder (config.json + model.safetensors, "
-                        "optional vocab.json + merges.txt); default: synthetic weights")
+                   help="a Hugging Face GPT-2 checkpoint folder (config.json + model.safetensors or its "
+                        "shards, optional vocab.json + merges.txt; what is accepted: docs/checkpoints.md); "
+                        "default: synthetic weights")
     p.add_argument("--weights-seed", type=int, default=0, metavar="N",
                    help="seed of the synthetic weights (default 0); ignored with --weights")
 
