@@ -111,8 +111,9 @@ def time_to_first_token(out: Path, model: str, rows: list[dict], progress) -> li
     out_rows = []
     for r in progress([r for r in rows if r["tcm"] != "off"] + [IO_BOUND_TTFT], desc="time to first token"):
         if r is IO_BOUND_TTFT:
-            name = f"{model}-{r['board']}-{r['dtype']}-ctx{r['ctx']}"
-            compile_model(model, out / "builds" / name, board=r["board"], dtype=r["dtype"], ctx=r["ctx"], quiet=True)
+            ctx = min(r["ctx"], load_preset(model).n_ctx)
+            name = f"{model}-{r['board']}-{r['dtype']}-ctx{ctx}"
+            compile_model(model, out / "builds" / name, board=r["board"], dtype=r["dtype"], ctx=ctx, quiet=True)
         else:
             name = f"{model}-{r['board']}-{r['dtype']}"
         out_rows.append(_ttft(Build.open(out / "builds" / name), r["board"], r["dtype"], r["flash"]))
