@@ -112,6 +112,9 @@ def time_to_first_token(out: Path, model: str, rows: list[dict], progress) -> li
     for r in progress([r for r in rows if r["tcm"] != "off"] + [IO_BOUND_TTFT], desc="time to first token"):
         if r is IO_BOUND_TTFT:
             ctx = min(r["ctx"], load_preset(model).n_ctx)
+            if any((x["board"], x["dtype"], x["flash"], x["ctx"]) == (r["board"], r["dtype"], r["flash"], ctx)
+                   for x in out_rows):
+                continue   # a small model's default context is already this short
             name = f"{model}-{r['board']}-{r['dtype']}-ctx{ctx}"
             compile_model(model, out / "builds" / name, board=r["board"], dtype=r["dtype"], ctx=ctx, quiet=True)
         else:
