@@ -25,6 +25,7 @@ from compiler.reference import Reference, check_context, generate
 from compiler.sampler import Sampling, check_request
 from compiler.tokenizer import encode, load_tokenizer
 from emulator.board import Board, RunResult
+from mcugpt import timeline
 from target.errors import McugptError
 from target.flash_layout import read_image
 
@@ -61,11 +62,12 @@ class Build:
 
 def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | None = None,
         flash: str | None = None, on_text=None, dump_logits: bool = False, check: bool = False,
-        timeout_s: float | None = None, chunk: int | None = None, on_position=None) -> dict:
+        timeout_s: float | None = None, chunk: int | None = None, on_position=None, trace=None) -> dict:
     """Generate on the board the build was planned for: its SRAM (or `ram`, to map less), its
     flash part (or `flash`), its PSRAM. `chunk`: prompt positions per chunk, 1 .. the plan's
     prefill chunk (default: the plan's). `on_position(pos, n_prompt)`: each forward pass as it
-    starts, with the prompt's length (progress)."""
+    starts, with the prompt's length (progress). `trace`: a file to write the run's timeline
+    to (mcugpt/timeline.py), named in the report."""
     profile = build.plan.profile
     flash = profile.flash_option(flash).part
     check_request(sampling.temperature, sampling.top_k, n_new)
@@ -77,14 +79,21 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
                           f"holds {build.plan.prefill_chunk} positions' activations)")
     # The firmware checks the image too (and is tested to); checking here first gives the
     # host's clearer message for a truncated, foreign or damaged image.
-    read_image(build.path / "flash.img", verify_weights=False)
+    image = read_image(build.path / "flash.img", verify_weights=False)
+    if trace is not None:
+        trace = timeline.check_path(trace)
     with Board.for_profile(build.path / "firmware.elf", build.path / "flash.img", profile,
-                           ram_bytes=ram, flash_preset=flash, xip=build.plan.runtime == "xip") as board:
+                           ram_bytes=ram, flash_preset=flash, xip=build.plan.runtime == "xip",
+                           timeline=trace is not None) as board:
         result = board.run(prompt_tokens, n_new, temperature=sampling.temperature, top_k=sampling.top_k,
                            seed=sampling.seed, dump_logits=dump_logits or check, on_text=on_text,
                            timeout_s=timeout_s, chunk=chunk or 0,
                            on_position=on_position and (lambda pos: on_position(pos, len(prompt_tokens))))
     report = summarize(build, result, prompt, prompt_tokens, flash, chunk)
+    if trace is not None:
+        timeline.write(trace, timeline.build(result, build.plan, image, len(prompt_tokens),
+                                             token_text=lambda t: tok.decode([t])))
+        report["trace"] = str(trace)
     if check:
         report["check"] = compare_with_reference(build, prompt_tokens, n_new, sampling, result)
     return report
@@ -224,12 +233,14 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
             # time to first token: from the first prompt position to the first token chosen
             "prefill_s": result.ttft_ns * 1e-9, "prefill_wall_s": result.ttft_wall_s,
             "boot_s": result.boot_ns * 1e-9,
+            "run_s": result.device_ns * 1e-9,   # the whole run: boot, prompt and every token
             "io_model": f"{flash} flash" + (f" + {plan.profile.psram.part} PSRAM" if plan.kv.placement == "psram" else "")
                         + ", simulated from datasheet timing, by DMA concurrent with the CPU (double-buffered weight tiles)",
         },
         "flash_bytes_per_token": int(mean([p.flash_bytes for p in decode])),
         "flash_bytes_total": result.flash_bytes,
         "psram_bytes_per_token": int(mean([p.psram_bytes for p in decode])),
+        "psram_bytes_total": result.psram_bytes,
         "kv_placement": plan.kv.placement, "ctx": plan.ctx, "board": plan.board,
         "board_profile": plan.profile.summary(),
         "peak_ram": {"measured": ram.peak_bytes, "static": ram.static_bytes,
