@@ -261,64 +261,96 @@ def build(result, plan, image, n_prompt: int, token_text=lambda t: None) -> dict
 
 KIND_COLORS = {"embed": "#8c564b", "ln_1": "#bcbd22", "attn_qkv": "#1f77b4", "attn_core": "#17becf",
                "attn_proj": "#9467bd", "ln_2": "#bcbd22", "mlp": "#2ca02c", "head": "#ff7f0e"}
+TRACK_COLORS = {"wait": "#d62728", "flash": "#7f7f7f", "psram": "#e377c2", "crc": "#393b79"}
+COLUMNS = 1200   # a row of short slices is drawn as how much of each of this many columns they fill
+
+
+def _occupancy(spans, lo: float, hi: float):
+    """(column edges, fraction of each column covered) for non-overlapping (start, duration) spans."""
+    import numpy as np
+    edges = np.linspace(lo, hi, COLUMNS + 1)
+    if not spans:
+        return edges, np.zeros(COLUMNS)
+    start, dur = np.array(spans, float).T
+    # covered(t): the spans' time before t; a column's share is its difference across the column
+    covered = np.array([np.clip(t - start, 0.0, dur).sum() for t in edges])
+    return edges, np.diff(covered) / np.diff(edges)
+
+
+def default_windows(trace: dict) -> list[tuple[str, float, float]]:
+    """The whole run; the last forward pass; a block of that pass: the first that reads from the
+    PSRAM (both buses at work), else the middle one."""
+    xs = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    windows = [("the whole run", 0.0, max(e["ts"] + e["dur"] for e in xs))]
+    passes = [e for e in xs if e["cat"] == "pass"]
+    if passes:
+        last = passes[-1]
+        windows.append((f"its last forward pass ({last['name']})", last["ts"], last["ts"] + last["dur"]))
+        stages = [e for e in xs if e["cat"] == "stage" and e["ts"] >= last["ts"] and e["args"]["layer"] is not None]
+        if stages:
+            layers = sorted({e["args"]["layer"] for e in stages})
+            layer = next((e["args"]["layer"] for e in stages if e["args"]["psram_read_bytes"]), layers[len(layers) // 2])
+            block = [e for e in stages if e["args"]["layer"] == layer]
+            windows.append((f"block {layer} of that pass: " + ", ".join(e["args"]["kind"] for e in block),
+                            block[0]["ts"], block[-1]["ts"] + block[-1]["dur"]))
+    return windows
 
 
 def render(trace: dict, png, windows=None, title: str | None = None) -> None:
-    """Draw `trace` to `png`: tracks as rows, slices as bars (stages coloured by kind, the
-    CPU's waits in red over them). `windows`: [(label, start us, end us)], one panel each
-    (default: the whole run)."""
+    """Draw `trace` to `png` with matplotlib: tracks as rows, top to bottom the CPU's boot and
+    passes, its stages (coloured by kind), its waits, then the flash, PSRAM and CRC tracks.
+    Passes and stages are bars; waits and transfers, thousands of short slices, are drawn as
+    the share of each column of pixels they fill (a full-height column: busy throughout).
+    `windows`: [(label, start us, end us)], one panel each (default: `default_windows`)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
     from matplotlib.patches import Patch
 
     xs = [e for e in trace["traceEvents"] if e["ph"] == "X"]
-    end = max(e["ts"] + e["dur"] for e in xs)
-    windows = windows or [("the whole run", 0.0, end)]
-    tracks = sorted({e["tid"] for e in xs})
+    windows = windows or default_windows(trace)
     names = {e["tid"]: e["args"]["name"] for e in trace["traceEvents"] if e["ph"] == "M" and e["name"] == "thread_name"}
-    # rows, top to bottom: passes, stages, waits on the CPU, then one row per other track
-    rows = [("CPU: boot, passes", lambda e: e["tid"] == CPU and e["cat"] in ("boot", "pass")),
-            ("CPU: stages", lambda e: e["tid"] == CPU and e["cat"] == "stage"),
-            ("CPU: waits", lambda e: e["tid"] == CPU and e["cat"] == "wait")]
-    rows += [(names.get(t, str(t)), lambda e, t=t: e["tid"] == t) for t in tracks if t != CPU]
+    rows = [("CPU: boot, passes", "bars", lambda e: e["tid"] == CPU and e["cat"] in ("boot", "pass")),
+            ("CPU: stages", "bars", lambda e: e["tid"] == CPU and e["cat"] == "stage"),
+            ("CPU: waits on I/O", "wait", lambda e: e["tid"] == CPU and e["cat"] == "wait")]
+    rows += [(names[t], {FLASH: "flash", PSRAM: "psram", CRC: "crc"}[t], lambda e, t=t: e["tid"] == t)
+             for t in sorted(names) if t != CPU]
 
-    fig, axes = plt.subplots(len(windows), 1, figsize=(13, 1.0 + 1.9 * len(windows) * len(rows) / 5),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(windows), 1, figsize=(13, 0.9 + 0.42 * len(rows) * len(windows)), squeeze=False)
     for ax, (label, lo, hi) in zip(axes[:, 0], windows):
         scale, unit = (1e3, "ms") if hi - lo > 5e3 else (1.0, "us")
-        for y, (_row, keep) in enumerate(rows):
-            bars, colors = [], []
-            for e in xs:
-                if keep(e) and e["ts"] < hi and e["ts"] + e["dur"] > lo:
-                    bars.append((e["ts"] / scale, max(e["dur"], (hi - lo) * 2e-4) / scale))
-                    if e["cat"] == "stage":
-                        colors.append(KIND_COLORS.get(e["args"]["kind"], "grey"))
-                    elif e["cat"] == "wait":
-                        colors.append("#d62728")
-                    elif e["cat"] in ("boot", "pass"):
-                        colors.append("#c7c7c7" if e["cat"] == "boot" else ("#aec7e8", "#ffbb78")[len(bars) % 2])
-                    else:
-                        colors.append("#7f7f7f" if e["cat"] != "psram" else "#e377c2")
-            ax.broken_barh(bars, (len(rows) - 1 - y - 0.4, 0.8), facecolors=colors, linewidth=0)
-        for e in xs:   # name the passes and the boot where there is room
-            if e["tid"] == CPU and e["cat"] in ("boot", "pass") and e["dur"] > (hi - lo) * 0.06 \
-                    and lo <= e["ts"] + e["dur"] / 2 <= hi:
-                ax.text((e["ts"] + e["dur"] / 2) / scale, len(rows) - 1, e["name"], ha="center", va="center",
-                        fontsize=8, clip_on=True)
+        for y, (_name, style, keep) in enumerate(rows):
+            base = len(rows) - 1 - y - 0.4
+            shown = [e for e in xs if keep(e) and e["ts"] < hi and e["ts"] + e["dur"] > lo]
+            if style != "bars":
+                edges, share = _occupancy([(e["ts"], e["dur"]) for e in shown], lo, hi)
+                ax.fill_between(edges / scale, base, base + 0.8 * np.append(share, share[-1]), step="post",
+                                color=TRACK_COLORS[style], linewidth=0)
+                continue
+            colors = [KIND_COLORS.get(e["args"]["kind"], "grey") if e["cat"] == "stage" else
+                      "#c7c7c7" if e["cat"] == "boot" else ("#aec7e8", "#ffbb78")[i % 2] for i, e in enumerate(shown)]
+            ax.broken_barh([(e["ts"] / scale, e["dur"] / scale) for e in shown], (base, 0.8), facecolors=colors,
+                           linewidth=0)
+            for e in shown:   # name the passes and the boot where there is room
+                if e["cat"] in ("boot", "pass") and e["dur"] > (hi - lo) * 0.06:
+                    mid = (max(e["ts"], lo) + min(e["ts"] + e["dur"], hi)) / 2
+                    ax.text(mid / scale, base + 0.4, e["name"], ha="center", va="center", fontsize=8)
         ax.set_yticks(range(len(rows)), [r[0] for r in reversed(rows)])
         ax.set_xlim(lo / scale, hi / scale)
         ax.set_ylim(-0.6, len(rows) - 0.4)
         ax.set_xlabel(f"simulated time ({unit}) from reset")
         ax.set_title(label, fontsize=10, loc="left")
-    kinds = sorted({e["args"]["kind"] for e in xs if e["cat"] == "stage"}, key=list(KIND_COLORS).index)
-    handles = [Patch(color=KIND_COLORS[k], label=k) for k in kinds if k != "ln_2"]
-    handles.append(Patch(color="#d62728", label="CPU waits on I/O"))
-    fig.legend(handles=handles, loc="upper right", ncol=len(handles), fontsize=8, frameon=False)
+    kinds = {e["args"]["kind"] for e in xs if e["cat"] == "stage"}
+    handles = [Patch(color=KIND_COLORS[k], label="ln_1, ln_2" if k == "ln_1" else k)
+               for k in KIND_COLORS if k in kinds and k != "ln_2"]
+    handles.append(Patch(color=TRACK_COLORS["wait"], label="CPU waiting"))
+    handles += [Patch(color=TRACK_COLORS[style], label=f"{name} busy") for name, style, _keep in rows[3:]]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     other = trace.get("otherData", {})
     fig.suptitle(title or f"{other.get('model', '')} {other.get('dtype', '')} on {other.get('board', '')}: "
                           f"timeline of `mcugpt run --trace` (simulated time)", x=0.01, ha="left", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.03, 1, 0.97))
     fig.savefig(png, dpi=110)
     plt.close(fig)
 
