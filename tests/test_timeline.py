@@ -49,7 +49,15 @@ def dk(dk_build, tmp_path_factory):
     return (dk_build, *traced_run(dk_build, tmp_path_factory.mktemp("dk_run") / "trace.json"))
 
 
-@pytest.fixture(params=["sim64", "dk"])
+@pytest.fixture(scope="module")
+def xip(tmp_path_factory):
+    # the XIP runtime reads weights in place: its line fills are on the flash track
+    build = compile_model("tiny", tmp_path_factory.mktemp("xip"), board="stm32h7s78-dk", dtype="int8",
+                          runtime="xip", quiet=True)
+    return (build, *traced_run(build, tmp_path_factory.mktemp("xip_run") / "trace.json"))
+
+
+@pytest.fixture(params=["sim64", "dk", "xip"])
 def traced(request):
     return request.getfixturevalue(request.param)
 
@@ -192,6 +200,14 @@ def test_each_stages_slices_add_up_to_its_time_and_flash_bytes_in_the_summary(tr
 
 # ----------------------------------------------------------------------------
 # the tracks of a board with PSRAM and a CRC unit that is a second DMA pass
+
+
+def test_the_xip_runtimes_line_fills_are_flash_slices_the_cpu_waits_for(xip):
+    _build, _report, trace = xip
+    fills = [e for e in slices(trace, track="flash") if e["name"].startswith("XIP ")]
+    assert fills and all(e["args"]["bytes"] % 32 == 0 for e in fills)   # whole 32-byte lines
+    waits = [w for w in slices(trace, "wait") if w["name"] == "wait xip"]
+    assert len(waits) == len(fills) and all(w["args"]["for"] == f["name"] for w, f in zip(waits, fills))
 
 
 def test_a_board_without_psram_has_no_psram_track(sim64):
