@@ -102,7 +102,7 @@ def _psram_label(plan, tier: _Regions, addr: int):
 
 
 def _ns(t: float) -> int:
-    return int(round(t))
+    return round(t)
 
 
 def _slice(tid: int, name: str, cat: str, start: float, end: float, args: dict) -> dict:
@@ -245,8 +245,10 @@ def build(result, plan, image, n_prompt: int, token_text=lambda t: None) -> dict
     for tid in sorted(tracks):
         meta.append({"name": "thread_name", "ph": "M", "pid": PID, "tid": tid, "args": {"name": TRACK_NAMES[tid]}})
         meta.append({"name": "thread_sort_index", "ph": "M", "pid": PID, "tid": tid, "args": {"sort_index": tid}})
-    # per track in time order, a slice before the slices it holds
-    out.sort(key=lambda e: (e["tid"], e["ts"], -e.get("dur", 0.0)))
+    # per track in time order, a slice before the slices it holds (and, for the same span,
+    # a pass before its stage before its wait)
+    depth = {"boot": 0, "pass": 0, "stage": 1}
+    out.sort(key=lambda e: (e["tid"], e["ts"], -e.get("dur", 0.0), depth.get(e["cat"], 2)))
     return {"traceEvents": meta + out, "displayTimeUnit": "ms",
             "otherData": {"model": plan.model.name, "dtype": plan.dtype, "board": plan.board,
                           "clock": "simulated: the board's CPU clock, not host time",

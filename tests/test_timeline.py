@@ -85,7 +85,7 @@ def inside(child, parent):
 
 
 def test_every_event_has_the_formats_required_keys_and_types(traced):
-    _build, report, trace = traced
+    _build, _report, trace = traced
     assert isinstance(trace["traceEvents"], list) and trace["displayTimeUnit"] in ("ms", "ns")
     for e in trace["traceEvents"]:
         assert isinstance(e["name"], str) and e["name"], e
@@ -157,7 +157,7 @@ def test_the_cpu_track_is_boot_then_forward_passes_holding_stages_holding_waits(
 
 
 def test_prefill_chunks_are_one_pass_each(dk):
-    build, report, trace = dk
+    build, _report, trace = dk
     passes = slices(trace, "pass")
     # the plan's chunk holds the whole 5-token prompt: one pass, then one per fed-back token
     assert [p["name"] for p in passes] == ["prefill 0-4", "decode 5", "decode 6"]
@@ -216,7 +216,7 @@ def test_a_board_without_psram_has_no_psram_track(sim64):
 
 
 def test_the_psram_track_shows_tier_copies_at_boot_tier_reads_and_kv_rows(dk):
-    build, report, trace = dk
+    build, _report, trace = dk
     assert set(track_names(trace).values()) == {"CPU", "flash", "PSRAM", "CRC unit"}
     boot = slices(trace, "boot")[0]
     psram = slices(trace, track="PSRAM")
