@@ -24,7 +24,7 @@ from compiler.plan import Plan
 from compiler.reference import Reference, check_context, generate
 from compiler.sampler import Sampling, check_request
 from compiler.tokenizer import encode, load_tokenizer
-from emulator.board import Board, RunResult
+from emulator.board import Board, BoardFault, FirmwareError, RunResult
 from mcugpt import timeline
 from target.errors import McugptError
 from target.flash_layout import read_image
@@ -85,14 +85,22 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
     with Board.for_profile(build.path / "firmware.elf", build.path / "flash.img", profile,
                            ram_bytes=ram, flash_preset=flash, xip=build.plan.runtime == "xip",
                            timeline=trace is not None) as board:
-        result = board.run(prompt_tokens, n_new, temperature=sampling.temperature, top_k=sampling.top_k,
-                           seed=sampling.seed, dump_logits=dump_logits or check, on_text=on_text,
-                           timeout_s=timeout_s, chunk=chunk or 0,
-                           on_position=on_position and (lambda pos: on_position(pos, len(prompt_tokens))))
+        def write_trace(result):
+            timeline.write(trace, timeline.build(result, build.plan, image, len(prompt_tokens),
+                                                 token_text=lambda t: tok.decode([t])))
+        try:
+            result = board.run(prompt_tokens, n_new, temperature=sampling.temperature, top_k=sampling.top_k,
+                               seed=sampling.seed, dump_logits=dump_logits or check, on_text=on_text,
+                               timeout_s=timeout_s, chunk=chunk or 0,
+                               on_position=on_position and (lambda pos: on_position(pos, len(prompt_tokens))))
+        except (BoardFault, FirmwareError) as e:
+            if trace is not None and e.result is not None:   # the timeline up to the fault: where it went wrong
+                write_trace(e.result)
+                e.args = (f"{e.args[0]} (timeline up to it: {trace})",)
+            raise
     report = summarize(build, result, prompt, prompt_tokens, flash, chunk)
     if trace is not None:
-        timeline.write(trace, timeline.build(result, build.plan, image, len(prompt_tokens),
-                                             token_text=lambda t: tok.decode([t])))
+        write_trace(result)
         report["trace"] = str(trace)
     if check:
         report["check"] = compare_with_reference(build, prompt_tokens, n_new, sampling, result)

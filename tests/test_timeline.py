@@ -9,6 +9,7 @@ time and CPU stall time the trace unit charged, each stage's time and bytes.
 
 import json
 import math
+import shutil
 import sys
 from collections import defaultdict
 
@@ -16,6 +17,7 @@ import pytest
 from conftest import REPO, mcugpt
 
 from compiler.pipeline import compile_model
+from target.flash_layout import read_image
 
 PROMPT = "Hello, my name is"     # 5 tokens
 N_PROMPT = 5
@@ -268,6 +270,26 @@ def test_a_bad_trace_path_is_one_line_before_the_run(tiny_build, tmp_path, where
     assert proc.returncode == 1 and proc.stdout == ""   # refused before the board ran (no text)
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"mcugpt: error: --trace {tmp_path / where}")
     assert says in proc.stderr
+
+
+def test_a_run_that_fails_leaves_its_timeline_up_to_the_fault(tiny_build, tmp_path):
+    damaged = tmp_path / "build"
+    shutil.copytree(tiny_build.out_dir, damaged)
+    blob = next(t for t in read_image(damaged / "flash.img", verify_weights=False).tensors
+                if t["name"] == "h.1.mlp.c_fc.weight")
+    with open(damaged / "flash.img", "r+b") as f:   # one bit of a streamed matrix
+        f.seek(blob["offset"] + 123)
+        byte = f.read(1)[0]
+        f.seek(blob["offset"] + 123)
+        f.write(bytes([byte ^ 1]))
+    path = tmp_path / "fault.json"
+    proc = mcugpt("run", "--build", damaged, "--prompt", "Hi", "--tokens", "2", "--trace", path)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert "BAD_TENSOR_CRC" in proc.stderr and proc.stderr.rstrip().endswith(f"(timeline up to it: {path})")
+    trace = json.loads(path.read_text())
+    test_slices_on_a_track_nest_or_follow_each_other_in_time_order((None, None, trace))
+    # the firmware checks the blob's CRC at the end of the stage that streams it
+    assert slices(trace, "stage")[-1]["name"] == "h1.mlp"
 
 
 def test_a_trace_draws_as_a_picture(sim64, tmp_path):
