@@ -197,6 +197,7 @@ class RunResult:
     ttft_wall_s: float = 0.0                 # the same in host seconds
     tcm_bytes: int = 0                       # the board's data TCM (0: none mapped)
     tcm_high_water: int = 0                  # bytes of the TCM arena the firmware wrote
+    timeline: list | None = None             # with Board(timeline=True): peripherals.CpuClock.events
 
     @property
     def tokens_per_s(self) -> float:
@@ -284,7 +285,9 @@ class Board:
     Cortex-M7 pipeline model (target/m7_pipeline.py).
     `count_instructions=False` (or MCUGPT_COUNTER=off) runs without the counter: compute then
     takes no simulated time. `record_dma` keeps every DMA start/completion in
-    `flashctl.log` / `psramctl.log` (tests).
+    `flashctl.log` / `psramctl.log` (tests). `timeline` records the run's timeline on the
+    board's clock (peripherals.CpuClock.events) into RunResult.timeline, for
+    `mcugpt run --trace` (mcugpt/timeline.py).
     """
 
     def __init__(self, elf_path, flash_image_path, ram_bytes: int = mm.SRAM_SIZE_DEFAULT,
@@ -293,7 +296,7 @@ class Board:
                  cpu_hz: float | None = None, crc_ns_per_byte: float = 0.0,
                  count_instructions: bool | None = None,
                  record_dma: bool = False, dtcm_bytes: int = 0, dcache: DCache | None = None,
-                 dma_steal_cycles_per_word: float = 0.0, xip: bool = False):
+                 dma_steal_cycles_per_word: float = 0.0, xip: bool = False, timeline: bool = False):
         default = get_board(DEFAULT_BOARD)
         self.cpu_hz = float(cpu_hz or default.cpu_hz)
         self.crc_ns_per_byte = crc_ns_per_byte
@@ -301,6 +304,7 @@ class Board:
             count_instructions = counter_mode() != "off"
         self.count_instructions = count_instructions
         self.record_dma = record_dma
+        self.timeline = timeline
         if not 0 <= dtcm_bytes <= DTCM_WINDOW or dtcm_bytes % PAGE:
             raise McugptError(f"data TCM of {dtcm_bytes:,} bytes: must be whole 4 KiB pages, at most {DTCM_WINDOW:,}")
         self.dtcm_bytes = dtcm_bytes
@@ -467,6 +471,7 @@ class Board:
             code = bytes(uc.mem_read(mm.CODE_BASE, code_end - mm.CODE_BASE))
             self.counter = InstructionCounter(uc, mm.CODE_BASE, code, costs=halfword_costs(code, mm.CODE_BASE))
         self.clock = CpuClock(self.counter, self.cpu_hz)
+        self.clock.events = [] if self.timeline else None
         # The D-cache in front of the SRAM, when the board has one: its line fills and
         # write-backs are charged to the CPU's clock.
         self.dcache = (dcache_model.DCacheModel(self.dcache_spec, mm.SRAM_BASE, self.ram_bytes, self.clock)
@@ -640,7 +645,7 @@ class Board:
             ttft_ns=(self.trace.token_ns[0] - self.trace.boot_ns) if self.trace.token_ns and self.trace.boot_ns else 0.0,
             ttft_wall_s=(self.trace.token_times[0] - self.trace.boot_wall)
             if self.trace.token_times and self.trace.boot_wall else 0.0,
-            tcm_bytes=self.dtcm_bytes, tcm_high_water=self._tcm_high_water())
+            tcm_bytes=self.dtcm_bytes, tcm_high_water=self._tcm_high_water(), timeline=clock.events)
 
     # -- memory, from the host -----------------------------------------------------
 

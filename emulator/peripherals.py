@@ -120,6 +120,11 @@ class CpuClock:
     access). Without a counter (counting off) compute takes no time and the clock is the I/O
     alone. `execute(n)` charges n instructions run outside the counter's view (models and
     tests) at `cpi` cycles each.
+
+    `events`, when a list (Board(timeline=True)), is the run's timeline on this clock: every
+    unit that knows a moment appends it there, in the order things happen (the CPU's waits
+    here, the DMA transfers, the CRC passes, the trace unit's stages, positions and tokens;
+    mcugpt/timeline.py reads them). None, the default, records nothing.
     """
 
     def __init__(self, counter=None, cpu_hz: float = 480e6, cpi: float = 1.0):
@@ -133,6 +138,7 @@ class CpuClock:
         self.stall_ns = 0.0        # CPU time spent waiting for DMA transfers
         self.memory_cycles = 0.0   # of `cycles`: D-cache line fills and write-backs (add_cycles)
         self.now_ns = 0.0          # cycles x ns_per_cycle + stall_ns
+        self.events: list[tuple] | None = None
         self._seen = 0
         self._seen_cycles = 0.0
 
@@ -169,10 +175,13 @@ class CpuClock:
         self.memory_cycles += cycles
         self.now_ns = self.cycles * self.ns_per_cycle + self.stall_ns
 
-    def stall_until(self, t_ns: float) -> float:
-        """The CPU waits (polls a status register) until t_ns."""
+    def stall_until(self, t_ns: float, cause: str = "dma") -> float:
+        """The CPU waits (polls a status register) until t_ns, for `cause` ("flash", "psram",
+        "crc", "xip": what the timeline names the wait)."""
         now = self.sync()
         if t_ns > now:
+            if self.events is not None:
+                self.events.append(("wait", cause, now, t_ns))
             self.stall_ns += t_ns - now
             self.now_ns = self.cycles * self.ns_per_cycle + self.stall_ns
         return self.now_ns
@@ -189,8 +198,9 @@ class DmaChannel:
     the CPU is spinning on STATUS (`wait`), moves the CPU's clock to the end first.
     """
 
-    def __init__(self, clock: CpuClock):
+    def __init__(self, clock: CpuClock, name: str = "dma"):
         self.clock = clock
+        self.name = name            # the bus it serves: "flash" or "psram" (names the CPU's waits)
         self.free_at_ns = 0.0
         self._pending: tuple[float, Callable[[], None] | None] | None = None
         self.transfers = 0
@@ -221,7 +231,7 @@ class DmaChannel:
         if self.clock.sync() < end:
             if not wait:
                 return False
-            self.clock.stall_until(end)
+            self.clock.stall_until(end, self.name)
         self.overlapped_instructions += self.clock.instructions - self._started_at
         self._pending = None
         if retire is not None:
@@ -257,16 +267,19 @@ class _DmaPeripheral(Peripheral):
     flight (any write but STATUS, or a read of a result register) is a firmware bug, so it
     is a bus error naming the register, as on a controller that rejects it. `log`, when
     a list, receives ("start", command, address, length, instructions, start_ns, end_ns, cycles, ram)
-    and ("done", instructions, now_ns, cycles) per transfer, for tests.
+    and ("done", instructions, now_ns, cycles) per transfer, for tests. The clock's timeline
+    (CpuClock.events), when recorded, receives ("dma", bus, command, address, bytes, start_ns,
+    end_ns, ram) per transfer.
     """
 
     results: tuple[str, ...] = ()   # registers that hold a transfer's result
+    bus = "dma"                     # "flash" or "psram"
 
     def __init__(self, faults: Faults, clock: CpuClock | None, commands: dict[str, int],
                  ram_base: int, ram_size: int):
         super().__init__(faults)
         self.clock = clock if clock is not None else CpuClock()
-        self.dma = DmaChannel(self.clock)
+        self.dma = DmaChannel(self.clock, self.bus)
         self.log: list[tuple] | None = None
         self._busy_at: int | None = None   # instructions at the last STATUS read that answered BUSY
         self._commands = {v: k for k, v in commands.items()}
@@ -348,8 +361,11 @@ class _DmaPeripheral(Peripheral):
     def _start(self, command: str, addr: int, length: int, duration_ns: float, retire=None) -> int:
         self._busy_at = None
         end = self.dma.start(duration_ns, retire)
+        ram = self.regs.get("DST", self.regs.get("RAM", 0))   # the RAM end of the transfer
+        if self.clock.events is not None:   # LEN is the data moved by READ, WRITE, PAGE_PROGRAM only
+            moved = length if command in ("READ", "WRITE", "PAGE_PROGRAM") else 0
+            self.clock.events.append(("dma", self.bus, command, addr, moved, end - duration_ns, end, ram))
         if self.log is not None:
-            ram = self.regs.get("DST", self.regs.get("RAM", 0))   # the RAM end of the transfer
             self.log.append(("start", command, addr, length, self.clock.instructions, end - duration_ns, end,
                              self.clock.cycles, ram))
         return BUSY
@@ -387,6 +403,7 @@ class FlashController(_DmaPeripheral):
     """
 
     spec = mm.FLASHCTL
+    bus = "flash"
     read_only = ("CRC_VALUE", "JEDEC_ID", "DEV_STATUS")
     results = ("CRC_VALUE", "JEDEC_ID", "DEV_STATUS")
 
@@ -401,7 +418,7 @@ class FlashController(_DmaPeripheral):
         self.crc_ns = 0.0
 
     def _crc_wait(self) -> None:
-        self.clock.stall_until(self.crc_free_at_ns)   # no wait when the passes are done
+        self.clock.stall_until(self.crc_free_at_ns, "crc")   # no wait when the passes are done
 
     def read(self, uc, name):
         if name == "STATUS":
@@ -465,8 +482,11 @@ class FlashController(_DmaPeripheral):
             self._share_bus(length / 4 * (2 if crc_pass else 1))
         if name == "READ" and crc_pass:   # the second pass starts when the read has landed
             duration = length * self.crc_ns_per_byte
-            self.crc_free_at_ns = max(self.crc_free_at_ns, self.dma.free_at_ns) + duration
+            start = max(self.crc_free_at_ns, self.dma.free_at_ns)
+            self.crc_free_at_ns = start + duration
             self.crc_ns += duration
+            if self.clock.events is not None:
+                self.clock.events.append(("crc", addr, length, start, start + duration))
         return status
 
     def _land(self, uc, dst: int, data: bytes) -> None:
@@ -497,6 +517,7 @@ class PsramController(_DmaPeripheral):
     """
 
     spec = mm.PSRAMCTL
+    bus = "psram"
 
     def __init__(self, faults: Faults, psram: Psram | None, ram_base: int, ram_size: int,
                  clock: CpuClock | None = None):
@@ -662,6 +683,10 @@ class Trace(Peripheral):
     the LOGITS_COUNT write, COUNT float32 at LOGITS_ADDR are copied into [FIRST:FIRST + COUNT]
     of the current step's logits; a step ends at a TOKEN write, so the logits dumped before
     token k are the ones that chose it.
+
+    On the clock's timeline (CpuClock.events, when recorded): ("stage", index or TRACE_IDLE,
+    ns) at each STAGE write, ("position", pos, ns), ("token", token, ns), and ("xip", flash
+    address, bytes read, start_ns, end_ns) for the XIP runtime's in-place reads.
     """
 
     spec = mm.TRACE
@@ -749,6 +774,7 @@ class Trace(Peripheral):
 
     def write(self, uc, name, value):
         self.regs[name] = value
+        events = self.clock.events
         if name == "STAGE":
             if self.current is not None and self.on_stage_end is not None:
                 self.on_stage_end(self.current, self.positions[-1] if self.positions else None)
@@ -762,12 +788,16 @@ class Trace(Peripheral):
                 if self.per_position:
                     self.per_position[-1].stages.append(value)
                 self._opened = self._now()
+            if events is not None:   # the clock is synced: _close or _now just read it
+                events.append(("stage", value, self.clock.now_ns))
         elif name == "TOKEN":
             self.tokens.append(value)
             self.token_times.append(time.perf_counter())
             self.token_ns.append(self.clock.sync())
             self.logits.append(self._step_logits)
             self._step_logits = None
+            if events is not None:
+                events.append(("token", value, self.token_ns[-1]))
         elif name == "POSITION":
             if not self.positions:   # the end of boot: image checks, weight checks, resident loads
                 self.boot_ns = self.clock.sync()
@@ -778,13 +808,20 @@ class Trace(Peripheral):
             self._close_position()
             self.per_position.append(PositionStats(value))
             self._position_opened = self._now()
+            if events is not None:
+                events.append(("position", value, self.clock.now_ns))
         elif name == "XIP_LEN":   # the CPU reads these in place: it stalls for every line fill
+            moved = self.flash.stats()["total"]["bytes"] if events is not None else 0
             try:
                 ns = self.flash.xip_lines(self.regs["XIP_ADDR"], value, mm.XIP_LINE)
             except (FlashError, ValueError) as e:
                 self.faults.record(uc, "bus_error", f"XIP read of {value:,} bytes at flash 0x{self.regs['XIP_ADDR']:x}: {e}")
                 return
-            self.clock.stall_until(self.clock.sync() + ns)
+            start = self.clock.sync()
+            if events is not None:   # whole lines move: the bytes the flash counted
+                moved = self.flash.stats()["total"]["bytes"] - moved
+                events.append(("xip", self.regs["XIP_ADDR"], moved, start, start + ns))
+            self.clock.stall_until(start + ns, "xip")
         elif name == "LOGITS_COUNT":
             self._logits_tile(uc, self.regs["LOGITS_ADDR"], self.regs["LOGITS_FIRST"], value)
 

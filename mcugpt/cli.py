@@ -166,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--prefill-chunk", type=int, metavar="N",
                    help="prompt positions processed together, 1 .. the plan's chunk (default: the plan's; "
                         "1: one position at a time, to compare the time to first token)")
+    u.add_argument("--trace", metavar="FILE",
+                   help="write the run's timeline on the board's simulated clock to FILE (Chrome/Perfetto "
+                        "trace events: open it at ui.perfetto.dev): stages, flash and PSRAM transfers, the "
+                        "CPU's waits (docs/timeline.md)")
     u.add_argument("--json", action="store_true", help="print one JSON object (no streaming text)")
 
     b = sub.add_parser("bench", help="GPT-2 on every board and dtype, beside the paper",
@@ -275,7 +279,7 @@ def cmd_run(a) -> None:
     try:
         report = run(build, a.prompt, a.tokens, sampling, ram=a.ram, flash=a.flash, on_text=None if a.json else stream,
                      check=a.check, timeout_s=a.timeout, chunk=a.prefill_chunk, on_position=on_position,
-                     check_stages=a.check_stages)
+                     check_stages=a.check_stages, trace=a.trace)
     finally:
         bar.close()
     if a.json:

@@ -140,6 +140,9 @@ def run_summary(r: dict) -> str:
         logits = ("logits bit-identical" if c["logits_identical"] else
                   f"logits DIFFER: max |error| {c['logits_max_abs_error']:.2g}")
         lines.append(f"reference    tokens {verdict}; {logits} (numpy reference, compiler/reference.py)")
+    if "trace" in r:
+        lines.append(f"trace        {r['trace']}: {seconds(d['run_s'])} of simulated time (open it at "
+                     f"ui.perfetto.dev; docs/timeline.md)")
     rows = [[k["kind"], k["stages"], seconds(k["io_s"]), seconds(k["compute_s"]), seconds(k["crc_s"]),
              seconds(k["device_s"]),
              f"{100 * k['overlap_fraction']:.0f}%", size(k["flash_bytes"]), f"{100 * k['share']:.0f}%"]

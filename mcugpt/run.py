@@ -24,7 +24,8 @@ from compiler.plan import Plan
 from compiler.reference import Reference, check_context, generate
 from compiler.sampler import Sampling, check_request
 from compiler.tokenizer import encode, load_tokenizer
-from emulator.board import Board, RunResult
+from emulator.board import Board, BoardFault, FirmwareError, RunResult
+from mcugpt import timeline
 from mcugpt.check_stages import StageCapture, checked_position
 from mcugpt.check_stages import check_stages as compare_stages
 from target.errors import McugptError
@@ -64,13 +65,14 @@ class Build:
 def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | None = None,
         flash: str | None = None, on_text=None, dump_logits: bool = False, check: bool = False,
         timeout_s: float | None = None, chunk: int | None = None, on_position=None,
-        check_stages: bool = False) -> dict:
+        check_stages: bool = False, trace=None) -> dict:
     """Generate on the board the build was planned for: its SRAM (or `ram`, to map less), its
     flash part (or `flash`), its PSRAM. `chunk`: prompt positions per chunk, 1 .. the plan's
     prefill chunk (default: the plan's). `on_position(pos, n_prompt)`: each forward pass as it
     starts, with the prompt's length (progress). `check_stages`: also capture every stage's
     output at the prompt's last position and compare it with the reference and onnxruntime
-    (mcugpt/check_stages.py; the prompt then runs one position at a time)."""
+    (mcugpt/check_stages.py; the prompt then runs one position at a time). `trace`: a file to
+    write the run's timeline to (mcugpt/timeline.py), named in the report."""
     profile = build.plan.profile
     flash = profile.flash_option(flash).part
     check_request(sampling.temperature, sampling.top_k, n_new)
@@ -87,16 +89,32 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
                           f"holds {build.plan.prefill_chunk} positions' activations)")
     # The firmware checks the image too (and is tested to); checking here first gives the
     # host's clearer message for a truncated, foreign or damaged image.
-    read_image(build.path / "flash.img", verify_weights=False)
+    image = read_image(build.path / "flash.img", verify_weights=False)
+    if trace is not None:
+        trace = timeline.check_path(trace)
     with Board.for_profile(build.path / "firmware.elf", build.path / "flash.img", profile,
-                           ram_bytes=ram, flash_preset=flash, xip=build.plan.runtime == "xip") as board:
+                           ram_bytes=ram, flash_preset=flash, xip=build.plan.runtime == "xip",
+                           timeline=trace is not None) as board:
         capture = StageCapture(board, build.plan, checked_position(len(prompt_tokens))) if check_stages else None
-        result = board.run(prompt_tokens, n_new, temperature=sampling.temperature, top_k=sampling.top_k,
-                           seed=sampling.seed, dump_logits=dump_logits or check or check_stages, on_text=on_text,
-                           timeout_s=timeout_s, chunk=chunk or 0,
-                           on_position=on_position and (lambda pos: on_position(pos, len(prompt_tokens))),
-                           on_stage_end=capture)
+
+        def write_trace(result):
+            timeline.write(trace, timeline.build(result, build.plan, image, len(prompt_tokens),
+                                                 token_text=lambda t: tok.decode([t])))
+        try:
+            result = board.run(prompt_tokens, n_new, temperature=sampling.temperature, top_k=sampling.top_k,
+                               seed=sampling.seed, dump_logits=dump_logits or check or check_stages, on_text=on_text,
+                               timeout_s=timeout_s, chunk=chunk or 0,
+                               on_position=on_position and (lambda pos: on_position(pos, len(prompt_tokens))),
+                               on_stage_end=capture)
+        except (BoardFault, FirmwareError) as e:
+            if trace is not None and e.result is not None:   # the timeline up to the fault: where it went wrong
+                write_trace(e.result)
+                e.args = (f"{e.args[0]} (timeline up to it: {trace})",)
+            raise
     report = summarize(build, result, prompt, prompt_tokens, flash, chunk)
+    if trace is not None:
+        write_trace(result)
+        report["trace"] = str(trace)
     if check:
         report["check"] = compare_with_reference(build, prompt_tokens, n_new, sampling, result)
     if check_stages:
@@ -238,12 +256,14 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
             # time to first token: from the first prompt position to the first token chosen
             "prefill_s": result.ttft_ns * 1e-9, "prefill_wall_s": result.ttft_wall_s,
             "boot_s": result.boot_ns * 1e-9,
+            "run_s": result.device_ns * 1e-9,   # the whole run: boot, prompt and every token
             "io_model": f"{flash} flash" + (f" + {plan.profile.psram.part} PSRAM" if plan.kv.placement == "psram" else "")
                         + ", simulated from datasheet timing, by DMA concurrent with the CPU (double-buffered weight tiles)",
         },
         "flash_bytes_per_token": int(mean([p.flash_bytes for p in decode])),
         "flash_bytes_total": result.flash_bytes,
         "psram_bytes_per_token": int(mean([p.psram_bytes for p in decode])),
+        "psram_bytes_total": result.psram_bytes,
         "kv_placement": plan.kv.placement, "ctx": plan.ctx, "board": plan.board,
         "board_profile": plan.profile.summary(),
         "peak_ram": {"measured": ram.peak_bytes, "static": ram.static_bytes,
