@@ -673,9 +673,11 @@ static void stage_mlp(uint32_t i, const StageEntry* s, const Chunk* c) {
     while (matrix_next_tile(&m)) {
         for (uint32_t p = 0; p < c->n; p++) y[p] = HIDDEN_(p) + m.row;
         tile_products(&m, y, b + m.row, in, c->n);
+        // GELU is elementwise: each tile's outputs as soon as they are final, while the next
+        // tile streams in, so the flash is not left idle for a whole GELU pass after the last
+        for (uint32_t p = 0; p < c->n; p++) gelu_tanh(y[p], (int)m.n);
     }
     matrix_close(&m);
-    for (uint32_t p = 0; p < c->n; p++) gelu_tanh(HIDDEN_(p), 4 * N_EMBD);
 
     load_vector(i, s, ROLE_MLP_B_PROJ, b);
     matrix_open(&m, i, s, ROLE_MLP_W_PROJ);
