@@ -61,11 +61,13 @@ class Build:
 
 def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | None = None,
         flash: str | None = None, on_text=None, dump_logits: bool = False, check: bool = False,
-        timeout_s: float | None = None, chunk: int | None = None, on_position=None) -> dict:
+        timeout_s: float | None = None, chunk: int | None = None, on_position=None,
+        gdb_port: int | None = None, on_gdb_wait=None) -> dict:
     """Generate on the board the build was planned for: its SRAM (or `ram`, to map less), its
     flash part (or `flash`), its PSRAM. `chunk`: prompt positions per chunk, 1 .. the plan's
     prefill chunk (default: the plan's). `on_position(pos, n_prompt)`: each forward pass as it
-    starts, with the prompt's length (progress)."""
+    starts, with the prompt's length (progress). `gdb_port`: start halted, under a GDB server
+    on that port (docs/debugging.md); `on_gdb_wait()` as it starts waiting for GDB."""
     profile = build.plan.profile
     flash = profile.flash_option(flash).part
     check_request(sampling.temperature, sampling.top_k, n_new)
@@ -83,7 +85,8 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
         result = board.run(prompt_tokens, n_new, temperature=sampling.temperature, top_k=sampling.top_k,
                            seed=sampling.seed, dump_logits=dump_logits or check, on_text=on_text,
                            timeout_s=timeout_s, chunk=chunk or 0,
-                           on_position=on_position and (lambda pos: on_position(pos, len(prompt_tokens))))
+                           on_position=on_position and (lambda pos: on_position(pos, len(prompt_tokens))),
+                           gdb_port=gdb_port, on_gdb_wait=on_gdb_wait)
     report = summarize(build, result, prompt, prompt_tokens, flash, chunk)
     if check:
         report["check"] = compare_with_reference(build, prompt_tokens, n_new, sampling, result)
