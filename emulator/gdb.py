@@ -45,7 +45,7 @@ import time
 
 from target.errors import McugptError
 
-__all__ = ["check_port", "attach", "session", "CpuTimeout"]
+__all__ = ["CpuTimeout", "attach", "check_port", "session"]
 
 UC_HOOK_MEM_READ = 1 << 10   # unicorn.UC_HOOK_MEM_READ
 
