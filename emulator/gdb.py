@@ -96,11 +96,13 @@ _HOOK_ADD = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, cty
 
 @contextlib.contextmanager
 def _filtered_hook_add(lib, module_file: str):
+    """While inside, udbserver's calls to uc_hook_add (through its GOT slots, found from its
+    ELF relocations) go to a filter that drops its all-memory UC_HOOK_MEM_READ hook."""
     from elftools.elf.elffile import ELFFile
     from elftools.elf.relocation import RelocationSection
     from unicorn.unicorn_py3.unicorn import uclib
 
-    path = os.path.join(os.path.dirname(module_file), os.path.basename(lib._name))
+    path = os.path.join(os.path.dirname(module_file), os.path.basename(lib._name))   # the loaded file
     with open(path, "rb") as f:
         elf = ELFFile(f)
         dynsym = elf.get_section_by_name(".dynsym")
@@ -122,23 +124,37 @@ def _filtered_hook_add(lib, module_file: str):
     filtered = _HOOK_ADD(hook_add)
     libc = ctypes.CDLL(None, use_errno=True)
     page = os.sysconf("SC_PAGE_SIZE")
-    saved = {}
+    cells = [base + slot for slot in slots]
+    pages = {cell & ~(page - 1): 0 for cell in cells}
+    for start in pages:
+        pages[start] = _protection(start)
+    saved = []
     try:
-        for slot in slots:
-            addr = base + slot
-            start = addr & ~(page - 1)
+        for start, protection in pages.items():
             # the import table is read-only after relocation (RELRO): open it for the swap
-            if libc.mprotect(ctypes.c_void_p(start), ctypes.c_size_t(addr + 8 - start), 3) != 0:
+            if libc.mprotect(ctypes.c_void_p(start), ctypes.c_size_t(page), protection | 2) != 0:
                 raise McugptError(f"cannot patch udbserver's uc_hook_add import: {os.strerror(ctypes.get_errno())}")
-            cell = ctypes.c_void_p.from_address(addr)
-            saved[addr] = cell.value
-            cell.value = ctypes.cast(filtered, ctypes.c_void_p).value
+        for cell in cells:
+            slot = ctypes.c_void_p.from_address(cell)
+            saved.append((slot, slot.value))
+            slot.value = ctypes.cast(filtered, ctypes.c_void_p).value
         yield
     finally:
-        for addr, value in saved.items():
-            ctypes.c_void_p.from_address(addr).value = value
-            start = addr & ~(page - 1)
-            libc.mprotect(ctypes.c_void_p(start), ctypes.c_size_t(addr + 8 - start), 1)
+        for slot, value in saved:
+            slot.value = value
+        for start, protection in pages.items():
+            libc.mprotect(ctypes.c_void_p(start), ctypes.c_size_t(page), protection)
+
+
+def _protection(address: int) -> int:
+    """The PROT_* bits of the mapping holding `address`, from /proc/self/maps."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            span, perms = line.split()[:2]
+            lo, hi = (int(x, 16) for x in span.split("-"))
+            if lo <= address < hi:
+                return (perms[0] == "r") | (perms[1] == "w") << 1 | (perms[2] == "x") << 2
+    raise McugptError(f"no mapping at 0x{address:x} in /proc/self/maps (udbserver's import table?)")
 
 
 # ----------------------------------------------------------------------------
@@ -153,8 +169,9 @@ def session():
     sys.stdout.flush()
     real_stdout, python_stdout = os.dup(1), sys.stdout
     os.dup2(2, 1)
-    sys.stdout = os.fdopen(os.dup(real_stdout), "w", buffering=1, encoding=python_stdout.encoding,
-                           errors=python_stdout.errors)
+    sys.stdout = os.fdopen(os.dup(real_stdout), "w", buffering=1,
+                           encoding=getattr(python_stdout, "encoding", None) or "utf-8",
+                           errors=getattr(python_stdout, "errors", None) or "strict")
     main = threading.current_thread() is threading.main_thread()
     old_sigint = signal.signal(signal.SIGINT, signal.SIG_DFL) if main else None
     try:

@@ -34,13 +34,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def debug(build, gdb_commands, *run_args, tokens=3):
-    """`mcugpt run --gdb` with a batch GDB running `gdb_commands` against it; returns
-    (returncode, stdout, stderr) of the run, then of GDB."""
+def debug(build, gdb_commands, *run_args, tokens=3, command=None):
+    """`mcugpt run --gdb` (or `command`, given the port) with a batch GDB running
+    `gdb_commands` against it; returns (returncode, stdout, stderr) of the run, then of GDB."""
     port = free_port()
-    run = subprocess.Popen([sys.executable, "-m", "mcugpt.cli", "run", "--build", str(build.out_dir),
-                            "--prompt", PROMPT, "--tokens", str(tokens), "--gdb", str(port), *run_args],
-                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = command(port) if command else [
+        sys.executable, "-m", "mcugpt.cli", "run", "--build", str(build.out_dir), "--prompt", PROMPT,
+        "--tokens", str(tokens), "--gdb", str(port), *run_args]
+    run = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # GDB retries the connection until the board listens (it does once it reaches reset)
         args = [GDB, "-batch", "-nx", "-ex", "set tcp connect-timeout 60", str(build.out_dir / "firmware.elf"),
@@ -130,6 +131,33 @@ def test_the_timeout_skips_the_time_at_a_breakpoint_but_stops_a_long_run(tiny_bu
     assert rc == 1
     assert err.strip().splitlines()[-1].startswith(
         "mcugpt: error: board fault: firmware did not finish within the 0.2 s timeout (the board's CPU time")
+
+
+# Board.run's instruction budget has no command-line option: a script runs the board
+# (under GDB when given a port) and prints where the budget ran out.
+BUDGET_RUN = """
+import sys
+from compiler.tokenizer import encode
+from emulator.board import Board, BoardFault
+from mcugpt.run import Build
+build = Build.open(sys.argv[1])
+port = int(sys.argv[2]) if len(sys.argv) > 2 else None
+with Board.for_profile(build.path / "firmware.elf", build.path / "flash.img", build.plan.profile) as board:
+    try:
+        board.run(encode(build.tokenizer(), "Hello"), 4, gdb_port=port, max_instructions=2_000_000)
+    except BoardFault as e:
+        print(e.kind, hex(e.pc), e.function, e.result.instructions)
+"""
+
+
+def test_the_instruction_budget_runs_out_at_the_same_instruction_under_the_debugger(tiny_build):
+    script = [sys.executable, "-c", BUDGET_RUN, str(tiny_build.out_dir)]
+    plain = subprocess.run(script, cwd=REPO, capture_output=True, text=True, timeout=180)
+    # a pause at a breakpoint, then the rest
+    (rc, debugged, err), _ = debug(tiny_build, ["break stage_embed", "continue", "continue"],
+                                   command=lambda port: [*script, str(port)])
+    assert rc == 0, err
+    assert debugged.split()[0] == "instruction_limit" and debugged == plain.stdout
 
 
 def test_a_fault_under_the_debugger_is_the_usual_one_line_report(tiny_build):
