@@ -4,9 +4,9 @@ runs under a debugger's control, breakpoints, stepping, registers and memory inc
 The GDB remote-protocol stub is udbserver (PyPI; https://github.com/bet4it/udbserver), a Rust
 library for Unicorn, driven here through its one C entry point `udbserver(uc, port, start)`:
 
-- it adds an empty UC_HOOK_CODE hook over all code (so that breakpoints, which are code hooks
-  added later, fire in blocks already translated) and an empty UC_HOOK_MEM_READ hook over all
-  memory, plus a code hook at `start`, and returns;
+- it adds an empty UC_HOOK_CODE hook over all code and an empty UC_HOOK_MEM_READ hook over
+  all memory (breakpoints, steps and watchpoints are hooks it adds later), plus a code hook
+  at `start`, and returns;
 - when the CPU reaches `start` (here the reset handler, before its first instruction), that
   hook listens on 0.0.0.0:PORT, waits for GDB and serves it until GDB continues or steps;
   every later stop (breakpoint, step, watchpoint) serves GDB again from inside a hook. All of
