@@ -33,10 +33,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The default C compiler is the pip-installed zig (in the venv). The tests also use Debian's
-# arm-none-eabi-gcc (the second supported compiler) and llvm (llvm-mca, LLVM's Cortex-M7
-# timing model, and llvm-objdump): as root (CI) they are installed when missing.
+# arm-none-eabi-gcc (the second supported compiler), llvm (llvm-mca, LLVM's Cortex-M7
+# timing model, and llvm-objdump) and gdb-multiarch (`mcugpt run --gdb`, docs/debugging.md):
+# as root (CI) they are installed when missing.
 toolchain:
-	@for need in arm-none-eabi-gcc:gcc-arm-none-eabi llvm-mca:llvm; do \
+	@for need in arm-none-eabi-gcc:gcc-arm-none-eabi llvm-mca:llvm gdb-multiarch:gdb-multiarch; do \
 	  cmd=$${need%%:*}; pkg=$${need##*:}; \
 	  command -v $$cmd >/dev/null || { \
 	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

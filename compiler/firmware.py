@@ -29,8 +29,10 @@ COMPILERS = toolchain.NAMES
 
 # Every build: no fused multiply-add (results must agree across compilers and with numpy),
 # no libm (-fno-math-errno keeps sqrtf an instruction), C11 for the headers' _Static_assert,
-# -fno-strict-aliasing because the arena is a byte array the runtime uses as floats.
-COMMON_FLAGS = ["-std=c11", "-O2", "-ffp-contract=off", "-fno-math-errno", "-fno-strict-aliasing",
+# -fno-strict-aliasing because the arena is a byte array the runtime uses as floats, and
+# DWARF debug info for `mcugpt run --gdb` (`list`, `print` a variable; it changes no code:
+# the loaded bytes are the same with -g0).
+COMMON_FLAGS = ["-std=c11", "-O2", "-g", "-ffp-contract=off", "-fno-math-errno", "-fno-strict-aliasing",
                 "-Wall", "-Wextra", "-Wdouble-promotion"]
 # Board builds: Cortex-M7 with the single-precision FPU, hard-float ABI.
 ZIG_FLAGS = ["-target", "thumb-freestanding-eabihf", "-mcpu=cortex_m7+fp_armv8d16sp",
@@ -40,7 +42,7 @@ GCC_FLAGS = ["-mcpu=cortex-m7", "-mthumb", "-mfpu=fpv5-sp-d16", "-mfloat-abi=har
              "-ffreestanding", "-nostdlib",
              # gcc turns copy/zero loops into memcpy/memset calls, which -nostdlib lacks
              "-fno-tree-loop-distribute-patterns"]
-SANITIZE_FLAGS = ["-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
+SANITIZE_FLAGS = ["-fno-omit-frame-pointer", "-fsanitize=address,undefined",
                   "-fno-sanitize-recover=all"]
 
 # The linker script's checks, quoted as the error when a link fails.

@@ -21,6 +21,7 @@ flash and PSRAM DMA transfers run concurrently with the CPU. See docs/board.md.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import mmap
 import re
@@ -54,6 +55,7 @@ from unicorn import (
 from unicorn.arm_const import UC_ARM_REG_LR, UC_ARM_REG_PC, UC_ARM_REG_SP, UC_CPU_ARM_CORTEX_M7
 
 from emulator import dcache as dcache_model
+from emulator import gdb
 from emulator.instruction_count import InstructionCounter, counter_mode
 from emulator.peripherals import (
     CpuClock,
@@ -554,34 +556,53 @@ class Board:
             dump_logits: bool = False, on_text: Callable[[str], None] | None = None,
             max_instructions: int | None = None, timeout_s: float | None = None, chunk: int = 0,
             on_position: Callable[[int], None] | None = None,
-            on_stage_end: Callable[[int, int | None], None] | None = None) -> RunResult:
+            on_stage_end: Callable[[int, int | None], None] | None = None, gdb_port: int | None = None,
+            on_gdb_wait: Callable[[], None] | None = None) -> RunResult:
         """Reset the board with this request in the mailbox and run until SYSCTL.EXIT.
 
         Raises BoardFault if the firmware crashes, hits `max_instructions` or `timeout_s`,
         and FirmwareError if it exits with an error code. Both carry the partial result.
+        `gdb_port`: start halted at the reset handler, with a GDB server on that port
+        (emulator/gdb.py; `on_gdb_wait` is called just before it waits for GDB); the
+        timeout then counts the board's CPU time, not the time it waits for the debugger.
         """
         mailbox = self._mailbox(prompt_tokens, n_new, temperature, top_k, seed, dump_logits, chunk)
+        if gdb_port is not None:
+            gdb.check_port(gdb_port)
         if self.psram is not None:  # before the trace unit (built at power-on) reads the counters
             self.psram.reset_stats()
         self.flash.reset_stats()
         entry = self._power_on(mailbox, on_text)
         self.trace.on_position = on_position   # each forward pass's first position, as it starts
         self.trace.on_stage_end = on_stage_end  # (stage, position) as each stage ends: read_f32 sees its output
+        # Under GDB the board waits for the debugger inside emu_start: Unicorn's timeout (host
+        # time) would end a run paused at a breakpoint, so the timeout counts CPU time instead.
+        debugger = cpu_timer = None
+        if gdb_port is not None:
+            gdb.attach(self.uc, gdb_port, entry)
+            debugger = gdb.session()
+            cpu_timer = gdb.CpuTimeout(self.uc, timeout_s) if timeout_s else None
+            if on_gdb_wait is not None:
+                on_gdb_wait()
         uc_error = None
         t0 = time.perf_counter()
         try:
-            self.uc.emu_start(entry, 0, timeout=int(timeout_s * 1e6) if timeout_s else 0,
-                              count=int(max_instructions or 0))
+            with debugger or contextlib.nullcontext(), cpu_timer or contextlib.nullcontext():
+                self.uc.emu_start(entry, 0, timeout=int(timeout_s * 1e6) if timeout_s and not cpu_timer else 0,
+                                  count=int(max_instructions or 0))
         except UcError as e:
             uc_error = e
         wall_s = time.perf_counter() - t0
+        timed_out = self.sysctl.exit_code is None and (
+            cpu_timer.fired if cpu_timer else bool(timeout_s) and wall_s >= timeout_s * 0.999)
         stale = self.dcache.unmaintained() if self.dcache is not None else None
         if stale is not None and self.sysctl.exit_code == EXIT_OK:
             self.faults.record(self.uc, "coherence", dcache_model.coherence_message(stale), stale)
         self._stage_at_stop = self.trace.current  # before _result closes the stage
         result = self._result(wall_s, t0, dump_logits)
 
-        fault = self._diagnose(uc_error, wall_s, max_instructions, timeout_s, result)
+        fault = self._diagnose(uc_error, timed_out, max_instructions, timeout_s, result,
+                               under_gdb=gdb_port is not None)
         if fault is not None:
             raise fault
         code, args = self.sysctl.exit_code, self.sysctl.exit_args
@@ -713,7 +734,8 @@ class Board:
         return (f"PC 0x{pc:08x} in {func or 'unknown code'}, {stage_text}", func,
                 None if stage is None else self.stage_label(stage))
 
-    def _diagnose(self, uc_error, wall_s, max_instructions, timeout_s, result) -> BoardFault | None:
+    def _diagnose(self, uc_error, timed_out, max_instructions, timeout_s, result,
+                  under_gdb: bool = False) -> BoardFault | None:
         uc = self.uc
         pc = uc.reg_read(UC_ARM_REG_PC)
         first = self.faults.first
@@ -725,8 +747,10 @@ class Board:
             kind, what = "invalid_instruction", f"invalid instruction {self._insn_hex(pc)}"
         elif uc_error is not None:
             kind, what = "exception", f"emulation error: {uc_error}"
-        elif code is None and timeout_s and wall_s >= timeout_s * 0.999:
-            kind, what = "timeout", f"firmware did not finish within the {timeout_s:g} s timeout"
+        elif timed_out:
+            kind, what = "timeout", (f"firmware did not finish within the {timeout_s:g} s timeout"
+                                     + (" (the board's CPU time: waiting for the debugger is not counted)"
+                                        if under_gdb else ""))
         elif code is None and max_instructions:
             kind, what = "instruction_limit", f"firmware did not finish within {max_instructions:,} instructions"
         elif code is None:

@@ -162,7 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "stage's own ONNX subgraph (within a tolerance); print a table per stage and fail "
                         "naming the first stage that differs from the reference (runs the prompt with "
                         "--prefill-chunk 1; docs/check_stages.md)")
-    u.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the board after this much host time")
+    u.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="stop the board after this much host time (with --gdb: CPU time, so a run "
+                        "paused at a breakpoint is not stopped)")
+    u.add_argument("--gdb", metavar="PORT",
+                   help="start halted at reset with a GDB server on PORT (udbserver; it listens on all "
+                        "interfaces) and run under the debugger: attach with `gdb-multiarch "
+                        "DIR/firmware.elf -ex 'target remote :PORT'`; same tokens and simulated times "
+                        "(docs/debugging.md)")
     u.add_argument("--prefill-chunk", type=int, metavar="N",
                    help="prompt positions processed together, 1 .. the plan's chunk (default: the plan's; "
                         "1: one position at a time, to compare the time to first token)")
@@ -254,6 +261,15 @@ def cmd_run(a) -> None:
     from mcugpt.run import Build, run, to_json
     build = Build.open(a.build)
     sampling = Sampling(0.0 if a.greedy else a.temperature, a.top_k, a.seed)
+    gdb_port = None
+    if a.gdb is not None:
+        if not a.gdb.strip().isdigit():
+            raise McugptError(f"--gdb {a.gdb!r} is not a port number (1..65535)")
+        gdb_port = int(a.gdb)
+
+    def on_gdb_wait():  # stderr: stdout carries the text or the JSON
+        print(f"mcugpt: the board is halted at reset; attach with: gdb-multiarch {build.path / 'firmware.elf'} "
+              f"-ex 'target remote :{gdb_port}'", file=sys.stderr, flush=True)
 
     started = False
     # the prompt's positions as the board computes them (a bar on a terminal only): a long
@@ -279,7 +295,7 @@ def cmd_run(a) -> None:
     try:
         report = run(build, a.prompt, a.tokens, sampling, ram=a.ram, flash=a.flash, on_text=None if a.json else stream,
                      check=a.check, timeout_s=a.timeout, chunk=a.prefill_chunk, on_position=on_position,
-                     check_stages=a.check_stages, trace=a.trace)
+                     check_stages=a.check_stages, trace=a.trace, gdb_port=gdb_port, on_gdb_wait=on_gdb_wait)
     finally:
         bar.close()
     if a.json:

@@ -65,14 +65,16 @@ class Build:
 def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | None = None,
         flash: str | None = None, on_text=None, dump_logits: bool = False, check: bool = False,
         timeout_s: float | None = None, chunk: int | None = None, on_position=None,
-        check_stages: bool = False, trace=None) -> dict:
+        check_stages: bool = False, trace=None, gdb_port: int | None = None, on_gdb_wait=None) -> dict:
     """Generate on the board the build was planned for: its SRAM (or `ram`, to map less), its
     flash part (or `flash`), its PSRAM. `chunk`: prompt positions per chunk, 1 .. the plan's
     prefill chunk (default: the plan's). `on_position(pos, n_prompt)`: each forward pass as it
     starts, with the prompt's length (progress). `check_stages`: also capture every stage's
     output at the prompt's last position and compare it with the reference and onnxruntime
     (mcugpt/check_stages.py; the prompt then runs one position at a time). `trace`: a file to
-    write the run's timeline to (mcugpt/timeline.py), named in the report."""
+    write the run's timeline to (mcugpt/timeline.py), named in the report. `gdb_port`: start
+    halted, under a GDB server on that port (docs/debugging.md); `on_gdb_wait()` as it starts
+    waiting for GDB."""
     profile = build.plan.profile
     flash = profile.flash_option(flash).part
     check_request(sampling.temperature, sampling.top_k, n_new)
@@ -105,7 +107,7 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
                                seed=sampling.seed, dump_logits=dump_logits or check or check_stages, on_text=on_text,
                                timeout_s=timeout_s, chunk=chunk or 0,
                                on_position=on_position and (lambda pos: on_position(pos, len(prompt_tokens))),
-                               on_stage_end=capture)
+                               on_stage_end=capture, gdb_port=gdb_port, on_gdb_wait=on_gdb_wait)
         except (BoardFault, FirmwareError) as e:
             if trace is not None and e.result is not None:   # the timeline up to the fault: where it went wrong
                 write_trace(e.result)

@@ -8,6 +8,7 @@ import os
 import shutil
 import struct
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -92,6 +93,23 @@ def test_arena_and_stack_are_where_the_plan_says(board_elf):
         # the firmware's own statics fit the plan's reserve for them
         data = elf.get_section_by_name(".data")
         assert (data["sh_size"] if data else 0) + (bss_hi - bss_lo) <= plan["reserved"]["firmware"]
+
+
+def test_elf_has_debug_info_for_the_runtime(board_elf):
+    """`mcugpt run --gdb` (docs/debugging.md): GDB lists runtime.c and breaks at a stage by
+    name, from either compiler's ELF."""
+    _cc, path, _plan = board_elf
+    with open(path, "rb") as f:
+        elf = elffile.ELFFile(f)
+        assert elf.has_dwarf_info()
+        dwarf = elf.get_dwarf_info()
+        units = {Path(cu.get_top_DIE().get_full_path()).name: cu for cu in dwarf.iter_CUs()}
+        assert "runtime.c" in units
+        names = {die.attributes["DW_AT_name"].value.decode() for die in units["runtime.c"].iter_DIEs()
+                 if die.tag == "DW_TAG_subprogram" and "DW_AT_name" in die.attributes}
+        assert {"forward", "stage_embed", "stage_mlp", "stage_head"} <= names
+        lines = dwarf.line_program_for_CU(units["runtime.c"]).get_entries()
+        assert any(e.state is not None and e.state.line > 1 for e in lines)
 
 
 def test_float32_only_no_soft_double_no_libc(board_elf):
