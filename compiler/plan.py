@@ -130,7 +130,13 @@ class TensorPlan:
     row_bytes: int
     tile_rows: int              # rows per weight tile (MATRIX); all its rows otherwise
     resident_offset: int | None = None  # arena offset when kept in SRAM; None: read from flash
-    psram_offset: int | None = None     # PSRAM address when the tier planner put it there
+    psram_offset: int | None = None     # PSRAM address of its part in the PSRAM tier, if any
+    psram_tail: int = 0                 # bytes at the end of each full tile read from the PSRAM tier
+
+    @property
+    def psram_bytes(self) -> int:
+        """What the PSRAM tier holds of it: the tail of each full tile, one after another."""
+        return self.rows // self.tile_rows * self.psram_tail if self.psram_offset is not None else 0
 
     @property
     def rows(self) -> int:
@@ -581,15 +587,9 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
         t.resident_offset = offset
         offset += _align(t.bytes)
 
-    # the PSRAM tier: whole streamed matrices in the PSRAM the KV cache leaves, largest first
-    psram_tier = 0
-    if tiers == "auto" and runtime == "stream" and prof.psram is not None:
-        at = 0 if kv_in_sram else -(-ctx * kv_token // PSRAM_ALIGN) * PSRAM_ALIGN
-        for t in sorted((t for t in tensors if t.access == MATRIX and not t.resident), key=lambda t: -t.bytes):
-            if at + t.bytes <= prof.psram_bytes:
-                t.psram_offset = at
-                at += -(-t.bytes // PSRAM_ALIGN) * PSRAM_ALIGN
-                psram_tier += t.bytes
+    # the PSRAM tier, in the PSRAM the KV cache leaves
+    kv_end = 0 if kv_in_sram else -(-ctx * kv_token // PSRAM_ALIGN) * PSRAM_ALIGN
+    psram_tier = _psram_tier(prof, tensors, kv_end) if tiers == "auto" and runtime == "stream" and verify == "boot" else 0
 
     stage_plans = [_stage_plan(s, k, cfg, dtype, ctx, kv_in_sram, kv_token, sizes, by_name)
                    for s, k in zip(stages, kinds)]
@@ -623,13 +623,50 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
                       macs_per_token_at_ctx=sum(r.macs for r in stage_plans)),
         largest_stage={"name": largest.name, "ram_bytes": largest.ram_bytes},
         peak_ram_bytes=arena + STACK_RESERVE + FIRMWARE_RESERVE,
-        buses=_buses(prof, stage_plans, tile, runtime, kv, kv_in_sram, psram_tier))
+        buses=_buses(prof, stage_plans, tile, runtime, kv, kv_in_sram, psram_tier, tensors))
     plan.plan_id = zlib.crc32(json.dumps(plan.to_dict(), sort_keys=True).encode())
     return plan
 
 
+def _psram_tier(prof: BoardProfile, tensors: list[TensorPlan], at: int) -> int:
+    """The same share of every full tile of every streamed matrix comes from the PSRAM: its
+    last psram_tail bytes, read by the PSRAM's DMA while the flash's reads the rest of the tile
+    (the two buses run at once), so a tile arrives in the longer of the two reads, not their
+    sum. The share is what the PSRAM has room for, at most the buses' balance point (beyond
+    it the PSRAM would take longer than the flash). Whole matrices in the PSRAM would leave
+    the flash idle while they stream. Returns the bytes the tier holds."""
+    from target.boards import flash_timing_of, psram_timing_of
+    from target.flash_timing import read_time_ns
+    from target.psram_timing import transfer_time_ns
+    if prof.psram is None:
+        return 0
+    streamed = [t for t in tensors if t.access == MATRIX and not t.resident and t.rows >= t.tile_rows]
+    full = lambda t: t.rows // t.tile_rows * t.tile_rows * t.row_bytes   # the bytes in full tiles
+    total = sum(full(t) for t in streamed)
+    if not total:
+        return 0
+    tile = max(t.tile_rows * t.row_bytes for t in streamed)
+    flash_rate = tile / read_time_ns(flash_timing_of(prof.flash[0]), tile, device_size=prof.flash_bytes)
+    psram_rate = tile / transfer_time_ns(psram_timing_of(prof.psram), tile, False)
+    # each tensor's part starts on a page, and rounding each tile's split to a line may add 32 bytes
+    room = prof.psram_bytes - at - len(streamed) * PSRAM_ALIGN - 32 * sum(t.rows // t.tile_rows for t in streamed)
+    share = min(psram_rate / (flash_rate + psram_rate), room / total)
+    held = 0
+    for t in streamed:
+        tile_bytes = t.tile_rows * t.row_bytes
+        # the flash's part a whole number of 32-byte lines: the two DMAs never share a D-cache line
+        tail = tile_bytes - int(tile_bytes * (1 - share)) // 32 * 32
+        if share <= 0 or tail <= 0:
+            continue
+        t.psram_offset, t.psram_tail = at, tail
+        at += -(-t.psram_bytes // PSRAM_ALIGN) * PSRAM_ALIGN
+        held += t.psram_bytes
+    assert at <= prof.psram_bytes, (at, prof.psram_bytes)
+    return held
+
+
 def _buses(prof: BoardProfile, stage_plans, tile: int, runtime: str, kv: KvPlan, kv_in_sram: bool,
-           psram_weights: int) -> dict:
+           psram_weights: int, tensors: list[TensorPlan]) -> dict:
     """What a decoded token at the planned context moves on each external bus, at the rate of
     the transfers the firmware makes (a weight tile, or a 32-byte line for XIP; a block of KV
     rows), and the bound that sets: the buses run concurrently, so the busier one."""
@@ -645,8 +682,9 @@ def _buses(prof: BoardProfile, stage_plans, tile: int, runtime: str, kv: KvPlan,
         psram = psram_timing_of(prof.psram)
         kv_bytes = 0 if kv_in_sram else sum(s.kv_read_bytes + s.kv_write_bytes for s in stage_plans)
         block = max(kv.block_positions, 1) * kv.row_bytes
+        tail = max((t.psram_tail for t in tensors if t.psram_offset is not None), default=0)
         seconds = (kv_bytes / block * transfer_time_ns(psram, block, False) if kv_bytes else 0.0) + (
-            psram_weights / tile * transfer_time_ns(psram, tile, False) if psram_weights else 0.0)
+            psram_weights / tail * transfer_time_ns(psram, tail, False) if psram_weights else 0.0)
         psram_bytes = kv_bytes + psram_weights
         out["psram"] = {"bytes_per_token": psram_bytes, "bytes_per_s": psram_bytes / seconds * 1e9,
                         "s_per_token": seconds * 1e-9, "weight_bytes_per_token": psram_weights}
@@ -660,8 +698,8 @@ def _stage_plan(s: Stage, kind, cfg, dtype, ctx, kv_in_sram, kv_token, sizes, by
     ts = [by_name[t.initializer] for t in s.tensors]
     flash = 0
     for r, t in zip(kind.roles, ts):
-        if not t.resident and (r.access == ROW or t.psram_offset is None):   # (rows come from flash)
-            flash += t.row_bytes if r.access == ROW else t.bytes   # ROW: one row per token
+        if not t.resident:   # ROW: one row per token, from flash; a matrix: all but its PSRAM part
+            flash += t.row_bytes if r.access == ROW else t.bytes - t.psram_bytes
     kv_read = kv_write = 0
     if "kv" in kind.reads:   # at the last position of the planned context
         kv_read, kv_write = kv_token // cfg.n_layer * ctx, kv_token // cfg.n_layer

@@ -119,7 +119,8 @@ _Static_assert(ROLE_LN_1_GAIN == ROLE_LN_2_GAIN && ROLE_LN_1_BIAS == ROLE_LN_2_B
 typedef struct {
     uint32_t tile_rows;        // rows per weight tile (every row, for a tensor not streamed)
     uint32_t resident_offset;  // arena offset of its bytes (laid out as in flash), or NOT_RESIDENT
-    uint32_t psram_offset;     // PSRAM address of its copy (the PSRAM tier), or NOT_RESIDENT
+    uint32_t psram_offset;     // PSRAM address of its part in the PSRAM tier, or NOT_RESIDENT
+    uint32_t psram_tail;       // bytes at the end of each full tile that come from that part
 } TensorPlan;
 static const RoleSpec ROLE_SPEC[STAGE_KIND_COUNT][STAGE_MAX_TENSORS] = ROLE_SPEC_TABLE;
 static const TensorPlan TENSOR_PLAN[TENSOR_COUNT] = TENSOR_PLAN_TABLE;
@@ -201,21 +202,29 @@ static void verify_weights(void) {
 #endif
 }
 
-// The PSRAM tier: each of its tensors copied from flash to its PSRAM address once at boot,
-// through a weight tile buffer and the CRC unit (checked here, not again); its stages then
-// stream it from the PSRAM (matrix_fetch).
+// The PSRAM tier: the tail of each full tile of its tensors copied from flash to the PSRAM
+// once at boot. The whole blob streams through a weight tile buffer and the CRC unit a tile
+// at a time (checked here, not again), and each tile's tail goes to the PSRAM from that
+// buffer, so the PSRAM holds the bytes the CRC saw. matrix_fetch then reads each tile's tail
+// from the PSRAM while the flash delivers the rest.
 static void load_psram_tier(void) {
 #if !RUNTIME_XIP
     for (uint32_t i = 0; i < TENSOR_COUNT; i++) {
-        uint32_t to = TENSOR_PLAN[i].psram_offset;
-        if (to == NOT_RESIDENT) continue;
+        const TensorPlan* p = &TENSOR_PLAN[i];
+        if (p->psram_offset == NOT_RESIDENT) continue;
         TensorEntry t;
         read_tensor_entry(i, &t);
+        uint32_t tile = p->tile_rows * (t.size / t.rows);   // a full tile's bytes (rows of equal size)
+        if (tile > BUF_WEIGHTS_BYTES || p->psram_tail > tile) board_exit(EXIT_BAD_STAGE, 0, 0, i);
         crc_begin();
+        uint32_t to = p->psram_offset;
         for (uint32_t done = 0; done < t.size;) {
-            uint32_t n = t.size - done < BUF_WEIGHTS_BYTES ? t.size - done : BUF_WEIGHTS_BYTES;
+            uint32_t n = t.size - done < tile ? t.size - done : tile;
             flash_read_crc(t.offset + done, BUF(WEIGHTS), n);
-            psram_write(to + done, BUF(WEIGHTS), n);
+            if (n == tile) {   // a full tile: its tail to the PSRAM
+                psram_write(to, (const uint8_t*)BUF(WEIGHTS) + tile - p->psram_tail, p->psram_tail);
+                to += p->psram_tail;
+            }
             done += n;
         }
         check_crc(i, &t);
@@ -297,17 +306,22 @@ static uint32_t tile_rows_from(const MatrixStream* m, uint32_t row) {
 }
 
 // Start the DMA of the tile that begins at `row` into m->spare (nothing past the last row).
+// A full tile of a tensor in the PSRAM tier comes in two reads at once: its tail from the
+// PSRAM, the rest from the flash, each by its own DMA (both checked at boot).
 static void matrix_fetch(MatrixStream* m, uint32_t row) {
     if (row >= m->t.rows) return;
-    uint32_t in_psram = TENSOR_PLAN[m->index].psram_offset;
-    if (in_psram != NOT_RESIDENT) {   // the PSRAM tier: its own DMA, checked at boot
-        psram_read_start(in_psram + row * m->row_bytes, m->spare, tile_rows_from(m, row) * m->row_bytes);
-        return;
+    uint32_t bytes = tile_rows_from(m, row) * m->row_bytes;
+    const TensorPlan* p = &TENSOR_PLAN[m->index];
+    if (p->psram_offset != NOT_RESIDENT && bytes == m->tile_rows * m->row_bytes) {
+        uint32_t tail = p->psram_tail, tile = row / m->tile_rows;
+        psram_read_start(p->psram_offset + tile * tail, (uint8_t*)m->spare + bytes - tail, tail);
+        bytes -= tail;
+        if (bytes == 0) return;
     }
 #if VERIFY_AT_BOOT
-    flash_read_start(m->t.offset + row * m->row_bytes, m->spare, tile_rows_from(m, row) * m->row_bytes);
+    flash_read_start(m->t.offset + row * m->row_bytes, m->spare, bytes);
 #else
-    flash_read_crc_start(m->t.offset + row * m->row_bytes, m->spare, tile_rows_from(m, row) * m->row_bytes);
+    flash_read_crc_start(m->t.offset + row * m->row_bytes, m->spare, bytes);
 #endif
 }
 
@@ -331,7 +345,7 @@ static void matrix_open(MatrixStream* m, uint32_t stage, const StageEntry* s, ui
 #endif
     if (m->kept) return;   // checked at boot; its tiles are read in place
 #if !VERIFY_AT_BOOT
-    if (TENSOR_PLAN[m->index].psram_offset == NOT_RESIDENT) crc_begin();   // nothing else may feed this CRC
+    crc_begin();   // nothing else may feed this CRC (the PSRAM tier exists only with VERIFY_AT_BOOT)
 #endif
 #if DOUBLE_BUFFERED
     matrix_fetch(m, 0);   // tile 0 streams in while the caller prepares its input
@@ -365,7 +379,7 @@ static int matrix_next_tile(MatrixStream* m) {
 }
 
 static void matrix_close(MatrixStream* m) {
-    if (!m->kept && !VERIFY_AT_BOOT && !RUNTIME_XIP && TENSOR_PLAN[m->index].psram_offset == NOT_RESIDENT) {
+    if (!m->kept && !VERIFY_AT_BOOT && !RUNTIME_XIP) {
         check_crc(m->index, &m->t);
     }
 }

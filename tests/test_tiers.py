@@ -1,5 +1,6 @@
-"""The memory-tier planner (compiler/plan.py TIERS): whole streamed matrices in the PSRAM the KV
-cache leaves, copied and CRC-checked once at boot, then streamed by the PSRAM's own DMA."""
+"""The memory-tier planner (compiler/plan.py TIERS): the tail of every full weight tile in the
+PSRAM the KV cache leaves, copied and CRC-checked once at boot, then read by the PSRAM's own
+DMA while the flash's DMA reads the rest of the tile."""
 
 import numpy as np
 import pytest
@@ -10,7 +11,10 @@ from compiler.plan import make_plan
 from compiler.reference import Reference, generate
 from compiler.sampler import Sampling
 from emulator.board import Board
-from target.boards import get_board
+from target.boards import flash_timing_of, get_board, psram_timing_of
+from target.flash_timing import read_time_ns
+from target.psram_timing import transfer_time_ns
+from target.flash_layout import read_image
 
 H7 = "stm32h7s78-dk"
 
@@ -19,7 +23,8 @@ H7 = "stm32h7s78-dk"
 def test_the_psram_tier_never_exceeds_the_psram_nor_touches_the_kv_cache(model):
     cfg = load_preset(model)
     plan = make_plan(cfg, stages_of(cfg), dtype="int8", board=H7)
-    tier = sorted((t.psram_offset, t.psram_offset + t.bytes, t.name) for t in plan.tensors if t.psram_offset is not None)
+    tier = sorted((t.psram_offset, t.psram_offset + t.psram_bytes, t.name) for t in plan.tensors
+                  if t.psram_offset is not None)
     assert tier and plan.psram_weight_bytes == sum(b - a for a, b, _ in tier)
     kv_end = plan.kv.bytes if plan.kv.placement == "psram" else 0
     assert tier[0][0] >= kv_end and tier[-1][1] <= get_board(H7).psram_bytes
@@ -30,6 +35,41 @@ def test_the_psram_tier_never_exceeds_the_psram_nor_touches_the_kv_cache(model):
     moved = flash_only.buses["flash"]["bytes_per_token"] - plan.buses["flash"]["bytes_per_token"]
     assert moved == plan.psram_weight_bytes == plan.buses["psram"]["weight_bytes_per_token"]
     assert plan.buses["bound_s_per_token"] < flash_only.buses["bound_s_per_token"]
+    # every streamed matrix gives the PSRAM the same share of each full tile: as much as fits
+    tiered = [t for t in plan.tensors if t.psram_offset is not None]
+    shares = [t.psram_tail / (t.tile_rows * t.row_bytes) for t in tiered]
+    assert max(shares) - min(shares) < 0.01
+    # as much as fits, or (a small model) up to where the PSRAM's part takes as long as the flash's
+    board = get_board(H7)
+    t = tiered[0]
+    tile = t.tile_rows * t.row_bytes
+    flash_ns = read_time_ns(flash_timing_of(board.flash[0]), tile - t.psram_tail, device_size=board.flash_bytes)
+    psram_ns = transfer_time_ns(psram_timing_of(board.psram), t.psram_tail, False)
+    assert board.psram_bytes - tier[-1][1] < 64 * 4096 or abs(psram_ns / flash_ns - 1) < 0.05
+
+
+def test_a_tiled_tile_arrives_over_both_buses_at_once(builds, tok):
+    """While the PSRAM's DMA reads a tile's tail, the flash's reads the rest of the same tile:
+    the two transfers overlap in time, and together they are exactly the tile."""
+    built = builds["auto"]
+    wte = next(t for t in built.plan.tensors if t.psram_offset is not None)
+    offset = read_image(built.out_dir / "flash.img", verify_weights=False).tensors[wte.index]["offset"]
+    with Board.for_profile(built.out_dir / "firmware.elf", built.out_dir / "flash.img", get_board(H7),
+                           record_dma=True) as board:
+        board.run(tok.encode("Hello"), 2)
+        flash = [e for e in board.flashctl.log if e[0] == "start" and e[1] == "READ"]
+        psram = [e for e in board.psramctl.log if e[0] == "start" and e[1] == "READ"
+                 and wte.psram_offset <= e[2] < wte.psram_offset + wte.psram_bytes]
+    tile = wte.tile_rows * wte.row_bytes
+    assert psram and all(e[3] == wte.psram_tail for e in psram)
+    overlapping = 0
+    for p in psram:
+        k = (p[2] - wte.psram_offset) // wte.psram_tail           # which tile
+        # the rest of that tile, from flash (at boot the whole tile was read, to copy its tail)
+        f = [e for e in flash if e[2] == offset + k * tile and e[3] == tile - wte.psram_tail]
+        overlapping += any(e[5] < p[6] and p[5] < e[6] for e in f)   # one starts before the other ends
+    assert overlapping == len(psram)
+
 
 
 def test_no_psram_no_tier():
