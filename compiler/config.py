@@ -54,10 +54,12 @@ def preset_names() -> list[str]:
 
 
 def load_preset(name: str) -> GPTConfig:
-    path = MODELS_DIR / f"{name}.json"
-    if not path.is_file():
-        raise McugptError(f"unknown model preset '{name}' (known: {', '.join(preset_names())})")
-    return GPTConfig(**json.loads(path.read_text())).validate()
+    # a name from the list, never a path: '../x' or 'my.json' is not a preset
+    if name not in preset_names():
+        hint = ("; --model takes a preset's name, not a file (a Hugging Face checkpoint folder goes in "
+                "--weights DIR)" if "/" in name or name.endswith(".json") else "")
+        raise McugptError(f"unknown model preset '{name}' (known: {', '.join(preset_names())}){hint}")
+    return GPTConfig(**json.loads((MODELS_DIR / f"{name}.json").read_text())).validate()
 
 
 def config_from_hf(path: Path, name: str) -> GPTConfig:
@@ -68,6 +70,10 @@ def config_from_hf(path: Path, name: str) -> GPTConfig:
         raise McugptError(f"checkpoint folder has no config.json: {path}") from None
     except json.JSONDecodeError as e:
         raise McugptError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise McugptError(f"{path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    if not isinstance(raw, dict):
+        raise McugptError(f"{path}: not a Hugging Face config (a JSON {type(raw).__name__}, not an object)")
     try:
         return GPTConfig(
             name=name,
@@ -80,3 +86,5 @@ def config_from_hf(path: Path, name: str) -> GPTConfig:
         ).validate()
     except KeyError as e:
         raise McugptError(f"{path}: missing key {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:
+        raise McugptError(f"{path}: a value is not a number ({e})") from None

@@ -1,14 +1,19 @@
 """The `mcugpt` command: compile GPT-2 for a microcontroller, run the numpy reference, run the
 firmware on the emulated board, benchmark, inspect an image. Every failure a user can cause
-ends in one line, `mcugpt: error: ...`, exit 1.
+ends in one line, `mcugpt: error: ...`: exit 2 when the command line itself cannot be parsed
+(argparse: an unknown option, a missing argument, a value that is not a number), exit 1 when a
+value is refused or the work fails. Ctrl-C ends in `mcugpt: interrupted`, exit 130.
 
 Options mean the same in every command: --seed is always the sampling seed, --weights-seed
 the seed of the synthetic weights."""
 
 import argparse
 import json
+import os
 import re
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,7 +33,20 @@ EXAMPLES = """examples:
   mcugpt run --build build/gpt2 --prompt "Once" --temperature 0.8 --top-k 40 --seed 7 --check
   mcugpt fit --model gpt2                               every board x dtype: fits? context? tokens/s?
   mcugpt inspect build/gpt2/flash.img
+
+exit status: 0 done; 1 an input was refused or the work failed (one line: mcugpt: error: ...);
+2 the command line could not be parsed (see the command's --help); 130 interrupted (Ctrl-C)
 """
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as mcugpt's one line (exit 2) and a pointer to --help."""
+
+    def error(self, message):
+        # 3.11 quotes every choice: "(choose from 'fp32', 'int8')"
+        message = re.sub(r"\(choose from (.*)\)", lambda m: f"(choose from {m.group(1).replace(chr(39), '')})",
+                         message)
+        self.exit(2, f"mcugpt: error: {message}; see {self.prog} --help\n")
 
 
 def parse_size(text: str) -> int:
@@ -51,6 +69,31 @@ def _model_args(p: argparse.ArgumentParser):
                    help="seed of the synthetic weights (default 0); ignored with --weights")
 
 
+def _prompt_args(p: argparse.ArgumentParser):
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--prompt", help="text to continue")
+    g.add_argument("--prompt-file", metavar="PATH",
+                   help="read the text to continue from a UTF-8 file (- for standard input); one final "
+                        "newline is dropped, as $(cat PATH) would")
+
+
+def read_prompt(a) -> str:
+    """The prompt's text, from --prompt or --prompt-file."""
+    if a.prompt is not None:
+        return a.prompt
+    path = a.prompt_file
+    try:
+        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as e:
+        raise McugptError(f"--prompt-file {path}: cannot read it ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise McugptError(f"--prompt-file {path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset "
+                          f"{e.start:,})") from None
+    return text[:-1] if text.endswith("\n") else text
+
+
 def _sampling_args(p: argparse.ArgumentParser):
     p.add_argument("--greedy", action="store_true", help="always take the most likely token (the default)")
     p.add_argument("--temperature", type=float, default=0.0,
@@ -62,7 +105,7 @@ def _sampling_args(p: argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = Parser(
         prog="mcugpt", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
         description="Compile GPT-2 into staged firmware for a microcontroller with little RAM: the "
                     "model is split into atomic stages (6 per transformer block) that run one after "
@@ -124,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run GPT-2 in numpy, one token at a time with a KV cache, float32. "
                                    "The emulated firmware must produce exactly these tokens.")
     _model_args(r)
-    r.add_argument("--prompt", required=True, help="text to continue")
+    _prompt_args(r)
     r.add_argument("--tokens", type=int, default=16, metavar="N", help="tokens to generate (default 16)")
     r.add_argument("--ctx", type=int, metavar="N", help="context limit (default: the model's)")
     r.add_argument("--dtype", default="fp32", choices=["fp32", "int8"],
@@ -145,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "peak RAM vs the plan, "
                                    "and the slowest stage kinds.")
     u.add_argument("--build", required=True, metavar="DIR", help="a folder written by `mcugpt compile`")
-    u.add_argument("--prompt", required=True, help="text to continue")
+    _prompt_args(u)
     u.add_argument("--tokens", type=int, default=16, metavar="N", help="tokens to generate (default 16)")
     _sampling_args(u)
     u.add_argument("--ram", type=parse_size, metavar="BYTES",
@@ -195,7 +238,7 @@ def cmd_compile(a) -> None:
     from compiler.pipeline import compile_model
     from mcugpt.report import plan_summary, size, stage_table
     t0 = time.time()
-    res = compile_model(a.model, Path(a.out), weights_dir=a.weights, weights_seed=a.weights_seed, ram=a.ram,
+    res = compile_model(a.model, a.out, weights_dir=a.weights, weights_seed=a.weights_seed, ram=a.ram,
                         ctx=a.ctx, quiet=a.quiet or a.json, cc=a.cc, dtype=a.dtype, board=a.board,
                         group=a.group, tcm=a.tcm, kv_dtype=a.kv, verify=a.verify, prefill=a.prefill,
                         runtime=a.runtime, tiers=a.tiers)
@@ -215,28 +258,30 @@ def cmd_reference(a) -> None:
     from compiler.reference import Reference, generate
     from compiler.sampler import Sampling, check_request
     from compiler.tokenizer import encode
-    check_request(a.temperature, a.top_k, a.tokens)
+    check_request(a.temperature, a.top_k, a.tokens, a.seed)
+    text_in = read_prompt(a)
     cfg, weights, tok = load_model(a.model, a.weights, a.weights_seed)
     sampling = Sampling(0.0 if a.greedy else a.temperature, a.top_k, a.seed)
-    prompt = encode(tok, a.prompt)
+    prompt = encode(tok, text_in)
     n_ctx = a.ctx or cfg.n_ctx
     if a.ctx is not None and not 1 <= a.ctx <= cfg.n_ctx:
         raise McugptError(f"--ctx {a.ctx} is outside 1..{cfg.n_ctx} (the model's context)")
     gen = generate(Reference(cfg, weights, dtype=a.dtype, kv_dtype=a.kv), prompt, a.tokens, sampling, n_ctx=n_ctx)
     text = tok.decode(gen.tokens)
     if a.json:
-        print(json.dumps({"model": cfg.name, "prompt": a.prompt, "prompt_tokens": gen.prompt_tokens,
+        print(json.dumps({"model": cfg.name, "prompt": text_in, "prompt_tokens": gen.prompt_tokens,
                           "tokens": gen.tokens, "text": text,
                           "sampling": {"greedy": sampling.greedy, "temperature": sampling.temperature,
                                        "top_k": sampling.top_k, "seed": sampling.seed}}))
     else:
-        print(a.prompt + text)
+        print(text_in + text)
 
 
 def cmd_run(a) -> None:
     from compiler.sampler import Sampling
     from mcugpt.report import run_summary
     from mcugpt.run import Build, run, to_json
+    prompt = read_prompt(a)
     build = Build.open(a.build)
     sampling = Sampling(0.0 if a.greedy else a.temperature, a.top_k, a.seed)
 
@@ -256,13 +301,13 @@ def cmd_run(a) -> None:
         nonlocal started
         if not started:
             bar.close()
-            sys.stdout.write(a.prompt)
+            sys.stdout.write(prompt)
             started = True
         sys.stdout.write(text)
         sys.stdout.flush()
 
     try:
-        report = run(build, a.prompt, a.tokens, sampling, ram=a.ram, on_text=None if a.json else stream,
+        report = run(build, prompt, a.tokens, sampling, ram=a.ram, on_text=None if a.json else stream,
                      check=a.check, timeout_s=a.timeout, chunk=a.prefill_chunk, on_position=on_position)
     finally:
         bar.close()
@@ -311,7 +356,7 @@ def cmd_inspect(a) -> None:
     from compiler.pipeline import progress_bar
     from mcugpt.report import image_tables
     from target.flash_layout import read_image
-    img = read_image(Path(a.image), verify_weights=not a.no_verify, progress=progress_bar(a.json))
+    img = read_image(a.image, verify_weights=not a.no_verify, progress=progress_bar(a.json))
     if a.json:
         print(json.dumps({"header": img.header, "stages": img.stages, "tensors": img.tensors,
                           "verified": not a.no_verify}, indent=1))
@@ -321,20 +366,46 @@ def cmd_inspect(a) -> None:
     print(f"\nCRC32 OK: {checked}")
 
 
+def interrupted(_signum=None, _frame=None):
+    """Ctrl-C: one line and exit 130, at once. A KeyboardInterrupt raised inside the emulator's
+    callbacks would be swallowed by unicorn (the run would go on and print its summary), so the
+    process ends here, whatever it was doing, printing nothing more."""
+    if sys.stderr.isatty():
+        os.write(2, b"\r\033[K")   # a progress bar's line
+    os.write(2, b"mcugpt: interrupted\n")
+    os._exit(130)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = build_parser()
+    args, extra = ap.parse_known_args(argv)
+    if extra:   # the command's own error, so its hint points to its own --help
+        commands = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction)).choices
+        commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    owner = threading.current_thread() is threading.main_thread()   # (only it may set handlers)
+    previous = signal.signal(signal.SIGINT, interrupted) if owner else None
     try:
+        args = parse_args(argv)
         {"compile": cmd_compile, "reference": cmd_reference, "run": cmd_run, "bench": cmd_bench,
          "fit": cmd_fit, "inspect": cmd_inspect}[args.command](args)
     except McugptError as e:
         print(f"mcugpt: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("mcugpt: interrupted", file=sys.stderr)
-        return 130
+        interrupted()
     except BrokenPipeError:  # `mcugpt ... | head`: the reader left, nothing to report
         sys.stderr.close()
         return 0
+    except OSError as e:   # the machine refused (disk full, permissions): not a bug, one line
+        print(f"mcugpt: error: {e.filename or 'I/O'}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    finally:
+        if owner:
+            signal.signal(signal.SIGINT, previous)
     return 0
 
 

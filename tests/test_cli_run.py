@@ -106,7 +106,7 @@ def test_truncated_or_foreign_image_is_refused(damage, message, damaged):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--ram", "1MiB"], "firmware needs 67,108,864 bytes of SRAM at 0x24000000, the board maps 1,048,576"),
+    (["--ram", "1MiB"], "--ram 1,048,576 bytes: this build is linked for its RAM budget of 67,108,864 bytes"),
     (["--prompt", "word " * 127 + "word", "--tokens", "4"], "prompt (128 tokens) + 4 new tokens = 132 exceeds the context of 128"),
     (["--prompt", ""], "the prompt is empty"),
     (["--timeout", "0.05"], "board fault: firmware did not finish within the 0.05 s timeout; PC 0x"),
