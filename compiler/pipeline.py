@@ -27,8 +27,25 @@ from .weights import load_checkpoint, synthetic_weights, tensor_shapes
 MiB = 1 << 20
 
 
-def progress_bar(quiet: bool = False):
+def progress_bar(quiet: bool = False, lines: bool = False):
+    """`progress(iterable, desc=...)`: tqdm bars on stderr when it is a terminal. With `lines`,
+    when it is not (a pipe, a log file), one flushed line per step instead (about ten per long
+    loop), so a long job shows it is alive; without, nothing."""
+    if lines and not quiet and not sys.stderr.isatty():
+        return progress_lines
     return partial(tqdm, disable=quiet or None, leave=False, file=sys.stderr, dynamic_ncols=True)
+
+
+def progress_lines(items, desc: str = "", **_tqdm_options):
+    """Each step as a line on stderr, `desc i/n: item`, before the step runs."""
+    items = list(items)
+    every = max(1, -(-len(items) // 10)) if len(items) > 20 else 1
+    for i, item in enumerate(items, 1):
+        if i % every == 0 or i == 1 or i == len(items):
+            label = (" ".join(str(item[k]) for k in ("board", "dtype", "flash", "tcm") if item.get(k, "-") != "-")
+                     if isinstance(item, dict) else " ".join(map(str, item)) if isinstance(item, tuple) else item)
+            print(f"{desc} {i}/{len(items)}: {label}", file=sys.stderr, flush=True)
+        yield item
 
 
 def output_folder(path) -> Path:
