@@ -66,7 +66,7 @@ def _model_args(p: argparse.ArgumentParser):
                    help="a Hugging Face GPT-2 checkpoint folder (config.json + model.safetensors, "
                         "optional vocab.json + merges.txt); default: synthetic weights")
     p.add_argument("--weights-seed", type=int, default=0, metavar="N",
-                   help="seed of the synthetic weights (default 0); ignored with --weights")
+                   help="seed of the synthetic weights, 0 .. 2^64-1 (default 0); ignored with --weights")
 
 
 def _prompt_args(p: argparse.ArgumentParser):
@@ -97,11 +97,12 @@ def read_prompt(a) -> str:
 def _sampling_args(p: argparse.ArgumentParser):
     p.add_argument("--greedy", action="store_true", help="always take the most likely token (the default)")
     p.add_argument("--temperature", type=float, default=0.0,
-                   help="sample with this temperature (> 0) instead of greedy decoding")
+                   help="sample with this temperature (> 0, a float32: at most 3.4e38) instead of greedy "
+                        "decoding")
     p.add_argument("--top-k", type=int, default=40, help="sample among the k most likely tokens (default 40)")
     p.add_argument("--seed", type=int, default=0, metavar="N",
                    help="seed of the sampling PRNG (xorshift64*, reproduced bit for bit by the firmware; "
-                        "default 0)")
+                        "0 .. 2^64-1, default 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,10 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--tokens", type=int, default=16, metavar="N", help="tokens to generate (default 16)")
     _sampling_args(u)
     u.add_argument("--ram", type=parse_size, metavar="BYTES",
-                   help="SRAM the board maps (default: all the board has); touching more is a fault")
+                   help="SRAM the board maps (default: all the board has), from the build's RAM budget "
+                        "(compile --ram: the firmware's stack is at its top) to the board's SRAM; touching "
+                        "more is a fault")
     u.add_argument("--check", action="store_true",
                    help="also run the numpy reference and compare tokens and logits")
-    u.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the board after this much host time")
+    u.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="stop the board after this much host time (a positive number)")
     u.add_argument("--prefill-chunk", type=int, metavar="N",
                    help="prompt positions processed together, 1 .. the plan's chunk (default: the plan's; "
                         "1: one position at a time, to compare the time to first token)")
@@ -348,7 +352,7 @@ def cmd_fit(a) -> None:
     from compiler.pipeline import progress_bar
 
     from .fit import fit, fit_table
-    rows = fit(a.model, a.weights, a.weights_seed, measure=not a.no_run, out=Path(a.out),
+    rows = fit(a.model, a.weights, a.weights_seed, measure=not a.no_run, out=a.out,
                progress=progress_bar(a.json))
     if a.json:
         print(json.dumps(rows, indent=1))

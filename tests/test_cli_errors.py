@@ -54,7 +54,8 @@ def not_a_build(tmp_path):
     (["compile", "--model", "tiny", "--out", "README.md"], "output folder README.md: exists and is not a folder"),
     (["compile", "--model", "tiny", "--out", "{tmp}/" + "x" * 300], "cannot write there (File name too long)"),
     (["compile", "--model", "tiny", "--out", ""], "output folder '': empty"),
-    (["fit", "--model", "tiny", "--out", "/proc/x"], "output folder /proc/x/tiny-sim64-fp32: cannot write there"),
+    (["fit", "--model", "tiny", "--out", "/proc/x"], "output folder /proc/x: cannot write there"),
+    (["fit", "--model", "tiny", "--out", ""], "output folder '': empty"),
     (["bench", "--model", "tiny", "--out", "/dev/null"], "output folder /dev/null: exists and is not a folder"),
     # names of things: empty, a file for a folder, a path for a preset
     (["compile", "--model", "", "--out", "{tmp}/o"], "--model '': empty; give a preset's name"),
