@@ -305,6 +305,7 @@ def markdown(rows, paper, front, info) -> str:
                         "I/O ms", "compute ms", "of it memory", "CRC ms", "device ms", "device tok/s",
                         "emulator tok/s"], t, "lllllllrrrrrrrrrr"))
     lines += ["```", "",
+              "Every ms and tok/s figure is per decoded token (the prompt: the time to first token, below). "
               "device = simulated: I/O from datasheet timing, compute from the executed blocks' cycles (Cortex-M7 "
               "pipeline model) at the board's clock, overlapped as the firmware's double-buffered tiles overlap "
               "them, with the CRC check's second DMA pass where the board's CRC unit is not on the flash DMA's "

@@ -91,7 +91,7 @@ def read_prompt(a) -> str:
     except UnicodeDecodeError as e:
         raise McugptError(f"--prompt-file {path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset "
                           f"{e.start:,})") from None
-    return text[:-1] if text.endswith("\n") else text
+    return text.removesuffix("\n")
 
 
 def _sampling_args(p: argparse.ArgumentParser):

@@ -79,4 +79,5 @@ def fit_table(rows: list[dict]) -> str:
     t = [[r["board"] + ("" if r["buyable"] else " (not buyable)"), r["dtype"], "yes" if r["fits"] else "NO",
           r["ctx"] if r["ctx"] is not None else "-",
           f"{r['tokens_per_s']:.2f}" if r["tokens_per_s"] is not None else "-", r["why"]] for r in rows]
-    return table(["board", "dtype", "fits", "ctx", "tok/s", "why"], t, "lllrrl")
+    # (one token after a one-token prompt: its single forward pass is a decode step at position 0)
+    return table(["board", "dtype", "fits", "ctx", "decode tok/s", "why"], t, "lllrrl")

@@ -125,8 +125,8 @@ def run_summary(r: dict) -> str:
         f"model        {r['model']} ({r['dtype']}) on the emulated {r['board']} board: {size(r['ram_mapped'])} "
         f"SRAM, {r['flash']} flash; context {r['ctx']}, KV cache in {r['kv_placement']}",
         f"tokens       {n} generated after a {n_prompt}-token prompt" + no_decode,
-        f"emulator     on this machine: " + rates(r["rates"]["emulator"], n_prompt, n, "boot, "),
-        f"device       simulated: " + rates(r["rates"]["device"], n_prompt, n, f"boot {seconds(d['boot_s'])}, "),
+        "emulator     on this machine: " + rates(r["rates"]["emulator"], n_prompt, n, "boot, "),
+        "device       simulated: " + rates(r["rates"]["device"], n_prompt, n, f"boot {seconds(d['boot_s'])}, "),
         f"device time  decode {seconds(d['s_per_token'])} per token -> {d['tokens_per_s']:.2f} tokens/s: I/O "
         f"{seconds(d['io_s_per_token'])}" + (f", CRC {seconds(d['crc_s_per_token'])}" if d["crc_s_per_token"] else "")
         + f" and compute {seconds(d['compute_s_per_token'])}, overlapped "
