@@ -73,8 +73,8 @@ def _prompt_args(p: argparse.ArgumentParser):
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--prompt", help="text to continue")
     g.add_argument("--prompt-file", metavar="PATH",
-                   help="read the text to continue from a UTF-8 file (- for standard input); one final "
-                        "newline is dropped, as $(cat PATH) would")
+                   help="read the text to continue from a UTF-8 file (- for standard input); its final "
+                        "newline, if any, is dropped (one: an editor's)")
 
 
 def read_prompt(a) -> str:
@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("run", help="generate text on the emulated Cortex-M7 board",
                        description="Run DIR/firmware.elf on the emulated board (Unicorn Cortex-M7, SPI NOR "
                                    "flash holding DIR/flash.img), stream the text as it is generated, then "
-                                   "print a summary: emulation speed, simulated device time per token "
+                                   "print a summary: the prompt (prefill), decode and overall rates on this "
+                                   "machine and on the device, the simulated device time per decoded token "
                                    "(flash and PSRAM I/O simulated from datasheet timing, compute from the "
                                    "executed basic blocks' cycles (Cortex-M7 pipeline model), overlapped as "
                                    "the double-buffered tiles overlap them), flash bytes per token, measured "
