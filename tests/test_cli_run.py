@@ -134,7 +134,6 @@ def test_every_rate_says_whether_it_is_prompt_decode_or_overall(tiny_build):
     # token is not fed back): the parts, measured separately, add up to it
     assert dev["boot_s"] + dev["prefill_s"] + (n - 1) * dev["decode_s_per_token"] == pytest.approx(
         dev["overall_s"], rel=0.02)
-    assert emu["overall_s"] > emu["prefill_s"] + (n - 1) * emu["decode_s_per_token"] * 0.5
     assert dev["overall_tokens_per_s"] < dev["decode_tokens_per_s"] and r["decode_steps"] == n - 1
     # the keys that were there keep their meaning
     assert (r["emulated_tokens_per_s"], r["decode_wall_s_per_token"], r["device"]["tokens_per_s"]) == (
