@@ -382,9 +382,10 @@ def interrupted(_signum=None, _frame=None):
     """Ctrl-C: one line and exit 130, at once. A KeyboardInterrupt raised inside the emulator's
     callbacks would be swallowed by unicorn (the run would go on and print its summary), so the
     process ends here, whatever it was doing, printing nothing more."""
-    if sys.stderr.isatty():
-        os.write(2, b"\r\033[K")   # a progress bar's line
-    os.write(2, b"mcugpt: interrupted\n")
+    try:
+        os.write(2, (b"\r\033[K" if os.isatty(2) else b"") + b"mcugpt: interrupted\n")  # (over a progress bar)
+    except OSError:   # no stderr left to tell
+        pass
     os._exit(130)
 
 
