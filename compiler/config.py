@@ -76,10 +76,12 @@ def preset_names() -> list[str]:
 
 
 def load_preset(name: str) -> GPTConfig:
-    path = MODELS_DIR / f"{name}.json"
-    if not path.is_file():
-        raise McugptError(f"unknown model preset '{name}' (known: {', '.join(preset_names())})")
-    return GPTConfig(**json.loads(path.read_text())).validate()
+    # a name from the list, never a path: '../x' or 'my.json' is not a preset
+    if name not in preset_names():
+        hint = ("; --model takes a preset's name, not a file (a Hugging Face checkpoint folder goes in "
+                "--weights DIR)" if "/" in name or name.endswith(".json") else "")
+        raise McugptError(f"unknown model preset '{name}' (known: {', '.join(preset_names())}){hint}")
+    return GPTConfig(**json.loads((MODELS_DIR / f"{name}.json").read_text())).validate()
 
 
 # config.json's names for each integer setting: GPT-2's own key first, then the aliases

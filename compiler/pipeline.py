@@ -14,46 +14,96 @@ from target.boards import DEFAULT_BOARD
 from target.errors import McugptError
 
 from .codegen import write_headers
-from .config import GPTConfig, config_from_hf, load_preset
+from .config import GPTConfig, config_from_hf, load_preset, preset_names
 from .firmware import build as build_firmware
 from .flash_image import image_size, write_image
 from .onnx_export import build_decode_graph, export_onnx, initializer_array
 from .partition import Stage, partition
 from .plan import Plan, make_plan
+from .sampler import SEED_MAX
 from .tokenizer import load_tokenizer, token_bytes_table
 from .weights import load_checkpoint, synthetic_weights, tensor_shapes
 
 MiB = 1 << 20
 
 
-def progress_bar(quiet: bool = False):
+def progress_bar(quiet: bool = False, lines: bool = False):
+    """`progress(iterable, desc=...)`: tqdm bars on stderr when it is a terminal. With `lines`,
+    when it is not (a pipe, a log file), one flushed line per step instead (about ten per long
+    loop), so a long job shows it is alive; without, nothing."""
+    if lines and not quiet and not sys.stderr.isatty():
+        return progress_lines
     return partial(tqdm, disable=quiet or None, leave=False, file=sys.stderr, dynamic_ncols=True)
+
+
+def progress_lines(items, desc: str = "", **_tqdm_options):
+    """Each step as a line on stderr, `desc i/n: item`, before the step runs."""
+    items = list(items)
+    every = max(1, -(-len(items) // 10)) if len(items) > 20 else 1
+    for i, item in enumerate(items, 1):
+        if i % every == 0 or i == 1 or i == len(items):
+            label = (" ".join(str(item[k]) for k in ("board", "dtype", "flash", "tcm") if item.get(k, "-") != "-")
+                     if isinstance(item, dict) else " ".join(map(str, item)) if isinstance(item, tuple) else item)
+            print(f"{desc} {i}/{len(items)}: {label}", file=sys.stderr, flush=True)
+        yield item
+
+
+def output_folder(path) -> Path:
+    """`path` as a folder to write into, created if missing; anything else (an existing file,
+    a name the file system refuses, no permission) is one line naming it."""
+    if not str(path).strip():   # (before Path(''), which is '.')
+        raise McugptError("output folder '': empty; give a folder name")
+    path = Path(path)
+    try:
+        if path.exists() and not path.is_dir():
+            raise McugptError(f"output folder {path}: exists and is not a folder")
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".mcugpt-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise McugptError(f"output folder {path}: cannot write there ({e.strerror or e})") from None
+    return path
+
+
+def model_config(model: str | None, weights_dir: str | None, weights_seed: int = 0) -> GPTConfig:
+    """The model's shapes, from a preset or a Hugging Face checkpoint folder's config.json
+    (which wins over the preset: `model` then only names it); every option checked."""
+    if model is not None and not model.strip():
+        raise McugptError(f"--model '{model}': empty; give a preset's name ({', '.join(preset_names())})")
+    if not 0 <= weights_seed <= SEED_MAX:
+        raise McugptError(f"--weights-seed {weights_seed}: must be between 0 and {SEED_MAX:,} (64 bits)")
+    if weights_dir is None:
+        return load_preset(model or "gpt2")
+    folder = Path(weights_dir)
+    if not weights_dir.strip():
+        raise McugptError(f"--weights '{weights_dir}': empty; give a Hugging Face checkpoint folder")
+    try:
+        folder.stat()
+    except OSError as e:   # ENOENT, or ELOOP for a symlink loop
+        raise McugptError(f"--weights {weights_dir}: no such folder"
+                          + ("" if isinstance(e, FileNotFoundError) else f" ({e.strerror})")) from None
+    if not folder.is_dir():
+        raise McugptError(f"--weights {weights_dir}: a file, not a folder (config.json + model.safetensors)")
+    return config_from_hf(folder / "config.json", model or folder.name)
+
+
+def model_weights(cfg: GPTConfig, weights_dir: str | None, weights_seed: int = 0, progress=None) -> dict:
+    if weights_dir is not None:
+        return load_checkpoint(Path(weights_dir), cfg)
+    bar = partial(progress, desc="weights", unit="tensor") if progress else None
+    return synthetic_weights(cfg, weights_seed, progress=bar)
 
 
 def load_model(model: str | None, weights_dir: str | None, weights_seed: int = 0, progress=None):
     """(config, weights, tokenizer) for a preset or a Hugging Face checkpoint folder; the
     folder's config.json wins over the preset."""
-    if weights_dir:
-        folder = Path(weights_dir)
-        try:
-            folder.stat()
-        except OSError as e:   # ENOENT, or ELOOP for a symlink loop
-            raise McugptError(f"--weights {weights_dir}: no such folder"
-                              + ("" if isinstance(e, FileNotFoundError) else f" ({e.strerror})")) from None
-        if not folder.is_dir():
-            raise McugptError(f"--weights {weights_dir}: not a folder; give the folder that holds "
-                              f"config.json and model.safetensors")
-        cfg = config_from_hf(folder / "config.json", model or folder.name)
-        weights = load_checkpoint(folder, cfg)
-        tok = load_tokenizer(str(folder))
-        if cfg.vocab_size < tok.n_vocab:   # a prompt could encode to a token with no wte row
-            raise McugptError(f"{folder / 'config.json'}: vocab_size {cfg.vocab_size} is less than the "
-                              f"tokenizer's {tok.n_vocab} tokens ({tok.name})")
-    else:
-        cfg = load_preset(model or "gpt2")
-        bar = partial(progress, desc="weights", unit="tensor") if progress else None
-        weights = synthetic_weights(cfg, weights_seed, progress=bar)
-        tok = load_tokenizer()
+    cfg = model_config(model, weights_dir, weights_seed)
+    weights = model_weights(cfg, weights_dir, weights_seed, progress)
+    tok = load_tokenizer(weights_dir)
+    if weights_dir is not None and cfg.vocab_size < tok.n_vocab:   # a prompt could encode to a token with no wte row
+        raise McugptError(f"{Path(weights_dir) / 'config.json'}: vocab_size {cfg.vocab_size} is less than the "
+                          f"tokenizer's {tok.n_vocab} tokens ({tok.name})")
     return cfg, weights, tok
 
 
@@ -109,17 +159,17 @@ def compile_model(model: str | None, out_dir: Path, weights_dir: str | None = No
                   prefill: int | None = None, runtime: str = "stream", tiers: str = "auto") -> Compiled:
     """Everything `mcugpt compile` writes; `cc=None` skips the firmware build."""
     progress = progress_bar(quiet)
-    cfg, weights, tok = load_model(model, weights_dir, weights_seed, progress)
-    tokens = token_bytes_table(tok, cfg.vocab_size)
+    cfg = model_config(model, weights_dir, weights_seed)
+    tokens = token_bytes_table(load_tokenizer(weights_dir), cfg.vocab_size)
     # plan first, on the graph's shapes alone: a model the board cannot hold is refused
-    # before anything is written
+    # before any weight is made or read and before anything is written
     shape_stages = stages_of(cfg)
     check_flash(cfg, make_plan(cfg, shape_stages, ram=ram, ctx=ctx, dtype=dtype, board=board, group=group,
                           tcm=tcm, kv_dtype=kv_dtype, verify=verify, prefill=prefill,
                           runtime=runtime, tiers=tiers),
                 tokens, shape_stages)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_folder(out_dir)
+    weights = model_weights(cfg, weights_dir, weights_seed, progress)
     onnx_path = out_dir / "model.onnx"
     export_onnx(cfg, weights, onnx_path, progress=progress)
     del weights  # from here on the weights come from the ONNX file, as a user's model would
@@ -146,10 +196,18 @@ def compile_model(model: str | None, out_dir: Path, weights_dir: str | None = No
 
 
 def load_build_source(out_dir: Path) -> dict:
+    if not str(out_dir).strip():
+        raise McugptError("--build '': empty; give a folder written by `mcugpt compile`")
     path = Path(out_dir) / "build.json"
     if not path.is_file():
         raise McugptError(f"{out_dir}: not a build folder (no build.json); run `mcugpt compile --out {out_dir}`")
-    source = json.loads(path.read_text())
-    if "weights_seed" not in source:
-        raise McugptError(f"{path}: written by an older mcugpt; rerun `mcugpt compile --out {out_dir}`")
+    try:
+        source = json.loads(path.read_text())
+    except (OSError, ValueError) as e:   # unreadable, not UTF-8, not JSON
+        raise McugptError(f"{path}: not a build.json mcugpt wrote ({type(e).__name__}); "
+                          f"rerun `mcugpt compile --out {out_dir}`") from None
+    keys = ("model", "preset", "weights", "weights_seed")
+    if not isinstance(source, dict) or any(k not in source for k in keys):
+        raise McugptError(f"{path}: not a build.json this mcugpt wrote (it has no {', '.join(keys)}); "
+                          f"rerun `mcugpt compile --out {out_dir}`")
     return source

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 
 from target.boards import DEFAULT_BOARD, BoardProfile, get_board
 from target.errors import McugptError
+from target.flash_layout import STAGE_ENTRY, TENSOR_ENTRY
 from target.memory_map import TOPK_MAX
 from target.stages import ACTIVATIONS, KIND_BY_NAME, MATRIX, ROW, VECTOR, dim
 
@@ -39,6 +40,7 @@ from .config import GPTConfig
 from .partition import Stage
 
 F32 = 4
+TOKEN_OFFSETS_BYTES = 2 * 4  # where a token's bytes start and end in the token table: two u32
 ALIGN = 32                 # Cortex-M7 cache line: buffers never share one
 STACK_RESERVE = 16 << 10   # measured stack use is compared against this at run time
 FIRMWARE_RESERVE = 16 << 10  # .data/.bss of the firmware outside the arena
@@ -52,7 +54,7 @@ GROUPING = ("auto", "none")
 # measurable (the per-command overhead of a 256 KiB read is ~0.01%), and the RAM is worth
 # more holding weights resident.
 TILE_TARGET = 256 << 10
-PLAN_FORMAT = 5
+PLAN_FORMAT = 6
 TCM_MODES = ("auto", "off")
 # The KV cache's keys and values: float32, or int8 per position and head with a float32 scale
 # (compiler/quantize.py quantize_vector; the reference dequantizes exactly as the firmware does).
@@ -209,7 +211,11 @@ class Totals:
     stages: int
     block_stages: int
     weight_bytes: int           # every tensor once
-    flash_bytes_per_token: int
+    flash_bytes_per_token: int  # weights only: the stages' flash_bytes_per_token
+    # what else a decoded token reads from flash: every stage's entry and the entries of the
+    # tensors it opens (runtime.c read_stage, open_tensor), and the token table's two offsets
+    # of the token printed (print_token; then the token's own bytes, a few)
+    table_bytes_per_token: int
     macs_per_token_at_ctx: int
 
 
@@ -525,7 +531,22 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
         kv_why = f"--kv {kvd}"
     if got < 1:
         kvds = [kv_dtype] if kv_dtype != "auto" else ["fp32"] if dtype == "fp32" else ["fp32", "int8"]
-        need = min(total(ctx or 1, min_tile, s, d) for d in kvds for s in (True, False) if s or prof.psram_bytes)
+        # where the cache could go: the SRAM, or the PSRAM when it holds this many positions
+        psram_cap = {d: prof.psram_bytes // kv_token_bytes(cfg, d) for d in kvds}
+        options = [(s, d) for d in kvds for s in (True, False) if s or (ctx or 1) <= psram_cap[d]]
+        if ctx and prof.psram_bytes and all(ctx > psram_cap[d] for d in kvds) and any(
+                total(ctx, min_tile, False, d) <= ram for d in kvds):
+            # the SRAM would hold the rest: the PSRAM is what is too small
+            largest = max(max(largest_ctx(True, cfg.n_ctx, d), largest_ctx(False, min(cfg.n_ctx, psram_cap[d]), d))
+                          for d in kvds)
+            d = kvds[-1]
+            raise McugptError(
+                f"--ctx {ctx}: the KV cache would need {ctx * kv_token_bytes(cfg, d):,} bytes ({d}, "
+                f"{kv_token_bytes(cfg, d):,} per position), more than the {prof.name} board's {prof.psram_bytes:,} "
+                f"bytes of PSRAM hold (room for {psram_cap[d]} positions), and the SRAM budget of {ram:,} bytes "
+                f"cannot hold it either; the largest context that fits is {largest}"
+                + (" (--kv int8 holds more positions)" if d == "fp32" else ""))
+        need = min(total(ctx or 1, min_tile, s, d) for s, d in options)
         raise McugptError(
             f"RAM budget of {ram:,} bytes is too small for {cfg.name}" + (
                 f" with a context of {ctx} tokens" if ctx else "") + f": the smallest budget that works"
@@ -620,6 +641,8 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
         totals=Totals(stages=len(stages), block_stages=sum(1 for k in kinds if k.in_block),
                       weight_bytes=sum(t.bytes for t in tensors),
                       flash_bytes_per_token=sum(r.flash_bytes_per_token for r in stage_plans),
+                      table_bytes_per_token=len(stages) * STAGE_ENTRY.size
+                      + sum(len(k.roles) for k in kinds) * TENSOR_ENTRY.size + TOKEN_OFFSETS_BYTES,
                       macs_per_token_at_ctx=sum(r.macs for r in stage_plans)),
         largest_stage={"name": largest.name, "ram_bytes": largest.ram_bytes},
         peak_ram_bytes=arena + STACK_RESERVE + FIRMWARE_RESERVE,

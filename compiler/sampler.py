@@ -51,15 +51,25 @@ class Sampling:
         return self.temperature == 0.0
 
 
-def check_request(temperature: float, top_k: int, n_new: int) -> None:
+SEED_MAX = MASK64   # the mailbox carries the seed as two 32-bit words
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+
+
+def check_request(temperature: float, top_k: int, n_new: int, seed: int = 0) -> None:
     """The generation settings the reference and the firmware accept (its top-k buffer holds
     TOPK_MAX candidates); anything else is a one-line error naming the option."""
-    if temperature < 0:
-        raise McugptError(f"--temperature {temperature}: must be >= 0")
+    # The firmware receives the temperature as a float32: NaN, infinity and values that
+    # round to inf or to 0 (the firmware would be greedy, the reference divide by 0) are refused.
+    if not (temperature == 0 or FLOAT32_TINY <= temperature <= FLOAT32_MAX):
+        raise McugptError(f"--temperature {temperature}: must be 0 (greedy) or a float32 from "
+                          f"{FLOAT32_TINY:.3g} to {FLOAT32_MAX:.3g}")
     if not 1 <= top_k <= TOPK_MAX:
         raise McugptError(f"--top-k {top_k}: must be between 1 and {TOPK_MAX}")
     if n_new < 1:
         raise McugptError(f"--tokens {n_new}: must be at least 1")
+    if not 0 <= seed <= SEED_MAX:
+        raise McugptError(f"--seed {seed}: must be between 0 and {SEED_MAX:,} (64 bits)")
 
 
 def top_k(logits: np.ndarray, k: int) -> np.ndarray:

@@ -4,10 +4,16 @@ board, beside the paper's figures. Writes bench.json, bench.md and PNG plots.
 Every figure comes from a real compile and a real run (`mcugpt.run.run`, tokens checked
 against the numpy reference), except the "classic" column of the paper comparison, which
 is arithmetic on the plan (what holding the whole model would need), and is labelled so.
+
+Each build goes in OUT/builds/ and is removed as soon as no later step needs it (unless
+keep_builds): a GPT-2 124M build is about 0.95 GiB in fp32 and 0.6 GiB in int8 (model.onnx
+holds float32 weights either way, flash.img the dtype's), and at most three sweep builds and
+one other exist at once.
 """
 
 import json
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -15,9 +21,9 @@ import onnx
 
 from compiler.config import load_preset
 from compiler.partition import partition
-from compiler.pipeline import compile_model
+from compiler.pipeline import compile_model, output_folder
 from compiler.plan import make_plan
-from compiler.sampler import Sampling
+from compiler.sampler import Sampling, check_request
 from mcugpt.report import size, table
 from mcugpt.run import Build, run
 from target.boards import BOARDS
@@ -62,7 +68,7 @@ def _row(report: dict, board: str, dtype: str, flash: str, compile_s: float, tcm
     }
 
 
-def sweep(out: Path, model: str, tokens: int, progress) -> tuple[list[dict], list[dict]]:
+def sweep(out: Path, model: str, tokens: int, progress, discard) -> tuple[list[dict], list[dict]]:
     """Every board x dtype x flash option that fits, compiled and run; and those that do not
     fit, with compile's one-line reason. A board with a data TCM also runs with `--tcm off`
     (every buffer behind the D-cache), to show what the TCM placement is worth."""
@@ -83,6 +89,8 @@ def sweep(out: Path, model: str, tokens: int, progress) -> tuple[list[dict], lis
         for flash in BOARDS[board].flash:
             report = run(build, PROMPT, tokens, Sampling(), flash=flash.part, check=True)
             rows.append(_row(report, board, dtype, flash.part, compile_s, tcm))
+        if tcm == "off":   # (no later step runs the TCM-off builds)
+            discard(built.out_dir)
     return rows, refused
 
 
@@ -123,7 +131,7 @@ def time_to_first_token(out: Path, model: str, rows: list[dict], progress) -> li
     return out_rows
 
 
-def xip_baseline(out: Path, model: str, rows: list[dict], ttft: list[dict], progress) -> list[dict]:
+def xip_baseline(out: Path, model: str, rows: list[dict], ttft: list[dict], progress, discard) -> list[dict]:
     """The XIP baseline on each real board the model runs on: the same model and dtype built
     with `--runtime xip`, run on LONG_PROMPT one position at a time (as the ports do), its
     decode time and time to first token against mcugpt's from this bench run."""
@@ -132,6 +140,7 @@ def xip_baseline(out: Path, model: str, rows: list[dict], ttft: list[dict], prog
         built = compile_model(model, out / "builds" / f"{model}-{r['board']}-{r['dtype']}-xip", board=r["board"],
                               dtype=r["dtype"], runtime="xip", quiet=True)
         rep = run(Build.open(built.out_dir), LONG_PROMPT, 2, Sampling(), flash=r["flash"], chunk=1, check=True)
+        discard(built.out_dir)
         t = next(x for x in ttft if (x["board"], x["dtype"], x["flash"]) == (r["board"], r["dtype"], r["flash"]))
         d = rep["device"]
         out_rows.append({
@@ -173,7 +182,7 @@ def ttft_markdown(rows: list[dict]) -> str:
               "logits bit-identical to the numpy reference.\n")
 
 
-def frontier(out: Path, model: str, progress) -> list[dict]:
+def frontier(out: Path, model: str, progress, discard) -> list[dict]:
     """Simulated tokens/s against the RAM budget on the sim64 board: context FRONTIER_CTX,
     KV cache in SRAM, --group auto keeping what it can resident."""
     points = []
@@ -186,6 +195,7 @@ def frontier(out: Path, model: str, progress) -> list[dict]:
                 points.append({"dtype": dtype, "ram": ram, "error": str(e)})
                 continue
             report = run(Build.open(built.out_dir), "Hello", 2, Sampling(), check=False)
+            discard(built.out_dir)
             points.append({"dtype": dtype, "ram": ram, "ctx": report["ctx"],
                            "resident_bytes": built.plan.resident.bytes,
                            "flash_bytes_per_token": report["flash_bytes_per_token"],
@@ -228,14 +238,14 @@ def quantization_error(model: str, n_tokens: int, progress) -> dict:
 COUNTER_OVERHEAD_TARGET = 1.3
 
 
-def counter_overhead(build_dir: Path, repeats: int = 3) -> dict:
+def counter_overhead(build_dir: Path, repeats: int = 3, progress=None) -> dict:
     """Wall time of the same run with the native instruction counter and without any, best
     of `repeats` each, interleaved; checked against COUNTER_OVERHEAD_TARGET."""
     from emulator.board import Board
     build = Build.open(build_dir)
     prompt = build.tokenizer().encode(PROMPT)
     best = {True: float("inf"), False: float("inf")}
-    for _ in range(repeats):
+    for _ in (progress or (lambda it, **kw: it))(range(repeats), desc="counter overhead"):
         for counting in (False, True):
             with Board.for_profile(build.path / "firmware.elf", build.path / "flash.img",
                                    build.plan.profile, count_instructions=counting) as board:
@@ -261,12 +271,12 @@ def smallest_budget(cfg, stages, ctx: int, dtype: str) -> int:
     return lo
 
 
-def paper_comparison(out: Path, model: str, rows: list[dict]) -> dict:
+def paper_comparison(out: Path, model: str, rows: list[dict], progress, discard) -> dict:
     """The paper's case at context 512: classic (everything resident) vs staged."""
     cfg = load_preset(model)
     ctx = min(PAPER["ctx"], cfg.n_ctx)
     result = {"paper": PAPER, "ctx": ctx, "dtypes": {}}
-    for dtype in ("fp32", "int8"):
+    for dtype in progress(("fp32", "int8"), desc="the paper's case"):
         build = Build.open(out / "builds" / f"{model}-sim64-{dtype}")
         stages = partition(onnx.load(str(build.path / "model.onnx"), load_external_data=False))
         plan = make_plan(cfg, stages, ram=64 << 20, ctx=ctx, dtype=dtype)
@@ -285,6 +295,7 @@ def paper_comparison(out: Path, model: str, rows: list[dict]) -> dict:
                                       dtype=dtype, group="auto", quiet=True)
         grouped = {flash: run(Build.open(grouped_build.out_dir), PROMPT, 2, Sampling(), flash=flash)
                    for flash in (m.part for m in BOARDS["sim64"].flash)}
+        discard(grouped_build.out_dir)
         result["dtypes"][dtype] = {
             "classic_ram": classic, "staged_ram_whole_stage": staged_whole, "staged_ram_streamed_min": minimal,
             "kv_bytes": kv, "largest_block_stage_weights": largest_stage,
@@ -313,6 +324,7 @@ def markdown(rows, paper, front, info) -> str:
                         "I/O ms", "compute ms", "of it memory", "CRC ms", "device ms", "device tok/s",
                         "emulator tok/s"], t, "lllllllrrrrrrrrrr"))
     lines += ["```", "",
+              "Every ms and tok/s figure is per decoded token (the prompt: the time to first token, below). "
               "device = simulated: I/O from datasheet timing, compute from the executed blocks' cycles (Cortex-M7 "
               "pipeline model) at the board's clock, overlapped as the firmware's double-buffered tiles overlap "
               "them, with the CRC check's second DMA pass where the board's CRC unit is not on the flash DMA's "
@@ -372,7 +384,8 @@ def overhead_markdown(o: dict) -> str:
             f"{verdict} the target of {o['target']:g}x.\n")
 
 
-def plots(out: Path, rows, front, model: str) -> None:
+def plots(out: Path, rows, front, model: str) -> dict:
+    """time_split.png and frontier.png; returns their titles (also each PNG's Title)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -387,11 +400,12 @@ def plots(out: Path, rows, front, model: str) -> None:
     ax.set_xticks(x, labels, fontsize=7)
     ax.set_ylabel("ms per token (simulated device)")
     ax.set_yscale("log")
-    ax.set_title(f"{model}: time per token by board, dtype and flash part")
+    titles = {"time_split.png": f"{model}: time per token by board, dtype and flash part"}
+    ax.set_title(titles["time_split.png"])
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "time_split.png", dpi=110)
+    fig.savefig(out / "time_split.png", dpi=110, metadata={"Title": titles["time_split.png"]})
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -401,36 +415,57 @@ def plots(out: Path, rows, front, model: str) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("SRAM budget (MiB)")
     ax.set_ylabel("simulated tokens/s")
-    ax.set_title(f"{model} on sim64 (its octal flash, context {FRONTIER_CTX}): RAM vs speed")
+    flash = BOARDS["sim64"].flash[0]
+    titles["frontier.png"] = (f"{model} on sim64 ({flash.chips} x {flash.part} flash, context {FRONTIER_CTX}): "
+                              "RAM vs speed")
+    ax.set_title(titles["frontier.png"])
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "frontier.png", dpi=110)
+    fig.savefig(out / "frontier.png", dpi=110, metadata={"Title": titles["frontier.png"]})
     plt.close(fig)
+    return titles
 
 
-def bench(out: Path, model: str = "gpt2", tokens: int = 3, progress=None, command: str = "") -> dict:
-    out.mkdir(parents=True, exist_ok=True)
+def bench(out: Path, model: str = "gpt2", tokens: int = 3, progress=None, command: str = "",
+          keep_builds: bool = False) -> dict:
+    """`keep_builds`: leave every build in out/builds (up to about 17 GiB for GPT-2 124M) instead
+    of removing each once no later step needs it."""
+    check_request(0.0, 1, tokens)
+    model = load_preset(model).name   # (an unknown preset fails here, before any work)
+    out = output_folder(out)
     progress = progress or (lambda it, **kw: it)
+
+    def discard(build_dir: Path):
+        if not keep_builds:
+            shutil.rmtree(build_dir, ignore_errors=True)
+
     t0 = time.perf_counter()
-    rows, refused = sweep(out, model, tokens, progress)
+    rows, refused = sweep(out, model, tokens, progress, discard)
     ttft = time_to_first_token(out, model, rows, progress)
-    xip = xip_baseline(out, model, rows, ttft, progress)
-    paper = paper_comparison(out, model, rows)
-    front = frontier(out, model, progress)
+    xip = xip_baseline(out, model, rows, ttft, progress, discard)
+    for r in rows:   # only the paper's case and the counter overhead run on sweep builds from here
+        if r["board"] != "sim64":
+            discard(out / "builds" / f"{model}-{r['board']}-{r['dtype']}")
+    paper = paper_comparison(out, model, rows, progress, discard)
+    discard(out / "builds" / f"{model}-sim64-fp32")
+    front = frontier(out, model, progress, discard)
     quant = quantization_error(model, QUANT_TOKENS, progress)
-    overhead = counter_overhead(out / "builds" / f"{model}-sim64-int8")
+    overhead = counter_overhead(out / "builds" / f"{model}-sim64-int8", progress=progress)
+    discard(out / "builds" / f"{model}-sim64-int8")
+    if not keep_builds and (out / "builds").is_dir() and not any((out / "builds").iterdir()):
+        (out / "builds").rmdir()
     info = {"model": model, "tokens": tokens, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
             "command": command or f"mcugpt bench --model {model} --tokens {tokens} --out {out}",
-            "wall_s": time.perf_counter() - t0}
+            "wall_s": time.perf_counter() - t0, "builds_kept": keep_builds}
     result = {"info": info, "configs": rows, "refused": refused, "time_to_first_token": ttft, "xip_baseline": xip,
               "paper": paper,
               "frontier": front,
               "int8_vs_fp32": quant,
-              "counter_overhead": overhead}
+              "counter_overhead": overhead,
+              "plots": plots(out, rows, front, model)}
     (out / "bench.json").write_text(json.dumps(result, indent=1))
     (out / "bench.md").write_text(markdown(rows, paper, front, info) + refused_markdown(refused)
                                   + ttft_markdown(ttft) + xip_markdown(xip) + quant_markdown(quant)
                                   + overhead_markdown(overhead))
-    plots(out, rows, front, model)
     return result

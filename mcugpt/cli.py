@@ -1,14 +1,19 @@
 """The `mcugpt` command: compile GPT-2 for a microcontroller, run the numpy reference, run the
 firmware on the emulated board, benchmark, inspect an image. Every failure a user can cause
-ends in one line, `mcugpt: error: ...`, exit 1.
+ends in one line, `mcugpt: error: ...`: exit 2 when the command line itself cannot be parsed
+(argparse: an unknown option, a missing argument, a value that is not a number), exit 1 when a
+value is refused or the work fails. Ctrl-C ends in `mcugpt: interrupted`, exit 130.
 
 Options mean the same in every command: --seed is always the sampling seed, --weights-seed
 the seed of the synthetic weights."""
 
 import argparse
 import json
+import os
 import re
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,7 +33,20 @@ EXAMPLES = """examples:
   mcugpt run --build build/gpt2 --prompt "Once" --temperature 0.8 --top-k 40 --seed 7 --check
   mcugpt fit --model gpt2                               every board x dtype: fits? context? tokens/s?
   mcugpt inspect build/gpt2/flash.img
+
+exit status: 0 done; 1 an input was refused or the work failed (one line: mcugpt: error: ...);
+2 the command line could not be parsed (see the command's --help); 130 interrupted (Ctrl-C)
 """
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as mcugpt's one line (exit 2) and a pointer to --help."""
+
+    def error(self, message):
+        # 3.11 quotes every choice: "(choose from 'fp32', 'int8')"
+        message = re.sub(r"\(choose from (.*)\)", lambda m: f"(choose from {m.group(1).replace(chr(39), '')})",
+                         message)
+        self.exit(2, f"mcugpt: error: {message}; see {self.prog} --help\n")
 
 
 def parse_size(text: str) -> int:
@@ -49,21 +67,47 @@ def _model_args(p: argparse.ArgumentParser):
                         "shards, optional vocab.json + merges.txt; what is accepted: docs/checkpoints.md); "
                         "default: synthetic weights")
     p.add_argument("--weights-seed", type=int, default=0, metavar="N",
-                   help="seed of the synthetic weights (default 0); ignored with --weights")
+                   help="seed of the synthetic weights, 0 .. 2^64-1 (default 0); ignored with --weights")
+
+
+def _prompt_args(p: argparse.ArgumentParser):
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--prompt", help="text to continue")
+    g.add_argument("--prompt-file", metavar="PATH",
+                   help="read the text to continue from a UTF-8 file (- for standard input); its final "
+                        "newline, if any, is dropped (one: an editor's)")
+
+
+def read_prompt(a) -> str:
+    """The prompt's text, from --prompt or --prompt-file."""
+    if a.prompt is not None:
+        return a.prompt
+    path = a.prompt_file
+    try:
+        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as e:
+        raise McugptError(f"--prompt-file {path}: cannot read it ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise McugptError(f"--prompt-file {path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset "
+                          f"{e.start:,})") from None
+    return text.removesuffix("\n")
 
 
 def _sampling_args(p: argparse.ArgumentParser):
     p.add_argument("--greedy", action="store_true", help="always take the most likely token (the default)")
     p.add_argument("--temperature", type=float, default=0.0,
-                   help="sample with this temperature (> 0) instead of greedy decoding")
+                   help="sample with this temperature (> 0, a float32: at most 3.4e38) instead of greedy "
+                        "decoding")
     p.add_argument("--top-k", type=int, default=40, help="sample among the k most likely tokens (default 40)")
     p.add_argument("--seed", type=int, default=0, metavar="N",
                    help="seed of the sampling PRNG (xorshift64*, reproduced bit for bit by the firmware; "
-                        "default 0)")
+                        "0 .. 2^64-1, default 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = Parser(
         prog="mcugpt", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
         description="Compile GPT-2 into staged firmware for a microcontroller with little RAM: the "
                     "model is split into atomic stages (6 per transformer block) that run one after "
@@ -125,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run GPT-2 in numpy, one token at a time with a KV cache, float32. "
                                    "The emulated firmware must produce exactly these tokens.")
     _model_args(r)
-    r.add_argument("--prompt", required=True, help="text to continue")
+    _prompt_args(r)
     r.add_argument("--tokens", type=int, default=16, metavar="N", help="tokens to generate (default 16)")
     r.add_argument("--ctx", type=int, metavar="N", help="context limit (default: the model's)")
     r.add_argument("--dtype", default="fp32", choices=["fp32", "int8"],
@@ -139,18 +183,21 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("run", help="generate text on the emulated Cortex-M7 board",
                        description="Run DIR/firmware.elf on the emulated board (Unicorn Cortex-M7, SPI NOR "
                                    "flash holding DIR/flash.img), stream the text as it is generated, then "
-                                   "print a summary: emulation speed, simulated device time per token "
+                                   "print a summary: the prompt (prefill), decode and overall rates on this "
+                                   "machine and on the device, the simulated device time per decoded token "
                                    "(flash and PSRAM I/O simulated from datasheet timing, compute from the "
                                    "executed basic blocks' cycles (Cortex-M7 pipeline model), overlapped as "
                                    "the double-buffered tiles overlap them), flash bytes per token, measured "
                                    "peak RAM vs the plan, "
                                    "and the slowest stage kinds.")
     u.add_argument("--build", required=True, metavar="DIR", help="a folder written by `mcugpt compile`")
-    u.add_argument("--prompt", required=True, help="text to continue")
+    _prompt_args(u)
     u.add_argument("--tokens", type=int, default=16, metavar="N", help="tokens to generate (default 16)")
     _sampling_args(u)
     u.add_argument("--ram", type=parse_size, metavar="BYTES",
-                   help="SRAM the board maps (default: all the board has); touching more is a fault")
+                   help="SRAM the board maps (default: all the board has), from the build's RAM budget "
+                        "(compile --ram: the firmware's stack is at its top) to the board's SRAM; touching "
+                        "more is a fault")
     u.add_argument("--flash", metavar="PART",
                    help="one of the board's flash alternatives instead of its own (sim64: mx66uw1g45g octal, "
                         "the default, or w25q01jv quad SPI); `mcugpt fit --json` lists each board's parts")
@@ -163,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "naming the first stage that differs from the reference (runs the prompt with "
                         "--prefill-chunk 1; docs/check_stages.md)")
     u.add_argument("--timeout", type=float, metavar="SECONDS",
-                   help="stop the board after this much host time (with --gdb: CPU time, so a run "
-                        "paused at a breakpoint is not stopped)")
+                   help="stop the board after this much host time, a positive number (with --gdb: CPU "
+                        "time, so a run paused at a breakpoint is not stopped)")
     u.add_argument("--gdb", metavar="PORT",
                    help="start halted at reset with a GDB server on PORT (udbserver; it listens on all "
                         "interfaces) and run under the debugger: attach with `gdb-multiarch "
@@ -184,10 +231,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    f"({', '.join(BOARDS)}), fp32 and int8, where it fits; "
                                    "check every run against the numpy reference; compare with the paper's "
                                    "figures at context 512; sweep the RAM budget. Writes DIR/bench.json, "
-                                   "DIR/bench.md and PNG plots. Takes several minutes for GPT-2 124M.")
+                                   "DIR/bench.md and PNG plots. Takes several minutes for GPT-2 124M, and "
+                                   "disk for its builds in DIR/builds: about 0.95 GiB per fp32 build, 0.6 GiB "
+                                   "per int8 build, at most about 2.7 GiB at once (each is removed once no later "
+                                   "step needs it).")
     b.add_argument("--model", default="gpt2", metavar="PRESET", help="model preset (default gpt2)")
     b.add_argument("--tokens", type=int, default=3, metavar="N", help="tokens per run (default 3)")
     b.add_argument("--out", default="build/bench", metavar="DIR", help="output folder (default build/bench)")
+    b.add_argument("--keep-builds", action="store_true",
+                   help="keep every build in DIR/builds (up to about 17 GiB for GPT-2 124M: 23 builds) instead "
+                        "of removing each once no later step needs it")
     b.add_argument("--json", action="store_true", help="print bench.json instead of the Markdown table")
 
     f = sub.add_parser("fit", help="which boards can run the model: flash, SRAM, context, tokens/s",
@@ -216,7 +269,7 @@ def cmd_compile(a) -> None:
     from compiler.pipeline import compile_model
     from mcugpt.report import plan_summary, size, stage_table
     t0 = time.time()
-    res = compile_model(a.model, Path(a.out), weights_dir=a.weights, weights_seed=a.weights_seed, ram=a.ram,
+    res = compile_model(a.model, a.out, weights_dir=a.weights, weights_seed=a.weights_seed, ram=a.ram,
                         ctx=a.ctx, quiet=a.quiet or a.json, cc=a.cc, dtype=a.dtype, board=a.board,
                         group=a.group, tcm=a.tcm, kv_dtype=a.kv, verify=a.verify, prefill=a.prefill,
                         runtime=a.runtime, tiers=a.tiers)
@@ -236,22 +289,23 @@ def cmd_reference(a) -> None:
     from compiler.reference import Reference, generate
     from compiler.sampler import Sampling, check_request
     from compiler.tokenizer import encode
-    check_request(a.temperature, a.top_k, a.tokens)
+    check_request(a.temperature, a.top_k, a.tokens, a.seed)
+    text_in = read_prompt(a)
     cfg, weights, tok = load_model(a.model, a.weights, a.weights_seed)
     sampling = Sampling(0.0 if a.greedy else a.temperature, a.top_k, a.seed)
-    prompt = encode(tok, a.prompt)
+    prompt = encode(tok, text_in)
     n_ctx = a.ctx or cfg.n_ctx
     if a.ctx is not None and not 1 <= a.ctx <= cfg.n_ctx:
         raise McugptError(f"--ctx {a.ctx} is outside 1..{cfg.n_ctx} (the model's context)")
     gen = generate(Reference(cfg, weights, dtype=a.dtype, kv_dtype=a.kv), prompt, a.tokens, sampling, n_ctx=n_ctx)
     text = tok.decode(gen.tokens)
     if a.json:
-        print(json.dumps({"model": cfg.name, "prompt": a.prompt, "prompt_tokens": gen.prompt_tokens,
+        print(json.dumps({"model": cfg.name, "prompt": text_in, "prompt_tokens": gen.prompt_tokens,
                           "tokens": gen.tokens, "text": text,
                           "sampling": {"greedy": sampling.greedy, "temperature": sampling.temperature,
                                        "top_k": sampling.top_k, "seed": sampling.seed}}))
     else:
-        print(a.prompt + text)
+        print(text_in + text)
 
 
 def cmd_run(a) -> None:
@@ -259,6 +313,7 @@ def cmd_run(a) -> None:
     from mcugpt.check_stages import failure, stage_table
     from mcugpt.report import run_summary
     from mcugpt.run import Build, run, to_json
+    prompt = read_prompt(a)
     build = Build.open(a.build)
     sampling = Sampling(0.0 if a.greedy else a.temperature, a.top_k, a.seed)
     gdb_port = None
@@ -287,13 +342,13 @@ def cmd_run(a) -> None:
         nonlocal started
         if not started:
             bar.close()
-            sys.stdout.write(a.prompt)
+            sys.stdout.write(prompt)
             started = True
         sys.stdout.write(text)
         sys.stdout.flush()
 
     try:
-        report = run(build, a.prompt, a.tokens, sampling, ram=a.ram, flash=a.flash, on_text=None if a.json else stream,
+        report = run(build, prompt, a.tokens, sampling, ram=a.ram, flash=a.flash, on_text=None if a.json else stream,
                      check=a.check, timeout_s=a.timeout, chunk=a.prefill_chunk, on_position=on_position,
                      check_stages=a.check_stages, trace=a.trace, gdb_port=gdb_port, on_gdb_wait=on_gdb_wait)
     finally:
@@ -319,8 +374,9 @@ def cmd_bench(a) -> None:
     from compiler.pipeline import progress_bar
     from mcugpt.bench import bench
     out = Path(a.out)
-    result = bench(out, a.model, a.tokens, progress=progress_bar(a.json),
-                   command=" ".join(["mcugpt", *sys.argv[1:]]))
+    # progress on stderr, a line per step when it is not a terminal: the bench takes minutes
+    result = bench(a.out, a.model, a.tokens, progress=progress_bar(lines=True),
+                   command=" ".join(["mcugpt", *sys.argv[1:]]), keep_builds=a.keep_builds)
     if a.json:
         print(json.dumps(result, indent=1))
     else:
@@ -333,7 +389,7 @@ def cmd_fit(a) -> None:
     from compiler.pipeline import progress_bar
 
     from .fit import fit, fit_table
-    rows = fit(a.model, a.weights, a.weights_seed, measure=not a.no_run, out=Path(a.out),
+    rows = fit(a.model, a.weights, a.weights_seed, measure=not a.no_run, out=a.out,
                progress=progress_bar(a.json))
     if a.json:
         print(json.dumps(rows, indent=1))
@@ -348,7 +404,7 @@ def cmd_inspect(a) -> None:
     from compiler.pipeline import progress_bar
     from mcugpt.report import image_tables
     from target.flash_layout import read_image
-    img = read_image(Path(a.image), verify_weights=not a.no_verify, progress=progress_bar(a.json))
+    img = read_image(a.image, verify_weights=not a.no_verify, progress=progress_bar(a.json))
     if a.json:
         print(json.dumps({"header": img.header, "stages": img.stages, "tensors": img.tensors,
                           "verified": not a.no_verify}, indent=1))
@@ -358,20 +414,47 @@ def cmd_inspect(a) -> None:
     print(f"\nCRC32 OK: {checked}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def interrupted(_signum=None, _frame=None):
+    """Ctrl-C: one line and exit 130, at once. A KeyboardInterrupt raised inside the emulator's
+    callbacks would be swallowed by unicorn (the run would go on and print its summary), so the
+    process ends here, whatever it was doing, printing nothing more."""
     try:
+        os.write(2, (b"\r\033[K" if os.isatty(2) else b"") + b"mcugpt: interrupted\n")  # (over a progress bar)
+    except OSError:   # no stderr left to tell
+        pass
+    os._exit(130)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = build_parser()
+    args, extra = ap.parse_known_args(argv)
+    if extra:   # the command's own error, so its hint points to its own --help
+        commands = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction)).choices
+        commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    owner = threading.current_thread() is threading.main_thread()   # (only it may set handlers)
+    previous = signal.signal(signal.SIGINT, interrupted) if owner else None
+    try:
+        args = parse_args(argv)
         {"compile": cmd_compile, "reference": cmd_reference, "run": cmd_run, "bench": cmd_bench,
          "fit": cmd_fit, "inspect": cmd_inspect}[args.command](args)
     except McugptError as e:
         print(f"mcugpt: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("mcugpt: interrupted", file=sys.stderr)
-        return 130
+        interrupted()
     except BrokenPipeError:  # `mcugpt ... | head`: the reader left, nothing to report
         sys.stderr.close()
         return 0
+    except OSError as e:   # the machine refused (disk full, permissions): not a bug, one line
+        print(f"mcugpt: error: {e.filename or 'I/O'}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    finally:
+        if owner:
+            signal.signal(signal.SIGINT, previous)
     return 0
 
 

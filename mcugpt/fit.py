@@ -11,7 +11,7 @@ use, so they agree with them.
 import time
 from pathlib import Path
 
-from compiler.pipeline import check_flash, compile_model, load_model, stages_of
+from compiler.pipeline import check_flash, compile_model, load_model, output_folder, stages_of
 from compiler.plan import DTYPES, make_plan
 from compiler.sampler import Sampling
 from compiler.tokenizer import token_bytes_table
@@ -29,6 +29,7 @@ def fit(model: str | None, weights_dir: str | None = None, weights_seed: int = 0
     progress = progress or (lambda it, **kw: it)
     cfg, _weights, tok = load_model(model, weights_dir, weights_seed)
     del _weights
+    out = output_folder(out) if measure else Path(out)   # (refused now, not after the first plans)
     stages = stages_of(cfg)
     tokens = token_bytes_table(tok, cfg.vocab_size)
     rows = []
@@ -78,4 +79,5 @@ def fit_table(rows: list[dict]) -> str:
     t = [[r["board"] + ("" if r["buyable"] else " (not buyable)"), r["dtype"], "yes" if r["fits"] else "NO",
           r["ctx"] if r["ctx"] is not None else "-",
           f"{r['tokens_per_s']:.2f}" if r["tokens_per_s"] is not None else "-", r["why"]] for r in rows]
-    return table(["board", "dtype", "fits", "ctx", "tok/s", "why"], t, "lllrrl")
+    # (one token after a one-token prompt: its single forward pass is a decode step at position 0)
+    return table(["board", "dtype", "fits", "ctx", "decode tok/s", "why"], t, "lllrrl")

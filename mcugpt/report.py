@@ -40,6 +40,8 @@ def stage_table(plan) -> str:
 
 def plan_summary(plan) -> str:
     m, t, kv, res = plan.model, plan.totals, plan.kv, plan.resident
+    what = {"flash": "weights", "psram": " and ".join(w for w, on in (("weights", plan.psram_weight_bytes),
+                                                                     ("KV cache", kv.placement == "psram")) if on)}
     limit = {"sram": "the RAM budget, see --ctx/--ram",
              "psram": f"the board's {size(plan.profile.psram_bytes)} of PSRAM"}.get(plan.ctx_limited_by)
     ctx_note = f" (the model's is {m.n_ctx}; limited by {limit})" if limit else ""
@@ -48,7 +50,10 @@ def plan_summary(plan) -> str:
         f"vocab {m.vocab_size}, {plan.dtype}",
         f"stages       {t.stages} ({t.block_stages} in blocks + embed + head)",
         f"context      {plan.ctx} tokens{ctx_note}",
-        f"weights      {size(t.weight_bytes)} in flash; {size(t.flash_bytes_per_token)} read per token",
+        f"weights      {size(t.weight_bytes)} in flash; "
+        f"{size(t.flash_bytes_per_token + t.table_bytes_per_token)} read per token: {size(t.flash_bytes_per_token)} "
+        f"of weights + {size(t.table_bytes_per_token)} of the image's stage and tensor entries and token offsets "
+        f"(+ the token's own bytes)",
         f"compute      {count(t.macs_per_token_at_ctx)} MACs per token at full context",
         f"board        {plan.board}: {plan.profile.doc}",
         f"RAM budget   {size(plan.ram_budget)} ({plan.ram_budget:,} B)",
@@ -70,7 +75,7 @@ def plan_summary(plan) -> str:
         f"  largest    stage {plan.largest_stage['name']}: {size(plan.largest_stage['ram_bytes'])} "
         f"working set (without the KV cache)",
         f"peak RAM     {size(plan.peak_ram_bytes)} ({plan.peak_ram_bytes:,} B)",
-        "buses        " + "; ".join(f"{name}: {size(b['bytes_per_token'])} per token at {b['bytes_per_s'] / 1e6:.0f} MB/s = "
+        "buses        " + "; ".join(f"{name}: {size(b['bytes_per_token'])} of {what[name]} per token at {b['bytes_per_s'] / 1e6:.0f} MB/s = "
                                    f"{seconds(b['s_per_token'])}" for name, b in plan.buses.items() if isinstance(b, dict))
         + f" (at the planned context): no token faster than {seconds(plan.buses['bound_s_per_token'])}, "
           f"{plan.buses['bound_tokens_per_s']:.2f} tokens/s",
@@ -104,16 +109,25 @@ def seconds(s: float) -> str:
     return f"{s * 1e6:.0f} us"
 
 
+def rates(x: dict, n_prompt: int, n_new: int, boot: str) -> str:
+    """One line's rates (run.py "rates"), each named: prompt (prefill), decode, overall."""
+    return (f"prompt (prefill) {n_prompt} positions in {seconds(x['prefill_s'])} = "
+            f"{x['prefill_positions_per_s']:,.1f} positions/s; decode {seconds(x['decode_s_per_token'])} per token = "
+            f"{x['decode_tokens_per_s']:.2f} tokens/s; overall {n_new} tokens in {seconds(x['overall_s'])} = "
+            f"{x['overall_tokens_per_s']:.2f} tokens/s ({boot}prompt and decode)")
+
+
 def run_summary(r: dict) -> str:
-    d, ram = r["device"], r["peak_ram"]
-    n = len(r["tokens"])
+    d, ram, plan = r["device"], r["peak_ram"], r["flash_bytes_per_token_plan"]
+    n, n_prompt = len(r["tokens"]), len(r["prompt_tokens"])
+    no_decode = "" if r["decode_steps"] else " (one token: no decode step, the prompt's last pass stands for one)"
     lines = [
         f"model        {r['model']} ({r['dtype']}) on the emulated {r['board']} board: {size(r['ram_mapped'])} "
         f"SRAM, {r['flash']} flash; context {r['ctx']}, KV cache in {r['kv_placement']}",
-        f"tokens       {n} generated after a {len(r['prompt_tokens'])}-token prompt",
-        f"emulator     {seconds(r['wall_s'])} on this machine: {r['emulated_tokens_per_s']:.2f} tokens/s "
-        f"({seconds(r['decode_wall_s_per_token'])} per generated token)",
-        f"device time  {seconds(d['s_per_token'])} per token -> {d['tokens_per_s']:.2f} tokens/s: I/O "
+        f"tokens       {n} generated after a {n_prompt}-token prompt" + no_decode,
+        "emulator     on this machine: " + rates(r["rates"]["emulator"], n_prompt, n, "boot, "),
+        "device       simulated: " + rates(r["rates"]["device"], n_prompt, n, f"boot {seconds(d['boot_s'])}, "),
+        f"device time  decode {seconds(d['s_per_token'])} per token -> {d['tokens_per_s']:.2f} tokens/s: I/O "
         f"{seconds(d['io_s_per_token'])}" + (f", CRC {seconds(d['crc_s_per_token'])}" if d["crc_s_per_token"] else "")
         + f" and compute {seconds(d['compute_s_per_token'])}, overlapped "
         f"(sequential would be {seconds(d['sequential_s_per_token'])}; "
@@ -127,7 +141,8 @@ def run_summary(r: dict) -> str:
         f"on this machine",
         f"boot         {seconds(d['boot_s'])} on the device: image checks"
         + (", every weight blob's CRC" if d["verify"] == "boot" else "") + ", resident weights",
-        f"flash read   {size(r['flash_bytes_per_token'])} per token"
+        f"flash read   {size(r['flash_bytes_per_token'])} per token (the plan: {size(plan['weights'])} of weights + "
+        f"{size(plan['tables'])} of image tables + the token's own bytes)"
         + (f"; PSRAM {size(r['psram_bytes_per_token'])} per token" if r["kv_placement"] == "psram" else ""),
         f"peak RAM     {size(ram['measured'])} measured ({ram['measured']:,} B: static {size(ram['static'])}, "
         f"arena high-water {size(ram['arena_high_water'])}, stack {size(ram['stack_used'])}) "

@@ -13,6 +13,7 @@ then the I/O alone, and the summary says so.
 """
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +47,8 @@ class Build:
 
     @classmethod
     def open(cls, path) -> "Build":
-        path = Path(path)
         source = load_build_source(path)
+        path = Path(path)
         for f in ("plan.json", "flash.img", "firmware.elf"):
             if not (path / f).is_file():
                 raise McugptError(f"{path}: no {f}; rerun `mcugpt compile --out {path}`")
@@ -77,7 +78,10 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
     waiting for GDB."""
     profile = build.plan.profile
     flash = profile.flash_option(flash).part
-    check_request(sampling.temperature, sampling.top_k, n_new)
+    check_request(sampling.temperature, sampling.top_k, n_new, sampling.seed)
+    check_board_ram(build, ram)
+    if timeout_s is not None and not 0 < timeout_s < math.inf:
+        raise McugptError(f"--timeout {timeout_s}: must be a positive number of seconds")
     tok = build.tokenizer()
     prompt_tokens = encode(tok, prompt)
     check_context(len(prompt_tokens), n_new, build.plan.ctx)
@@ -122,6 +126,23 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
     if check_stages:
         report["check_stages"] = compare_stages(build, capture, result.logits[0], prompt_tokens)
     return report
+
+
+def check_board_ram(build: Build, ram: int | None) -> None:
+    """`ram`, the SRAM the board maps, must hold the firmware: the build is linked for its plan's
+    whole RAM budget (the stack at its top), which may be more than the plan's peak."""
+    if ram is None:
+        return
+    plan, board = build.plan, build.plan.profile
+    if ram < 1:
+        raise McugptError(f"--ram {ram}: must be at least 1 byte")
+    if ram > board.sram_bytes:
+        raise McugptError(f"--ram {ram:,} bytes: more than the {board.name} board's {board.sram_bytes:,} bytes of SRAM")
+    if ram < plan.ram_budget:
+        raise McugptError(
+            f"--ram {ram:,} bytes: this build is linked for its RAM budget of {plan.ram_budget:,} bytes (the stack "
+            f"at its top), so the board must map all of it, although its plan's peak is {plan.peak_ram_bytes:,}; "
+            f"to run in {ram:,} bytes, recompile with `mcugpt compile --ram {ram}`")
 
 
 def compare_with_reference(build: Build, prompt_tokens, n_new, sampling, result: RunResult) -> dict:
@@ -224,12 +245,33 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
                         f"of compute): " + " and ".join(parts) + "; "
                         + (f"{', '.join(tcm_buffers)} in the zero-wait data TCM" if tcm_buffers
                            else "nothing in the data TCM") + " (emulator/dcache.py)")
+    n_new = len(result.tokens)
+    decode_wall_s = mean([p.wall_s for p in decode])
+    per_s = lambda n, s: n / s if s else 0.0
+    prefill_s, prefill_wall_s = result.ttft_ns * 1e-9, result.ttft_wall_s
     return {
         "model": plan.model.name, "dtype": plan.dtype, "flash": flash, "ram_mapped": ram.ram_mapped,
         "prompt": prompt, "prompt_tokens": prompt_tokens, "tokens": result.tokens, "text": result.text,
         "wall_s": result.wall_s,
-        "emulated_tokens_per_s": len(result.tokens) / result.wall_s if result.wall_s else 0.0,
-        "decode_wall_s_per_token": mean([p.wall_s for p in decode]),
+        # overall: the generated tokens over the whole emulation, boot and prompt included
+        "emulated_tokens_per_s": per_s(n_new, result.wall_s),
+        "decode_wall_s_per_token": decode_wall_s,
+        # Every rate, labelled: prompt (prefill: from the first prompt position to the first
+        # token, boot excluded), decode (per generated token after the first), overall (the
+        # generated tokens over everything, boot and prompt included); on this machine
+        # (emulator) and on the simulated device. With one token there is no decode step
+        # (decode_steps 0): the prompt's last forward pass stands for one.
+        "decode_steps": len([p for p in result.per_position if p.position >= n_prompt]),
+        "rates": {
+            "emulator": {"prefill_s": prefill_wall_s, "prefill_positions_per_s": per_s(n_prompt, prefill_wall_s),
+                         "decode_s_per_token": decode_wall_s, "decode_tokens_per_s": per_s(1, decode_wall_s),
+                         "overall_s": result.wall_s, "overall_tokens_per_s": per_s(n_new, result.wall_s)},
+            "device": {"boot_s": result.boot_ns * 1e-9,
+                       "prefill_s": prefill_s, "prefill_positions_per_s": per_s(n_prompt, prefill_s),
+                       "decode_s_per_token": device_s, "decode_tokens_per_s": per_s(1, device_s),
+                       "overall_s": result.device_ns * 1e-9,
+                       "overall_tokens_per_s": per_s(n_new, result.device_ns * 1e-9)},
+        },
         "prefill_positions": n_prompt,
         "prefill_chunks": len([p for p in result.per_position if p.position < n_prompt]),
         "prefill_chunk": chunk or plan.prefill_chunk,
@@ -263,6 +305,9 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
                         + ", simulated from datasheet timing, by DMA concurrent with the CPU (double-buffered weight tiles)",
         },
         "flash_bytes_per_token": int(mean([p.flash_bytes for p in decode])),
+        # what the plan expects a decoded token to read (the token's own text bytes aside)
+        "flash_bytes_per_token_plan": {"weights": plan.totals.flash_bytes_per_token,
+                                       "tables": plan.totals.table_bytes_per_token},
         "flash_bytes_total": result.flash_bytes,
         "psram_bytes_per_token": int(mean([p.psram_bytes for p in decode])),
         "psram_bytes_total": result.psram_bytes,

@@ -188,7 +188,12 @@ def _bad(path, msg):
 
 def read_image(path: Path, verify_weights: bool = True, progress=None) -> Image:
     """Parse and check an image; every inconsistency is an error saying where it is."""
+    if not str(path).strip():   # (before Path(''), which is '.')
+        raise McugptError("flash image '': empty; give a flash.img written by `mcugpt compile`")
     path = Path(path)
+    if path.is_dir():
+        _bad(path, "a folder, not a flash image" + (" (the image is its flash.img)"
+                                                    if (path / "flash.img").is_file() else ""))
     if not path.is_file():
         _bad(path, "no such flash image")
     with open(path, "rb") as f:

@@ -3,6 +3,7 @@
 import json
 
 from conftest import mcugpt
+from PIL import Image
 
 
 def test_bench_on_tiny_writes_json_markdown_and_plots(tmp_path):
@@ -28,3 +29,11 @@ def test_bench_on_tiny_writes_json_markdown_and_plots(tmp_path):
     for f in ("bench.md", "time_split.png", "frontier.png"):
         assert (out / f).stat().st_size > 1000, f
     assert "The paper's case" in proc.stdout
+    # every plot is titled with the model it measured
+    for f in ("time_split.png", "frontier.png"):
+        assert Image.open(out / f).text["Title"].startswith("tiny"), f
+    # on a pipe, a progress line per step, from the first
+    assert proc.stderr.startswith("boards x dtypes 1/8: sim64 fp32 auto\n")
+    assert "frontier int8 8/8" in proc.stderr and "counter overhead 3/3" in proc.stderr
+    # no build is left behind (--keep-builds keeps them)
+    assert not (out / "builds").exists() and result["info"]["builds_kept"] is False

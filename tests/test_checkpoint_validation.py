@@ -321,7 +321,7 @@ def test_a_folder_or_a_symlink_loop_in_place_of_a_file_is_refused(ckpt):
 
 def test_a_missing_folder_or_a_file_instead_of_a_folder_is_refused(tmp_path, ckpt):
     refused(tmp_path / "nowhere", r"--weights .*nowhere: no such folder")
-    refused(ckpt / "config.json", r"--weights .*config.json: not a folder; give the folder that holds config.json")
+    refused(ckpt / "config.json", r"--weights .*config.json: a file, not a folder \(config.json \+ model.safetensors\)")
 
 
 # 5. Sharded checkpoints, and a hint for PyTorch's pickles

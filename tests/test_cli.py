@@ -32,6 +32,8 @@ def test_compile_writes_onnx_plan_image_and_headers(tmp_path):
     for f in ("model.onnx", "plan.json", "flash.img", "include/flash_layout.h", "include/model_plan.h"):
         assert (tmp_path / f).is_file(), f
     assert "h1.mlp" in out and "peak RAM" in out
+    # what a token reads: the weights and the image's tables the firmware reads with them
+    assert " of weights + " in out and "of the image's stage and tensor entries and token offsets" in out
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert plan["peak_ram_bytes"] <= 2 << 20 and len(plan["stages"]) == 14
 

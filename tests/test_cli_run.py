@@ -106,7 +106,7 @@ def test_truncated_or_foreign_image_is_refused(damage, message, damaged):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--ram", "1MiB"], "firmware needs 67,108,864 bytes of SRAM at 0x24000000, the board maps 1,048,576"),
+    (["--ram", "1MiB"], "--ram 1,048,576 bytes: this build is linked for its RAM budget of 67,108,864 bytes"),
     (["--prompt", "word " * 127 + "word", "--tokens", "4"], "prompt (128 tokens) + 4 new tokens = 132 exceeds the context of 128"),
     (["--prompt", ""], "the prompt is empty"),
     (["--timeout", "0.05"], "board fault: firmware did not finish within the 0.05 s timeout; PC 0x"),
@@ -123,3 +123,26 @@ def test_bad_run_input_gives_one_line_error(args, message, tiny_build):
 def test_run_needs_a_build_folder(tmp_path):
     proc = mcugpt("run", "--build", tmp_path, "--prompt", "Hi")
     assert proc.returncode == 1 and "not a build folder" in proc.stderr
+
+
+def test_every_rate_says_whether_it_is_prompt_decode_or_overall(tiny_build):
+    """On this machine and on the device: the prompt (prefill, boot excluded), one decoded
+    token, and everything (boot and prompt included), each labelled, none mixed."""
+    r = run_json(tiny_build.out_dir, "--prompt", "Hello, my name is", "--tokens", "4")
+    emu, dev, n = r["rates"]["emulator"], r["rates"]["device"], len(r["tokens"])
+    # the board's clock at exit covers boot, the prompt and the n - 1 decode steps (the last
+    # token is not fed back): the parts, measured separately, add up to it
+    assert dev["boot_s"] + dev["prefill_s"] + (n - 1) * dev["decode_s_per_token"] == pytest.approx(
+        dev["overall_s"], rel=0.02)
+    assert dev["overall_tokens_per_s"] < dev["decode_tokens_per_s"] and r["decode_steps"] == n - 1
+    # the keys that were there keep their meaning
+    assert (r["emulated_tokens_per_s"], r["decode_wall_s_per_token"], r["device"]["tokens_per_s"]) == (
+        emu["overall_tokens_per_s"], emu["decode_s_per_token"], dev["decode_tokens_per_s"])
+
+    out = mcugpt("run", "--build", tiny_build.out_dir, "--prompt", "Hello, my name is", "--tokens", "4",
+                 check=True).stdout
+    for line in (line for line in out.splitlines() if line.startswith(("emulator     ", "device       "))):
+        assert "prompt (prefill) 5 positions in" in line and " per token = " in line, line
+        assert "overall 4 tokens in" in line and "tokens/s (boot" in line, line
+    one = mcugpt("run", "--build", tiny_build.out_dir, "--prompt", "Hi", "--tokens", "1", check=True).stdout
+    assert "1 generated after a 1-token prompt (one token: no decode step" in one
