@@ -691,6 +691,7 @@ class Trace(Peripheral):
         self._position_opened = self._opened
         self.logits: list[np.ndarray | None] = []
         self._step_logits: np.ndarray | None = None
+        self.crc_retries: list[tuple[int, int | None]] = []   # (tensor index or CRC_RETRY_SECTION, stage open)
 
     def _now(self) -> tuple:
         """(flash bytes, flash ns, PSRAM bytes, PSRAM ns, perf_counter, instructions, stall ns,
@@ -773,6 +774,8 @@ class Trace(Peripheral):
             self._close_position()
             self.per_position.append(PositionStats(value))
             self._position_opened = self._now()
+        elif name == "CRC_RETRY":
+            self.crc_retries.append((value, self.current))
         elif name == "XIP_LEN":   # the CPU reads these in place: it stalls for every line fill
             try:
                 ns = self.flash.xip_lines(self.regs["XIP_ADDR"], value, mm.XIP_LINE)
