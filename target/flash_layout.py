@@ -346,6 +346,8 @@ def _check_header(path, h: dict, size: int) -> None:
             bad(f"{what}_offset", f"not a multiple of the {SECTOR}-byte sector")
         if off < prev_end:
             bad(f"{what}_offset", f"overlaps {prev}, which ends at 0x{prev_end:x}")
+        if off > size:
+            bad(f"{what}_offset", f"past the file's {size:,} bytes")
         if off + n > size:
             bad(f"{what}_size", f"at 0x{off:x} it ends at 0x{off + n:x}, past the file's {size:,} bytes")
         prev_end, prev = off + n, f"the {what} section"
