@@ -433,14 +433,14 @@ class Board:
             return f"tensor {index} '{self.image.tensors[index]['name']}'"
         return f"tensor {index}"
 
-    def _retry_label(self, what: int, stage: int | None) -> str:
+    def _retry_label(self, what: int, stage: int | None, at_boot: bool) -> str:
         """'tensor 1 'wpe.weight' in stage 0 (embed)' for a TRACE.CRC_RETRY write."""
         thing = "the header, tables or token table" if what == mm.CRC_RETRY_SECTION else self.tensor_label(what)
-        return f"{thing} {self._stage_text(stage)}"
+        return f"{thing} {self._stage_text(stage, at_boot)}"
 
-    def _stage_text(self, stage: int | None) -> str:
+    def _stage_text(self, stage: int | None, at_boot: bool = False) -> str:
         if stage is None:
-            return "at boot" if not self.trace.positions else "outside any stage"
+            return "at boot" if at_boot else "outside any stage"
         label = self.stage_label(stage)
         return f"in {label}" if label.startswith("stage ") else f"in stage {stage} ({label})"
 
@@ -652,7 +652,7 @@ class Board:
             ttft_wall_s=(self.trace.token_times[0] - self.trace.boot_wall)
             if self.trace.token_times and self.trace.boot_wall else 0.0,
             tcm_bytes=self.dtcm_bytes, tcm_high_water=self._tcm_high_water(),
-            crc_retries=[self._retry_label(what, stage) for what, stage in self.trace.crc_retries])
+            crc_retries=[self._retry_label(*retry) for retry in self.trace.crc_retries])
 
     # -- after the run ------------------------------------------------------------
 
@@ -745,7 +745,7 @@ class Board:
         """One line for an EXIT_* code and its arguments (memory_map.EXIT_CODES)."""
         name = EXIT_NAMES[code]
         a0, a1, a2 = args
-        where = self._stage_text(self._stage_at_stop)
+        where = self._stage_text(self._stage_at_stop, at_boot=getattr(self, "trace", None) is not None and not self.trace.positions)
         if name == "BAD_TENSOR_CRC":
             detail = (f"weight blob CRC32 mismatch in {self.tensor_label(a0)} {where}, read twice: stored "
                       f"0x{a1:08x}, computed 0x{a2:08x} (a persistent error: the flash image is corrupt)")

@@ -691,7 +691,8 @@ class Trace(Peripheral):
         self._position_opened = self._opened
         self.logits: list[np.ndarray | None] = []
         self._step_logits: np.ndarray | None = None
-        self.crc_retries: list[tuple[int, int | None]] = []   # (tensor index or CRC_RETRY_SECTION, stage open)
+        # (tensor index or CRC_RETRY_SECTION, the stage open, at boot: before the first position)
+        self.crc_retries: list[tuple[int, int | None, bool]] = []
 
     def _now(self) -> tuple:
         """(flash bytes, flash ns, PSRAM bytes, PSRAM ns, perf_counter, instructions, stall ns,
@@ -775,7 +776,7 @@ class Trace(Peripheral):
             self.per_position.append(PositionStats(value))
             self._position_opened = self._now()
         elif name == "CRC_RETRY":
-            self.crc_retries.append((value, self.current))
+            self.crc_retries.append((value, self.current, not self.positions))
         elif name == "XIP_LEN":   # the CPU reads these in place: it stalls for every line fill
             try:
                 ns = self.flash.xip_lines(self.regs["XIP_ADDR"], value, mm.XIP_LINE)
