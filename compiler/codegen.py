@@ -69,7 +69,7 @@ def _check(plan: Plan) -> None:
 
 def render_model_plan(plan: Plan) -> str:
     _check(plan)
-    row_crc_bytes = 4 * sum(plan.tensors[i].rows for i in row_read_tensors(plan))
+    row_crc_bytes = fl.ROW_CRC_BYTES * sum(plan.tensors[i].rows for i in row_read_tensors(plan))
     return _env.get_template("model_plan.h.j2").render(
         plan=plan, model=plan.model, roles=role_specs(plan), not_resident=NOT_RESIDENT,
         row_crc_bytes=row_crc_bytes)

@@ -12,6 +12,7 @@ from target.flash_layout import (
     HEADER,
     HEADER_CRC_SPAN,
     MAGIC,
+    ROW_CRC_BYTES,
     NO_LAYER,
     SECTOR,
     STAGE_ENTRY,
@@ -83,7 +84,7 @@ def layout(plan: Plan, tokens_size: int) -> tuple[dict, list[dict]]:
     at = {}
     for i in row_read_tensors(plan):
         at[i] = row_crcs
-        row_crcs += 4 * plan.tensors[i].rows
+        row_crcs += ROW_CRC_BYTES * plan.tensors[i].rows
     tables_size = row_crcs - SECTOR
     sections = {"tables_offset": SECTOR, "tables_size": tables_size,
                 "tokens_offset": align(SECTOR + tables_size)}

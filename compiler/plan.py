@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 
 from target.boards import DEFAULT_BOARD, BoardProfile, get_board
 from target.errors import McugptError
+from target.flash_layout import ROW_CRC_BYTES
 from target.memory_map import TOPK_MAX
 from target.stages import ACTIVATIONS, KIND_BY_NAME, MATRIX, ROW, VECTOR, dim
 
@@ -661,7 +662,8 @@ def _stage_plan(s: Stage, kind, cfg, dtype, ctx, kv_in_sram, kv_token, sizes, by
     flash = 0
     for r, t in zip(kind.roles, ts):
         if not t.resident and (r.access == ROW or t.psram_offset is None):   # (rows come from flash)
-            flash += t.row_bytes if r.access == ROW else t.bytes   # ROW: one row per token
+            # ROW: one row per token, and its CRC32 in the tensor's row CRC table
+            flash += t.row_bytes + ROW_CRC_BYTES if r.access == ROW else t.bytes
     kv_read = kv_write = 0
     if "kv" in kind.reads:   # at the last position of the planned context
         kv_read, kv_write = kv_token // cfg.n_layer * ctx, kv_token // cfg.n_layer

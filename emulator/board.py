@@ -768,8 +768,9 @@ class Board:
             detail = f"mailbox {where} = {a1} (0x{a1:x}) is wrong or out of range"
         elif name == "BAD_STAGE":
             field = self._field_name(STAGE_ENTRY, a1)
-            detail = (f"stage {a0} ({self.stage_label(a0)}): StageEntry {field} = {a2:,} (0x{a2:x}) differs "
-                      f"from the firmware's plan")
+            label = self.stage_label(a0)
+            stage = label if label.startswith("stage ") else f"stage {a0} ({label})"
+            detail = f"{stage}: StageEntry {field} = {a2:,} (0x{a2:x}) differs from the firmware's plan"
         elif name == "FLASH_ERROR":
             bits = "|".join(n for n, b in mm.FLASH_STATUS.items() if a0 & b) or "0"
             why = flash_errors[-1] if flash_errors else f"ARG1 0x{a1:x}, ARG2 0x{a2:x}"

@@ -35,6 +35,7 @@ MAGIC = 0x5450474D      # "MGPT" read as a little-endian u32
 FORMAT_VERSION = 2      # 2: TensorEntry tile_rows and row_crcs, the row CRC tables
 SECTOR = 4096           # erase sector of the SPI NOR flash; every section starts on one
 NAME_LEN = 32           # tensor names, NUL-padded
+ROW_CRC_BYTES = 4       # one row's CRC32 in a row CRC table
 
 HEADER_RESERVED_WORDS = 16  # zero; room for later fields without moving the CRC
 
@@ -258,8 +259,8 @@ def row_read(kind_id: int, role: int) -> bool:
 
 
 def row_crc_bytes(stages: list[dict], tensors: list[dict]) -> int:
-    """Bytes of the row CRC tables: 4 per row of each tensor some stage reads a row at a time."""
-    return 4 * sum(tensors[i]["rows"] for i in _row_read_tensors(stages))
+    """Bytes of the row CRC tables: one CRC32 per row of each tensor some stage reads a row at a time."""
+    return ROW_CRC_BYTES * sum(tensors[i]["rows"] for i in _row_read_tensors(stages))
 
 
 def _row_read_tensors(stages) -> list[int]:
