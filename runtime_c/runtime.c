@@ -423,7 +423,8 @@ static int matrix_next_tile(MatrixStream* m) {
 // A forward pass in which a streamed blob failed its CRC: its stage computed with the bytes
 // read, so the pass is run again from its first stage (forward()); in that second pass
 // (retry_pass) a failure ends the run.
-static int pass_failed, retry_pass;
+static int pass_failed;
+static uint32_t retry_pass;
 
 static void matrix_close(MatrixStream* m) {
     if (!m->kept && !VERIFY_AT_BOOT && !RUNTIME_XIP && TENSOR_PLAN[m->index].psram_offset == NOT_RESIDENT) {
