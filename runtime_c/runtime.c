@@ -535,7 +535,7 @@ static void read_row(uint32_t index, const TensorEntry* t, uint32_t row, const P
 #else
     for (uint32_t attempt = 0;; attempt++) {
         uint32_t stored;
-        flash_read(t->row_crcs + row * 4u, &stored, sizeof stored);
+        flash_read(t->row_crcs + row * (uint32_t)sizeof stored, &stored, sizeof stored);
         crc_begin();
         for (uint32_t k = 0; k < n; k++) flash_read_crc(p[k].flash_addr, p[k].dst, p[k].len);
         uint32_t computed = crc_value();
@@ -922,7 +922,7 @@ static void check_image(void) {
     expect_field(header.stage_count, STAGE_COUNT, offsetof(ImageHeader, stage_count));
     expect_field(header.header_size, sizeof(ImageHeader), offsetof(ImageHeader, header_size));
     expect_field(header.tables_size, STAGE_COUNT * (uint32_t)sizeof(StageEntry) + TENSOR_COUNT * (uint32_t)sizeof(TensorEntry)
-                 + ROW_CRC_BYTES, offsetof(ImageHeader, tables_size));
+                 + ROW_CRC_TABLES_BYTES, offsetof(ImageHeader, tables_size));
     // the token table holds its offsets (print_token checks each token's bytes against its size)
     if (header.tokens_size < (VOCAB_SIZE + 1) * 4u) {
         expect_field(header.tokens_size, (VOCAB_SIZE + 1) * 4u, offsetof(ImageHeader, tokens_size));
