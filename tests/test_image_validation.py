@@ -276,14 +276,19 @@ def test_the_firmware_checks_its_stage_table_against_its_plan(build, tok):
     assert e.value.result.positions == []     # at boot, before the first position
 
 
-def test_the_firmware_checks_a_tensor_entry_before_it_reads_the_blob(build, tok):
+@pytest.mark.parametrize("field, value", [("offset", None), ("rows", 255)])
+def test_the_firmware_checks_a_tensor_entry_before_it_reads_the_blob(build, tok, field, value):
+    """A blob past the weights, or a shape that is not its role's (which would overrun the
+    buffer it is read into), named by the entry's field."""
     img = Image(build / "flash.img")
-    img.tensor(10, "offset", img.h["image_size"])    # h.0.mlp.c_fc.weight: past the weights
+    value = img.h["image_size"] if value is None else value
+    img.tensor(10, field, value)                     # h.0.mlp.c_fc.weight
     img.save()
     with pytest.raises(FirmwareError) as e:
         board_run(build, tok)
     assert e.value.name == "BAD_TENSOR_ENTRY"
-    assert e.value.exit_args == (10, TENSOR_ENTRY.offset_of("offset"), img.h["image_size"])
+    assert e.value.exit_args == (10, TENSOR_ENTRY.offset_of(field), value)
+    assert f"TensorEntry {field} = {value:,}" in str(e.value)
 
 
 def test_the_firmware_checks_a_token_s_bytes_before_it_prints_them(build, tok):
