@@ -18,6 +18,7 @@ Matrices are stored row-major [out, in], so a tile of output rows is contiguous.
 A tensor shared by two stages (GPT-2's tied wte) is stored once, and both stages name it.
 """
 
+import itertools
 import math
 import mmap
 import struct
@@ -253,23 +254,16 @@ def _model(h: dict):
     return SimpleNamespace(n_embd=h["n_embd"], n_ctx=h["n_ctx_model"], vocab_size=h["vocab_size"])
 
 
-def row_read(kind_id: int, role: int) -> bool:
-    kind = STAGE_KINDS[kind_id]
-    return kind.roles[role].access == ROW
-
-
 def row_crc_bytes(stages: list[dict], tensors: list[dict]) -> int:
     """Bytes of the row CRC tables: one CRC32 per row of each tensor some stage reads a row at a time."""
     return ROW_CRC_BYTES * sum(tensors[i]["rows"] for i in _row_read_tensors(stages))
 
 
-def _row_read_tensors(stages) -> list[int]:
-    out = set()
-    for s in stages:
-        for r, index in enumerate(s["tensors"][:s["n_tensors"]]):
-            if row_read(s["kind"], r):
-                out.add(index)
-    return sorted(out)
+def _row_read_tensors(stages: list[dict]) -> list[int]:
+    """The tensors a stage's ROW role names (the embedding's wte and wpe), in table order.
+    The stages' kinds must have been checked."""
+    return sorted({index for s in stages for role, index in zip(STAGE_KINDS[s["kind"]].roles, s["tensors"])
+                   if role.access == ROW})
 
 
 def _parse(path, f, buf, size, verify_weights, progress) -> Image:
@@ -438,7 +432,7 @@ def _check_tensors(path, h: dict, stages: list[dict], tensors: list[dict], raw_n
             _bad(path, f"{name}: row_crcs 0x{t['row_crcs']:x}, but no stage reads it a row at a time (must be 0)")
     for what, key, span in (("blob", "offset", lambda t: t["size"]), ("row CRC table", "row_crcs", lambda t: 4 * t["rows"])):
         placed = sorted((t[key], i) for i, t in enumerate(tensors) if key == "offset" or i in rows_read)
-        for (a, i), (b, k) in zip(placed, placed[1:]):
+        for (a, i), (b, k) in itertools.pairwise(placed):
             if a + span(tensors[i]) > b:
                 _bad(path, f"tensor {k} '{tensors[k]['name']}': {key} 0x{b:x} overlaps the {what} of "
                            f"tensor {i} '{tensors[i]['name']}' (0x{a:x}, {span(tensors[i]):,} bytes)")

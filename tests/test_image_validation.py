@@ -12,6 +12,7 @@ import struct
 import zlib
 
 import pytest
+from conftest import mcugpt
 
 from emulator.board import Board, FirmwareError
 from mcugpt import cli
@@ -19,8 +20,6 @@ from target import memory_map as mm
 from target.boards import get_board
 from target.errors import McugptError
 from target.flash_layout import HEADER, HEADER_CRC_SPAN, STAGE_ENTRY, TENSOR_ENTRY, read_image
-
-from conftest import mcugpt
 
 EXIT = {name: code for name, (code, _doc) in mm.EXIT_CODES.items()}
 

@@ -8,14 +8,13 @@ the image file) stops the run naming the tensor and the stage."""
 import shutil
 
 import pytest
+from conftest import mcugpt
 
 from compiler.pipeline import compile_model
 from emulator.board import Board, FirmwareError
 from emulator.spi_flash import ReadFault
 from target.boards import get_board
 from target.flash_layout import read_image
-
-from conftest import mcugpt
 
 PROMPT = "Hello"        # one token, 15496: positions 0, 1, 2 for three new tokens
 N_NEW = 3
