@@ -6,11 +6,14 @@ retry and changes nothing, and the run says it retried; a persistent one (a bit 
 the image file) stops the run naming the tensor and the stage."""
 
 import shutil
+import zlib
 
+import numpy as np
 import pytest
 from conftest import mcugpt
 
 from compiler.pipeline import compile_model
+from compiler.quantize import quantize_rows
 from emulator.board import Board, FirmwareError
 from emulator.spi_flash import ReadFault
 from target.boards import get_board
@@ -54,6 +57,33 @@ def build(tiny_build, tmp_path):
 def same_run(result, clean):
     return (result.tokens == clean.tokens and result.positions == clean.positions
             and all((a == b).all() for a, b in zip(result.logits, clean.logits)))
+
+
+# ----------------------------------------------------------------------------
+# the row CRC tables
+
+
+def row_crc_table(build, t) -> np.ndarray:
+    return np.fromfile(build / "flash.img", "<u4", count=t["rows"], offset=t["row_crcs"])
+
+
+def test_each_embedding_row_has_its_crc32_in_the_image(tiny_build, tiny):
+    """fp32: the CRC32 of the row's float32 bytes, computed here from the weights."""
+    _cfg, weights = tiny
+    for name in ("wte.weight", "wpe.weight"):
+        _, t = tensor(tiny_build.out_dir, name)
+        table = row_crc_table(tiny_build.out_dir, t)
+        for r in (0, 1, 1000 % t["rows"], t["rows"] - 1):
+            assert table[r] == zlib.crc32(np.asarray(weights[name][r], "<f4").tobytes())
+
+
+def test_an_int8_row_s_crc32_covers_its_scale_then_its_values(boot_checked, tiny):
+    _cfg, weights = tiny
+    q, scale = quantize_rows(np.asarray(weights["wte.weight"], np.float32))
+    _, t = tensor(boot_checked.out_dir, "wte.weight")
+    table = row_crc_table(boot_checked.out_dir, t)
+    for r in (0, 7, 15496, t["rows"] - 1):
+        assert table[r] == zlib.crc32(np.asarray(scale[r], "<f4").tobytes() + q[r].tobytes())
 
 
 # ----------------------------------------------------------------------------
