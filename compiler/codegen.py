@@ -15,6 +15,7 @@ from target import flash_layout as fl
 from target import memory_map
 from target.stages import STAGE_KINDS, STAGE_MAX_TENSORS
 
+from .flash_image import row_read_tensors
 from .plan import Plan
 
 _env = jinja2.Environment(loader=jinja2.PackageLoader("compiler", "templates"),
@@ -68,8 +69,10 @@ def _check(plan: Plan) -> None:
 
 def render_model_plan(plan: Plan) -> str:
     _check(plan)
+    row_crc_tables_bytes = fl.ROW_CRC_BYTES * sum(plan.tensors[i].rows for i in row_read_tensors(plan))
     return _env.get_template("model_plan.h.j2").render(
-        plan=plan, model=plan.model, roles=role_specs(plan), not_resident=NOT_RESIDENT)
+        plan=plan, model=plan.model, roles=role_specs(plan), not_resident=NOT_RESIDENT,
+        row_crc_tables_bytes=row_crc_tables_bytes)
 
 
 def render_memory_map() -> str:

@@ -13,12 +13,15 @@ from target.flash_layout import (
     HEADER_CRC_SPAN,
     MAGIC,
     NO_LAYER,
+    ROW_CRC_BYTES,
     SECTOR,
     STAGE_ENTRY,
     TENSOR_ENTRY,
     align,
+    int8_row_span,
+    row_crc,
 )
-from target.stages import KIND_BY_NAME
+from target.stages import KIND_BY_NAME, ROW
 
 from .config import EOT_TOKEN, GPTConfig
 from .partition import Stage
@@ -49,23 +52,49 @@ def int8_tiles(w_out_in: np.ndarray, tile_rows: int) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def _row_crcs(raw: memoryview, e: dict) -> bytes:
+    """Its row CRC table: one u32 CRC32 per row (flash_layout.row_crc)."""
+    rows, cols = e["rows"], e["cols"]
+    if not e["tile_rows"]:
+        crcs = [row_crc(raw[r * cols * 4:(r + 1) * cols * 4]) for r in range(rows)]
+    else:
+        crcs = []
+        for r in range(rows):
+            scale, values = int8_row_span(r, rows, cols, e["tile_rows"])
+            crcs.append(row_crc(raw[values:values + cols], raw[scale:scale + 4]))
+    return np.array(crcs, "<u4").tobytes()
+
+
 def token_table_bytes(tokens: list[bytes]) -> bytes:
     offsets = np.zeros(len(tokens) + 1, "<u4")
     offsets[1:] = np.cumsum([len(t) for t in tokens])
     return offsets.tobytes() + b"".join(tokens)
 
 
+def row_read_tensors(plan: Plan) -> list[int]:
+    """The tensors some stage reads a row at a time (the embedding's wte and wpe), in table order:
+    each gets a row CRC table."""
+    return sorted({s.tensors[r.name] for s in plan.stages for r in KIND_BY_NAME[s.kind].roles if r.access == ROW})
+
+
 def layout(plan: Plan, tokens_size: int) -> tuple[dict, list[dict]]:
     """Where every section and weight blob goes: ({tables_offset, tables_size, tokens_offset,
     weights_offset, image_size}, the tensor table's entries without their CRCs)."""
-    tables_size = len(plan.stages) * STAGE_ENTRY.size + len(plan.tensors) * TENSOR_ENTRY.size
+    row_crcs = SECTOR + len(plan.stages) * STAGE_ENTRY.size + len(plan.tensors) * TENSOR_ENTRY.size
+    at = {}
+    for i in row_read_tensors(plan):
+        at[i] = row_crcs
+        row_crcs += ROW_CRC_BYTES * plan.tensors[i].rows
+    tables_size = row_crcs - SECTOR
     sections = {"tables_offset": SECTOR, "tables_size": tables_size,
                 "tokens_offset": align(SECTOR + tables_size)}
     sections["weights_offset"] = align(sections["tokens_offset"] + tokens_size)
     offset, entries = sections["weights_offset"], []
     for t in plan.tensors:
+        int8 = t.dtype == "int8"
         entries.append({"name": t.name, "offset": offset, "size": t.bytes,
-                        "dtype": DTYPES["int8_tiled" if t.dtype == "int8" else "fp32"], "rows": t.rows, "cols": t.cols})
+                        "dtype": DTYPES["int8_tiled" if int8 else "fp32"], "rows": t.rows, "cols": t.cols,
+                        "tile_rows": t.tile_rows if int8 else 0, "row_crcs": at.get(t.index, 0)})
         offset = align(offset + t.bytes)
     sections["image_size"] = offset
     return sections, entries
@@ -91,6 +120,7 @@ def write_image(path: Path, cfg: GPTConfig, plan: Plan, stages: list[Stage], arr
         raise McugptError(f"{cfg.name}: the image would be {image_size:,} bytes, over the format's 4 GiB")
 
     bar = progress(total=image_size, unit="B", unit_scale=True, desc="flash image") if progress else None
+    row_crc_tables = []   # in tensor-table order, as layout() placed them
     with open(path, "wb") as f:
         f.truncate(image_size)  # sized up front so a short write cannot go unnoticed
         f.seek(tokens_offset)
@@ -106,6 +136,8 @@ def write_image(path: Path, cfg: GPTConfig, plan: Plan, stages: list[Stage], arr
             raw = memoryview(data).cast("B")
             f.write(raw)
             e["crc"] = _crc_chunks(raw, bar)
+            if e["row_crcs"]:
+                row_crc_tables.append(_row_crcs(raw, e))
             pad = align(e["size"]) - e["size"]
             f.write(bytes([ERASED]) * pad)
         tables = b""
@@ -119,6 +151,8 @@ def write_image(path: Path, cfg: GPTConfig, plan: Plan, stages: list[Stage], arr
                 macs=plan.stages[s.index].macs)
         for e in entries:
             tables += TENSOR_ENTRY.pack(**e)
+        tables += b"".join(row_crc_tables)
+        assert len(tables) == tables_size
         f.seek(tables_offset)
         f.write(tables)
         header = dict(

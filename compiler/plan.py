@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 
 from target.boards import DEFAULT_BOARD, BoardProfile, get_board
 from target.errors import McugptError
-from target.flash_layout import STAGE_ENTRY, TENSOR_ENTRY
+from target.flash_layout import ROW_CRC_BYTES, STAGE_ENTRY, TENSOR_ENTRY
 from target.memory_map import TOPK_MAX
 from target.stages import ACTIVATIONS, KIND_BY_NAME, MATRIX, ROW, VECTOR, dim
 
@@ -721,8 +721,9 @@ def _stage_plan(s: Stage, kind, cfg, dtype, ctx, kv_in_sram, kv_token, sizes, by
     ts = [by_name[t.initializer] for t in s.tensors]
     flash = 0
     for r, t in zip(kind.roles, ts):
-        if not t.resident:   # ROW: one row per token, from flash; a matrix: all but its PSRAM part
-            flash += t.row_bytes if r.access == ROW else t.bytes - t.psram_bytes
+        if not t.resident:   # a matrix: all but its PSRAM part
+            # ROW: one row per token, and its CRC32 in the tensor's row CRC table
+            flash += t.row_bytes + ROW_CRC_BYTES if r.access == ROW else t.bytes - t.psram_bytes
     kv_read = kv_write = 0
     if "kv" in kind.reads:   # at the last position of the planned context
         kv_read, kv_write = kv_token // cfg.n_layer * ctx, kv_token // cfg.n_layer

@@ -75,7 +75,7 @@ from emulator.spi_flash import SpiNorFlash
 from target import memory_map as mm
 from target.boards import DEFAULT_BOARD, DCache, flash_timing_of, get_board, psram_timing_of
 from target.errors import McugptError
-from target.flash_layout import NO_LAYER, read_image
+from target.flash_layout import NO_LAYER, STAGE_ENTRY, TENSOR_ENTRY, read_image
 from target.flash_timing import get_preset as get_flash_preset
 from target.m7_pipeline import halfword_costs
 from target.stages import STAGE_KINDS, stage_name
@@ -200,6 +200,7 @@ class RunResult:
     tcm_bytes: int = 0                       # the board's data TCM (0: none mapped)
     tcm_high_water: int = 0                  # bytes of the TCM arena the firmware wrote
     timeline: list | None = None             # with Board(timeline=True): peripherals.CpuClock.events
+    crc_retries: list[str] = field(default_factory=list)  # each read that failed its CRC once and was read again
 
     @property
     def tokens_per_s(self) -> float:
@@ -365,6 +366,7 @@ class Board:
         self.flash = SpiNorFlash(self._mmap, timing, size=capacity, chips=flash_chips)
         self._paint = None
         self.uc: Uc | None = None
+        self._stage_at_stop: int | None = None
 
     @classmethod
     def for_profile(cls, elf_path, flash_image_path, profile, ram_bytes: int | None = None,
@@ -436,6 +438,17 @@ class Board:
         if self.image is not None and index < len(self.image.tensors):
             return f"tensor {index} '{self.image.tensors[index]['name']}'"
         return f"tensor {index}"
+
+    def _retry_label(self, what: int, stage: int | None, at_boot: bool) -> str:
+        """'tensor 1 'wpe.weight' in stage 0 (embed)' for a TRACE.CRC_RETRY write."""
+        thing = "the header, tables or token table" if what == mm.CRC_RETRY_SECTION else self.tensor_label(what)
+        return f"{thing} {self._stage_text(stage, at_boot)}"
+
+    def _stage_text(self, stage: int | None, at_boot: bool = False) -> str:
+        if stage is None:
+            return "at boot" if at_boot else "outside any stage"
+        label = self.stage_label(stage)
+        return f"in {label}" if label.startswith("stage ") else f"in stage {stage} ({label})"
 
     # -- power on ---------------------------------------------------------------
 
@@ -666,7 +679,8 @@ class Board:
             ttft_ns=(self.trace.token_ns[0] - self.trace.boot_ns) if self.trace.token_ns and self.trace.boot_ns else 0.0,
             ttft_wall_s=(self.trace.token_times[0] - self.trace.boot_wall)
             if self.trace.token_times and self.trace.boot_wall else 0.0,
-            tcm_bytes=self.dtcm_bytes, tcm_high_water=self._tcm_high_water(), timeline=clock.events)
+            tcm_bytes=self.dtcm_bytes, tcm_high_water=self._tcm_high_water(), timeline=clock.events,
+            crc_retries=[self._retry_label(*retry) for retry in self.trace.crc_retries])
 
     # -- memory, from the host -----------------------------------------------------
 
@@ -726,11 +740,7 @@ class Board:
     def _where(self, pc: int) -> tuple[str, str | None, str]:
         func = self.firmware.function_at(pc)
         stage = self._stage_at_stop
-        if stage is None:
-            stage_text = "outside any stage"
-        else:
-            label = self.stage_label(stage)
-            stage_text = f"in {label}" if label.startswith("stage ") else f"in stage {stage} ({label})"
+        stage_text = "outside any stage" if stage is None else self._stage_text(stage)
         return (f"PC 0x{pc:08x} in {func or 'unknown code'}, {stage_text}", func,
                 None if stage is None else self.stage_label(stage))
 
@@ -779,9 +789,19 @@ class Board:
         """One line for an EXIT_* code and its arguments (memory_map.EXIT_CODES)."""
         name = EXIT_NAMES[code]
         a0, a1, a2 = args
+        where = self._stage_text(self._stage_at_stop, at_boot=getattr(self, "trace", None) is not None and not self.trace.positions)
         if name == "BAD_TENSOR_CRC":
-            detail = (f"weight blob CRC32 mismatch in {self.tensor_label(a0)}: stored 0x{a1:08x}, "
-                      f"computed 0x{a2:08x} (the flash image is corrupt)")
+            detail = (f"weight blob CRC32 mismatch in {self.tensor_label(a0)} {where}, read twice: stored "
+                      f"0x{a1:08x}, computed 0x{a2:08x} (a persistent error: the flash image is corrupt)")
+        elif name == "BAD_ROW_CRC":
+            detail = (f"row {a1:,} of {self.tensor_label(a0)} {where} failed its row CRC32 twice, computed "
+                      f"0x{a2:08x} (a persistent error: the flash image is corrupt)")
+        elif name == "BAD_TENSOR_ENTRY":
+            field = self._field_name(TENSOR_ENTRY, a1)
+            detail = (f"{self.tensor_label(a0)} {where}: TensorEntry {field} = {a2:,} (0x{a2:x}) differs from "
+                      f"the firmware's plan or lies outside the image")
+        elif name == "BAD_TOKEN_ENTRY":
+            detail = f"token {a0:,}: its bytes {a1:,}..{a2:,} are out of order or past the token table"
         elif name == "CONTEXT_FULL":
             detail = f"prompt + new tokens need {a0:,} positions, the planned context is {a1:,}"
         elif name == "BAD_MAILBOX":
@@ -791,7 +811,10 @@ class Board:
                 where = {off: n for n, off in mm.MAILBOX.items()}.get(a0, f"at offset 0x{a0:x}")
             detail = f"mailbox {where} = {a1} (0x{a1:x}) is wrong or out of range"
         elif name == "BAD_STAGE":
-            detail = f"unknown stage kind {a1} in the stage table, stage {a0} ({self.stage_label(a0)})"
+            field = self._field_name(STAGE_ENTRY, a1)
+            label = self.stage_label(a0)
+            stage = label if label.startswith("stage ") else f"stage {a0} ({label})"
+            detail = f"{stage}: StageEntry {field} = {a2:,} (0x{a2:x}) differs from the firmware's plan"
         elif name == "FLASH_ERROR":
             bits = "|".join(n for n, b in mm.FLASH_STATUS.items() if a0 & b) or "0"
             why = flash_errors[-1] if flash_errors else f"ARG1 0x{a1:x}, ARG2 0x{a2:x}"
@@ -805,6 +828,16 @@ class Board:
             numbers = ", ".join(f"{label} 0x{v:08x}" for label, v in zip(self._arg_labels(name), args))
             detail = f"{doc}: {numbers}" if numbers else doc
         return f"firmware exit {name}: {detail}"
+
+    @staticmethod
+    def _field_name(entry, offset: int) -> str:
+        """'tensors[1]' for byte offset 16 of StageEntry."""
+        for f in entry.fields:
+            start = entry.offset_of(f.name)
+            width = 4 * f.count if f.type != "char" else f.count
+            if start <= offset < start + width:
+                return f.name if f.count == 1 or f.type == "char" else f"{f.name}[{(offset - start) // 4}]"
+        return f"at offset {offset}"
 
     @staticmethod
     def _arg_labels(name: str) -> list[str]:

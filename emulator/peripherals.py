@@ -719,6 +719,8 @@ class Trace(Peripheral):
         self._position_opened = self._opened
         self.logits: list[np.ndarray | None] = []
         self._step_logits: np.ndarray | None = None
+        # (tensor index or CRC_RETRY_SECTION, the stage open, at boot: before the first position)
+        self.crc_retries: list[tuple[int, int | None, bool]] = []
 
     def _now(self) -> tuple:
         """(flash bytes, flash ns, PSRAM bytes, PSRAM ns, perf_counter, instructions, stall ns,
@@ -810,6 +812,8 @@ class Trace(Peripheral):
             self._position_opened = self._now()
             if events is not None:
                 events.append(("position", value, self.clock.now_ns))
+        elif name == "CRC_RETRY":
+            self.crc_retries.append((value, self.current, not self.positions))
         elif name == "XIP_LEN":   # the CPU reads these in place: it stalls for every line fill
             moved = self.flash.stats()["total"]["bytes"] if events is not None else 0
             try:

@@ -28,11 +28,14 @@ bytearray on the first program or erase; writes are for tests and small images.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from emulator.device_clock import DeviceClock
 from target.flash_timing import FlashTiming, address_bytes, frame_ns, get_preset, read_mode_frame, read_time_ns
 
 __all__ = [
     "SpiNorFlash",
+    "ReadFault",
     "FlashError",
     "FlashBusyError",
     "FlashWriteNotEnabledError",
@@ -62,6 +65,33 @@ class FlashWriteNotEnabledError(FlashError):
 
 class FlashAddressError(FlashError, IndexError):
     """An access outside the device."""
+
+
+@dataclass
+class ReadFault:
+    """A read error to inject (tests): the `nth` read command (1-based) whose bytes overlap
+    [addr, addr + length) returns bit `bit` of its first byte in that range flipped, and so do
+    the `times - 1` such reads after it. The array is untouched: `times` 1 is a transient error
+    (a read again gets the right bytes); a flipped bit in the image itself is a persistent one."""
+    addr: int
+    length: int = 1
+    nth: int = 1
+    bit: int = 0
+    times: int = 1
+    reads: int = 0      # reads that overlapped the range so far
+    flipped: int = 0    # reads it has corrupted
+
+    def apply(self, addr: int, data: bytes) -> bytes:
+        start, end = max(addr, self.addr), min(addr + len(data), self.addr + self.length)
+        if start >= end:
+            return data
+        self.reads += 1
+        if self.reads < self.nth or self.flipped >= self.times:
+            return data
+        self.flipped += 1
+        out = bytearray(data)
+        out[start - addr] ^= 1 << self.bit
+        return bytes(out)
 
 
 class SpiNorFlash(DeviceClock):
@@ -103,6 +133,7 @@ class SpiNorFlash(DeviceClock):
         self.chip_size = self.size // chips
         self.address_bytes = address_bytes(self.timing, self.chip_size)
         self.worst_case = worst_case
+        self.faults: list[ReadFault] = []   # read errors to inject (tests)
 
         DeviceClock.__init__(self)
         self._wel = False
@@ -172,6 +203,8 @@ class SpiNorFlash(DeviceClock):
             raise ValueError(f"read length must be positive, got {length}")
         self._check_range("read", addr, length)
         data = self._get(addr, length)
+        for fault in self.faults:
+            data = fault.apply(addr, data)
         start = addr
         while start < addr + length:   # one command per chip the read touches
             n = min(addr + length, (start // self.chip_size + 1) * self.chip_size) - start

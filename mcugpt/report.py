@@ -149,6 +149,9 @@ def run_summary(r: dict) -> str:
         f"vs plan {size(ram['plan'])}" + (f"; data TCM {size(r['tcm']['high_water'])} of "
                                            f"{size(r['tcm']['bytes'])}" if r["tcm"]["bytes"] else ""),
     ]
+    if r["crc_retries"]:
+        lines.append(f"CRC retries  {len(r['crc_retries'])} read(s) failed their CRC once and passed when read "
+                     f"again (transient): {'; '.join(r['crc_retries'])}")
     if "check" in r:
         c = r["check"]
         verdict = "equal" if c["tokens_equal"] else f"DIFFERENT (reference {c['reference_tokens']})"

@@ -294,8 +294,7 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
                           if plan.profile.crc.bytes_per_s is None else
                           f"a second DMA pass through the CRC unit after each read, at "
                           f"{plan.profile.crc.bytes_per_s / 1e6:g} MB/s ({plan.profile.crc.source})")
-                         + ("; every weight blob checked once at boot, streamed reads not re-checked"
-                            if plan.verify == "boot" else "; every streamed blob checked as it streams"),
+                         + _checked(plan),
             "verify": plan.verify, "verify_why": plan.verify_why,
             # time to first token: from the first prompt position to the first token chosen
             "prefill_s": result.ttft_ns * 1e-9, "prefill_wall_s": result.ttft_wall_s,
@@ -304,6 +303,8 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
             "io_model": f"{flash} flash" + (f" + {plan.profile.psram.part} PSRAM" if plan.kv.placement == "psram" else "")
                         + ", simulated from datasheet timing, by DMA concurrent with the CPU (double-buffered weight tiles)",
         },
+        # reads that failed their CRC once and passed when read again (transient errors)
+        "crc_retries": list(result.crc_retries),
         "flash_bytes_per_token": int(mean([p.flash_bytes for p in decode])),
         # what the plan expects a decoded token to read (the token's own text bytes aside)
         "flash_bytes_per_token_plan": {"weights": plan.totals.flash_bytes_per_token,
@@ -327,6 +328,16 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
                     "compute_s": s.compute_ns * 1e-9, "device_s": s.device_ns * 1e-9,
                     "overlap_s": s.overlap_ns * 1e-9} for s in result.stages],
     }
+
+
+def _checked(plan: Plan) -> str:
+    """What the firmware checks, and when (docs/runtime.md "Integrity")."""
+    if plan.runtime == "xip":
+        return "; every weight blob checked once at boot, then read in place unchecked (embedding rows too)"
+    rows = "every embedding row against its row CRC as it is read"
+    if plan.verify == "boot":
+        return f"; every weight blob checked once at boot, streamed tiles not re-checked; {rows}"
+    return f"; every streamed blob checked as it streams, {rows}; a failed check is read again once"
 
 
 def to_json(report: dict) -> str:

@@ -71,6 +71,10 @@ const uint8_t* flash_mapped(void);
 // XIP runtime: the CPU is about to read len bytes at flash address flash_addr in place
 // (XIP_BASE + flash_addr), so the board charges the D-cache's line fills of the mapped flash.
 void trace_xip(uint32_t flash_addr, uint32_t len);
+// A CRC-checked read failed its check once and is about to be read again: `what` is the
+// tensor index, or CRC_RETRY_SECTION for the header, tables or token table. The board counts
+// retries (a run that needed one says so).
+void trace_crc_retry(uint32_t what);
 // Debug channel: count logits of vocabulary ids first .. first+count-1 are at p.
 void trace_logits(const float* p, uint32_t first, uint32_t count);
 

@@ -193,6 +193,7 @@ void uart_write(const uint8_t* bytes, uint32_t n) {
 void trace_stage(uint32_t stage_index) { TRACE_STAGE = stage_index; }
 void trace_position(uint32_t pos) { TRACE_POSITION = pos; }
 void trace_token(uint32_t token) { TRACE_TOKEN = token; }
+void trace_crc_retry(uint32_t what) { TRACE_CRC_RETRY = what; }
 const uint8_t* flash_mapped(void) { return (const uint8_t*)XIP_BASE; }
 
 void trace_xip(uint32_t flash_addr, uint32_t len) {

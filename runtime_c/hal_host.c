@@ -247,6 +247,8 @@ void trace_xip(uint32_t flash_addr, uint32_t len) {
     (void)len;
 }
 
+void trace_crc_retry(uint32_t what) { fprintf(stderr, "crc retry %u\n", (unsigned)what); }
+
 void trace_token(uint32_t token) {
     fflush(stdout);   // keep the text and the token lines in order when both go to a tty
     fprintf(stderr, "token %u\n", (unsigned)token);

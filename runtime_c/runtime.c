@@ -4,7 +4,8 @@
 //   1. boot: check the flash image (header, plan id, tables) and the host's request
 //   2. forward(): for each stage of the image's stage table, in order, read its weights from
 //      flash into the arena (a tile of matrix rows at a time, double-buffered: the next
-//      tile's DMA runs while this one is computed; every blob CRC-checked) and
+//      tile's DMA runs while this one is computed; every blob CRC-checked, every row read
+//      checked against its row CRC; a failed check is read again once) and
 //      apply it to the activations: embed, then per block ln_1, attn_qkv, attn_core,
 //      attn_proj, ln_2, mlp, then the head's logits, one vocabulary tile at a time, into a
 //      running top-k
@@ -124,6 +125,12 @@ typedef struct {
 } TensorPlan;
 static const RoleSpec ROLE_SPEC[STAGE_KIND_COUNT][STAGE_MAX_TENSORS] = ROLE_SPEC_TABLE;
 static const TensorPlan TENSOR_PLAN[TENSOR_COUNT] = TENSOR_PLAN_TABLE;
+// The stage table the image must hold, entry for entry (the image's own is checked against it).
+typedef struct {
+    uint32_t kind, layer, n_tensors;
+    uint32_t tensors[STAGE_MAX_TENSORS];
+} StagePlan;
+static const StagePlan STAGE_PLAN[STAGE_COUNT] = STAGE_PLAN_TABLE;
 
 // The few things kept outside the arena (.bss, the plan's firmware reserve):
 static ImageHeader header;   // the image's header, checked at boot
@@ -143,35 +150,78 @@ static Request request;
 
 // ----------------------------------------------------------------------------
 // reading the image: one table entry at a time, every blob through the CRC unit
+//
+// A CRC-checked read whose check fails is read again once (trace_crc_retry tells the board):
+// a transient error (a disturbed bus, a marginal read) passes the second time and the run
+// goes on; a persistent one (the bytes in flash are wrong) fails again and ends the run
+// naming the tensor (the board names the stage the trace unit has open). A blob read in
+// tiles is checked after its last tile, when the stage has already computed with it: then
+// the whole forward pass is run again (forward()), which is idempotent.
 
-static void read_stage(uint32_t i, StageEntry* s) {
-    flash_read(header.tables_offset + i * (uint32_t)sizeof(StageEntry), s, sizeof *s);
+// Where the first differing u32 field of an entry is (byte offset), or -1: the entry and the
+// plan's copy are both arrays of u32.
+static int32_t first_difference(const uint32_t* found, const uint32_t* expected, uint32_t words) {
+    for (uint32_t k = 0; k < words; k++) {
+        if (found[k] != expected[k]) return (int32_t)(k * 4u);
+    }
+    return -1;
 }
 
+// Stage entry i, which must be the plan's STAGE_PLAN[i] (kind, layer, tensors); read again
+// once if it is not. flash_bytes_per_token and macs are figures for reports, not checked.
+static void read_stage(uint32_t i, StageEntry* s) {
+    _Static_assert(offsetof(StageEntry, tensors) + sizeof s->tensors == sizeof(StagePlan), "StagePlan = StageEntry's head");
+    if (i >= STAGE_COUNT) board_exit(EXIT_BAD_STAGE, i, offsetof(StageEntry, kind), 0);
+    int32_t at = 0;
+    for (uint32_t attempt = 0; attempt < 2 && at >= 0; attempt++) {
+        if (attempt) trace_crc_retry(CRC_RETRY_SECTION);
+        flash_read(header.tables_offset + i * (uint32_t)sizeof(StageEntry), s, sizeof *s);
+        at = first_difference(&s->kind, &STAGE_PLAN[i].kind, sizeof(StagePlan) / 4u);
+    }
+    if (at >= 0) board_exit(EXIT_BAD_STAGE, i, (uint32_t)at, ((const uint32_t*)s)[at / 4]);
+}
+
+// Tensor entry `index`: its blob on a sector inside the image's weights, int8 in the plan's
+// tiles, its row CRC table (if any) inside the tables.
 static void read_tensor_entry(uint32_t index, TensorEntry* t) {
     uint32_t tensors_offset = header.tables_offset + header.stage_count * (uint32_t)sizeof(StageEntry);
     flash_read(tensors_offset + index * (uint32_t)sizeof(TensorEntry), t, sizeof *t);
+    uint32_t weights_end = header.weights_offset + header.weights_size;
+    uint32_t tables_end = header.tables_offset + header.tables_size;
+    uint32_t tile_rows = t->dtype == DTYPE_INT8_TILED ? TENSOR_PLAN[index].tile_rows : 0;
+    if (t->offset % IMAGE_SECTOR || t->offset < header.weights_offset || t->offset > weights_end ||
+        t->size > weights_end - t->offset) {
+        board_exit(EXIT_BAD_TENSOR_ENTRY, index, offsetof(TensorEntry, offset), t->offset);
+    }
+    if (t->tile_rows != tile_rows) board_exit(EXIT_BAD_TENSOR_ENTRY, index, offsetof(TensorEntry, tile_rows), t->tile_rows);
+    if (t->row_crcs && (t->row_crcs < tensors_offset || t->row_crcs > tables_end || t->rows > (tables_end - t->row_crcs) / 4u)) {
+        board_exit(EXIT_BAD_TENSOR_ENTRY, index, offsetof(TensorEntry, row_crcs), t->row_crcs);
+    }
 }
 
 // The TensorEntry of the stage's tensor in `role` (a ROLE_* of its kind), checked against
 // the role's spec: a tensor of another shape or dtype would overrun the buffer it is about
 // to fill. Returns its index in the tensor table.
 static uint32_t open_tensor(uint32_t stage, const StageEntry* s, uint32_t role, TensorEntry* t) {
-    if (role >= s->n_tensors) board_exit(EXIT_BAD_STAGE, stage, s->kind, role);
-    uint32_t index = s->tensors[role];
-    if (index >= TENSOR_COUNT) board_exit(EXIT_BAD_STAGE, stage, s->kind, index);
+    uint32_t index = s->tensors[role];   // read_stage: the plan's
     read_tensor_entry(index, t);
     const RoleSpec* spec = &ROLE_SPEC[s->kind][role];
-    if (t->rows != spec->rows || t->cols != spec->cols || t->dtype != spec->dtype ||
-        t->size != spec->rows * spec->row_bytes) {
-        board_exit(EXIT_BAD_STAGE, stage, s->kind, index);
-    }
+    uint32_t field = t->rows != spec->rows ? offsetof(TensorEntry, rows)
+                   : t->cols != spec->cols ? offsetof(TensorEntry, cols)
+                   : t->dtype != spec->dtype ? offsetof(TensorEntry, dtype)
+                   : t->size != spec->rows * spec->row_bytes ? offsetof(TensorEntry, size) : 0;
+    if (field) board_exit(EXIT_BAD_TENSOR_ENTRY, index, field, *(const uint32_t*)(const void*)((const uint8_t*)t + field));
+    (void)stage;
     return index;
 }
 
-static void check_crc(uint32_t index, const TensorEntry* t) {
-    uint32_t computed = crc_value();
-    if (computed != t->crc) board_exit(EXIT_BAD_TENSOR_CRC, index, t->crc, computed);
+// 1 when a blob's CRC, read from the CRC unit, matches its entry's. On a first mismatch
+// (attempt 0) tells the board and returns 0: read it again; on a second, ends the run.
+static int crc_ok(uint32_t attempt, uint32_t index, const TensorEntry* t, uint32_t computed) {
+    if (computed == t->crc) return 1;
+    if (attempt) board_exit(EXIT_BAD_TENSOR_CRC, index, t->crc, computed);
+    trace_crc_retry(index);
+    return 0;
 }
 
 // ----------------------------------------------------------------------------
@@ -196,8 +246,8 @@ static void verify_weights(void) {
         if (TENSOR_PLAN[i].resident_offset != NOT_RESIDENT || TENSOR_PLAN[i].psram_offset != NOT_RESIDENT) continue;
         TensorEntry t;
         read_tensor_entry(i, &t);
-        uint32_t computed = section_crc(t.offset, t.size);
-        if (computed != t.crc) board_exit(EXIT_BAD_TENSOR_CRC, i, t.crc, computed);
+        for (uint32_t attempt = 0; !crc_ok(attempt, i, &t, section_crc(t.offset, t.size)); attempt++) {
+        }
     }
 #endif
 }
@@ -215,19 +265,23 @@ static void load_psram_tier(void) {
         TensorEntry t;
         read_tensor_entry(i, &t);
         uint32_t tile = p->tile_rows * (t.size / t.rows);   // a full tile's bytes (rows of equal size)
-        if (tile > BUF_WEIGHTS_BYTES || p->psram_tail > tile) board_exit(EXIT_BAD_STAGE, 0, 0, i);
-        crc_begin();
-        uint32_t to = p->psram_offset;
-        for (uint32_t done = 0; done < t.size;) {
-            uint32_t n = t.size - done < tile ? t.size - done : tile;
-            flash_read_crc(t.offset + done, BUF(WEIGHTS), n);
-            if (n == tile) {   // a full tile: its tail to the PSRAM
-                psram_write(to, (const uint8_t*)BUF(WEIGHTS) + tile - p->psram_tail, p->psram_tail);
-                to += p->psram_tail;
-            }
-            done += n;
+        if (tile > BUF_WEIGHTS_BYTES || p->psram_tail > tile) {   // the image is not the plan's
+            board_exit(EXIT_BAD_TENSOR_ENTRY, i, offsetof(TensorEntry, size), t.size);
         }
-        check_crc(i, &t);
+        for (uint32_t attempt = 0;; attempt++) {
+            crc_begin();
+            uint32_t to = p->psram_offset;
+            for (uint32_t done = 0; done < t.size;) {
+                uint32_t n = t.size - done < tile ? t.size - done : tile;
+                flash_read_crc(t.offset + done, BUF(WEIGHTS), n);
+                if (n == tile) {   // a full tile: its tail to the PSRAM
+                    psram_write(to, (const uint8_t*)BUF(WEIGHTS) + tile - p->psram_tail, p->psram_tail);
+                    to += p->psram_tail;
+                }
+                done += n;
+            }
+            if (crc_ok(attempt, i, &t, crc_value())) break;
+        }
     }
 #endif
 }
@@ -238,12 +292,14 @@ static void load_resident(void) {
         if (offset == NOT_RESIDENT) continue;
         TensorEntry t;
         read_tensor_entry(i, &t);
-        if (offset + t.size > BUF_RESIDENT_OFFSET + BUF_RESIDENT_BYTES) {
-            board_exit(EXIT_BAD_STAGE, 0, 0, i);   // the image is not the plan's
+        if (offset + t.size > BUF_RESIDENT_OFFSET + BUF_RESIDENT_BYTES) {   // the image is not the plan's
+            board_exit(EXIT_BAD_TENSOR_ENTRY, i, offsetof(TensorEntry, size), t.size);
         }
-        crc_begin();
-        flash_read_crc(t.offset, arena + offset, t.size);
-        check_crc(i, &t);
+        for (uint32_t attempt = 0;; attempt++) {
+            crc_begin();
+            flash_read_crc(t.offset, arena + offset, t.size);
+            if (crc_ok(attempt, i, &t, crc_value())) break;
+        }
     }
 }
 
@@ -264,9 +320,11 @@ static void load_vector(uint32_t stage, const StageEntry* s, uint32_t role, floa
 #elif VERIFY_AT_BOOT
     flash_read(t.offset, dst, t.size);   // checked at boot
 #else
-    crc_begin();
-    flash_read_crc(t.offset, dst, t.size);
-    check_crc(index, &t);
+    for (uint32_t attempt = 0;; attempt++) {
+        crc_begin();
+        flash_read_crc(t.offset, dst, t.size);
+        if (crc_ok(attempt, index, &t, crc_value())) break;
+    }
 #endif
 }
 
@@ -378,9 +436,15 @@ static int matrix_next_tile(MatrixStream* m) {
     return 1;
 }
 
+// A forward pass in which a streamed blob failed its CRC: its stage computed with the bytes
+// read, so the pass is run again from its first stage (forward()); in that second pass
+// (retry_pass) a failure ends the run.
+static int pass_failed;
+static uint32_t retry_pass;
+
 static void matrix_close(MatrixStream* m) {
     if (!m->kept && !VERIFY_AT_BOOT && !RUNTIME_XIP) {
-        check_crc(m->index, &m->t);
+        if (!crc_ok(retry_pass, m->index, &m->t, crc_value())) pass_failed = 1;
     }
 }
 
@@ -463,17 +527,38 @@ static void residual_product(MatrixStream* m, const float* b, const Input* in, c
 // ----------------------------------------------------------------------------
 // the stages: each reads its weights, transforms the activations, and is done
 
-// embed: x = wte[token] + wpe[pos]. Only two rows are read, so there is no CRC to check
-// (a CRC covers a whole blob); the head reads all of wte every token and checks it.
-// A few bytes of the image a stage needs now: by DMA, or in place (the XIP runtime, where the
-// board charges the line fills).
-static void read_now_bytes(uint32_t flash_addr, void* dst, uint32_t len) {
+// embed: x = wte[token] + wpe[pos]. Two single rows are read, each checked against its entry
+// in its tensor's row CRC table (the blob's CRC covers the whole blob, which the embedding
+// never reads). The XIP runtime reads them in place, checked at boot with their blobs.
+typedef struct {
+    uint32_t flash_addr;
+    void* dst;
+    uint32_t len;
+} Piece;
+
+// Row `row` of tensor `index`, in one or two pieces (int8: its scale, then its values), read
+// through the CRC unit and compared with its row CRC; read again once if they differ.
+static void read_row(uint32_t index, const TensorEntry* t, uint32_t row, const Piece* p, uint32_t n) {
 #if RUNTIME_XIP
-    trace_xip(flash_addr, len);
-    const uint8_t* src = flash_mapped() + flash_addr;
-    for (uint32_t k = 0; k < len; k++) ((uint8_t*)dst)[k] = src[k];
+    (void)index;
+    (void)t;
+    (void)row;
+    for (uint32_t k = 0; k < n; k++) {
+        trace_xip(p[k].flash_addr, p[k].len);
+        const uint8_t* src = flash_mapped() + p[k].flash_addr;
+        for (uint32_t b = 0; b < p[k].len; b++) ((uint8_t*)p[k].dst)[b] = src[b];
+    }
 #else
-    flash_read(flash_addr, dst, len);
+    for (uint32_t attempt = 0;; attempt++) {
+        uint32_t stored;
+        flash_read(t->row_crcs + row * (uint32_t)sizeof stored, &stored, sizeof stored);
+        crc_begin();
+        for (uint32_t k = 0; k < n; k++) flash_read_crc(p[k].flash_addr, p[k].dst, p[k].len);
+        uint32_t computed = crc_value();
+        if (computed == stored) return;
+        if (attempt) board_exit(EXIT_BAD_ROW_CRC, index, row, computed);
+        trace_crc_retry(index);
+    }
 #endif
 }
 
@@ -481,7 +566,7 @@ static void embed_one(uint32_t i, const StageEntry* s, uint32_t token, uint32_t 
     float* x = X_(slot);
     TensorEntry wte, wpe;
     uint32_t wte_index = open_tensor(i, s, ROLE_EMBED_WTE, &wte);
-    open_tensor(i, s, ROLE_EMBED_WPE, &wpe);
+    uint32_t wpe_index = open_tensor(i, s, ROLE_EMBED_WPE, &wpe);
 #if WEIGHTS_INT8
     // wte is the head's matrix, stored in the head's tiles: find the row's tile, then its
     // scale and its int8 values; x = float(q) * scale, as the reference dequantizes it
@@ -497,8 +582,8 @@ static void embed_one(uint32_t i, const StageEntry* s, uint32_t token, uint32_t 
         scale = *(const float*)(const void*)(t + j * F32);
         for (uint32_t d = 0; d < N_EMBD; d++) q[d] = (int8_t)t[n * F32 + j * N_EMBD + d];
     } else {
-        read_now_bytes(tile_offset + j * F32, &scale, F32);
-        read_now_bytes(tile_offset + n * F32 + j * N_EMBD, q, N_EMBD);
+        Piece row[2] = {{tile_offset + j * F32, &scale, F32}, {tile_offset + n * F32 + j * N_EMBD, q, N_EMBD}};
+        read_row(wte_index, &wte, token, row, 2);
     }
     for (uint32_t d = 0; d < N_EMBD; d++) x[d] = (float)q[d] * scale;
 #else
@@ -506,10 +591,12 @@ static void embed_one(uint32_t i, const StageEntry* s, uint32_t token, uint32_t 
     if (kept) {
         for (uint32_t d = 0; d < N_EMBD; d++) x[d] = kept[(size_t)token * N_EMBD + d];
     } else {
-        read_now_bytes(wte.offset + token * N_EMBD * F32, x, N_EMBD * F32);
+        Piece row = {wte.offset + token * N_EMBD * F32, x, N_EMBD * F32};
+        read_row(wte_index, &wte, token, &row, 1);
     }
 #endif
-    read_now_bytes(wpe.offset + pos * N_EMBD * F32, H_(slot), N_EMBD * F32);
+    Piece row = {wpe.offset + pos * N_EMBD * F32, H_(slot), N_EMBD * F32};
+    read_row(wpe_index, &wpe, pos, &row, 1);
     add_inplace(x, H_(slot), N_EMBD);
 }
 
@@ -657,7 +744,7 @@ static void attn_one(const StageEntry* s, uint32_t pos, uint32_t slot) {
 // The chunk's positions in order: each appends its key and value before it attends, so
 // position p sees positions 0..p and no later one (causal, as one position at a time).
 static void stage_attn_core(uint32_t i, const StageEntry* s, const Chunk* c) {
-    if (s->layer >= N_LAYER) board_exit(EXIT_BAD_STAGE, i, s->kind, s->layer);
+    (void)i;   // read_stage: its layer is the plan's
     for (uint32_t p = 0; p < c->n; p++) attn_one(s, c->pos0 + p, p);
 }
 
@@ -728,24 +815,32 @@ static void stage_head(uint32_t i, const StageEntry* s, const Chunk* c) {
 // one forward pass: the image's stages in order, for a chunk of positions (one when
 // decoding)
 
+// A streamed blob that fails its CRC has already been computed with: the pass stops after
+// that stage and runs again from the first (every stage writes what it reads next, the KV
+// cache rows of these positions included, so a second pass leaves what one good pass would).
 static void forward(const Chunk* c, int need_logits) {
     trace_position(c->pos0);
-    for (uint32_t i = 0; i < header.stage_count; i++) {
-        StageEntry s;
-        read_stage(i, &s);
-        if (s.kind == STAGE_HEAD && !need_logits) continue;   // nobody reads these logits
-        trace_stage(i);
-        switch (s.kind) {
-        case STAGE_EMBED: stage_embed(i, &s, c); break;
-        case STAGE_LN_1:
-        case STAGE_LN_2: stage_layernorm(i, &s, c); break;
-        case STAGE_ATTN_QKV: stage_attn_qkv(i, &s, c); break;
-        case STAGE_ATTN_CORE: stage_attn_core(i, &s, c); break;
-        case STAGE_ATTN_PROJ: stage_attn_proj(i, &s, c); break;
-        case STAGE_MLP: stage_mlp(i, &s, c); break;
-        case STAGE_HEAD: stage_head(i, &s, c); break;
-        default: board_exit(EXIT_BAD_STAGE, i, s.kind, 0);
+    pass_failed = 0;
+    for (retry_pass = 0; retry_pass < 2; retry_pass++) {
+        for (uint32_t i = 0; i < header.stage_count && !pass_failed; i++) {
+            StageEntry s;
+            read_stage(i, &s);
+            if (s.kind == STAGE_HEAD && !need_logits) continue;   // nobody reads these logits
+            trace_stage(i);
+            switch (s.kind) {
+            case STAGE_EMBED: stage_embed(i, &s, c); break;
+            case STAGE_LN_1:
+            case STAGE_LN_2: stage_layernorm(i, &s, c); break;
+            case STAGE_ATTN_QKV: stage_attn_qkv(i, &s, c); break;
+            case STAGE_ATTN_CORE: stage_attn_core(i, &s, c); break;
+            case STAGE_ATTN_PROJ: stage_attn_proj(i, &s, c); break;
+            case STAGE_MLP: stage_mlp(i, &s, c); break;
+            case STAGE_HEAD: stage_head(i, &s, c); break;
+            default: board_exit(EXIT_BAD_STAGE, i, offsetof(StageEntry, kind), s.kind);
+            }
         }
+        if (!pass_failed) break;
+        pass_failed = 0;
     }
     trace_stage(TRACE_IDLE);
 }
@@ -764,6 +859,10 @@ static void print_token(uint32_t token) {
     uint32_t off[2];
     flash_read(header.tokens_offset + token * 4u, off, sizeof off);
     uint32_t bytes = header.tokens_offset + (VOCAB_SIZE + 1) * 4u;
+    // inside this token table (check_image: tokens_size holds the offsets), in order
+    if (off[0] > off[1] || off[1] > header.tokens_size - (VOCAB_SIZE + 1) * 4u) {
+        board_exit(EXIT_BAD_TOKEN_ENTRY, token, off[0], off[1]);
+    }
     uint8_t chunk[64];
     for (uint32_t p = off[0]; p < off[1];) {
         uint32_t n = off[1] - p < sizeof chunk ? off[1] - p : (uint32_t)sizeof chunk;
@@ -802,15 +901,31 @@ static uint32_t section_crc(uint32_t offset, uint32_t size) {
     return crc_value();
 }
 
+// A section's CRC (header, tables, token table), read again once if it does not match.
+static void check_section(uint32_t offset, uint32_t size, uint32_t stored, uint32_t exit_code) {
+    for (uint32_t attempt = 0;; attempt++) {
+        uint32_t computed = section_crc(offset, size);
+        if (computed == stored) return;
+        if (attempt) board_exit(exit_code, stored, computed, 0);
+        trace_crc_retry(CRC_RETRY_SECTION);
+    }
+}
+
 static void check_image(void) {
-    // the header: magic, version, then its CRC over the bytes before header_crc
-    crc_begin();
-    flash_read_crc(0, &header, HEADER_CRC_SPAN);
-    uint32_t computed = crc_value();
-    flash_read(HEADER_CRC_SPAN, &header.header_crc, sizeof header - HEADER_CRC_SPAN);
-    if (header.magic != IMAGE_MAGIC) board_exit(EXIT_BAD_MAGIC, header.magic, IMAGE_MAGIC, 0);
-    if (header.version != IMAGE_FORMAT_VERSION) {
-        board_exit(EXIT_BAD_VERSION, header.version, IMAGE_FORMAT_VERSION, 0);
+    // the header: magic, version, then its CRC over the bytes before header_crc (read again
+    // once if it does not match)
+    uint32_t computed = 0;
+    for (uint32_t attempt = 0; attempt < 2; attempt++) {
+        if (attempt) trace_crc_retry(CRC_RETRY_SECTION);
+        crc_begin();
+        flash_read_crc(0, &header, HEADER_CRC_SPAN);
+        computed = crc_value();
+        flash_read(HEADER_CRC_SPAN, &header.header_crc, sizeof header - HEADER_CRC_SPAN);
+        if (header.magic != IMAGE_MAGIC) board_exit(EXIT_BAD_MAGIC, header.magic, IMAGE_MAGIC, 0);
+        if (header.version != IMAGE_FORMAT_VERSION) {
+            board_exit(EXIT_BAD_VERSION, header.version, IMAGE_FORMAT_VERSION, 0);
+        }
+        if (header.header_crc == computed) break;
     }
     if (header.header_crc != computed) board_exit(EXIT_BAD_HEADER_CRC, header.header_crc, computed, 0);
 
@@ -822,15 +937,26 @@ static void check_image(void) {
     expect_field(header.n_ctx, N_CTX, offsetof(ImageHeader, n_ctx));
     expect_field(header.vocab_size, VOCAB_SIZE, offsetof(ImageHeader, vocab_size));
     expect_field(header.tensor_count, TENSOR_COUNT, offsetof(ImageHeader, tensor_count));
+    expect_field(header.stage_count, STAGE_COUNT, offsetof(ImageHeader, stage_count));
+    expect_field(header.header_size, sizeof(ImageHeader), offsetof(ImageHeader, header_size));
+    expect_field(header.tables_size, STAGE_COUNT * (uint32_t)sizeof(StageEntry) + TENSOR_COUNT * (uint32_t)sizeof(TensorEntry)
+                 + ROW_CRC_TABLES_BYTES, offsetof(ImageHeader, tables_size));
+    // the token table holds its offsets (print_token checks each token's bytes against its size)
+    if (header.tokens_size < (VOCAB_SIZE + 1) * 4u) {
+        expect_field(header.tokens_size, (VOCAB_SIZE + 1) * 4u, offsetof(ImageHeader, tokens_size));
+    }
     expect_field(header.dtype, WEIGHTS_INT8 ? DTYPE_INT8_TILED : DTYPE_FP32, offsetof(ImageHeader, dtype));
     union { float f; uint32_t u; } eps_found = {header.ln_eps}, eps_expected = {LN_EPS};
     expect_field(eps_found.u, eps_expected.u, offsetof(ImageHeader, ln_eps));   // float bits
 
     // the stage and tensor tables, and the token table the text comes from
-    computed = section_crc(header.tables_offset, header.tables_size);
-    if (computed != header.tables_crc) board_exit(EXIT_BAD_TABLES_CRC, header.tables_crc, computed, 0);
-    computed = section_crc(header.tokens_offset, header.tokens_size);
-    if (computed != header.tokens_crc) board_exit(EXIT_BAD_TOKENS_CRC, header.tokens_crc, computed, 0);
+    check_section(header.tables_offset, header.tables_size, header.tables_crc, EXIT_BAD_TABLES_CRC);
+    check_section(header.tokens_offset, header.tokens_size, header.tokens_crc, EXIT_BAD_TOKENS_CRC);
+    // the stage table is the plan's, entry for entry (each is checked again as it is read)
+    for (uint32_t i = 0; i < STAGE_COUNT; i++) {
+        StageEntry s;
+        read_stage(i, &s);
+    }
 }
 
 // A bad setting ends the run naming the mailbox field (its byte offset) and the value.

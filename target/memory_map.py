@@ -86,6 +86,7 @@ TRACE = Peripheral("TRACE", PERIPH_BASE + 0x3000, 0x1000, (
     Register("POSITION", 0x14, "write the position of the token being computed"),
     Register("XIP_ADDR", 0x18, "XIP runtime: flash address of bytes the CPU is about to read in place"),
     Register("XIP_LEN", 0x1C, "XIP runtime: write their length last; the board charges the D-cache line fills"),
+    Register("CRC_RETRY", 0x20, "a CRC-checked read failed once and is read again: the tensor index, or CRC_RETRY_SECTION"),
 ), "stage/token trace and the logits debug channel")
 
 SYSCTL = Peripheral("SYSCTL", PERIPH_BASE + 0x4000, 0x1000, (
@@ -115,6 +116,7 @@ PSRAM_CMD = {"READ": 1, "WRITE": 2}
 FLASH_STATUS = {"DONE": 1 << 0, "BUSY": 1 << 1, "ERROR": 1 << 2}
 CRC_CTRL = {"RESET": 1 << 0, "ENABLE": 1 << 1}
 TRACE_IDLE = 0xFFFFFFFF
+CRC_RETRY_SECTION = 0xFFFFFFFF   # TRACE.CRC_RETRY: the header, the tables or the token table
 
 # Mailbox layout (u32 words at these byte offsets). The host fills it before reset.
 MAILBOX = {
@@ -142,14 +144,17 @@ EXIT_CODES = {
     "BAD_MAILBOX": (1, "mailbox magic wrong or settings out of range (ARG0: field offset, ARG1: value)"),
     "BAD_MAGIC": (2, "flash image magic wrong (ARG0: found)"),
     "BAD_VERSION": (3, "flash image format version (ARG0: found, ARG1: expected)"),
-    "BAD_HEADER_CRC": (4, "flash image header CRC (ARG0: stored, ARG1: computed)"),
+    "BAD_HEADER_CRC": (4, "flash image header CRC, read twice (ARG0: stored, ARG1: computed)"),
     "PLAN_MISMATCH": (5, "image made for another plan or model (ARG0: image's value, ARG1: firmware's, ARG2: header field offset)"),
-    "BAD_TENSOR_CRC": (6, "weight blob CRC (ARG0: tensor index, ARG1: stored, ARG2: computed)"),
+    "BAD_TENSOR_CRC": (6, "weight blob CRC, read twice (ARG0: tensor index, ARG1: stored, ARG2: computed)"),
     "CONTEXT_FULL": (7, "prompt + new tokens exceed the planned context (ARG0: needed, ARG1: N_CTX)"),
     "FLASH_ERROR": (8, "flash controller error (ARG0: status, ARG1: address, ARG2: length)"),
-    "BAD_STAGE": (9, "bad stage table entry (ARG0: stage index, ARG1: kind, ARG2: bad tensor index, role or layer)"),
-    "BAD_TABLES_CRC": (10, "flash image stage/tensor tables CRC (ARG0: stored, ARG1: computed)"),
+    "BAD_STAGE": (9, "stage table entry differs from the firmware's plan (ARG0: stage index, ARG1: StageEntry field offset, ARG2: value)"),
+    "BAD_TABLES_CRC": (10, "flash image stage/tensor tables CRC, read twice (ARG0: stored, ARG1: computed)"),
     "FAULT": (11, "CPU exception taken by the firmware's handler (ARG0: exception number)"),
-    "BAD_TOKENS_CRC": (12, "flash image token table CRC (ARG0: stored, ARG1: computed)"),
+    "BAD_TOKENS_CRC": (12, "flash image token table CRC, read twice (ARG0: stored, ARG1: computed)"),
     "PSRAM_ERROR": (13, "PSRAM controller error (ARG0: status, ARG1: PSRAM address, ARG2: length)"),
+    "BAD_ROW_CRC": (14, "a row read a row at a time failed its row CRC, read twice (ARG0: tensor index, ARG1: row, ARG2: computed)"),
+    "BAD_TENSOR_ENTRY": (15, "tensor table entry differs from the firmware's plan or lies outside the image (ARG0: tensor index, ARG1: TensorEntry field offset, ARG2: value)"),
+    "BAD_TOKEN_ENTRY": (16, "token table offsets out of order or past the table (ARG0: token, ARG1: start, ARG2: end)"),
 }

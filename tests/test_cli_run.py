@@ -7,7 +7,7 @@ import struct
 import pytest
 from conftest import mcugpt
 
-from target.flash_layout import read_image
+from target.flash_layout import FORMAT_VERSION, read_image
 
 
 def run_json(build_dir, *args):
@@ -85,7 +85,7 @@ def test_corrupt_weight_blob_is_caught_by_the_firmware(damaged):
 
 @pytest.mark.parametrize("damage, message", [
     ("truncate", "truncated:"),
-    ("version", "format version 7, this mcugpt reads version 1"),
+    ("version", f"format version 7, this mcugpt reads version {FORMAT_VERSION}"),
 ])
 def test_truncated_or_foreign_image_is_refused(damage, message, damaged):
     path = damaged / "flash.img"

@@ -78,7 +78,7 @@ def test_stage_figures(gpt2_stages):
     assert by["h0.mlp"]["weight_bytes"] == (8 * d * d + 5 * d) * 4
     assert by["h5.attn_core"]["kv_read_bytes"] == 2 * d * 4 * 512
     assert by["h5.attn_core"]["kv_write_bytes"] == 2 * d * 4
-    assert by["embed"]["flash_bytes_per_token"] == 2 * d * 4  # two rows, not the whole table
+    assert by["embed"]["flash_bytes_per_token"] == 2 * (d * 4 + 4)  # two rows and their row CRCs, not the whole table
     assert by["head"]["macs"] == 50257 * d
     assert plan["totals"]["weight_bytes"] == cfg.n_params() * 4  # wte stored once
     assert plan["largest_stage"]["name"].endswith("mlp") or plan["largest_stage"]["name"] == "head"

@@ -24,7 +24,7 @@ from compiler.sampler import Sampling
 from compiler.tokenizer import encode, token_bytes_table
 from compiler.weights import synthetic_weights
 from target import memory_map
-from target.flash_layout import HEADER, STAGE_ENTRY, read_image
+from target.flash_layout import FORMAT_VERSION, HEADER, STAGE_ENTRY, read_image
 
 EXIT = {name: code for name, (code, _doc) in memory_map.EXIT_CODES.items()}
 PROMPT = "The staged method runs a language model on a microcontroller by"
@@ -215,7 +215,7 @@ def test_a_damaged_image_is_refused(where, code, host, prompt, tmp_path):
     if code == "BAD_MAGIC":
         assert run.args[0] == 0x77
     if code == "BAD_VERSION":
-        assert run.args[:2] == (0x77, 1)
+        assert run.args[:2] == (0x77, FORMAT_VERSION)
     if code == "BAD_TABLES_CRC":
         assert run.args[0] == h["tables_crc"] and run.args[1] != h["tables_crc"]
 

@@ -42,9 +42,13 @@ def test_checked_at_boot_the_tokens_stream_without_the_crc_pass(boot_checked, to
     # at boot: the header, the tables, the token table, and every weight blob (group none:
     # nothing resident), each once through the CRC unit's second pass at 300 MB/s
     checked = HEADER_CRC_SPAN + h["tables_size"] + h["tokens_size"] + sum(t.bytes for t in boot_checked.plan.tensors)
-    assert r.crc_ns == pytest.approx(checked / 300e6 * 1e9, rel=1e-9)
-    assert all(p.crc_ns == 0 for p in r.per_position)           # and no token pays for it
-    assert r.boot_ns >= r.crc_ns and r.tokens
+    # and each token only its two embedding rows, checked against their row CRCs as they are
+    # read: wte's int8 row (its scale and values) and wpe's float32 row
+    n_embd = boot_checked.plan.model.n_embd
+    rows = (4 + n_embd) + 4 * n_embd
+    assert all(p.crc_ns == pytest.approx(rows / 300e6 * 1e9, rel=1e-9) for p in r.per_position)
+    assert r.crc_ns == pytest.approx((checked + rows * len(r.per_position)) / 300e6 * 1e9, rel=1e-9)
+    assert r.boot_ns >= checked / 300e6 * 1e9 and r.tokens
 
 
 @pytest.mark.parametrize("name", ["h.1.mlp.c_fc.weight", "wpe.weight"])
