@@ -243,8 +243,10 @@ def test_the_boot_verification_runs_through_the_crc_unit(dk):
     _build, _report, trace = dk
     boot = slices(trace, "boot")[0]
     crc = slices(trace, track="CRC unit")
-    # plan: CRC-checked once at boot (the board's CRC unit is a second DMA pass)
-    assert crc and all(inside(e, boot) for e in crc)
+    # plan: CRC-checked once at boot (the board's CRC unit is a second DMA pass); after boot
+    # only the embedding's rows, which every token reads anew, go through it
+    rows = {"CRC wte.weight", "CRC wpe.weight"}   # the embed stage's two rows (their row CRCs)
+    assert crc and all(inside(e, boot) or (e["name"] in rows and e["args"]["bytes"] < 1024) for e in crc)
     assert boot["args"]["flash_bytes"] > 0 and boot["args"]["psram_write_bytes"] > 0
 
 
