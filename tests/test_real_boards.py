@@ -177,12 +177,14 @@ def test_fit_measures_what_run_measures(tmp_path):
 def test_the_crc_is_a_second_dma_pass_on_the_stm32h7s78_dk(tmp_path, tok):
     """The STM32H7's CRC unit has no DMA request: every blob the firmware streams takes a
     second DMA pass through it, at 4 HCLK per word = 300 MB/s at HCLK 300 MHz. Per token that
-    is every streamed (not resident) vector and matrix, over 300 MB/s; the embedding's rows
-    are not checked (a CRC covers a whole blob). sim64's controller checks inline, for free."""
+    is every streamed (not resident) vector and matrix, and the embedding's two rows (one of
+    wte, one of wpe: each row has its own CRC), over 300 MB/s. sim64's controller checks
+    inline, for free."""
     built = compile_model("tiny", tmp_path / "b", board="stm32h7s78-dk", dtype="int8", group="none",
                           verify="stream", tiers="flash-only", quiet=True)
     plan = built.plan
     streamed = sum(t.bytes for t in plan.tensors if t.access != "row" and not t.resident)
+    streamed += sum(t.row_bytes for t in plan.tensors if t.name in ("wte.weight", "wpe.weight"))
     with Board.for_profile(built.out_dir / "firmware.elf", built.out_dir / "flash.img", plan.profile) as board:
         r = board.run(tok.encode("Hello"), n_new=2)
     last = r.per_position[-1]          # a position that ends in the head: every tensor once
