@@ -230,10 +230,11 @@ def _rng(seed: int, campaign: str, index: int) -> random.Random:
 
 
 def _command(ctx: Context, args: list, cwd: Path, same=None, timeout: float | None = None) -> dict:
+    t0 = time.time()
     rc, out, err, timed_out = execute(args, cwd, timeout or ctx.timeout)
     o = classify(rc, out, err, timed_out, same)
     return {"command": shown(args), "class": o.cls, "returncode": o.returncode, "first_line": o.first_line,
-            "why": o.why, "stdout": out}
+            "why": o.why, "wall_s": round(time.time() - t0, 2), "stdout": out}
 
 
 def _answer(stdout: bytes) -> tuple | None:
@@ -300,10 +301,11 @@ def run_campaign(out: Path, seed: int, sizes: dict, timeout: float = 60.0, jobs:
 
 
 def report(results: list[Result], seed: int, sizes: dict, wall_s: float, out: Path) -> dict:
-    counts = {c: {"cases": n, **dict.fromkeys(CLASSES, 0)} for c, n in sizes.items() if n}
+    counts = {c: {"cases": n, **dict.fromkeys(CLASSES, 0), "command_s": 0.0} for c, n in sizes.items() if n}
     failures = []
     for r in results:
         counts[r.campaign][r.cls] += 1
+        counts[r.campaign]["command_s"] += sum(c["wall_s"] for c in r.commands)
         if r.cls in FAILING:
             c = r.failing_command()
             failures.append({"case": f"{r.campaign}:{r.index}", "class": r.cls, "what": r.what,
@@ -328,7 +330,9 @@ def summary(rep: dict) -> str:
         if f["what"] != f["command"]:
             lines.append(f"  case:    {f['what']}")
         lines += [f"  command: {f['command']}", f"  stderr:  {f['first_line'][:300]}", f"  again:   {f['reproduce']}"]
-    lines.append(f"\n{sum(n['cases'] for n in rep['campaigns'].values())} cases in {rep['wall_s']:.0f} s")
+    lines.append(f"\n{sum(n['cases'] for n in rep['campaigns'].values())} cases in {rep['wall_s']:.0f} s ("
+                 + ", ".join(f"{c} {n['command_s']:.0f} s" for c, n in rep["campaigns"].items())
+                 + " of commands, run in parallel)")
     return "\n".join(lines)
 
 
