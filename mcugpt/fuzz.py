@@ -28,6 +28,7 @@ docs/reliability.md says what each campaign mutates and how to reproduce a case.
 
 import argparse
 import json
+import math
 import os
 import random
 import shlex
@@ -293,7 +294,7 @@ def run_campaign(out: Path, seed: int, sizes: dict, timeout: float = 60.0, jobs:
                 progress(result, len(results), len(cases))
         return result
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(one, cases))
     results.sort(key=lambda r: (CAMPAIGNS.index(r.campaign), r.index))
     return report(results, seed, {c: sum(1 for x, _ in cases if x == c) for c in CAMPAIGNS}, time.time() - t0,
@@ -824,10 +825,12 @@ def parse_only(text: str) -> tuple[str, int]:
 
 
 def main(a) -> None:
-    for name in ("images", "checkpoints", "cli", "jobs"):
+    for name in ("images", "checkpoints", "cli"):
         if getattr(a, name) < 0:
             raise McugptError(f"--{name} {getattr(a, name)}: must be at least 0")
-    if not a.timeout > 0:
+    if a.jobs < 1:
+        raise McugptError(f"--jobs {a.jobs}: must be at least 1")
+    if not (math.isfinite(a.timeout) and a.timeout > 0):
         raise McugptError(f"--timeout {a.timeout}: must be a positive number of seconds")
     only = [parse_only(t) for t in a.only] if a.only else None
     tty = sys.stderr.isatty()

@@ -161,6 +161,17 @@ def test_command_lines_come_from_the_parser_so_every_option_is_drawn(tmp_path):
     assert options - seen == set()
 
 
+def test_the_fuzz_command_refuses_bad_sizes_in_one_line(tmp_path):
+    for args, message in [(["--images", "-1"], "--images -1: must be at least 0"),
+                          (["--jobs", "0"], "--jobs 0: must be at least 1"),
+                          (["--timeout", "nan"], "--timeout nan: must be a positive number of seconds"),
+                          (["--only", "images"], "--only images: give CAMPAIGN:INDEX")]:
+        proc = mcugpt("fuzz", *args, "--out", tmp_path)
+        assert proc.returncode == 1 and proc.stderr == f"mcugpt: error: {message}" + (
+            ", CAMPAIGN one of images, checkpoints, cli\n" if "--only" in args else "\n")
+    assert not (tmp_path / "build").exists()    # refused before any work
+
+
 # ----------------------------------------------------------------------------
 # the campaign
 
@@ -173,19 +184,20 @@ def campaign(tmp_path, images, checkpoints, cli, seed=0):
 
 
 def failures(rep) -> str:
-    return "\n".join(f"{f['case']} {f['class']} ({f['why']}): {f['what']}\n    {f['command']}\n    {f['first_line']}"
+    return "\n".join(f"{f['case']} {f['class']} ({f['why']}): {f['what']}"
+                     + (f"\n    {f['command']}" if f["command"] != f["what"] else "") + f"\n    {f['first_line']}"
                      for f in rep["failures"])
 
 
 def test_no_case_ends_in_a_traceback_a_hang_a_signal_or_a_different_answer(tmp_path):
     """About two minutes on a 2-core machine; the slow test below is ten times larger."""
-    proc, rep = campaign(tmp_path, images=30, checkpoints=10, cli=30)
-    assert {c: n["cases"] for c, n in rep["campaigns"].items()} == {"images": 30, "checkpoints": 10, "cli": 30}
+    proc, rep = campaign(tmp_path, images=40, checkpoints=12, cli=36)
+    assert {c: n["cases"] for c, n in rep["campaigns"].items()} == {"images": 40, "checkpoints": 12, "cli": 36}
     assert not rep["failures"], failures(rep)
     assert proc.returncode == 0
 
 
 @pytest.mark.slow
 def test_no_case_ends_badly_in_a_larger_campaign(tmp_path):
-    _, rep = campaign(tmp_path, images=300, checkpoints=100, cli=300, seed=1)
+    _, rep = campaign(tmp_path, images=400, checkpoints=120, cli=360, seed=1)
     assert not rep["failures"], failures(rep)
