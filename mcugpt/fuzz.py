@@ -112,16 +112,40 @@ def worst(outcomes: list[Outcome]) -> Outcome:
 def execute(args: list, cwd: Path, timeout: float) -> tuple[int | None, bytes, bytes, bool]:
     """`python -m mcugpt.cli ARGS` in `cwd`, importing this checkout's mcugpt; its process
     group is killed at the timeout (a compile's C compiler included)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    path = [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
+    # its own session: a Ctrl-C at the terminal reaches the campaign, which stops the cases
     proc = subprocess.Popen([sys.executable, "-m", "mcugpt.cli", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    with _running_lock:
+        _running.add(proc)
     try:
         out, err = proc.communicate(timeout=timeout)
         return proc.returncode, out, err, False
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        _kill(proc)
         out, err = proc.communicate()
         return None, out, err, True
+    finally:
+        with _running_lock:
+            _running.discard(proc)
+
+
+_running: set = set()          # the cases' processes now running, to stop on Ctrl-C
+_running_lock = threading.Lock()
+
+
+def _kill(proc) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:   # it ended meanwhile
+        pass
+
+
+def stop_all() -> None:
+    with _running_lock:
+        for proc in _running:
+            _kill(proc)
 
 
 def shown(args: list) -> str:
@@ -249,7 +273,11 @@ def _answer(stdout: bytes) -> tuple | None:
 def prepare(ctx: Context, campaigns: set) -> None:
     """One tiny build (and its clean answer), and the tiny checkpoint folder the checkpoint
     and CLI cases start from."""
-    ctx.out.mkdir(parents=True, exist_ok=True)
+    try:
+        ctx.out.mkdir(parents=True, exist_ok=True)
+        (ctx.out / "cases").mkdir(exist_ok=True)
+    except OSError as e:
+        raise McugptError(f"--out {ctx.out}: cannot make the folder ({e.strerror})") from None
     ctx.build = (ctx.out / "build").resolve()
     ctx.image = ctx.build / "flash.img"
     c = _command(ctx, ["compile", "--model", "tiny", "--out", ctx.build, "--quiet"], ctx.out, timeout=600)
@@ -274,7 +302,8 @@ def run_campaign(out: Path, seed: int, sizes: dict, timeout: float = 60.0, jobs:
     t0 = time.time()
     ctx = Context(Path(out), seed, timeout)
     cases = only or [(c, i) for c in CAMPAIGNS for i in range(sizes.get(c, 0))]
-    prepare(ctx, {c for c, _ in cases})
+    if cases:
+        prepare(ctx, {c for c, _ in cases})
     runners = {"images": image_case, "checkpoints": checkpoint_case, "cli": cli_case}
     results, lock = [], threading.Lock()
 
@@ -294,8 +323,15 @@ def run_campaign(out: Path, seed: int, sizes: dict, timeout: float = 60.0, jobs:
                 progress(result, len(results), len(cases))
         return result
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(one, cases))
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
+        for future in [pool.submit(one, case) for case in cases]:
+            future.result()
+    except BaseException:          # Ctrl-C, or a case that could not be made
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop_all()
+        raise
+    pool.shutdown()
     results.sort(key=lambda r: (CAMPAIGNS.index(r.campaign), r.index))
     return report(results, seed, {c: sum(1 for x, _ in cases if x == c) for c in CAMPAIGNS}, time.time() - t0,
                   ctx.out)

@@ -165,11 +165,23 @@ def test_the_fuzz_command_refuses_bad_sizes_in_one_line(tmp_path):
     for args, message in [(["--images", "-1"], "--images -1: must be at least 0"),
                           (["--jobs", "0"], "--jobs 0: must be at least 1"),
                           (["--timeout", "nan"], "--timeout nan: must be a positive number of seconds"),
-                          (["--only", "images"], "--only images: give CAMPAIGN:INDEX")]:
-        proc = mcugpt("fuzz", *args, "--out", tmp_path)
+                          (["--only", "images"], "--only images: give CAMPAIGN:INDEX"),
+                          (["--out", "/dev/null"], "--out /dev/null: cannot make the folder (File exists)")]:
+        proc = mcugpt("fuzz", "--out", tmp_path, *args)
         assert proc.returncode == 1 and proc.stderr == f"mcugpt: error: {message}" + (
             ", CAMPAIGN one of images, checkpoints, cli\n" if "--only" in args else "\n")
     assert not (tmp_path / "build").exists()    # refused before any work
+
+
+def test_only_runs_the_named_cases_again_and_keeps_their_files(tmp_path):
+    proc = mcugpt("fuzz", "--seed", 5, "--only", "images:3", "--only", "cli:2", "--out", tmp_path, "--json")
+    rep = json.loads(proc.stdout)
+    assert [(c["campaign"], c["index"]) for c in rep["cases"]] == [("images", 3), ("cli", 2)]
+    clean = bytearray((tmp_path / "build" / "flash.img").read_bytes())
+    image, what = fuzz.mutate_image(fuzz._rng(5, "images", 3), clean)
+    assert rep["cases"][0]["what"] == what
+    assert (tmp_path / "cases" / "images-3" / "build" / "flash.img").read_bytes() == image
+    assert (tmp_path / "cases" / "cli-2" / "file").is_file()
 
 
 # ----------------------------------------------------------------------------
