@@ -765,6 +765,11 @@ OUT_PATHS = ("", ".", "file", "dir", "new/deeper", "/dev/null", "/proc/x", "x" *
 IN_PATHS = OUT_PATHS + ("/", "/proc/self", "/dev/zero", "nowhere")
 
 
+# options whose valid values make a command wait for a person (`run --gdb PORT` halts the board
+# until a debugger attaches): only values the command refuses
+REFUSED_ONLY = {"gdb": ("", "x", "-1", "0x50", "65536", "99999999999", "\u0663")}
+
+
 def _valid(ctx: Context, action, dest: str) -> str | None:
     """A value the command accepts, so that cases reach past argument checks."""
     known = {"model": "tiny", "weights": str(ctx.checkpoint), "build": str(ctx.build), "image": str(ctx.image),
@@ -815,14 +820,16 @@ def cli_arguments(rng: random.Random, ctx: Context) -> list:
         dest = action.dest
         # --model is always given: its default is GPT-2 124M, whose compile, reference and
         # fit take minutes; and bench's is always one it refuses (a tiny bench takes minutes)
-        always = dest == "model" or action.required or not action.option_strings
-        if not (rng.random() < (0.95 if always else 0.35)):
+        often = action.required or not action.option_strings
+        if not (rng.random() < (0.95 if often else 0.35)) and dest != "model":
             continue
         if action.nargs == 0:
             args.append(rng.choice(action.option_strings))
             continue
         value = _valid(ctx, action, dest)
-        if name == "bench" and dest == "model":
+        if dest in REFUSED_ONLY:
+            value = rng.choice(REFUSED_ONLY[dest])
+        elif name == "bench" and dest == "model":
             value = rng.choice([m for m in MODELS if m not in ("TINY", "tiny.json", "../models/tiny", "", "tiny\n")])
         elif value is None or rng.random() < 0.4:
             value = _edge(rng, action, dest) if action.choices is None or rng.random() < 0.5 else \
