@@ -71,22 +71,21 @@ class Outcome:
     first_line: str    # the first stderr line; for a traceback, its last line (the exception)
     why: str = ""      # for a failing class: what made it so
 
-    @property
-    def failing(self) -> bool:
-        return self.cls in FAILING
-
 
 def classify(returncode: int | None, stdout: bytes, stderr: bytes, timed_out: bool = False, same=None) -> Outcome:
     """The class of one command's outcome. `same(stdout) -> bool`: for exit 0, whether its
     answer is the clean run's; None when there is nothing to compare with."""
     err = stderr.decode(errors="replace")
     # lines as a terminal shows them: a message may quote a user's \u2028 or \x1c
-    lines = [line for line in err.rstrip("\n").split("\n")] if err.strip() else []
+    lines = err.rstrip("\n").split("\n") if err.strip() else []
     first = lines[0] if lines else ""
     if timed_out:
         return Outcome("hang", None, first, "still running at the timeout")
     if returncode is not None and returncode < 0:
-        name = signal.Signals(-returncode).name if -returncode in signal.Signals._value2member_map_ else returncode
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
         return Outcome("signal", returncode, first, f"killed by {name}")
     if b"Traceback (most recent call last)" in stdout + stderr:
         last = next((line for line in reversed(lines) if line.strip() and not line.startswith(" ")), first)
@@ -875,7 +874,7 @@ def main(a) -> None:
         raise McugptError(f"--jobs {a.jobs}: must be at least 1")
     if not (math.isfinite(a.timeout) and a.timeout > 0):
         raise McugptError(f"--timeout {a.timeout}: must be a positive number of seconds")
-    only = [parse_only(t) for t in a.only] if a.only else None
+    only = list(dict.fromkeys(parse_only(t) for t in a.only)) if a.only else None   # each case once
     tty = sys.stderr.isatty()
     step = max(1, (sum((a.images, a.checkpoints, a.cli)) if not only else len(only)) // 20)
 
