@@ -5,10 +5,12 @@ no case may end in a traceback, a hang, a signal or a silently different answer.
 import json
 import shutil
 import struct
+import subprocess
+import sys
 import zlib
 
 import pytest
-from conftest import mcugpt
+from conftest import REPO, mcugpt
 
 from mcugpt import fuzz
 from mcugpt.cli import build_parser
@@ -189,8 +191,10 @@ def test_only_runs_the_named_cases_again_and_keeps_their_files(tmp_path):
 
 
 def campaign(tmp_path, images, checkpoints, cli, seed=0):
-    proc = mcugpt("fuzz", "--seed", seed, "--images", images, "--checkpoints", checkpoints, "--cli", cli,
-                  "--out", tmp_path, "--json")
+    # no timeout of its own: every case has one (the slow size takes longer than conftest's)
+    proc = subprocess.run([sys.executable, "-m", "mcugpt.cli", "fuzz", "--seed", str(seed), "--images", str(images),
+                           "--checkpoints", str(checkpoints), "--cli", str(cli), "--out", str(tmp_path), "--json"],
+                          check=False, capture_output=True, text=True, cwd=REPO)
     rep = json.loads(proc.stdout)
     return proc, rep
 
