@@ -537,27 +537,31 @@ CONFIG_VALUES = ("null", '"2"', '""', "[]", "[2]", "{}", "NaN", "Infinity", "-In
                  "256", "50257", "50256", "65536", "65537", "4294967296")
 
 
-def _mutate_tensors(rng, w: dict, cfg) -> tuple[dict, dict, str]:
-    """Tensors (full names) and their safetensors dtypes, after one tensor mutation."""
+def _mutate_tensors(rng, tensors: dict, dtypes: dict, w: dict, cfg) -> str:
+    """One mutation of `tensors` (full names) and their safetensors `dtypes`, in place; `w`
+    the clean weights (GPT2Model names)."""
     import numpy as np
-    tensors = {"transformer." + k: v for k, v in w.items()}
-    dtypes = {}
-    name = rng.choice(sorted(tensors))
+    # a second mutation may find a tensor already an integer, empty or a scalar: the shape
+    # and value edits take float32 arrays with elements, or else the tensor goes
+    plain = sorted(k for k, v in tensors.items() if v.dtype == np.float32 and v.ndim and v.size)
+    name = rng.choice(plain or sorted(tensors))
     kind = rng.choice(["dtype", "shape", "missing", "extra", "values", "values", "convert", "prefix"])
+    if kind in ("shape", "values") and name not in plain:
+        kind = "missing"
     if kind == "dtype":
         dt = rng.choice(("int64", "int32", "bool", "uint8", "float64", "int8", "float16"))
         tensors[name] = tensors[name].astype(dt)
-        return tensors, dtypes, f"tensor {name} as {dt}"
+        return f"tensor {name} as {dt}"
     if kind == "shape":
         v = tensors[name]
         shapes = {"transposed": v.T, "flattened": v.reshape(-1), "one more dim": v[None],
                   "one row less": v[:-1], "empty": v[:0], "scalar": np.array(v.flat[0], v.dtype)}
         how = rng.choice(sorted(shapes))
         tensors[name] = np.ascontiguousarray(shapes[how])
-        return tensors, dtypes, f"tensor {name} {how} {list(tensors[name].shape)}"
+        return f"tensor {name} {how} {list(tensors[name].shape)}"
     if kind == "missing":
         del tensors[name]
-        return tensors, dtypes, f"tensor {name} missing"
+        return f"tensor {name} missing"
     if kind == "extra":
         extra, value = rng.choice([
             ("transformer.h.2.ln_1.weight", np.ones(cfg.n_embd, np.float32)),
@@ -572,7 +576,7 @@ def _mutate_tensors(rng, w: dict, cfg) -> tuple[dict, dict, str]:
         if value is None:
             extra, value = "h.0.ln_1.weight", w["h.0.ln_1.weight"]
         tensors[extra] = value
-        return tensors, dtypes, f"extra tensor {extra!r} {list(value.shape)}"
+        return f"extra tensor {extra!r} {list(value.shape)}"
     if kind == "values":
         value = rng.choice((np.nan, np.inf, -np.inf, 1e30, 1.1e30, 3e38, 1e-45, -0.0, 1e29, 0.0))
         v = tensors[name].copy()
@@ -580,18 +584,23 @@ def _mutate_tensors(rng, w: dict, cfg) -> tuple[dict, dict, str]:
         at = rng.randrange(v.size - n + 1)
         v.flat[at:at + n] = value
         tensors[name] = v
-        return tensors, dtypes, f"tensor {name}[{at}:{at + n}] = {value!r}"
+        return f"tensor {name}[{at}:{at + n}] = {value!r}"
     if kind == "convert":
         how = rng.choice(("float16", "bfloat16"))
         for k, v in tensors.items():
+            if v.dtype != np.float32:
+                continue
             if how == "float16":
                 tensors[k] = v.astype(np.float16)
             else:
                 tensors[k] = (v.view(np.uint32) >> 16).astype(np.uint16)
                 dtypes[k] = "bfloat16"
-        return tensors, dtypes, f"every tensor as {how}"
-    tensors = {k.removeprefix("transformer."): v for k, v in tensors.items()}
-    return tensors, dtypes, "tensor names without the 'transformer.' prefix (GPT2Model's)"
+        return f"every tensor as {how}"
+    for k in [k for k in tensors if k.startswith("transformer.")]:
+        tensors[k.removeprefix("transformer.")] = tensors.pop(k)
+        if k in dtypes:
+            dtypes[k.removeprefix("transformer.")] = dtypes.pop(k)
+    return "tensor names without the 'transformer.' prefix (GPT2Model's)"
 
 
 def _write_shards(rng, folder: Path, tensors: dict, dtypes: dict) -> str:
@@ -700,8 +709,7 @@ def mutate_checkpoint(rng: random.Random, folder: Path) -> str:
             raw[key] = rng.choice(CONFIG_VALUES)
             whats.append(f"config.json extra {key[:20]!r}: {raw[key]}")
         elif kind == "tensors":
-            tensors, dtypes, what = _mutate_tensors(rng, w, cfg)
-            whats.append(what)
+            whats.append(_mutate_tensors(rng, tensors, dtypes, w, cfg))
         elif kind == "shards":
             shard = True
         else:
