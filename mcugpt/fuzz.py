@@ -360,12 +360,14 @@ def summary(rep: dict) -> str:
     lines = [table(["campaign", "cases", "clean error", "traceback", "hang", "signal", "exit 0 same",
                     "exit 0 different"], rows, "lrrrrrrr")]
     if rep["failures"]:
-        lines.append(f"\n{len(rep['failures'])} failing cases (seed {rep['seed']}):")
+        n = len(rep["failures"])
+        lines.append(f"\n{n} failing case{'s' if n != 1 else ''} (seed {rep['seed']}):")
     for f in rep["failures"]:
         lines += [f"\n{f['case']}  {LABELS[f['class']]}: {f['why']}"]
         if f["what"] != f["command"]:
             lines.append(f"  case:    {f['what']}")
-        lines += [f"  command: {f['command']}", f"  stderr:  {f['first_line'][:300]}", f"  again:   {f['reproduce']}"]
+        said = "answer: " if f["class"] == "exit0_different" else "stderr: "
+        lines += [f"  command: {f['command']}", f"  {said} {f['first_line'][:300]}", f"  again:   {f['reproduce']}"]
     lines.append(f"\n{sum(n['cases'] for n in rep['campaigns'].values())} cases in {rep['wall_s']:.0f} s ("
                  + ", ".join(f"{c} {n['command_s']:.0f} s" for c, n in rep["campaigns"].items())
                  + " of commands, run in parallel)")
@@ -484,6 +486,10 @@ def image_case(ctx: Context, index: int, folder: Path) -> Result:
     commands = [_command(ctx, ["inspect", build / "flash.img"], folder),
                 _command(ctx, ["run", "--build", build, "--prompt", PROMPT, "--tokens", str(TOKENS), "--json"],
                          folder, same=lambda out: _answer(out) == clean)]
+    run = commands[-1]
+    if run["class"] == "exit0_different":
+        got = _answer(run["stdout"]) or ("no JSON", "")
+        run["first_line"] = f"tokens {got[0]} {got[1]!r}; the clean build's {clean[0]} {clean[1]!r}"
     return Result("images", index, what, worst([Outcome(c["class"], None, "") for c in commands]).cls, commands)
 
 
@@ -747,6 +753,13 @@ def checkpoint_case(ctx: Context, index: int, folder: Path) -> Result:
                            "--check"], folder, same=agrees)
         if c["class"] == "clean_error" and c["stdout"].strip() and not agrees(c["stdout"]):
             c.update({"class": "exit0_different", "why": "run --check: the board differs from the reference"})
+        if c["class"] == "exit0_different":
+            try:
+                r = json.loads(c["stdout"])
+                c["first_line"] = (f"board tokens {r['tokens']}, reference {r['check']['reference_tokens']}, "
+                                   f"logits identical: {r['check']['logits_identical']}")
+            except (ValueError, KeyError, TypeError):
+                c["first_line"] = "run --check printed no comparison"
         commands.append(c)
     return Result("checkpoints", index, what, worst([Outcome(c["class"], None, "") for c in commands]).cls, commands)
 

@@ -59,6 +59,24 @@ def test_a_case_takes_its_worst_commands_class():
     assert fuzz.worst([o("hang"), o("traceback"), o("exit0_same")]).cls == "traceback"
 
 
+def test_the_report_counts_each_class_and_gives_each_failing_case_a_reproducer(tmp_path):
+    def command(cls, first_line, why=""):
+        return {"command": "mcugpt inspect flash.img", "class": cls, "returncode": 1, "first_line": first_line,
+                "why": why, "wall_s": 0.5}
+    results = [fuzz.Result("images", 3, "flip bit(s) 0x10.2", "traceback",
+                           [command("clean_error", "mcugpt: error: x"), command("traceback", "KeyError: 'n'", "Traceback")]),
+               fuzz.Result("cli", 0, "mcugpt inspect flash.img", "clean_error", [command("clean_error", "mcugpt: error: y")])]
+    rep = fuzz.report(results, 7, {"images": 1, "checkpoints": 0, "cli": 1}, 1.0, tmp_path)
+    assert rep["campaigns"]["images"]["traceback"] == 1 and rep["campaigns"]["cli"]["clean_error"] == 1
+    assert "checkpoints" not in rep["campaigns"]
+    assert rep["failures"] == [{"case": "images:3", "class": "traceback", "what": "flip bit(s) 0x10.2",
+                                "command": "mcugpt inspect flash.img", "first_line": "KeyError: 'n'", "why": "Traceback",
+                                "reproduce": f"mcugpt fuzz --seed 7 --only images:3 --out {tmp_path}"}]
+    text = fuzz.summary(rep)
+    assert "images:3  traceback: Traceback" in text and "stderr:  KeyError: 'n'" in text
+    assert f"again:   mcugpt fuzz --seed 7 --only images:3 --out {tmp_path}" in text
+
+
 # ----------------------------------------------------------------------------
 # editing an image's fields, every CRC sealed again
 
