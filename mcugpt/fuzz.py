@@ -114,6 +114,8 @@ def execute(args: list, cwd: Path, timeout: float) -> tuple[int | None, bytes, b
     path = [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
     # its own session: a Ctrl-C at the terminal reaches the campaign, which stops the cases
+    if _stopping.is_set():
+        raise KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-m", "mcugpt.cli", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     with _running_lock:
@@ -132,6 +134,7 @@ def execute(args: list, cwd: Path, timeout: float) -> tuple[int | None, bytes, b
 
 _running: set = set()          # the cases' processes now running, to stop on Ctrl-C
 _running_lock = threading.Lock()
+_stopping = threading.Event()  # set on Ctrl-C: a case's next command does not start
 
 
 def _kill(proc) -> None:
@@ -142,6 +145,7 @@ def _kill(proc) -> None:
 
 
 def stop_all() -> None:
+    _stopping.set()
     with _running_lock:
         for proc in _running:
             _kill(proc)
@@ -318,7 +322,7 @@ def run_campaign(out: Path, seed: int, sizes: dict, timeout: float = 60.0, jobs:
                 shutil.rmtree(folder, ignore_errors=True)
         with lock:
             results.append(result)
-            if progress:
+            if progress and not _stopping.is_set():   # a case Ctrl-C killed is no result
                 progress(result, len(results), len(cases))
         return result
 
