@@ -4,6 +4,8 @@
 #                     PROMPT on the emulated board, check them against the numpy reference
 #   make test         the whole pytest suite (what CI runs)
 #   make flash-image  compile MODEL: build/MODEL/{model.onnx,plan.json,flash.img,include/}
+#   make fuzz         the long fuzz campaign (docs/reliability.md): 13,000 cases on the tiny
+#                     model, SEED=N for another; exits 1 naming the failing cases' classes
 #   make clean        remove build/ (keeps the venv); `make distclean` removes the venv too
 #
 # Variables: MODEL (gpt2, distilgpt2, gpt2-medium, tiny), BOARD (sim64, stm32h7s78-dk,
@@ -22,7 +24,7 @@ TOKENS ?= 16
 BUILD  := build/$(MODEL)$(if $(filter-out sim64,$(BOARD)),-$(BOARD))$(if $(filter-out fp32,$(DTYPE)),-$(DTYPE))
 COMPILE_FLAGS := --model $(MODEL) --board $(BOARD) --dtype $(DTYPE) $(if $(RAM),--ram $(RAM))
 
-.PHONY: run test flash-image clean distclean venv toolchain
+.PHONY: run test flash-image fuzz clean distclean venv toolchain
 
 venv: $(VENV)/.installed
 
@@ -57,6 +59,10 @@ run: $(BUILD)/firmware.elf
 
 $(BUILD)/firmware.elf: $(VENV)/.installed $(wildcard target/*.py compiler/*.py compiler/templates/* runtime_c/* models/*)
 	$(BIN)/mcugpt compile $(COMPILE_FLAGS) --out $(BUILD)
+
+SEED ?= 0
+fuzz: $(VENV)/.installed
+	$(BIN)/mcugpt fuzz --seed $(SEED) --images 10000 --checkpoints 1000 --cli 2000 --out build/fuzz
 
 test: $(VENV)/.installed toolchain
 	$(BIN)/python -m pytest -q
