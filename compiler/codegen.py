@@ -67,22 +67,27 @@ def _check(plan: Plan) -> None:
                     raise AssertionError(f"{s.name}.{spec['role']}: {t.shape} differs from its kind's")
 
 
-def render_model_plan(plan: Plan) -> str:
+def render_model_plan(plan: Plan, tensor_crcs: list[int]) -> str:
+    """`tensor_crcs`: the CRC32 of each weight blob of the image written with this plan, in
+    the tensor table's order: the firmware refuses an image whose tensor table says otherwise
+    (weights edited and their CRCs sealed again are another model, not this build's)."""
     _check(plan)
+    if len(tensor_crcs) != len(plan.tensors):
+        raise AssertionError(f"{len(tensor_crcs)} tensor CRCs for {len(plan.tensors)} tensors")
     row_crc_tables_bytes = fl.ROW_CRC_BYTES * sum(plan.tensors[i].rows for i in row_read_tensors(plan))
     return _env.get_template("model_plan.h.j2").render(
         plan=plan, model=plan.model, roles=role_specs(plan), not_resident=NOT_RESIDENT,
-        row_crc_tables_bytes=row_crc_tables_bytes)
+        row_crc_tables_bytes=row_crc_tables_bytes, tensor_crcs=tensor_crcs)
 
 
 def render_memory_map() -> str:
     return _env.get_template("memory_map.h.j2").render(m=memory_map)
 
 
-def write_headers(out_dir: Path, plan: Plan) -> list[Path]:
+def write_headers(out_dir: Path, plan: Plan, tensor_crcs: list[int]) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, text in (("flash_layout.h", render_flash_layout()), ("model_plan.h", render_model_plan(plan)),
+    for name, text in (("flash_layout.h", render_flash_layout()), ("model_plan.h", render_model_plan(plan, tensor_crcs)),
                        ("memory_map.h", render_memory_map())):
         p = out_dir / name
         p.write_text(text)

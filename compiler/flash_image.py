@@ -178,4 +178,4 @@ def write_image(path: Path, cfg: GPTConfig, plan: Plan, stages: list[Stage], arr
     if bar:
         bar.update(image_size - bar.n)
         bar.close()
-    return header
+    return {**header, "tensor_crcs": [e["crc"] for e in entries]}

@@ -184,11 +184,13 @@ def compile_model(model: str | None, out_dir: Path, weights_dir: str | None = No
     header = write_image(out_dir / "flash.img", cfg, plan, stages,
                          lambda name: initializer_array(inits[name], out_dir),
                          tokens, progress=progress)
-    write_headers(out_dir / "include", plan)
-    # what `mcugpt run` needs to encode prompts and to rebuild the reference for --check
+    write_headers(out_dir / "include", plan, header["tensor_crcs"])
+    # what `mcugpt run` needs to encode prompts and to rebuild the reference for --check, and
+    # the image's identity: its header's CRC32, which covers the tables' and the token
+    # table's CRCs, and through the tables every weight blob's
     source = {"model": cfg.name, "preset": None if weights_dir else cfg.name,
               "weights": str(Path(weights_dir).resolve()) if weights_dir else None,
-              "weights_seed": weights_seed}
+              "weights_seed": weights_seed, "image_crc": header["header_crc"]}
     (out_dir / "build.json").write_text(json.dumps(source, indent=1))
     if cc:
         build_firmware(out_dir, plan, cc=cc)
@@ -206,7 +208,7 @@ def load_build_source(out_dir: Path) -> dict:
     except (OSError, ValueError) as e:   # unreadable, not UTF-8, not JSON
         raise McugptError(f"{path}: not a build.json mcugpt wrote ({type(e).__name__}); "
                           f"rerun `mcugpt compile --out {out_dir}`") from None
-    keys = ("model", "preset", "weights", "weights_seed")
+    keys = ("model", "preset", "weights", "weights_seed", "image_crc")
     if not isinstance(source, dict) or any(k not in source for k in keys):
         raise McugptError(f"{path}: not a build.json this mcugpt wrote (it has no {', '.join(keys)}); "
                           f"rerun `mcugpt compile --out {out_dir}`")

@@ -464,6 +464,12 @@ def cmd_fuzz(a) -> None:
     fuzz(a)
 
 
+def one_line(message: str) -> str:
+    """A message as one printable line: a value the user gave (a --model with a newline in it)
+    or read from a file may hold control characters; they are shown escaped, never obeyed."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 def main(argv: list[str] | None = None) -> int:
     owner = threading.current_thread() is threading.main_thread()   # (only it may set handlers)
     previous = signal.signal(signal.SIGINT, interrupted) if owner else None
@@ -472,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         {"compile": cmd_compile, "reference": cmd_reference, "run": cmd_run, "bench": cmd_bench,
          "fit": cmd_fit, "inspect": cmd_inspect, "fuzz": cmd_fuzz}[args.command](args)
     except McugptError as e:
-        print(f"mcugpt: error: {e}", file=sys.stderr)
+        print(f"mcugpt: error: {one_line(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         interrupted()
@@ -480,7 +486,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except OSError as e:   # the machine refused (disk full, permissions): not a bug, one line
-        print(f"mcugpt: error: {e.filename or 'I/O'}: {e.strerror or e}", file=sys.stderr)
+        where = e.filename or "I/O"
+        print(f"mcugpt: error: {one_line(f'{where}: {e.strerror or e}')}", file=sys.stderr)
         return 1
     finally:
         if owner:

@@ -96,6 +96,10 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
     # The firmware checks the image too (and is tested to); checking here first gives the
     # host's clearer message for a truncated, foreign or damaged image.
     image = read_image(build.path / "flash.img", verify_weights=False)
+    if image.header["header_crc"] != build.source["image_crc"]:   # consistent, but not this build's
+        raise McugptError(f"{build.path / 'flash.img'}: not the image this build wrote (header CRC32 "
+                          f"0x{image.header['header_crc']:08x}, the build's 0x{build.source['image_crc']:08x}): "
+                          f"its tables, tokens or weights were changed; rerun `mcugpt compile --out {build.path}`")
     if trace is not None:
         trace = timeline.check_path(trace)
     with Board.for_profile(build.path / "firmware.elf", build.path / "flash.img", profile,

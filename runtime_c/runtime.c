@@ -122,6 +122,7 @@ typedef struct {
     uint32_t resident_offset;  // arena offset of its bytes (laid out as in flash), or NOT_RESIDENT
     uint32_t psram_offset;     // PSRAM address of its part in the PSRAM tier, or NOT_RESIDENT
     uint32_t psram_tail;       // bytes at the end of each full tile that come from that part
+    uint32_t crc;              // the blob's CRC32 in the image compiled with this firmware
 } TensorPlan;
 static const RoleSpec ROLE_SPEC[STAGE_KIND_COUNT][STAGE_MAX_TENSORS] = ROLE_SPEC_TABLE;
 static const TensorPlan TENSOR_PLAN[TENSOR_COUNT] = TENSOR_PLAN_TABLE;
@@ -194,6 +195,9 @@ static void read_tensor_entry(uint32_t index, TensorEntry* t) {
         board_exit(EXIT_BAD_TENSOR_ENTRY, index, offsetof(TensorEntry, offset), t->offset);
     }
     if (t->tile_rows != tile_rows) board_exit(EXIT_BAD_TENSOR_ENTRY, index, offsetof(TensorEntry, tile_rows), t->tile_rows);
+    // weights edited and their CRCs sealed again pass every CRC check: they are another
+    // model's, and only the CRC the build recorded tells them apart
+    if (t->crc != TENSOR_PLAN[index].crc) board_exit(EXIT_BAD_TENSOR_ENTRY, index, offsetof(TensorEntry, crc), t->crc);
     if (t->row_crcs && (t->row_crcs < tensors_offset || t->row_crcs > tables_end || t->rows > (tables_end - t->row_crcs) / 4u)) {
         board_exit(EXIT_BAD_TENSOR_ENTRY, index, offsetof(TensorEntry, row_crcs), t->row_crcs);
     }

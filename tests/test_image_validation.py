@@ -300,3 +300,37 @@ def test_the_firmware_checks_a_token_s_bytes_before_it_prints_them(build, tok):
         board_run(build, tok, n_new=1)
     assert e.value.name == "BAD_TOKEN_ENTRY" and e.value.exit_args == (token, start, 20_000_000)
     assert e.value.result.text == ""                # nothing of the table printed as text
+
+
+# ----------------------------------------------------------------------------
+# an image consistent in every field and CRC, but not this build's
+
+
+def _reseal_a_weight(build, tensor: int = 10) -> int:
+    """One weight of `tensor` changed, its blob's CRC in the tensor table and every section
+    CRC sealed again: an image with no inconsistency left, describing another model."""
+    img = Image(build / "flash.img")
+    offset, size = img.tensor_field(tensor, "offset"), img.tensor_field(tensor, "size")
+    data = bytearray((build / "flash.img").read_bytes())
+    data[offset] ^= 0x40
+    (build / "flash.img").write_bytes(data)
+    crc = zlib.crc32(data[offset:offset + size])
+    img.tensor(tensor, "crc", crc)
+    img.save()
+    read_image(build / "flash.img", verify_weights=True)   # every CRC and field checks out
+    return crc
+
+
+def test_run_refuses_an_image_that_is_not_the_builds(build):
+    _reseal_a_weight(build)
+    proc = mcugpt("run", "--build", build, "--prompt", "Hi", "--tokens", "2")
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+    assert "not the image this build wrote" in proc.stderr and "rerun `mcugpt compile" in proc.stderr
+
+
+def test_the_firmware_refuses_weights_that_are_not_the_ones_it_was_built_with(build, tok):
+    crc = _reseal_a_weight(build)
+    with pytest.raises(FirmwareError) as e:
+        board_run(build, tok)
+    assert e.value.name == "BAD_TENSOR_ENTRY"
+    assert e.value.exit_args == (10, TENSOR_ENTRY.offset_of("crc"), crc)
