@@ -181,36 +181,48 @@ static void read_stage(uint32_t i, StageEntry* s) {
     if (at >= 0) board_exit(EXIT_BAD_STAGE, i, (uint32_t)at, ((const uint32_t*)s)[at / 4]);
 }
 
-// Tensor entry `index`: its blob on a sector inside the image's weights, int8 in the plan's
-// tiles, its row CRC table (if any) inside the tables.
-static void read_tensor_entry(uint32_t index, TensorEntry* t) {
+// The first wrong field of tensor entry `index` (its byte offset), or -1: its blob must be on
+// a sector inside the image's weights, int8 in the plan's tiles, its row CRC table (if any)
+// inside the tables, and with a `spec`, of the role's shape and dtype (a tensor of another
+// shape would overrun the buffer it is about to fill).
+static int32_t tensor_entry_problem(uint32_t index, const TensorEntry* t, const RoleSpec* spec) {
     uint32_t tensors_offset = header.tables_offset + header.stage_count * (uint32_t)sizeof(StageEntry);
-    flash_read(tensors_offset + index * (uint32_t)sizeof(TensorEntry), t, sizeof *t);
     uint32_t weights_end = header.weights_offset + header.weights_size;
     uint32_t tables_end = header.tables_offset + header.tables_size;
     uint32_t tile_rows = t->dtype == DTYPE_INT8_TILED ? TENSOR_PLAN[index].tile_rows : 0;
     if (t->offset % IMAGE_SECTOR || t->offset < header.weights_offset || t->offset > weights_end ||
         t->size > weights_end - t->offset) {
-        board_exit(EXIT_BAD_TENSOR_ENTRY, index, offsetof(TensorEntry, offset), t->offset);
+        return (int32_t)offsetof(TensorEntry, offset);
     }
-    if (t->tile_rows != tile_rows) board_exit(EXIT_BAD_TENSOR_ENTRY, index, offsetof(TensorEntry, tile_rows), t->tile_rows);
+    if (t->tile_rows != tile_rows) return (int32_t)offsetof(TensorEntry, tile_rows);
     if (t->row_crcs && (t->row_crcs < tensors_offset || t->row_crcs > tables_end || t->rows > (tables_end - t->row_crcs) / 4u)) {
-        board_exit(EXIT_BAD_TENSOR_ENTRY, index, offsetof(TensorEntry, row_crcs), t->row_crcs);
+        return (int32_t)offsetof(TensorEntry, row_crcs);
     }
+    if (!spec) return -1;
+    return t->rows != spec->rows ? (int32_t)offsetof(TensorEntry, rows)
+         : t->cols != spec->cols ? (int32_t)offsetof(TensorEntry, cols)
+         : t->dtype != spec->dtype ? (int32_t)offsetof(TensorEntry, dtype)
+         : t->size != spec->rows * spec->row_bytes ? (int32_t)offsetof(TensorEntry, size) : -1;
+}
+
+// Tensor entry `index`, checked as above; an entry that fails is read again once (a transient
+// read error passes the second time), then EXIT_BAD_TENSOR_ENTRY names the field.
+static void read_tensor_entry(uint32_t index, TensorEntry* t, const RoleSpec* spec) {
+    uint32_t tensors_offset = header.tables_offset + header.stage_count * (uint32_t)sizeof(StageEntry);
+    int32_t at = 0;
+    for (uint32_t attempt = 0; attempt < 2 && at >= 0; attempt++) {
+        if (attempt) trace_crc_retry(index);
+        flash_read(tensors_offset + index * (uint32_t)sizeof(TensorEntry), t, sizeof *t);
+        at = tensor_entry_problem(index, t, spec);
+    }
+    if (at >= 0) board_exit(EXIT_BAD_TENSOR_ENTRY, index, (uint32_t)at, *(const uint32_t*)(const void*)((const uint8_t*)t + at));
 }
 
 // The TensorEntry of the stage's tensor in `role` (a ROLE_* of its kind), checked against
-// the role's spec: a tensor of another shape or dtype would overrun the buffer it is about
-// to fill. Returns its index in the tensor table.
+// the role's spec. Returns its index in the tensor table.
 static uint32_t open_tensor(uint32_t stage, const StageEntry* s, uint32_t role, TensorEntry* t) {
     uint32_t index = s->tensors[role];   // read_stage: the plan's
-    read_tensor_entry(index, t);
-    const RoleSpec* spec = &ROLE_SPEC[s->kind][role];
-    uint32_t field = t->rows != spec->rows ? offsetof(TensorEntry, rows)
-                   : t->cols != spec->cols ? offsetof(TensorEntry, cols)
-                   : t->dtype != spec->dtype ? offsetof(TensorEntry, dtype)
-                   : t->size != spec->rows * spec->row_bytes ? offsetof(TensorEntry, size) : 0;
-    if (field) board_exit(EXIT_BAD_TENSOR_ENTRY, index, field, *(const uint32_t*)(const void*)((const uint8_t*)t + field));
+    read_tensor_entry(index, t, &ROLE_SPEC[s->kind][role]);
     (void)stage;
     return index;
 }
@@ -245,7 +257,7 @@ static void verify_weights(void) {
     for (uint32_t i = 0; i < TENSOR_COUNT; i++) {
         if (TENSOR_PLAN[i].resident_offset != NOT_RESIDENT || TENSOR_PLAN[i].psram_offset != NOT_RESIDENT) continue;
         TensorEntry t;
-        read_tensor_entry(i, &t);
+        read_tensor_entry(i, &t, 0);
         for (uint32_t attempt = 0; !crc_ok(attempt, i, &t, section_crc(t.offset, t.size)); attempt++) {
         }
     }
@@ -263,7 +275,7 @@ static void load_psram_tier(void) {
         const TensorPlan* p = &TENSOR_PLAN[i];
         if (p->psram_offset == NOT_RESIDENT) continue;
         TensorEntry t;
-        read_tensor_entry(i, &t);
+        read_tensor_entry(i, &t, 0);
         uint32_t tile = p->tile_rows * (t.size / t.rows);   // a full tile's bytes (rows of equal size)
         if (tile > BUF_WEIGHTS_BYTES || p->psram_tail > tile) {   // the image is not the plan's
             board_exit(EXIT_BAD_TENSOR_ENTRY, i, offsetof(TensorEntry, size), t.size);
@@ -291,7 +303,7 @@ static void load_resident(void) {
         uint32_t offset = TENSOR_PLAN[i].resident_offset;
         if (offset == NOT_RESIDENT) continue;
         TensorEntry t;
-        read_tensor_entry(i, &t);
+        read_tensor_entry(i, &t, 0);
         if (offset + t.size > BUF_RESIDENT_OFFSET + BUF_RESIDENT_BYTES) {   // the image is not the plan's
             board_exit(EXIT_BAD_TENSOR_ENTRY, i, offsetof(TensorEntry, size), t.size);
         }
