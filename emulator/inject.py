@@ -146,19 +146,14 @@ def describe(where: dict) -> str:
     return r
 
 
-# Bytes the firmware reads unchecked, and why a flip there cannot change a token id (after
-# boot for the token table, which boot checks whole); None: a byte whose reads are checked.
-def unchecked_why(where: dict, at_boot: bool) -> str | None:
+# Bytes the firmware reads without checking them, because it never uses them: a flip there
+# cannot change a token (docs/reliability.md). None: a byte whose reads are checked.
+def unchecked_why(where: dict) -> str | None:
     r, f = where["region"], where.get("field")
     if r == "tensor entry" and f == "name":
         return "a tensor's name, which the firmware never uses"
     if r == "stage entry" and f in ("flash_bytes_per_token", "macs"):
         return "a stage's report figures, which the firmware never uses"
-    if r == "token table" and not at_boot:
-        return ("the printed token's bytes, checked at boot only: the token ids are exact, its printed text may "
-                "differ" if f == "text" else
-                "a token's text offsets, checked at boot and bounds-checked as read: the token ids are exact, its "
-                "printed text may differ")
     return None
 
 
@@ -303,9 +298,8 @@ class Injector:
                 entry["handled"], entry["detail"] = "fault", error
             elif retried:
                 entry["handled"], entry["detail"] = "retried", f"failed its check, read again: {retried[0]}"
-            elif h.bus == "flash" and unchecked_why(h.where, h.position is None):
-                entry["handled"] = "unchecked"
-                entry["detail"] = "not checked: " + unchecked_why(h.where, h.position is None)
+            elif h.bus == "flash" and unchecked_why(h.where):
+                entry["handled"], entry["detail"] = "unchecked", "not checked: " + unchecked_why(h.where)
             else:
                 entry["handled"], entry["detail"] = "undetected", "no check failed"
             out.append(entry)

@@ -333,6 +333,7 @@ static void load_vector(uint32_t stage, const StageEntry* s, uint32_t role, floa
     flash_read(t.offset, dst, t.size);   // checked at boot
 #else
     for (uint32_t attempt = 0;; attempt++) {
+        if (attempt) open_tensor(stage, s, role, &t);   // read again, its entry too (its offset, its CRC)
         crc_begin();
         flash_read_crc(t.offset, dst, t.size);
         if (crc_ok(attempt, index, &t, crc_value())) break;
@@ -549,32 +550,38 @@ typedef struct {
 } Piece;
 
 // Row `row` of tensor `index`, in one or two pieces (int8: its scale, then its values), read
-// through the CRC unit and compared with its row CRC; read again once if they differ.
-static void read_row(uint32_t index, const TensorEntry* t, uint32_t row, const Piece* p, uint32_t n) {
+// through the CRC unit and compared with its row CRC: 1 when they match. A first mismatch
+// (attempt 0) tells the board and returns 0, and the caller reads the row again from its
+// tensor entry on; a second ends the run.
+static int read_row(uint32_t index, const TensorEntry* t, uint32_t row, const Piece* p, uint32_t n, uint32_t attempt) {
 #if RUNTIME_XIP
     (void)index;
     (void)t;
     (void)row;
+    (void)attempt;
     for (uint32_t k = 0; k < n; k++) {
         trace_xip(p[k].flash_addr, p[k].len);
         const uint8_t* src = flash_mapped() + p[k].flash_addr;
         for (uint32_t b = 0; b < p[k].len; b++) ((uint8_t*)p[k].dst)[b] = src[b];
     }
+    return 1;
 #else
-    for (uint32_t attempt = 0;; attempt++) {
-        uint32_t stored;
-        flash_read(t->row_crcs + row * (uint32_t)sizeof stored, &stored, sizeof stored);
-        crc_begin();
-        for (uint32_t k = 0; k < n; k++) flash_read_crc(p[k].flash_addr, p[k].dst, p[k].len);
-        uint32_t computed = crc_value();
-        if (computed == stored) return;
-        if (attempt) board_exit(EXIT_BAD_ROW_CRC, index, row, computed);
-        trace_crc_retry(index);
-    }
+    uint32_t stored;
+    flash_read(t->row_crcs + row * (uint32_t)sizeof stored, &stored, sizeof stored);
+    crc_begin();
+    for (uint32_t k = 0; k < n; k++) flash_read_crc(p[k].flash_addr, p[k].dst, p[k].len);
+    uint32_t computed = crc_value();
+    if (computed == stored) return 1;
+    if (attempt) board_exit(EXIT_BAD_ROW_CRC, index, row, computed);
+    trace_crc_retry(index);
+    return 0;
 #endif
 }
 
-static void embed_one(uint32_t i, const StageEntry* s, uint32_t token, uint32_t pos, uint32_t slot) {
+// x = wte[token] (dequantized) and h = wpe[pos] for one position: 0 when a row failed its
+// check the first time (attempt 0), to be read again from the tensor entries on (a flipped bit
+// in an entry's offset or row_crcs fails the row's check too).
+static int embed_rows(uint32_t i, const StageEntry* s, uint32_t token, uint32_t pos, uint32_t slot, uint32_t attempt) {
     float* x = X_(slot);
     TensorEntry wte, wpe;
     uint32_t wte_index = open_tensor(i, s, ROLE_EMBED_WTE, &wte);
@@ -595,7 +602,7 @@ static void embed_one(uint32_t i, const StageEntry* s, uint32_t token, uint32_t 
         for (uint32_t d = 0; d < N_EMBD; d++) q[d] = (int8_t)t[n * F32 + j * N_EMBD + d];
     } else {
         Piece row[2] = {{tile_offset + j * F32, &scale, F32}, {tile_offset + n * F32 + j * N_EMBD, q, N_EMBD}};
-        read_row(wte_index, &wte, token, row, 2);
+        if (!read_row(wte_index, &wte, token, row, 2, attempt)) return 0;
     }
     for (uint32_t d = 0; d < N_EMBD; d++) x[d] = (float)q[d] * scale;
 #else
@@ -604,12 +611,17 @@ static void embed_one(uint32_t i, const StageEntry* s, uint32_t token, uint32_t 
         for (uint32_t d = 0; d < N_EMBD; d++) x[d] = kept[(size_t)token * N_EMBD + d];
     } else {
         Piece row = {wte.offset + token * N_EMBD * F32, x, N_EMBD * F32};
-        read_row(wte_index, &wte, token, &row, 1);
+        if (!read_row(wte_index, &wte, token, &row, 1, attempt)) return 0;
     }
 #endif
     Piece row = {wpe.offset + pos * N_EMBD * F32, H_(slot), N_EMBD * F32};
-    read_row(wpe_index, &wpe, pos, &row, 1);
-    add_inplace(x, H_(slot), N_EMBD);
+    return read_row(wpe_index, &wpe, pos, &row, 1, attempt);
+}
+
+static void embed_one(uint32_t i, const StageEntry* s, uint32_t token, uint32_t pos, uint32_t slot) {
+    for (uint32_t attempt = 0; !embed_rows(i, s, token, pos, slot, attempt); attempt++) {
+    }
+    add_inplace(X_(slot), H_(slot), N_EMBD);
 }
 
 static void stage_embed(uint32_t i, const StageEntry* s, const Chunk* c) {
@@ -867,18 +879,42 @@ static uint32_t choose(void) {
 
 // The token table: (VOCAB_SIZE + 1) u32 offsets, then the bytes; token t is
 // bytes[off[t] .. off[t+1]). Read in small pieces: a token is rarely longer than 16 bytes.
+// The table's CRC is checked at boot, not at each token, so every piece is read twice and
+// compared: a transient read error makes them differ, and a third read settles which was
+// right (trace_crc_retry); three different reads end the run.
+#define TOKEN_PIECE 64u
+
+static int same_bytes(const uint8_t* a, const uint8_t* b, uint32_t n) {
+    for (uint32_t k = 0; k < n; k++) {
+        if (a[k] != b[k]) return 0;
+    }
+    return 1;
+}
+
+static void read_token_piece(uint32_t token, uint32_t offset, uint8_t* dst, uint32_t len) {
+    uint8_t again[TOKEN_PIECE], third[TOKEN_PIECE];
+    flash_read(offset, dst, len);
+    flash_read(offset, again, len);
+    if (same_bytes(dst, again, len)) return;
+    trace_crc_retry(CRC_RETRY_SECTION);
+    flash_read(offset, third, len);
+    if (same_bytes(dst, third, len)) return;
+    if (!same_bytes(again, third, len)) board_exit(EXIT_BAD_TOKEN_ENTRY, token, offset, offset + len);
+    for (uint32_t k = 0; k < len; k++) dst[k] = again[k];
+}
+
 static void print_token(uint32_t token) {
     uint32_t off[2];
-    flash_read(header.tokens_offset + token * 4u, off, sizeof off);
+    read_token_piece(token, header.tokens_offset + token * 4u, (uint8_t*)off, sizeof off);
     uint32_t bytes = header.tokens_offset + (VOCAB_SIZE + 1) * 4u;
     // inside this token table (check_image: tokens_size holds the offsets), in order
     if (off[0] > off[1] || off[1] > header.tokens_size - (VOCAB_SIZE + 1) * 4u) {
         board_exit(EXIT_BAD_TOKEN_ENTRY, token, off[0], off[1]);
     }
-    uint8_t chunk[64];
+    uint8_t chunk[TOKEN_PIECE];
     for (uint32_t p = off[0]; p < off[1];) {
         uint32_t n = off[1] - p < sizeof chunk ? off[1] - p : (uint32_t)sizeof chunk;
-        flash_read(bytes + p, chunk, n);
+        read_token_piece(token, bytes + p, chunk, n);
         uart_write(chunk, n);
         p += n;
     }
