@@ -70,18 +70,20 @@ static uint32_t dma_bound(uint32_t len) {
 // exit_code, the address and the length), then make its bytes visible to the CPU. A transfer
 // still BUSY after its bound never will be (a hung DMA, a part that stopped answering): the
 // run ends with EXIT_DMA_TIMEOUT (bus, address, length) instead of polling forever.
-static void transfer_wait(Transfer* t, volatile uint32_t* status_reg, uint32_t exit_code, uint32_t bus) {
+static void transfer_wait(Transfer* t, volatile uint32_t* status_reg, uint32_t exit_code) {
     if (!t->active) return;
     t->active = 0;
+    const uint32_t finished = FLASH_STATUS_DONE | FLASH_STATUS_ERROR;
     uint32_t status = *status_reg;
-    if (!(status & (FLASH_STATUS_DONE | FLASH_STATUS_ERROR))) {
+    if (!(status & finished)) status = *status_reg;
+    if (!(status & finished)) {   // a long wait (the usual one ends at the second poll): bound it
         uint32_t start = DWT_CYCCNT, bound = dma_bound(t->len);
         do {
             status = *status_reg;
-            if (DWT_CYCCNT - start > bound && !(status & (FLASH_STATUS_DONE | FLASH_STATUS_ERROR))) {
-                board_exit(EXIT_DMA_TIMEOUT, bus, t->addr, t->len);
+            if (!(status & finished) && DWT_CYCCNT - start > bound) {
+                board_exit(EXIT_DMA_TIMEOUT, exit_code == EXIT_FLASH_ERROR ? DMA_BUS_FLASH : DMA_BUS_PSRAM, t->addr, t->len);
             }
-        } while (!(status & (FLASH_STATUS_DONE | FLASH_STATUS_ERROR)));
+        } while (!(status & finished));
     }
     if (status & FLASH_STATUS_ERROR) board_exit(exit_code, status, t->addr, t->len);
     barrier();                        // the DMA's bytes are in RAM: nothing may read them earlier
@@ -93,7 +95,7 @@ static void transfer_wait(Transfer* t, volatile uint32_t* status_reg, uint32_t e
 
 static Transfer pending;
 
-void flash_wait(void) { transfer_wait(&pending, &FLASHCTL_STATUS, EXIT_FLASH_ERROR, DMA_BUS_FLASH); }
+void flash_wait(void) { transfer_wait(&pending, &FLASHCTL_STATUS, EXIT_FLASH_ERROR); }
 
 static void dma_start(uint32_t flash_addr, void* dst, uint32_t len) {
     if (len == 0) return;
@@ -172,7 +174,7 @@ uint32_t crc_value(void) {
 
 static Transfer psram_pending;
 
-void psram_wait(void) { transfer_wait(&psram_pending, &PSRAMCTL_STATUS, EXIT_PSRAM_ERROR, DMA_BUS_PSRAM); }
+void psram_wait(void) { transfer_wait(&psram_pending, &PSRAMCTL_STATUS, EXIT_PSRAM_ERROR); }
 
 static void psram_dma_start(uint32_t cmd, uint32_t psram_addr, uint32_t ram, uint32_t len) {
     psram_wait();
