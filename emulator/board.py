@@ -367,6 +367,8 @@ class Board:
         self.flash = SpiNorFlash(self._mmap, timing, size=capacity, chips=flash_chips)
         self._paint = None
         self.injector = None   # emulator/inject.py Injector: faults to inject into the next run
+        # what the PSRAM holds at an address, for reports (the plan knows: mcugpt/run.py sets it)
+        self.psram_label: Callable[[int], str] = lambda addr: "PSRAM"
         self.uc: Uc | None = None
         self._stage_at_stop: int | None = None
 
@@ -828,9 +830,9 @@ class Board:
         elif name == "DMA_TIMEOUT":
             bus = {v: k for k, v in mm.DMA_BUS.items()}.get(a0)
             if bus == "FLASH":
-                what = f"the flash DMA of {a2:,} bytes at 0x{a1:08x} ({inject.describe(inject.image_region(self.image, a1))}, {where})"
+                what = f"the flash DMA of {a2:,} bytes at 0x{a1:08x} ({inject.describe(inject.image_region(self.image, a1), field=False)}, {where})"
             else:
-                what = f"the PSRAM DMA of {a2:,} bytes at PSRAM 0x{a1:08x} ({where})"
+                what = f"the PSRAM DMA of {a2:,} bytes at PSRAM 0x{a1:08x} ({self.psram_label(a1)}, {where})"
             detail = (f"{what} never completed: STATUS stayed BUSY past the firmware's bound "
                       f"({DMA_TIMEOUT_MARGIN} times the transfer's expected time)")
         elif name == "PSRAM_ERROR":

@@ -128,19 +128,22 @@ def _field(struct, offset: int) -> str:
     return f"byte {offset}"
 
 
-def describe(where: dict) -> str:
-    """'h.0.mlp.c_fc.weight (weights)', 'tensor entry 5 (h.0.ln_1.bias), field name', ..."""
+def describe(where: dict, field: bool = True) -> str:
+    """What an image_region is, in words: "tensor 10 'h.0.mlp.c_fc.weight'", "the tensor entry of tensor 5
+    'h.0.ln_1.bias', field rows" (without the field with `field` False: a whole transfer), ... (a PSRAM
+    region is its label already)."""
     r = where["region"]
+    at = f", field {where.get('field')}" if field else ""
     if r == "weights":
         return f"tensor {where['tensor']} '{where['name']}'"
     if r == "tensor entry":
-        return f"the tensor entry of tensor {where['tensor']} '{where['name']}', field {where['field']}"
+        return f"the tensor entry of tensor {where['tensor']} '{where['name']}'{at}"
     if r == "stage entry":
-        return f"the entry of stage {where['stage']}, field {where['field']}"
+        return f"the entry of stage {where['stage']}{at}"
     if r == "row CRC table":
         return f"the row CRC of row {where['row']} of tensor {where['tensor']} '{where['name']}'"
     if r == "header":
-        return f"the image header, field {where['field']}"
+        return f"the image header{at}"
     if r == "token table":
         return f"the token table's {where['field']}"
     return r
@@ -206,10 +209,6 @@ class Injector:
         if self not in board.flash.faults:
             board.flash.faults.append(self)
 
-    def detach(self) -> None:
-        if self.board is not None and self in self.board.flash.faults:
-            self.board.flash.faults.remove(self)
-
     def _pick_blob_address(self, image) -> int:
         """A byte of a weight blob, every byte of the weights equally likely."""
         if image is None or not image.tensors:
@@ -259,7 +258,8 @@ class Injector:
         self.dma_transfers += 1
         for inj in self.injections:
             if inj.kind == "dma-hang" and self.dma_transfers == inj.n:
-                where = image_region(self.board.image, addr) if bus == "flash" else {"region": "PSRAM", "tensor": None}
+                where = (image_region(self.board.image, addr) if bus == "flash" else
+                         {"region": self.board.psram_label(addr), "tensor": None})
                 self._hit("dma-hang", inj, self.dma_transfers, addr, length, None, where, bus)
                 return True
         return False
@@ -272,7 +272,8 @@ class Injector:
                 at, bit = addr + self.rng.randrange(len(data)), self.rng.randrange(8)
                 out = bytearray(data if out is None else out)
                 out[at - addr] ^= 1 << bit
-                self._hit("psram-flip", inj, n, at, len(data), bit, {"region": "PSRAM", "tensor": None}, "psram")
+                self._hit("psram-flip", inj, n, at, len(data), bit, {"region": self.board.psram_label(at), "tensor": None},
+                          "psram")
         return data if out is None else bytes(out)
 
     # -- after the run -------------------------------------------------------------
@@ -290,7 +291,7 @@ class Injector:
             retried = retries[h.retries_before:nxt][:1]
             entry = {"fault": h.injection, "kind": h.kind, "bus": h.bus, "number": h.number,
                      "address": h.address, "length": h.length, "bit": h.bit,
-                     "what": describe(h.where) if h.bus == "flash" else "PSRAM",
+                     "what": describe(h.where, field=h.kind != "dma-hang"),
                      "tensor": h.where.get("tensor"),
                      "stage": None if h.stage is None else board.stage_label(h.stage),
                      "position": h.position, "device_s": h.ns * 1e-9}

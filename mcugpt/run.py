@@ -108,6 +108,7 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
                            timeline=trace is not None) as board:
         capture = StageCapture(board, build.plan, checked_position(len(prompt_tokens))) if check_stages else None
         injector = board.injector = injection.Injector(injections, inject_seed) if injections else None
+        board.psram_label = lambda addr: psram_label(build.plan, addr)
 
         def write_trace(result):
             timeline.write(trace, timeline.build(result, build.plan, image, len(prompt_tokens),
@@ -138,6 +139,21 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
     if check_stages:
         report["check_stages"] = compare_stages(build, capture, result.logits[0], prompt_tokens)
     return report
+
+
+def psram_label(plan: Plan, addr: int) -> str:
+    """What the PSRAM holds at `addr`: a KV cache row (its layer, keys or values, head and
+    position: runtime.c kv_row_offset), a tensor's part of the PSRAM tier, or nothing."""
+    kv = plan.kv
+    if kv.placement == "psram" and kv.row_bytes and addr < kv.bytes:
+        row, pos = divmod(addr // kv.row_bytes, plan.ctx)
+        rest, head = divmod(row, plan.model.n_head)
+        layer, values = divmod(rest, 2)
+        return f"the KV cache: layer {layer}'s {'values' if values else 'keys'}, head {head}, position {pos}"
+    for i, t in enumerate(plan.tensors):
+        if t.psram_offset is not None and t.psram_offset <= addr < t.psram_offset + t.psram_bytes:
+            return f"the PSRAM tier's part of tensor {i} '{t.name}'"
+    return "no data the plan puts there"
 
 
 def check_injections(build: Build, injections: list, seed: int) -> list:

@@ -225,6 +225,9 @@ def test_a_hung_dma_transfer_ends_the_run_after_its_bound_not_in_a_hang(builds, 
     assert "in stage" in error and "never completed" in error
     if bus == "flash":
         assert "tensor" in error
+    else:   # the command line knows the plan: it names the KV cache row
+        line = one_error_line(cli(build[0], "--inject", f"dma-hang@{n}", timeout=60))
+        assert "(the KV cache: layer " in line and ", head " in line and ", position " in line
     [hit] = injector.outcomes(result, error)
     waited = result.device_ns - hit["device_s"] * 1e9
     bound = dma_timeout_ns(get_board(board), length)
