@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from target import memory_map as mm
 from target.errors import McugptError
-from target.flash_layout import HEADER, NAME_LEN, STAGE_ENTRY, TENSOR_ENTRY
+from target.flash_layout import HEADER, STAGE_ENTRY, TENSOR_ENTRY
 
 KINDS = {
     "flash-flip": "one bit flipped in the data of one flash read (transient): @N the Nth read, :RATE each read "
