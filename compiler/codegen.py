@@ -13,6 +13,7 @@ import jinja2
 
 from target import flash_layout as fl
 from target import memory_map
+from target.boards import DMA_TIMEOUT_MARGIN, dma_timeout_cycles
 from target.stages import STAGE_KINDS, STAGE_MAX_TENSORS
 
 from .flash_image import row_read_tensors
@@ -77,7 +78,8 @@ def render_model_plan(plan: Plan, tensor_crcs: list[int]) -> str:
     row_crc_tables_bytes = fl.ROW_CRC_BYTES * sum(plan.tensors[i].rows for i in row_read_tensors(plan))
     return _env.get_template("model_plan.h.j2").render(
         plan=plan, model=plan.model, roles=role_specs(plan), not_resident=NOT_RESIDENT,
-        row_crc_tables_bytes=row_crc_tables_bytes, tensor_crcs=tensor_crcs)
+        row_crc_tables_bytes=row_crc_tables_bytes, tensor_crcs=tensor_crcs,
+        dma_timeout=dma_timeout_cycles(plan.profile), dma_margin=DMA_TIMEOUT_MARGIN)
 
 
 def render_memory_map() -> str:

@@ -40,7 +40,9 @@ from .config import GPTConfig
 from .partition import Stage
 
 F32 = 4
-TOKEN_OFFSETS_BYTES = 2 * 4  # where a token's bytes start and end in the token table: two u32
+# where a token's bytes start and end in the token table: two u32, read twice and compared
+# (runtime.c print_token: the table's CRC is checked at boot only)
+TOKEN_OFFSETS_BYTES = 2 * 2 * 4
 ALIGN = 32                 # Cortex-M7 cache line: buffers never share one
 STACK_RESERVE = 16 << 10   # measured stack use is compared against this at run time
 FIRMWARE_RESERVE = 16 << 10  # .data/.bss of the firmware outside the arena
@@ -214,7 +216,7 @@ class Totals:
     flash_bytes_per_token: int  # weights only: the stages' flash_bytes_per_token
     # what else a decoded token reads from flash: every stage's entry and the entries of the
     # tensors it opens (runtime.c read_stage, open_tensor), and the token table's two offsets
-    # of the token printed (print_token; then the token's own bytes, a few)
+    # of the token printed, twice (print_token; then the token's own bytes, a few, twice)
     table_bytes_per_token: int
     macs_per_token_at_ctx: int
 

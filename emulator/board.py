@@ -55,10 +55,11 @@ from unicorn import (
 from unicorn.arm_const import UC_ARM_REG_LR, UC_ARM_REG_PC, UC_ARM_REG_SP, UC_CPU_ARM_CORTEX_M7
 
 from emulator import dcache as dcache_model
-from emulator import gdb
+from emulator import gdb, inject
 from emulator.instruction_count import InstructionCounter, counter_mode
 from emulator.peripherals import (
     CpuClock,
+    CycleCounter,
     Faults,
     FlashController,
     PositionStats,
@@ -73,7 +74,7 @@ from emulator.peripherals import (
 from emulator.psram import Psram
 from emulator.spi_flash import SpiNorFlash
 from target import memory_map as mm
-from target.boards import DEFAULT_BOARD, DCache, flash_timing_of, get_board, psram_timing_of
+from target.boards import DEFAULT_BOARD, DMA_TIMEOUT_MARGIN, DCache, flash_timing_of, get_board, psram_timing_of
 from target.errors import McugptError
 from target.flash_layout import NO_LAYER, STAGE_ENTRY, TENSOR_ENTRY, read_image
 from target.flash_timing import get_preset as get_flash_preset
@@ -365,6 +366,9 @@ class Board:
                               f"board's {capacity:,} bytes of flash ({flash_chips} x {timing.name})")
         self.flash = SpiNorFlash(self._mmap, timing, size=capacity, chips=flash_chips)
         self._paint = None
+        self.injector = None   # emulator/inject.py Injector: faults to inject into the next run
+        # what the PSRAM holds at an address, for reports (the plan knows: mcugpt/run.py sets it)
+        self.psram_label: Callable[[int], str] = lambda addr: "PSRAM"
         self.uc: Uc | None = None
         self._stage_at_stop: int | None = None
 
@@ -507,7 +511,11 @@ class Board:
         self.trace = Trace(self.faults, self.flash, self.stage_label, vocab, psram=self.psram, clock=self.clock,
                            crc_ns=lambda: self.flashctl.crc_ns)
         self.sysctl = SysCtl(self.faults)
-        for p in (self.flashctl, self.psramctl, self.uart, self.trace, self.sysctl, self.scb):
+        self.dwt = CycleCounter(self.clock)
+        if self.injector is not None:
+            self.flashctl.injector = self.psramctl.injector = self.injector
+            self.injector.attach(self)
+        for p in (self.flashctl, self.psramctl, self.uart, self.trace, self.sysctl, self.scb, self.dwt):
             p.map(uc)
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_bad_access)
         uc.hook_add(UC_HOOK_MEM_PROT, self._on_bad_access)
@@ -819,6 +827,14 @@ class Board:
             bits = "|".join(n for n, b in mm.FLASH_STATUS.items() if a0 & b) or "0"
             why = flash_errors[-1] if flash_errors else f"ARG1 0x{a1:x}, ARG2 0x{a2:x}"
             detail = f"flash controller error (STATUS {bits}): {why}"
+        elif name == "DMA_TIMEOUT":
+            bus = {v: k for k, v in mm.DMA_BUS.items()}.get(a0)
+            if bus == "FLASH":
+                what = f"the flash DMA of {a2:,} bytes at 0x{a1:08x} ({inject.describe(inject.image_region(self.image, a1), field=False)}, {where})"
+            else:
+                what = f"the PSRAM DMA of {a2:,} bytes at PSRAM 0x{a1:08x} ({self.psram_label(a1)}, {where})"
+            detail = (f"{what} never completed: STATUS stayed BUSY past the firmware's bound "
+                      f"({DMA_TIMEOUT_MARGIN} times the transfer's expected time)")
         elif name == "PSRAM_ERROR":
             bits = "|".join(n for n, b in mm.FLASH_STATUS.items() if a0 & b) or "0"
             why = psram_errors[-1] if psram_errors else f"{a2:,} bytes at PSRAM 0x{a1:x}"

@@ -26,6 +26,7 @@ later, out of context); they record what happened and let the board report it.
 from __future__ import annotations
 
 import codecs
+import math
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -211,6 +212,18 @@ class DmaChannel:
     def in_flight(self) -> bool:
         return self._pending is not None
 
+    @property
+    def hung(self) -> bool:
+        """The transfer in flight will never complete (an injected fault: emulator/inject.py)."""
+        return self._pending is not None and self._pending[0] == math.inf
+
+    def hang(self) -> None:
+        """Make the transfer just started one that never completes: its bytes never land and
+        STATUS stays BUSY."""
+        self.hung_at_ns = self.clock.sync()
+        self.free_at_ns = math.inf
+        self._pending = (math.inf, None)
+
     def start(self, duration_ns: float, retire: Callable[[], None] | None = None) -> float:
         """Start a transfer of `duration_ns`; returns its end time."""
         now = self.clock.sync()
@@ -289,6 +302,7 @@ class _DmaPeripheral(Peripheral):
         self.steal_cycles_per_word = 0.0           # bus sharing (target/boards.py dma_steal_cycles_per_word)
         self.bus_cycles = 0.0                      # CPU cycles lost to this controller's transfers so far
         self.errors: list[str] = []
+        self.injector = None   # emulator/inject.py Injector: faults to inject (mcugpt run --inject)
 
     def write(self, uc, name, value):
         if name == "STATUS":   # write-1-to-clear
@@ -344,7 +358,19 @@ class _DmaPeripheral(Peripheral):
     # once (one more poll, not millions, whatever the transfer's length).
     SPIN_INSTRUCTIONS = 64
 
+    # A CPU spinning on a transfer that never completes: each spinning poll moves its clock on by
+    # the time waited so far (at least this), so a bound of D is reached in about log2(D / 1 us)
+    # polls, overshot by at most the time already waited.
+    HUNG_SPIN_NS = 1000.0
+
     def _status(self) -> int:
+        if self.dma.hung:
+            clock = self.clock
+            clock.sync()
+            if self._busy_at is not None and clock.instructions - self._busy_at <= self.SPIN_INSTRUCTIONS:
+                clock.stall_until(clock.now_ns + max(self.HUNG_SPIN_NS, clock.now_ns - self.dma.hung_at_ns), self.bus)
+            self._busy_at = clock.instructions
+            return BUSY
         if self.dma._pending is not None:
             clock = self.clock
             clock.sync()
@@ -361,6 +387,10 @@ class _DmaPeripheral(Peripheral):
     def _start(self, command: str, addr: int, length: int, duration_ns: float, retire=None) -> int:
         self._busy_at = None
         end = self.dma.start(duration_ns, retire)
+        if (self.injector is not None and command in ("READ", "WRITE")
+                and self.injector.dma_hangs(self.bus, command, addr, length)):
+            self.dma.hang()
+            return BUSY
         ram = self.regs.get("DST", self.regs.get("RAM", 0))   # the RAM end of the transfer
         if self.clock.events is not None:   # LEN is the data moved by READ, WRITE, PAGE_PROGRAM only
             moved = length if command in ("READ", "WRITE", "PAGE_PROGRAM") else 0
@@ -549,6 +579,8 @@ class PsramController(_DmaPeripheral):
         try:
             if name == "READ":
                 data = self.psram.read(addr, length)
+                if self.injector is not None:
+                    data = self.injector.psram_read(addr, data)
 
                 def retire():   # the DMA: one write, when it completes
                     uc.mem_write(ram, data)
@@ -866,6 +898,35 @@ class SysCtl(Peripheral):
             self.exit_code = value
             self.exit_args = (self.regs["ARG0"], self.regs["ARG1"], self.regs["ARG2"])
             uc.emu_stop()
+
+
+# ----------------------------------------------------------------------------
+# the core's cycle counter (DWT)
+
+
+class CycleCounter:
+    """The ARMv7-M DWT page (0xE0001000) as the firmware uses it: CYCCNT, the CPU's clock
+    cycles so far (stalls included: it counts time, as on silicon), modulo 2^32. It always
+    counts (the enables in DEMCR and DWT_CTRL are plain words here); other words read back
+    what was written."""
+
+    BASE, SIZE = mm.DWT_CTRL, 0x1000
+    CYCCNT = mm.DWT_CYCCNT - mm.DWT_CTRL
+
+    def __init__(self, clock: CpuClock):
+        self.clock = clock
+        self.words: dict[int, int] = {}
+
+    def map(self, uc) -> None:
+        uc.mmio_map(self.BASE, self.SIZE, self._read, None, self._write, None)
+
+    def _read(self, uc, offset, size, _ud) -> int:
+        if offset == self.CYCCNT:
+            return int(self.clock.sync() / self.clock.ns_per_cycle) & 0xFFFFFFFF
+        return self.words.get(offset, 0)
+
+    def _write(self, uc, offset, size, value, _ud) -> None:
+        self.words[offset] = value
 
 
 # ----------------------------------------------------------------------------

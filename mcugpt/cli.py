@@ -224,6 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the run's timeline on the board's simulated clock to FILE (Chrome/Perfetto "
                         "trace events: open it at ui.perfetto.dev): stages, flash and PSRAM transfers, the "
                         "CPU's waits (docs/timeline.md)")
+    u.add_argument("--inject", action="append", default=[], metavar="KIND[:RATE|@N]",
+                   help="inject a fault into the board (repeatable): flash-flip@N or :RATE (one bit flipped in "
+                        "the Nth flash read, or in each read with that probability), flash-stuck[@ADDR] (a bit "
+                        "stuck at a flash address; default: one the seed picks in a weight blob), flash-dead@N "
+                        "(from the Nth read on the flash returns 0xFF), dma-hang@N (the Nth DMA transfer never "
+                        "completes), psram-flip@N or :RATE; the summary says what each hit and how it was "
+                        "handled (retried, fault); a fault the build cannot detect is refused "
+                        "(docs/reliability.md)")
+    u.add_argument("--inject-seed", type=int, default=0, metavar="N",
+                   help="seed of the injected faults' random choices (bit, read, address), 0 .. 2^64-1 "
+                        "(default 0)")
     u.add_argument("--json", action="store_true", help="print one JSON object (no streaming text)")
 
     b = sub.add_parser("bench", help="GPT-2 on every board and dtype, beside the paper",
@@ -373,7 +384,8 @@ def cmd_run(a) -> None:
     try:
         report = run(build, prompt, a.tokens, sampling, ram=a.ram, flash=a.flash, on_text=None if a.json else stream,
                      check=a.check, timeout_s=a.timeout, chunk=a.prefill_chunk, on_position=on_position,
-                     check_stages=a.check_stages, trace=a.trace, gdb_port=gdb_port, on_gdb_wait=on_gdb_wait)
+                     check_stages=a.check_stages, trace=a.trace, gdb_port=gdb_port, on_gdb_wait=on_gdb_wait,
+                     inject=a.inject, inject_seed=a.inject_seed)
     finally:
         bar.close()
     if a.json:

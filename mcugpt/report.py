@@ -152,6 +152,10 @@ def run_summary(r: dict) -> str:
     if r["crc_retries"]:
         lines.append(f"CRC retries  {len(r['crc_retries'])} read(s) failed their CRC once and passed when read "
                      f"again (transient): {'; '.join(r['crc_retries'])}")
+    if "injected" in r:
+        from emulator.inject import summary
+        lines.append(f"injected     {len(r['injected'])} fault(s), seed {r['inject_seed']}:")
+        lines += [f"             {summary(h)}" for h in r["injected"]]
     if "check" in r:
         c = r["check"]
         verdict = "equal" if c["tokens_equal"] else f"DIFFERENT (reference {c['reference_tokens']})"

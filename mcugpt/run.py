@@ -25,6 +25,7 @@ from compiler.plan import Plan
 from compiler.reference import Reference, check_context, generate
 from compiler.sampler import Sampling, check_request
 from compiler.tokenizer import encode, load_tokenizer
+from emulator import inject as injection
 from emulator.board import Board, BoardFault, FirmwareError, RunResult
 from mcugpt import timeline
 from mcugpt.check_stages import StageCapture, checked_position
@@ -66,7 +67,8 @@ class Build:
 def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | None = None,
         flash: str | None = None, on_text=None, dump_logits: bool = False, check: bool = False,
         timeout_s: float | None = None, chunk: int | None = None, on_position=None,
-        check_stages: bool = False, trace=None, gdb_port: int | None = None, on_gdb_wait=None) -> dict:
+        check_stages: bool = False, trace=None, gdb_port: int | None = None, on_gdb_wait=None,
+        inject: list[str] = (), inject_seed: int = 0) -> dict:
     """Generate on the board the build was planned for: its SRAM (or `ram`, to map less), its
     flash part (or `flash`), its PSRAM. `chunk`: prompt positions per chunk, 1 .. the plan's
     prefill chunk (default: the plan's). `on_position(pos, n_prompt)`: each forward pass as it
@@ -75,8 +77,11 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
     (mcugpt/check_stages.py; the prompt then runs one position at a time). `trace`: a file to
     write the run's timeline to (mcugpt/timeline.py), named in the report. `gdb_port`: start
     halted, under a GDB server on that port (docs/debugging.md); `on_gdb_wait()` as it starts
-    waiting for GDB."""
+    waiting for GDB. `inject`: faults to inject (--inject values, emulator/inject.py), the
+    choices they leave to chance seeded by `inject_seed`; the report's `injected` says what
+    each hit and how the firmware handled it (docs/reliability.md)."""
     profile = build.plan.profile
+    injections = check_injections(build, [injection.parse(text) for text in inject], inject_seed)
     flash = profile.flash_option(flash).part
     check_request(sampling.temperature, sampling.top_k, n_new, sampling.seed)
     check_board_ram(build, ram)
@@ -106,6 +111,8 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
                            ram_bytes=ram, flash_preset=flash, xip=build.plan.runtime == "xip",
                            timeline=trace is not None) as board:
         capture = StageCapture(board, build.plan, checked_position(len(prompt_tokens))) if check_stages else None
+        injector = board.injector = injection.Injector(injections, inject_seed) if injections else None
+        board.psram_label = lambda addr: psram_label(build.plan, addr)
 
         def write_trace(result):
             timeline.write(trace, timeline.build(result, build.plan, image, len(prompt_tokens),
@@ -120,8 +127,14 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
             if trace is not None and e.result is not None:   # the timeline up to the fault: where it went wrong
                 write_trace(e.result)
                 e.args = (f"{e.args[0]} (timeline up to it: {trace})",)
+            if injector is not None:   # the injected fault that caused it, in the same line
+                cause = [h for h in injector.outcomes(e.result, e.args[0]) if h["handled"] == "fault"]
+                e.args = (f"{e.args[0]}; injected " + "; ".join(injection.cause(h) for h in cause),) if cause else e.args
             raise
+        injected = injector.outcomes(result) if injector is not None else None
     report = summarize(build, result, prompt, prompt_tokens, flash, chunk)
+    if injected is not None:
+        report["injected"], report["inject_seed"] = injected, inject_seed
     if trace is not None:
         write_trace(result)
         report["trace"] = str(trace)
@@ -130,6 +143,56 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
     if check_stages:
         report["check_stages"] = compare_stages(build, capture, result.logits[0], prompt_tokens)
     return report
+
+
+def psram_label(plan: Plan, addr: int) -> str:
+    """What the PSRAM holds at `addr`: a KV cache row (its layer, keys or values, head and
+    position: runtime.c kv_row_offset), a tensor's part of the PSRAM tier, or nothing."""
+    kv = plan.kv
+    if kv.placement == "psram" and kv.row_bytes and addr < kv.bytes:
+        row, pos = divmod(addr // kv.row_bytes, plan.ctx)
+        rest, head = divmod(row, plan.model.n_head)
+        layer, values = divmod(rest, 2)
+        return f"the KV cache: layer {layer}'s {'values' if values else 'keys'}, head {head}, position {pos}"
+    for i, t in enumerate(plan.tensors):
+        if t.psram_offset is not None and t.psram_offset <= addr < t.psram_offset + t.psram_bytes:
+            return f"the PSRAM tier's part of tensor {i} '{t.name}'"
+    return "no data the plan puts there"
+
+
+def check_injections(build: Build, injections: list, seed: int) -> list:
+    """The injections this build can detect, or a McugptError saying why one cannot be, and
+    what to do (docs/reliability.md, "Fault injection": which reads each build checks)."""
+    plan = build.plan
+    if not 0 <= seed < 1 << 64:
+        raise McugptError(f"--inject-seed {seed}: must be 0 .. 2^64-1")
+    for inj in injections:
+        flash = inj.kind.startswith("flash-")
+        if flash and plan.runtime == "xip":
+            raise McugptError(f"--inject {inj.text}: this XIP build reads its weights in place, checked only at "
+                              f"boot, so a flash fault after boot would go undetected; inject into a streaming "
+                              f"build (compile without --runtime xip)")
+        if inj.kind == "flash-flip" and plan.verify == "boot":
+            raise McugptError(f"--inject {inj.text}: this build checks its streamed weight tiles and vectors only "
+                              f"at boot (--verify boot: {plan.verify_why}), so a bit flipped in one read after boot "
+                              f"could change the tokens undetected; compile with --verify stream to check every "
+                              f"read (flash-stuck and flash-dead are detected in both modes)")
+        if inj.kind == "flash-stuck" and inj.n is not None:
+            size = (build.path / "flash.img").stat().st_size
+            if inj.n >= size:
+                raise McugptError(f"--inject {inj.text}: flash address 0x{inj.n:x} is past the {size:,}-byte image: "
+                                  f"nothing reads it")
+        if inj.kind == "psram-flip":
+            reads = [what for what, yes in (("the KV cache", plan.kv.placement == "psram"),
+                                            ("the PSRAM tier's tile tails", plan.psram_weight_bytes > 0)) if yes]
+            if not reads:
+                raise McugptError(f"--inject {inj.text}: this build reads nothing from PSRAM (its KV cache is in "
+                                  f"SRAM and it has no PSRAM tier)")
+            raise McugptError(f"--inject {inj.text}: this build does not check what it reads from PSRAM "
+                              f"({' and '.join(reads)} are written from checked data, then read back unchecked), "
+                              f"so a flipped bit would change the logits undetected; no build checks PSRAM reads "
+                              f"yet (docs/reliability.md)")
+    return injections
 
 
 def check_board_ram(build: Build, ram: int | None) -> None:

@@ -3,6 +3,7 @@
 #include <stdint.h>
 #include "hal.h"
 #include "memory_map.h"
+#include "model_plan.h"   // DMA_TIMEOUT_*: the bound of a DMA wait, from the board's parts
 
 // The flash controller's DMA writes RAM behind the compiler's back, and the board reads
 // the logits tile from RAM when told to. "dsb" waits for the core's own writes to land;
@@ -43,6 +44,8 @@ void hal_init(int argc, char** argv) {
     (void)argc;
     (void)argv;
     dcache_on = (SCB_CCR & SCB_CCR_DC) != 0;
+    DEMCR |= DEMCR_TRCENA;            // the cycle counter that bounds every DMA wait
+    DWT_CTRL |= DWT_CTRL_CYCCNTENA;
 }
 
 // ----------------------------------------------------------------------------
@@ -56,16 +59,33 @@ typedef struct {
     void* dst;                    // the RAM it writes, or 0 (a write to PSRAM)
 } Transfer;
 
+// The cycles a transfer of len bytes may take (model_plan.h: several times its expected time
+// on the board's slowest part), at most 2^31 so the counter's wrap cannot hide it.
+static uint32_t dma_bound(uint32_t len) {
+    uint64_t cycles = DMA_TIMEOUT_BASE_CYCLES + ((uint64_t)len * DMA_TIMEOUT_CYCLES_PER_KIB >> 10);
+    return cycles < 0x80000000u ? (uint32_t)cycles : 0x80000000u;
+}
+
 // Poll the controller's STATUS until the transfer in flight is DONE (ERROR ends the run with
-// exit_code, the address and the length), then make its bytes visible to the CPU.
+// exit_code, the address and the length), then make its bytes visible to the CPU. A transfer
+// still BUSY after its bound never will be (a hung DMA, a part that stopped answering): the
+// run ends with EXIT_DMA_TIMEOUT (bus, address, length) instead of polling forever.
 static void transfer_wait(Transfer* t, volatile uint32_t* status_reg, uint32_t exit_code) {
     if (!t->active) return;
     t->active = 0;
-    uint32_t status;
-    do {
-        status = *status_reg;
-        if (status & FLASH_STATUS_ERROR) board_exit(exit_code, status, t->addr, t->len);
-    } while (!(status & FLASH_STATUS_DONE));
+    const uint32_t finished = FLASH_STATUS_DONE | FLASH_STATUS_ERROR;
+    uint32_t status = *status_reg;
+    if (!(status & finished)) status = *status_reg;
+    if (!(status & finished)) {   // a long wait (the usual one ends at the second poll): bound it
+        uint32_t start = DWT_CYCCNT, bound = dma_bound(t->len);
+        do {
+            status = *status_reg;
+            if (!(status & finished) && DWT_CYCCNT - start > bound) {
+                board_exit(EXIT_DMA_TIMEOUT, exit_code == EXIT_FLASH_ERROR ? DMA_BUS_FLASH : DMA_BUS_PSRAM, t->addr, t->len);
+            }
+        } while (!(status & finished));
+    }
+    if (status & FLASH_STATUS_ERROR) board_exit(exit_code, status, t->addr, t->len);
     barrier();                        // the DMA's bytes are in RAM: nothing may read them earlier
     if (t->dst) dcache_invalidate(t->dst, t->len);
 }

@@ -182,39 +182,51 @@ static void read_stage(uint32_t i, StageEntry* s) {
     if (at >= 0) board_exit(EXIT_BAD_STAGE, i, (uint32_t)at, ((const uint32_t*)s)[at / 4]);
 }
 
-// Tensor entry `index`: its blob on a sector inside the image's weights, int8 in the plan's
-// tiles, its row CRC table (if any) inside the tables.
-static void read_tensor_entry(uint32_t index, TensorEntry* t) {
+// The first wrong field of tensor entry `index` (its byte offset), or -1: its blob must be on
+// a sector inside the image's weights, int8 in the plan's tiles, its row CRC table (if any)
+// inside the tables, and with a `spec`, of the role's shape and dtype (a tensor of another
+// shape would overrun the buffer it is about to fill).
+static int32_t tensor_entry_problem(uint32_t index, const TensorEntry* t, const RoleSpec* spec) {
     uint32_t tensors_offset = header.tables_offset + header.stage_count * (uint32_t)sizeof(StageEntry);
-    flash_read(tensors_offset + index * (uint32_t)sizeof(TensorEntry), t, sizeof *t);
     uint32_t weights_end = header.weights_offset + header.weights_size;
     uint32_t tables_end = header.tables_offset + header.tables_size;
     uint32_t tile_rows = t->dtype == DTYPE_INT8_TILED ? TENSOR_PLAN[index].tile_rows : 0;
     if (t->offset % IMAGE_SECTOR || t->offset < header.weights_offset || t->offset > weights_end ||
         t->size > weights_end - t->offset) {
-        board_exit(EXIT_BAD_TENSOR_ENTRY, index, offsetof(TensorEntry, offset), t->offset);
+        return (int32_t)offsetof(TensorEntry, offset);
     }
-    if (t->tile_rows != tile_rows) board_exit(EXIT_BAD_TENSOR_ENTRY, index, offsetof(TensorEntry, tile_rows), t->tile_rows);
+    if (t->tile_rows != tile_rows) return (int32_t)offsetof(TensorEntry, tile_rows);
     // weights edited and their CRCs sealed again pass every CRC check: they are another
     // model's, and only the CRC the build recorded tells them apart
-    if (t->crc != TENSOR_PLAN[index].crc) board_exit(EXIT_BAD_TENSOR_ENTRY, index, offsetof(TensorEntry, crc), t->crc);
+    if (t->crc != TENSOR_PLAN[index].crc) return (int32_t)offsetof(TensorEntry, crc);
     if (t->row_crcs && (t->row_crcs < tensors_offset || t->row_crcs > tables_end || t->rows > (tables_end - t->row_crcs) / 4u)) {
-        board_exit(EXIT_BAD_TENSOR_ENTRY, index, offsetof(TensorEntry, row_crcs), t->row_crcs);
+        return (int32_t)offsetof(TensorEntry, row_crcs);
     }
+    if (!spec) return -1;
+    return t->rows != spec->rows ? (int32_t)offsetof(TensorEntry, rows)
+         : t->cols != spec->cols ? (int32_t)offsetof(TensorEntry, cols)
+         : t->dtype != spec->dtype ? (int32_t)offsetof(TensorEntry, dtype)
+         : t->size != spec->rows * spec->row_bytes ? (int32_t)offsetof(TensorEntry, size) : -1;
+}
+
+// Tensor entry `index`, checked as above; an entry that fails is read again once (a transient
+// read error passes the second time), then EXIT_BAD_TENSOR_ENTRY names the field.
+static void read_tensor_entry(uint32_t index, TensorEntry* t, const RoleSpec* spec) {
+    uint32_t tensors_offset = header.tables_offset + header.stage_count * (uint32_t)sizeof(StageEntry);
+    int32_t at = 0;
+    for (uint32_t attempt = 0; attempt < 2 && at >= 0; attempt++) {
+        if (attempt) trace_crc_retry(index);
+        flash_read(tensors_offset + index * (uint32_t)sizeof(TensorEntry), t, sizeof *t);
+        at = tensor_entry_problem(index, t, spec);
+    }
+    if (at >= 0) board_exit(EXIT_BAD_TENSOR_ENTRY, index, (uint32_t)at, *(const uint32_t*)(const void*)((const uint8_t*)t + at));
 }
 
 // The TensorEntry of the stage's tensor in `role` (a ROLE_* of its kind), checked against
-// the role's spec: a tensor of another shape or dtype would overrun the buffer it is about
-// to fill. Returns its index in the tensor table.
+// the role's spec. Returns its index in the tensor table.
 static uint32_t open_tensor(uint32_t stage, const StageEntry* s, uint32_t role, TensorEntry* t) {
     uint32_t index = s->tensors[role];   // read_stage: the plan's
-    read_tensor_entry(index, t);
-    const RoleSpec* spec = &ROLE_SPEC[s->kind][role];
-    uint32_t field = t->rows != spec->rows ? offsetof(TensorEntry, rows)
-                   : t->cols != spec->cols ? offsetof(TensorEntry, cols)
-                   : t->dtype != spec->dtype ? offsetof(TensorEntry, dtype)
-                   : t->size != spec->rows * spec->row_bytes ? offsetof(TensorEntry, size) : 0;
-    if (field) board_exit(EXIT_BAD_TENSOR_ENTRY, index, field, *(const uint32_t*)(const void*)((const uint8_t*)t + field));
+    read_tensor_entry(index, t, &ROLE_SPEC[s->kind][role]);
     (void)stage;
     return index;
 }
@@ -249,7 +261,7 @@ static void verify_weights(void) {
     for (uint32_t i = 0; i < TENSOR_COUNT; i++) {
         if (TENSOR_PLAN[i].resident_offset != NOT_RESIDENT || TENSOR_PLAN[i].psram_offset != NOT_RESIDENT) continue;
         TensorEntry t;
-        read_tensor_entry(i, &t);
+        read_tensor_entry(i, &t, 0);
         for (uint32_t attempt = 0; !crc_ok(attempt, i, &t, section_crc(t.offset, t.size)); attempt++) {
         }
     }
@@ -267,7 +279,7 @@ static void load_psram_tier(void) {
         const TensorPlan* p = &TENSOR_PLAN[i];
         if (p->psram_offset == NOT_RESIDENT) continue;
         TensorEntry t;
-        read_tensor_entry(i, &t);
+        read_tensor_entry(i, &t, 0);
         uint32_t tile = p->tile_rows * (t.size / t.rows);   // a full tile's bytes (rows of equal size)
         if (tile > BUF_WEIGHTS_BYTES || p->psram_tail > tile) {   // the image is not the plan's
             board_exit(EXIT_BAD_TENSOR_ENTRY, i, offsetof(TensorEntry, size), t.size);
@@ -295,7 +307,7 @@ static void load_resident(void) {
         uint32_t offset = TENSOR_PLAN[i].resident_offset;
         if (offset == NOT_RESIDENT) continue;
         TensorEntry t;
-        read_tensor_entry(i, &t);
+        read_tensor_entry(i, &t, 0);
         if (offset + t.size > BUF_RESIDENT_OFFSET + BUF_RESIDENT_BYTES) {   // the image is not the plan's
             board_exit(EXIT_BAD_TENSOR_ENTRY, i, offsetof(TensorEntry, size), t.size);
         }
@@ -325,6 +337,7 @@ static void load_vector(uint32_t stage, const StageEntry* s, uint32_t role, floa
     flash_read(t.offset, dst, t.size);   // checked at boot
 #else
     for (uint32_t attempt = 0;; attempt++) {
+        if (attempt) open_tensor(stage, s, role, &t);   // read again, its entry too (its offset, its CRC)
         crc_begin();
         flash_read_crc(t.offset, dst, t.size);
         if (crc_ok(attempt, index, &t, crc_value())) break;
@@ -541,32 +554,38 @@ typedef struct {
 } Piece;
 
 // Row `row` of tensor `index`, in one or two pieces (int8: its scale, then its values), read
-// through the CRC unit and compared with its row CRC; read again once if they differ.
-static void read_row(uint32_t index, const TensorEntry* t, uint32_t row, const Piece* p, uint32_t n) {
+// through the CRC unit and compared with its row CRC: 1 when they match. A first mismatch
+// (attempt 0) tells the board and returns 0, and the caller reads the row again from its
+// tensor entry on; a second ends the run.
+static int read_row(uint32_t index, const TensorEntry* t, uint32_t row, const Piece* p, uint32_t n, uint32_t attempt) {
 #if RUNTIME_XIP
     (void)index;
     (void)t;
     (void)row;
+    (void)attempt;
     for (uint32_t k = 0; k < n; k++) {
         trace_xip(p[k].flash_addr, p[k].len);
         const uint8_t* src = flash_mapped() + p[k].flash_addr;
         for (uint32_t b = 0; b < p[k].len; b++) ((uint8_t*)p[k].dst)[b] = src[b];
     }
+    return 1;
 #else
-    for (uint32_t attempt = 0;; attempt++) {
-        uint32_t stored;
-        flash_read(t->row_crcs + row * (uint32_t)sizeof stored, &stored, sizeof stored);
-        crc_begin();
-        for (uint32_t k = 0; k < n; k++) flash_read_crc(p[k].flash_addr, p[k].dst, p[k].len);
-        uint32_t computed = crc_value();
-        if (computed == stored) return;
-        if (attempt) board_exit(EXIT_BAD_ROW_CRC, index, row, computed);
-        trace_crc_retry(index);
-    }
+    uint32_t stored;
+    flash_read(t->row_crcs + row * (uint32_t)sizeof stored, &stored, sizeof stored);
+    crc_begin();
+    for (uint32_t k = 0; k < n; k++) flash_read_crc(p[k].flash_addr, p[k].dst, p[k].len);
+    uint32_t computed = crc_value();
+    if (computed == stored) return 1;
+    if (attempt) board_exit(EXIT_BAD_ROW_CRC, index, row, computed);
+    trace_crc_retry(index);
+    return 0;
 #endif
 }
 
-static void embed_one(uint32_t i, const StageEntry* s, uint32_t token, uint32_t pos, uint32_t slot) {
+// x = wte[token] (dequantized) and h = wpe[pos] for one position: 0 when a row failed its
+// check the first time (attempt 0), to be read again from the tensor entries on (a flipped bit
+// in an entry's offset or row_crcs fails the row's check too).
+static int embed_rows(uint32_t i, const StageEntry* s, uint32_t token, uint32_t pos, uint32_t slot, uint32_t attempt) {
     float* x = X_(slot);
     TensorEntry wte, wpe;
     uint32_t wte_index = open_tensor(i, s, ROLE_EMBED_WTE, &wte);
@@ -587,7 +606,7 @@ static void embed_one(uint32_t i, const StageEntry* s, uint32_t token, uint32_t 
         for (uint32_t d = 0; d < N_EMBD; d++) q[d] = (int8_t)t[n * F32 + j * N_EMBD + d];
     } else {
         Piece row[2] = {{tile_offset + j * F32, &scale, F32}, {tile_offset + n * F32 + j * N_EMBD, q, N_EMBD}};
-        read_row(wte_index, &wte, token, row, 2);
+        if (!read_row(wte_index, &wte, token, row, 2, attempt)) return 0;
     }
     for (uint32_t d = 0; d < N_EMBD; d++) x[d] = (float)q[d] * scale;
 #else
@@ -596,12 +615,17 @@ static void embed_one(uint32_t i, const StageEntry* s, uint32_t token, uint32_t 
         for (uint32_t d = 0; d < N_EMBD; d++) x[d] = kept[(size_t)token * N_EMBD + d];
     } else {
         Piece row = {wte.offset + token * N_EMBD * F32, x, N_EMBD * F32};
-        read_row(wte_index, &wte, token, &row, 1);
+        if (!read_row(wte_index, &wte, token, &row, 1, attempt)) return 0;
     }
 #endif
     Piece row = {wpe.offset + pos * N_EMBD * F32, H_(slot), N_EMBD * F32};
-    read_row(wpe_index, &wpe, pos, &row, 1);
-    add_inplace(x, H_(slot), N_EMBD);
+    return read_row(wpe_index, &wpe, pos, &row, 1, attempt);
+}
+
+static void embed_one(uint32_t i, const StageEntry* s, uint32_t token, uint32_t pos, uint32_t slot) {
+    for (uint32_t attempt = 0; !embed_rows(i, s, token, pos, slot, attempt); attempt++) {
+    }
+    add_inplace(X_(slot), H_(slot), N_EMBD);
 }
 
 static void stage_embed(uint32_t i, const StageEntry* s, const Chunk* c) {
@@ -859,18 +883,42 @@ static uint32_t choose(void) {
 
 // The token table: (VOCAB_SIZE + 1) u32 offsets, then the bytes; token t is
 // bytes[off[t] .. off[t+1]). Read in small pieces: a token is rarely longer than 16 bytes.
+// The table's CRC is checked at boot, not at each token, so every piece is read twice and
+// compared: a transient read error makes them differ, and a third read settles which was
+// right (trace_crc_retry); three different reads end the run.
+#define TOKEN_PIECE 64u
+
+static int same_bytes(const uint8_t* a, const uint8_t* b, uint32_t n) {
+    for (uint32_t k = 0; k < n; k++) {
+        if (a[k] != b[k]) return 0;
+    }
+    return 1;
+}
+
+static void read_token_piece(uint32_t token, uint32_t offset, uint8_t* dst, uint32_t len) {
+    uint8_t again[TOKEN_PIECE], third[TOKEN_PIECE];
+    flash_read(offset, dst, len);
+    flash_read(offset, again, len);
+    if (same_bytes(dst, again, len)) return;
+    trace_crc_retry(CRC_RETRY_SECTION);
+    flash_read(offset, third, len);
+    if (same_bytes(dst, third, len)) return;
+    if (!same_bytes(again, third, len)) board_exit(EXIT_BAD_TOKEN_ENTRY, token, offset, offset + len);
+    for (uint32_t k = 0; k < len; k++) dst[k] = again[k];
+}
+
 static void print_token(uint32_t token) {
     uint32_t off[2];
-    flash_read(header.tokens_offset + token * 4u, off, sizeof off);
+    read_token_piece(token, header.tokens_offset + token * 4u, (uint8_t*)off, sizeof off);
     uint32_t bytes = header.tokens_offset + (VOCAB_SIZE + 1) * 4u;
     // inside this token table (check_image: tokens_size holds the offsets), in order
     if (off[0] > off[1] || off[1] > header.tokens_size - (VOCAB_SIZE + 1) * 4u) {
         board_exit(EXIT_BAD_TOKEN_ENTRY, token, off[0], off[1]);
     }
-    uint8_t chunk[64];
+    uint8_t chunk[TOKEN_PIECE];
     for (uint32_t p = off[0]; p < off[1];) {
         uint32_t n = off[1] - p < sizeof chunk ? off[1] - p : (uint32_t)sizeof chunk;
-        flash_read(bytes + p, chunk, n);
+        read_token_piece(token, bytes + p, chunk, n);
         uart_write(chunk, n);
         p += n;
     }

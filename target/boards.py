@@ -173,6 +173,39 @@ def psram_timing_of(m: ExternalMemory) -> psram_timing.PsramTiming:
     return psram_timing.at_clock(psram_timing.get_preset(m.part), m.clock_hz)
 
 
+# How long the firmware waits for one DMA transfer before it gives up (EXIT_DMA_TIMEOUT): the
+# transfer's expected time on the slowest of the board's flash options and its PSRAM, times
+# this margin. A healthy transfer never comes near it; a controller whose STATUS stays BUSY
+# (a hung DMA, a dead part) ends the run in a bounded time instead of a hang.
+DMA_TIMEOUT_MARGIN = 8
+
+
+def dma_timeout_cycles(profile: "BoardProfile") -> tuple[int, int]:
+    """(base, per KiB): the CPU cycles transfer_wait (runtime_c/hal_board.c) allows a transfer
+    of n bytes, base + n * per_kib / 1024, counted on the core's cycle counter (DWT CYCCNT).
+    base: the margin times the longest one-byte transfer, twice (a read across two flash
+    packages is two commands); per KiB: the margin times the slowest part's time per KiB."""
+    times = []   # (ns of a 1-byte transfer, ns per KiB beyond it)
+    for m in profile.flash:
+        t = flash_timing_of(m)
+        chip = t.capacity
+        one = flash_timing.read_time_ns(t, 1, device_size=chip)
+        times.append((one, flash_timing.read_time_ns(t, 1 + KiB, device_size=chip) - one))
+    if profile.psram:
+        t = psram_timing_of(profile.psram)
+        for write in (False, True):
+            one = psram_timing.transfer_time_ns(t, 1, write, worst_case=True)
+            times.append((one, psram_timing.transfer_time_ns(t, 1 + KiB, write, worst_case=True) - one))
+    cycles = lambda ns: int(-(-ns * profile.cpu_hz * DMA_TIMEOUT_MARGIN // 1e9))
+    return cycles(2 * max(b for b, _ in times)), cycles(max(k for _, k in times))
+
+
+def dma_timeout_ns(profile: "BoardProfile", length: int) -> float:
+    """The bound of dma_timeout_cycles for a transfer of `length` bytes, in ns."""
+    base, per_kib = dma_timeout_cycles(profile)
+    return (base + length * per_kib // KiB) * 1e9 / profile.cpu_hz
+
+
 # The STM32H7's CRC unit has no DMA request: the CPU, or a memory-to-memory DMA pass into
 # CRC_DR (ST AN4187), feeds it. mcugpt's firmware checks every blob it streams, so on these
 # boards each read's bytes take a second DMA pass through the unit after the read.

@@ -138,6 +138,17 @@ MAILBOX_MAX_PROMPT = (MAILBOX_SIZE - MAILBOX["PROMPT"]) // 4
 # this many candidates. The firmware build passes it to the C code as -DTOPK_MAX.
 TOPK_MAX = 128
 
+# The core's cycle counter (ARMv7-M Debug Watchpoint and Trace unit, the same on every M7):
+# the firmware bounds its wait for a DMA transfer with it (runtime_c/hal_board.c). DEMCR.TRCENA
+# powers the DWT, DWT_CTRL.CYCCNTENA starts the counter; CYCCNT counts CPU clock cycles, the
+# time the CPU stalls included, and wraps at 2^32.
+DEMCR = 0xE000EDFC
+DEMCR_TRCENA = 1 << 24
+DWT_CTRL = 0xE0001000
+DWT_CTRL_CYCCNTENA = 1 << 0
+DWT_CYCCNT = 0xE0001004
+DMA_BUS = {"FLASH": 1, "PSRAM": 2}   # EXIT_DMA_TIMEOUT's ARG0: which controller's transfer
+
 # Why the firmware stopped (SYSCTL.EXIT); ARG0..2 carry the numbers named here.
 EXIT_CODES = {
     "OK": (0, "finished"),
@@ -157,4 +168,5 @@ EXIT_CODES = {
     "BAD_ROW_CRC": (14, "a row read a row at a time failed its row CRC, read twice (ARG0: tensor index, ARG1: row, ARG2: computed)"),
     "BAD_TENSOR_ENTRY": (15, "tensor table entry differs from the firmware's plan or lies outside the image (ARG0: tensor index, ARG1: TensorEntry field offset, ARG2: value)"),
     "BAD_TOKEN_ENTRY": (16, "token table offsets out of order or past the table (ARG0: token, ARG1: start, ARG2: end)"),
+    "DMA_TIMEOUT": (17, "a DMA transfer did not complete within its bound (ARG0: bus, DMA_BUS_*, ARG1: flash or PSRAM address, ARG2: length)"),
 }

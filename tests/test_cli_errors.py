@@ -145,12 +145,13 @@ def test_a_context_the_psram_cannot_hold_blames_the_psram(tmp_path):
 def test_compile_predicts_the_flash_bytes_run_measures(tiny_build):
     """Per decoded token the firmware reads the weights the plan streams, and also every
     stage's entry, the entries of the tensors it opens and the token table; compile's figure
-    counts them all, so the board's measurement exceeds it only by the token's own bytes."""
+    counts them all, so the board's measurement exceeds it only by the token's own bytes (read
+    twice: the token table's CRC is checked at boot only)."""
     totals = tiny_build.plan.totals
     r = json.loads(mcugpt("run", "--build", tiny_build.out_dir, "--prompt", "Hello, my name is", "--tokens", "6",
                           "--json", check=True).stdout)
     planned = totals.flash_bytes_per_token + totals.table_bytes_per_token
-    assert 0 <= r["flash_bytes_per_token"] - planned <= len(r["text"].encode())
+    assert 0 <= r["flash_bytes_per_token"] - planned <= 2 * len(r["text"].encode())
     assert r["flash_bytes_per_token_plan"] == {"weights": totals.flash_bytes_per_token,
                                                "tables": totals.table_bytes_per_token}
 
