@@ -224,14 +224,10 @@ def failures(rep) -> str:
 
 
 def test_no_case_ends_in_a_traceback_a_hang_a_signal_or_a_different_answer(tmp_path):
-    """About two minutes on a 2-core machine; the slow test below is ten times larger."""
+    """About a minute on a 2-core machine. Larger campaigns are `make fuzz` and `mcugpt fuzz
+    --images N ...` (docs/reliability.md): ten times this size takes 5 to 11 minutes here,
+    too long for a suite that must stay under 15."""
     proc, rep = campaign(tmp_path, images=40, checkpoints=12, cli=36)
     assert {c: n["cases"] for c, n in rep["campaigns"].items()} == {"images": 40, "checkpoints": 12, "cli": 36}
     assert not rep["failures"], failures(rep)
     assert proc.returncode == 0
-
-
-@pytest.mark.slow
-def test_no_case_ends_badly_in_a_larger_campaign(tmp_path):
-    _, rep = campaign(tmp_path, images=400, checkpoints=120, cli=360, seed=1)
-    assert not rep["failures"], failures(rep)
