@@ -159,6 +159,7 @@ def test_a_transposed_matrix_in_the_image_fails_the_check(tiny, tiny_build, tok,
     # the writer's bug in a whole build: its image, and the firmware compiled with that image's
     # CRCs (as compile_model would), so only the comparison with the reference can tell
     buggy = _copy_build(out, tmp_path / "buggy")
+    (buggy / "flash.img").unlink()   # a file of its own, not the link to the shared build's image
     header = write_image(buggy / "flash.img", cfg, tiny_build.plan, tiny_build.stages, arrays,
                          token_bytes_table(tok, cfg.vocab_size))
     write_headers(buggy / "include", tiny_build.plan, header["tensor_crcs"])
