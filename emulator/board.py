@@ -804,6 +804,10 @@ class Board:
         elif name == "BAD_ROW_CRC":
             detail = (f"row {a1:,} of {self.tensor_label(a0)} {where} failed its row CRC32 twice, computed "
                       f"0x{a2:08x} (a persistent error: the flash image is corrupt)")
+        elif name == "BAD_TENSOR_ENTRY" and self._field_name(TENSOR_ENTRY, a1) == "crc":
+            detail = (f"{self.tensor_label(a0)} {where}: its blob's CRC32 in the image, 0x{a2:08x}, is not the one "
+                      f"this firmware was compiled with: the image is not this build's (its weights were "
+                      f"changed); recompile")
         elif name == "BAD_TENSOR_ENTRY":
             field = self._field_name(TENSOR_ENTRY, a1)
             detail = (f"{self.tensor_label(a0)} {where}: TensorEntry {field} = {a2:,} (0x{a2:x}) differs from "

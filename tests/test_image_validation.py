@@ -334,3 +334,4 @@ def test_the_firmware_refuses_weights_that_are_not_the_ones_it_was_built_with(bu
         board_run(build, tok)
     assert e.value.name == "BAD_TENSOR_ENTRY"
     assert e.value.exit_args == (10, TENSOR_ENTRY.offset_of("crc"), crc)
+    assert "is not the one this firmware was compiled with" in str(e.value)
