@@ -77,8 +77,9 @@ PREFILL_MAX = 16
 # baseline mcugpt is measured against (no tile buffers, no resident weights, no DMA).
 RUNTIMES = ("stream", "xip")
 # Where streamed weights live for the run: "flash-only", or "auto": the PSRAM the KV cache
-# leaves takes whole matrices, copied there (and CRC-checked) once at boot, and streamed from
-# it by its own DMA, which reads faster than the flash (compare plan.buses).
+# leaves takes the tail of every full weight tile, copied there (and CRC-checked) once at
+# boot, and read by the PSRAM's DMA while the flash's reads the rest of the tile
+# (_psram_tier; compare plan.buses).
 TIERS = ("auto", "flash-only")
 PSRAM_ALIGN = 4096
 # The int8 kernel takes rows four at a time (runtime_c/kernels_int8.c dot4_i8); a tile of a

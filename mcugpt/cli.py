@@ -149,9 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "read in place through the memory-mapped flash and the D-cache, as most MCU LLM "
                         "ports do (a baseline to compare against)")
     c.add_argument("--tiers", default="auto", choices=["auto", "flash-only"],
-                   help="auto (default): whole matrices in the PSRAM the KV cache leaves, copied there "
-                        "at boot and streamed by the PSRAM's DMA, which reads faster than the flash; "
-                        "flash-only: every streamed weight from the flash (to compare)")
+                   help="auto (default, with --verify boot): the tail of every weight tile in the PSRAM "
+                        "the KV cache leaves, copied there at boot and read by the PSRAM's DMA while the "
+                        "flash's reads the rest of the tile; flash-only: every streamed weight from the "
+                        "flash (to compare)")
     c.add_argument("--prefill", type=int, metavar="N",
                    help="prompt positions per chunk the plan holds activations for (default: the largest "
                         "up to 16 that fits beside the context; 1: one position at a time)")

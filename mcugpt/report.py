@@ -68,8 +68,8 @@ def plan_summary(plan) -> str:
         f"  resident   {size(res.bytes)} of weights kept in SRAM ({len(plan.resident_tensors)} "
         f"tensors; {res.stages_fully_resident} stages read no flash; --group {res.group})",
         f"  prefill    {plan.prefill_chunk} prompt positions per chunk ({plan.prefill_why})",
-        f"  PSRAM tier {size(plan.psram_weight_bytes)} of weights copied to PSRAM at boot and streamed from it "
-        f"(--tiers {plan.tiers})" if plan.psram_weight_bytes else f"  PSRAM tier none (--tiers {plan.tiers})",
+        f"  PSRAM tier {size(plan.psram_weight_bytes)} of weights: the tail of every full tile, copied to PSRAM at "
+        f"boot and read beside the flash's part (--tiers {plan.tiers})" if plan.psram_weight_bytes else f"  PSRAM tier none (--tiers {plan.tiers})",
         f"  weights    CRC-checked " + ("once at boot" if plan.verify == "boot" else "as they stream")
         + f" ({plan.verify_why})",
         f"  largest    stage {plan.largest_stage['name']}: {size(plan.largest_stage['ram_bytes'])} "
