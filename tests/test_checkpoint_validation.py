@@ -421,3 +421,18 @@ def test_a_sharded_bf16_checkpoint_compiles_and_runs_as_its_float32_values(tmp_p
                             "--json", "--check", check=True).stdout)
     expected = generate(Reference(cfg, truncated), tok.encode("Hello, my name is"), 5, Sampling()).tokens
     assert run["tokens"] == expected and run["check"]["tokens_equal"]
+
+
+def test_weights_that_overflow_float32_give_the_references_infinities_and_nans_quietly(tmp_path, tiny):
+    """A finite but huge bias (1e30, within the loader's range) overflows to infinity and then
+    NaN on the board, exactly as in the reference: `--check` calls that agreement (a NaN on
+    both sides agrees), and no numpy warning reaches stderr."""
+    cfg, w = tiny
+    w = dict(w, **{"h.0.ln_1.bias": np.full_like(w["h.0.ln_1.bias"], 1e30)})
+    folder = write_checkpoint(tmp_path / "ckpt", cfg, w)
+    mcugpt("compile", "--weights", folder, "--out", tmp_path / "build", check=True)
+    proc = mcugpt("run", "--build", tmp_path / "build", "--prompt", "Hello, my name is", "--tokens", "2",
+                  "--json", "--check")
+    assert proc.returncode == 0 and proc.stderr == ""
+    check = json.loads(proc.stdout)["check"]
+    assert check["tokens_equal"] and check["logits_identical"] and check["logits_max_abs_error"] == 0.0
