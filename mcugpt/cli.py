@@ -277,23 +277,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     z = sub.add_parser("fuzz", help="a seeded campaign of corrupt images, odd checkpoints and strange arguments",
                        description="Compile the tiny model once into DIR/build, then run seeded cases, each a "
-                                   "`mcugpt` command in a subprocess with a timeout: mutated flash images "
+                                   "`mcugpt` command in its own process with a timeout: mutated flash images "
                                    "(inspect and run), mutated checkpoint folders (reference, compile, run "
                                    "--check) and random options of every command. Each case ends as a clean "
                                    "error, a traceback, a hang, a signal, or exit 0 with the clean run's "
                                    "answer or another; prints a table per campaign and a reproducer per "
                                    "failing case, and exits 1 if any case failed (docs/reliability.md).")
     z.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the cases (default 0)")
-    z.add_argument("--images", type=int, default=40, metavar="N", help="mutated flash images (default 40)")
-    z.add_argument("--checkpoints", type=int, default=12, metavar="N",
-                   help="mutated checkpoint folders (default 12)")
-    z.add_argument("--cli", type=int, default=36, metavar="N", help="random command lines (default 36; the defaults are "
-                   "what CI runs, about 2 minutes on 2 cores)")
+    z.add_argument("--images", type=int, default=300, metavar="N", help="mutated flash images (default 300)")
+    z.add_argument("--checkpoints", type=int, default=50, metavar="N",
+                   help="mutated checkpoint folders (default 50)")
+    z.add_argument("--cli", type=int, default=100, metavar="N", help="random command lines (default 100; the defaults "
+                   "are what CI runs, about a minute on 2 cores)")
     z.add_argument("--only", action="append", metavar="CAMPAIGN:INDEX",
                    help="run only this case (repeatable), e.g. images:17, and keep its files in DIR/cases")
     z.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                    help="a command still running after this is a hang (default 60; fit's and bench's x3)")
     z.add_argument("--jobs", type=int, default=2, metavar="N", help="cases run at once (default 2)")
+    z.add_argument("--fresh", action="store_true",
+                   help="run each command as a fresh `python -m mcugpt.cli` instead of forking it from a server "
+                        "that has mcugpt loaded (about 2x slower; the same outcomes)")
     z.add_argument("--out", default="build/fuzz", metavar="DIR",
                    help="the tiny build, the checkpoint and the cases' files (default build/fuzz)")
     z.add_argument("--json", action="store_true", help="print the report as JSON: counts, failures, every case")

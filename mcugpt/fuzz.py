@@ -1,8 +1,10 @@
 """`mcugpt fuzz`: a seeded, bounded campaign against the commands a user runs.
 
 mcugpt's answer is worth nothing if a corrupt image, an odd checkpoint or a strange argument
-can change it silently or crash it. Each case here is a real command line,
-`python -m mcugpt.cli ...`, run as a subprocess with a timeout, and its outcome is one of:
+can change it silently or crash it. Each case here is a real command line, `mcugpt ...`, run
+in its own process with a timeout (forked from a server that has mcugpt loaded, so a case
+costs its own work rather than Python's start-up; `--fresh` starts each as
+`python -m mcugpt.cli ...` instead, with the same outcomes), and its outcome is one of:
 
     clean_error      exit 1 (2 for a usage error, 130 interrupted) and stderr exactly one line
                      `mcugpt: error: ...` (or `mcugpt: interrupted`)
@@ -109,13 +111,16 @@ def worst(outcomes: list[Outcome]) -> Outcome:
 
 
 def execute(args: list, cwd: Path, timeout: float) -> tuple[int | None, bytes, bytes, bool]:
-    """`python -m mcugpt.cli ARGS` in `cwd`, importing this checkout's mcugpt; its process
-    group is killed at the timeout (a compile's C compiler included)."""
+    """`mcugpt ARGS` in `cwd`: forked from the campaign's fork server when it runs one, else
+    `python -m mcugpt.cli ARGS` importing this checkout's mcugpt; its process group is killed
+    at the timeout (a compile's C compiler included)."""
+    if _stopping.is_set():
+        raise KeyboardInterrupt
+    if _server is not None:
+        return _server.execute(args, cwd, timeout, _server_io)
     path = [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
     # its own session: a Ctrl-C at the terminal reaches the campaign, which stops the cases
-    if _stopping.is_set():
-        raise KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-m", "mcugpt.cli", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     with _running_lock:
@@ -135,6 +140,8 @@ def execute(args: list, cwd: Path, timeout: float) -> tuple[int | None, bytes, b
 _running: set = set()          # the cases' processes now running, to stop on Ctrl-C
 _running_lock = threading.Lock()
 _stopping = threading.Event()  # set on Ctrl-C: a case's next command does not start
+_server = None                 # the campaign's ForkServer, while it runs one
+_server_io = None              # the folder its commands' stdout and stderr go through
 
 
 def _kill(proc) -> None:
@@ -149,6 +156,8 @@ def stop_all() -> None:
     with _running_lock:
         for proc in _running:
             _kill(proc)
+    if _server is not None:
+        _server.kill_all()
 
 
 def shown(args: list) -> str:
@@ -164,6 +173,182 @@ def shown(args: list) -> str:
         return "$'" + "".join(chr(b) if 0x20 <= b < 0x7F and b not in b"'\\" else f"\\x{b:02x}" for b in a) + "'"
     line = " ".join(["mcugpt", *map(quote, args)])
     return line if len(line) <= 300 else line[:300] + f"... ({len(line):,} characters)"
+
+
+# ----------------------------------------------------------------------------
+# a fork server: each case's command in its own process, without Python's start-up
+
+
+class ForkServer:
+    """One process that has imported mcugpt and run the clean build once (so the tokenizer and
+    the firmware's cycle table are loaded), and forks each command from there. A tiny `run` is
+    about 1.7 s as a fresh `python -m mcugpt.cli`, 1.3 s of it start-up (imports, the tokenizer's
+    merges, the cycle table); forked, a command costs its own work. Each command still runs in
+    its own process and session, so its crash, signal or hang is its own and is killed as a
+    process group (a compile's C compiler included)."""
+
+    def __init__(self, warm: list | None):
+        import multiprocessing
+        ctx = multiprocessing.get_context("spawn")     # a clean interpreter, not a copy of our threads
+        self.conn, there = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(there, [str(a) for a in warm or []]), daemon=True)
+        self.proc.start()
+        there.close()
+        self.send_lock, self.lock = threading.Lock(), threading.Lock()
+        self.waiting: dict[int, list] = {}            # request id -> [event, pid, status]
+        self.next_id = 0
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                rid, what, value = self.conn.recv()
+            except (EOFError, OSError):
+                with self.lock:     # the server is gone: every waiting command ends as killed
+                    for w in self.waiting.values():
+                        w[2] = w[2] if w[2] is not None else -signal.SIGKILL
+                        w[0].set()
+                return
+            with self.lock:
+                w = self.waiting[rid]
+            if what == "pid":
+                w[1] = value
+            else:
+                w[2] = value
+                w[0].set()
+
+    def execute(self, args: list, cwd: Path, timeout: float, io: Path) -> tuple[int | None, bytes, bytes, bool]:
+        with self.lock:
+            rid, self.next_id = self.next_id, self.next_id + 1
+            w = self.waiting[rid] = [threading.Event(), None, None]
+        out, err = io / f"{rid}.out", io / f"{rid}.err"
+        with self.send_lock:
+            self.conn.send((rid, [os.fsencode(a) if not isinstance(a, bytes) else a for a in args], str(cwd),
+                            str(out), str(err)))
+        timed_out = not w[0].wait(timeout)
+        if timed_out:
+            while w[1] is None and not w[0].is_set():   # forked but not yet reported
+                time.sleep(0.01)
+            if w[1] is not None:
+                _killpg(w[1])
+            w[0].wait()
+        with self.lock:
+            del self.waiting[rid]
+        status = w[2]
+        data = []
+        for path in (out, err):
+            try:
+                data.append(path.read_bytes())
+                path.unlink()
+            except OSError:
+                data.append(b"")
+        return (None if timed_out else status), data[0], data[1], timed_out
+
+    def kill_all(self) -> None:
+        with self.lock:
+            pids = [w[1] for w in self.waiting.values() if w[1] is not None]
+        for pid in pids:
+            _killpg(pid)
+
+    def close(self) -> None:
+        try:
+            with self.send_lock:
+                self.conn.send(None)    # (closing our end would not reach it while the reader waits on it)
+        except OSError:
+            pass
+        self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
+def _killpg(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):   # it ended meanwhile
+        pass
+
+
+def _serve(conn, warm: list) -> None:
+    """The server's loop: fork a child per request, report its pid and then its exit status
+    (negative: the signal that killed it), as `subprocess` would."""
+    import multiprocessing.connection
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the campaign's to handle
+    from tqdm import tqdm
+
+    from mcugpt import cli
+    # tqdm's default lock is a named semaphore the resource tracker would report as leaked
+    # (ours, or each child's); a command's bars are its process's own
+    tqdm.set_lock(threading.RLock())
+    if warm:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        saved = os.dup(1), os.dup(2)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        try:
+            cli.main(warm)
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+    children = {}                                     # pidfd -> (request id, pid)
+    while True:
+        ready = multiprocessing.connection.wait([conn, *children])
+        for r in ready:
+            if r is conn:
+                try:
+                    request = conn.recv()
+                except (EOFError, OSError):
+                    return
+                if request is None:
+                    return
+                rid, args, cwd, out, err = request
+                sys.stdout.flush()
+                sys.stderr.flush()
+                pid = os.fork()
+                if pid == 0:
+                    _child(args, cwd, out, err)
+                children[os.pidfd_open(pid)] = (rid, pid)
+                conn.send((rid, "pid", pid))
+            else:
+                rid, pid = children.pop(r)
+                os.close(r)
+                _, status = os.waitpid(pid, 0)
+                conn.send((rid, "exit", os.waitstatus_to_exitcode(status)))
+
+
+def _child(args: list, cwd: str, out: str, err: str) -> None:
+    """`mcugpt ARGS` in `cwd`, stdout and stderr to files, as a fresh process would run it."""
+    code = 1
+    try:
+        os.setsid()
+        fd = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(fd, 0)
+        for path, target in ((out, 1), (err, 2)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(fd, target)
+            os.close(fd)
+        os.chdir(cwd)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        from mcugpt import cli
+        code = cli.main([os.fsdecode(a) for a in args])
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if not isinstance(e.code, (int, type(None))):
+            print(e.code, file=sys.stderr)
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+        except BaseException:
+            pass
+        try:
+            sys.stderr.flush()
+        except BaseException:
+            pass
+        os._exit(code if isinstance(code, int) else 1)
 
 
 # ----------------------------------------------------------------------------
@@ -298,10 +483,11 @@ def prepare(ctx: Context, campaigns: set) -> None:
 
 
 def run_campaign(out: Path, seed: int, sizes: dict, timeout: float = 60.0, jobs: int = 2, only=None,
-                 progress=None) -> dict:
+                 progress=None, fork: bool = True) -> dict:
     """Run `sizes[campaign]` cases of each campaign (or the `only` [(campaign, index)] ones,
     keeping their files); return the report: counts per campaign and class, every failing
-    case with its reproducer."""
+    case with its reproducer. `fork`: the cases' commands fork from a fork server (the
+    campaign's clean build and run are fresh processes either way)."""
     t0 = time.time()
     ctx = Context(Path(out), seed, timeout)
     cases = only or [(c, i) for c in CAMPAIGNS for i in range(sizes.get(c, 0))]
@@ -326,6 +512,11 @@ def run_campaign(out: Path, seed: int, sizes: dict, timeout: float = 60.0, jobs:
                 progress(result, len(results), len(cases))
         return result
 
+    global _server, _server_io
+    if cases and fork:
+        _server_io = ctx.out / "io"
+        _server_io.mkdir(exist_ok=True)
+        _server = ForkServer(["run", "--build", ctx.build, "--prompt", PROMPT, "--tokens", "1", "--json"])
     pool = ThreadPoolExecutor(max_workers=jobs)
     try:
         for future in [pool.submit(one, case) for case in cases]:
@@ -334,6 +525,10 @@ def run_campaign(out: Path, seed: int, sizes: dict, timeout: float = 60.0, jobs:
         pool.shutdown(wait=False, cancel_futures=True)
         stop_all()
         raise
+    finally:
+        if _server is not None:
+            _server.close()
+            _server = None
     pool.shutdown()
     results.sort(key=lambda r: (CAMPAIGNS.index(r.campaign), r.index))
     return report(results, seed, {c: sum(1 for x, _ in cases if x == c) for c in CAMPAIGNS}, time.time() - t0,
@@ -909,7 +1104,7 @@ def main(a) -> None:
             print(f"fuzz: {done}/{total} cases{bad}", file=sys.stderr, flush=True)
 
     rep = run_campaign(Path(a.out), a.seed, {"images": a.images, "checkpoints": a.checkpoints, "cli": a.cli},
-                       timeout=a.timeout, jobs=a.jobs, only=only, progress=progress)
+                       timeout=a.timeout, jobs=a.jobs, only=only, progress=progress, fork=not a.fresh)
     if a.json:
         print(json.dumps(rep, indent=1))
     else:

@@ -3,10 +3,12 @@ editor that seals CRCs again, the cases' reproducibility, and the campaign itsel
 no case may end in a traceback, a hang, a signal or a silently different answer."""
 
 import json
+import os
 import shutil
 import struct
 import subprocess
 import sys
+import time
 import zlib
 
 import pytest
@@ -205,6 +207,35 @@ def test_only_runs_the_named_cases_again_and_keeps_their_files(tmp_path):
 
 
 # ----------------------------------------------------------------------------
+# the fork server: a command forked from it ends as the same command in a fresh process
+
+
+def test_a_forked_command_ends_exactly_as_a_fresh_process_would(tmp_path, image, tiny_build):
+    fresh = []
+    for args in (["inspect", image], ["inspect", tmp_path / "nowhere.img"], ["compile", "--ram", "lots"],
+                 ["inspect", "--json", b"\xff\xfe"], ["reference", "--model", "tiny", "--prompt", "Hi",
+                                                         "--tokens", "2", "--json"]):
+        fresh.append((args, fuzz.execute(args, tmp_path, 120)))
+    io = tmp_path / "io"
+    io.mkdir()
+    server = fuzz.ForkServer(None)
+    try:
+        for args, want in fresh:
+            got = server.execute(args, tmp_path, 120, io)
+            assert got == want, fuzz.shown(args)
+        assert {w[0] for _, w in fresh} == {0, 1, 2}
+        # a command still running at its timeout is killed (a board halted for a debugger)
+        t0 = time.time()
+        port = 20000 + os.getpid() % 20000
+        rc, out, err, timed_out = server.execute(["run", "--build", tiny_build.out_dir, "--prompt", "Hi",
+                                                  "--gdb", str(port)], tmp_path, 3, io)
+        assert (rc, timed_out) == (None, True) and time.time() - t0 < 30
+    finally:
+        server.close()
+    assert list(io.iterdir()) == []     # every command's output was read and removed
+
+
+# ----------------------------------------------------------------------------
 # the campaign
 
 
@@ -224,10 +255,9 @@ def failures(rep) -> str:
 
 
 def test_no_case_ends_in_a_traceback_a_hang_a_signal_or_a_different_answer(tmp_path):
-    """About a minute on a 2-core machine. Larger campaigns are `make fuzz` and `mcugpt fuzz
-    --images N ...` (docs/reliability.md): ten times this size takes 5 to 11 minutes here,
-    too long for a suite that must stay under 15."""
-    proc, rep = campaign(tmp_path, images=40, checkpoints=12, cli=36)
-    assert {c: n["cases"] for c, n in rep["campaigns"].items()} == {"images": 40, "checkpoints": 12, "cli": 36}
+    """`mcugpt fuzz`'s default size, about a minute on a 2-core machine. The long campaign is
+    `make fuzz` (docs/reliability.md)."""
+    proc, rep = campaign(tmp_path, images=300, checkpoints=50, cli=100)
+    assert {c: n["cases"] for c, n in rep["campaigns"].items()} == {"images": 300, "checkpoints": 50, "cli": 100}
     assert not rep["failures"], failures(rep)
     assert proc.returncode == 0
