@@ -17,7 +17,7 @@ from target.boards import DMA_TIMEOUT_MARGIN, dma_timeout_cycles
 from target.stages import STAGE_KINDS, STAGE_MAX_TENSORS
 
 from .flash_image import row_read_tensors
-from .plan import Plan
+from .plan import PSRAM_CHECK_BYTES, Plan
 
 _env = jinja2.Environment(loader=jinja2.PackageLoader("compiler", "templates"),
                           undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
@@ -79,7 +79,8 @@ def render_model_plan(plan: Plan, tensor_crcs: list[int]) -> str:
     return _env.get_template("model_plan.h.j2").render(
         plan=plan, model=plan.model, roles=role_specs(plan), not_resident=NOT_RESIDENT,
         row_crc_tables_bytes=row_crc_tables_bytes, tensor_crcs=tensor_crcs,
-        dma_timeout=dma_timeout_cycles(plan.profile), dma_margin=DMA_TIMEOUT_MARGIN)
+        dma_timeout=dma_timeout_cycles(plan.profile), dma_margin=DMA_TIMEOUT_MARGIN,
+        psram_check_bytes=PSRAM_CHECK_BYTES)
 
 
 def render_memory_map() -> str:

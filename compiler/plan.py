@@ -48,6 +48,16 @@ STACK_RESERVE = 16 << 10   # measured stack use is compared against this at run 
 FIRMWARE_RESERVE = 16 << 10  # .data/.bss of the firmware outside the arena
 DTYPES = ("fp32", "int8")
 KV_BLOCK_POSITIONS = 32    # with the KV cache in PSRAM: positions of one head read per DMA
+# Every KV row and every tier tail in the PSRAM is followed by a check word the firmware
+# computes when it writes them and verifies on every read (runtime.c psram_check): the PSRAM
+# has no ECC, and nothing else would notice a flipped bit in it.
+PSRAM_CHECK_BYTES = 4
+# What the tier planner assumes a tile costs the CPU, from our measurements on the emulated
+# STM32H7S78-DK (docs/measurements.md): a decoded token's cycles over its MACs (GPT-2 int8,
+# everything included; fp32 from the fp32 kernel), and checking a tier tail's bytes against
+# its check word (runtime.c psram_check: 2.3 cycles per word).
+CYCLES_PER_MAC = {"int8": 1.2, "fp32": 3.2}
+CHECK_CYCLES_PER_BYTE = 0.6
 # Weight tiles are double-buffered: the DMA fills one buffer while the CPU computes on the
 # other, so a stage's time approaches max(I/O, compute) instead of their sum.
 WEIGHT_BUFFERS = 2
@@ -56,7 +66,7 @@ GROUPING = ("auto", "none")
 # measurable (the per-command overhead of a 256 KiB read is ~0.01%), and the RAM is worth
 # more holding weights resident.
 TILE_TARGET = 256 << 10
-PLAN_FORMAT = 6
+PLAN_FORMAT = 7   # 7: KV rows and tier tails in the PSRAM carry a check word
 TCM_MODES = ("auto", "off")
 # The KV cache's keys and values: float32, or int8 per position and head with a float32 scale
 # (compiler/quantize.py quantize_vector; the reference dequantizes exactly as the firmware does).
@@ -140,8 +150,13 @@ class TensorPlan:
 
     @property
     def psram_bytes(self) -> int:
-        """What the PSRAM tier holds of it: the tail of each full tile, one after another."""
+        """The bytes of it the PSRAM tier holds: the tail of each full tile."""
         return self.rows // self.tile_rows * self.psram_tail if self.psram_offset is not None else 0
+
+    @property
+    def psram_span(self) -> int:
+        """Its part of the PSRAM: each full tile's tail then that tail's check word."""
+        return self.rows // self.tile_rows * (self.psram_tail + PSRAM_CHECK_BYTES) if self.psram_offset is not None else 0
 
     @property
     def rows(self) -> int:
@@ -176,15 +191,17 @@ class StagePlan:
     ram_bytes: int              # its working set: activations, params, weight tiles (not the KV cache)
 
 
-def kv_row_bytes(cfg: GPTConfig, kv_dtype: str) -> int:
+def kv_row_bytes(cfg: GPTConfig, kv_dtype: str, psram: bool = False) -> int:
     """One head's key (or value) at one position, as stored: head_dim floats, or int8 a
-    float32 scale then head_dim int8 values, padded to a word."""
-    return cfg.head_dim * F32 if kv_dtype == "fp32" else (F32 + cfg.head_dim + 3) // 4 * 4
+    float32 scale then head_dim int8 values, padded to a word; in the PSRAM, then its check
+    word."""
+    data = cfg.head_dim * F32 if kv_dtype == "fp32" else (F32 + cfg.head_dim + 3) // 4 * 4
+    return data + (PSRAM_CHECK_BYTES if psram else 0)
 
 
-def kv_token_bytes(cfg: GPTConfig, kv_dtype: str) -> int:
+def kv_token_bytes(cfg: GPTConfig, kv_dtype: str, psram: bool = False) -> int:
     """Keys and values of one position, every layer and head."""
-    return 2 * cfg.n_layer * cfg.n_head * kv_row_bytes(cfg, kv_dtype)
+    return 2 * cfg.n_layer * cfg.n_head * kv_row_bytes(cfg, kv_dtype, psram)
 
 
 @dataclass
@@ -278,6 +295,13 @@ class Plan:
     @property
     def resident_tensors(self) -> list[TensorPlan]:
         return sorted((t for t in self.tensors if t.resident), key=lambda t: t.resident_offset)
+
+    @property
+    def psram_used_bytes(self) -> int:
+        """The PSRAM the firmware addresses: the KV cache from address 0 (when there), then
+        the tier's parts."""
+        kv = self.kv.bytes if self.kv.placement == "psram" else 0
+        return max([kv] + [t.psram_offset + t.psram_span for t in self.tensors if t.psram_offset is not None])
 
     # -- serialization -----------------------------------------------------------
 
@@ -412,6 +436,10 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
         verify_why = f"--verify {verify}"
     if dtype not in DTYPES:
         raise McugptError(f"unknown --dtype '{dtype}' (known: {', '.join(DTYPES)})")
+    # with a PSRAM tier, a tile's tail arrives with its check word: the tile buffers hold one
+    # word past the tile
+    tier_slack = PSRAM_CHECK_BYTES if (tiers == "auto" and runtime == "stream" and verify == "boot"
+                                       and prof.psram is not None) else 0
     if group not in GROUPING:
         raise McugptError(f"unknown --group '{group}' (known: {', '.join(GROUPING)})")
     if ram is None:
@@ -454,7 +482,9 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
     head_row = head_matrix.row_bytes
     reserved = STACK_RESERVE + FIRMWARE_RESERVE
     block_bytes = lambda c: min(c, KV_BLOCK_POSITIONS) * cfg.head_dim * F32          # dequantized / fp32 rows
-    rows_bytes = lambda c, kvd: min(c, KV_BLOCK_POSITIONS) * kv_row_bytes(cfg, kvd)  # int8 rows as stored
+    # the rows as read from the PSRAM, check words included (fp32: read into the block itself,
+    # then packed; int8: a buffer of their own, then dequantized into the block)
+    rows_bytes = lambda c, kvd: min(c, KV_BLOCK_POSITIONS) * kv_row_bytes(cfg, kvd, psram=True)
 
     # prefill chunk: positions whose activations (and int8 inputs) the arena holds at once;
     # the context is planned with one, then the chunk takes what the context leaves
@@ -466,8 +496,8 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
     dtcm = prof.dtcm if tcm == "auto" else None
     tcm_tile = 0
     if dtcm is not None:
-        tcm_tile = (dtcm.bytes - _align(fixed["xq"]) - _align(block_bytes(cfg.n_ctx))
-                    - _align(rows_bytes(cfg.n_ctx, "int8"))) // WEIGHT_BUFFERS // ALIGN * ALIGN
+        tcm_tile = (dtcm.bytes - _align(fixed["xq"]) - _align(max(block_bytes(cfg.n_ctx), rows_bytes(cfg.n_ctx, "fp32")))
+                    - _align(rows_bytes(cfg.n_ctx, "int8"))) // WEIGHT_BUFFERS // ALIGN * ALIGN - tier_slack
     in_tcm = set(TCM_BUFFERS) if tcm_tile >= min_tile else set()
     size_of = lambda name: 0 if name == "wu" and chunk == 1 else fixed[name] * (chunk if name in per_position else 1)
     if tcm == "off":
@@ -485,7 +515,8 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
         """The KV cache's buffers: the cache itself when in SRAM; a block of one head's rows as
         floats (read from PSRAM, or dequantized from int8); int8 from PSRAM: the rows as stored."""
         return {"kv": c * kv_token_bytes(cfg, kvd) if kv_in_sram else 0,
-                "kv_block": block_bytes(c) if (not kv_in_sram or kvd == "int8") else 0,
+                "kv_block": (rows_bytes(c, kvd) if not kv_in_sram and kvd == "fp32" else block_bytes(c))
+                if (not kv_in_sram or kvd == "int8") else 0,
                 "kv_rows": rows_bytes(c, kvd) if (not kv_in_sram and kvd == "int8") else 0}
 
     def total(c, tile, kv_in_sram, kvd):
@@ -493,7 +524,7 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
         logits = (tile // head_row) * F32
         kv = sum(_align(b) for n, b in kv_sizes(c, kv_in_sram, kvd).items() if n not in in_tcm)
         return (reserved + sum(_align(size_of(n)) for n in fixed if n not in in_tcm) + _align(c * F32)
-                + (0 if in_tcm or runtime == "xip" else WEIGHT_BUFFERS * _align(tile)) + _align(logits) + kv)
+                + (0 if in_tcm or runtime == "xip" else WEIGHT_BUFFERS * _align(tile + tier_slack)) + _align(logits) + kv)
 
     def largest_ctx(kv_in_sram, cap, kvd):
         if cap < 1 or total(1, min_tile, kv_in_sram, kvd) > ram:
@@ -506,7 +537,7 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
 
     def context(kvd):
         """(context, KV cache in SRAM?) with keys and values in `kvd`; context 0 if none fits."""
-        psram_cap = prof.psram_bytes // kv_token_bytes(cfg, kvd)
+        psram_cap = prof.psram_bytes // kv_token_bytes(cfg, kvd, psram=True)
         if ctx is not None:
             in_sram = total(ctx, min_tile, True, kvd) <= ram or ctx > psram_cap
             return (ctx if total(ctx, min_tile, in_sram, kvd) <= ram else 0), in_sram
@@ -535,7 +566,7 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
     if got < 1:
         kvds = [kv_dtype] if kv_dtype != "auto" else ["fp32"] if dtype == "fp32" else ["fp32", "int8"]
         # where the cache could go: the SRAM, or the PSRAM when it holds this many positions
-        psram_cap = {d: prof.psram_bytes // kv_token_bytes(cfg, d) for d in kvds}
+        psram_cap = {d: prof.psram_bytes // kv_token_bytes(cfg, d, psram=True) for d in kvds}
         options = [(s, d) for d in kvds for s in (True, False) if s or (ctx or 1) <= psram_cap[d]]
         if ctx and prof.psram_bytes and all(ctx > psram_cap[d] for d in kvds) and any(
                 total(ctx, min_tile, False, d) <= ram for d in kvds):
@@ -544,8 +575,8 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
                           for d in kvds)
             d = kvds[-1]
             raise McugptError(
-                f"--ctx {ctx}: the KV cache would need {ctx * kv_token_bytes(cfg, d):,} bytes ({d}, "
-                f"{kv_token_bytes(cfg, d):,} per position), more than the {prof.name} board's {prof.psram_bytes:,} "
+                f"--ctx {ctx}: the KV cache would need {ctx * kv_token_bytes(cfg, d, psram=True):,} bytes ({d}, "
+                f"{kv_token_bytes(cfg, d, psram=True):,} per position, check words included), more than the {prof.name} board's {prof.psram_bytes:,} "
                 f"bytes of PSRAM hold (room for {psram_cap[d]} positions), and the SRAM budget of {ram:,} bytes "
                 f"cannot hold it either; the largest context that fits is {largest}"
                 + (" (--kv int8 holds more positions)" if d == "fp32" else ""))
@@ -555,7 +586,7 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
                 f" with a context of {ctx} tokens" if ctx else "") + f": the smallest budget that works"
             + ("" if ctx else " (context of 1 token)") + f" is {need:,} bytes")
     ctx = got
-    kv_token = kv_token_bytes(cfg, kvd)
+    kv_token = kv_token_bytes(cfg, kvd, psram=not kv_in_sram)
 
     # the prefill chunk: the largest that fits beside the context (more than one position's
     # int8 inputs leave the TCM to the tiles and the KV blocks)
@@ -593,7 +624,7 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
 
     # the arena: fixed offsets, in ARENA_ORDER
     sizes = {name: size_of(name) for name in fixed}
-    staged = tile if runtime == "stream" else 0
+    staged = tile + tier_slack if runtime == "stream" else 0
     sizes.update({"scores": ctx * F32, "weights": staged, "weights_next": staged if WEIGHT_BUFFERS == 2 else 0,
                   "logits": head_matrix.tile_rows * F32,
                   **kv_sizes(ctx, kv_in_sram, kvd),
@@ -613,13 +644,15 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
 
     # the PSRAM tier, in the PSRAM the KV cache leaves
     kv_end = 0 if kv_in_sram else -(-ctx * kv_token // PSRAM_ALIGN) * PSRAM_ALIGN
-    psram_tier = _psram_tier(prof, tensors, kv_end) if tiers == "auto" and runtime == "stream" and verify == "boot" else 0
+    psram_tier = (_psram_tier(prof, tensors, kv_end, dtype) if tiers == "auto" and runtime == "stream"
+                  and verify == "boot" else 0)
 
     stage_plans = [_stage_plan(s, k, cfg, dtype, ctx, kv_in_sram, kv_token, sizes, by_name)
                    for s, k in zip(stages, kinds)]
     largest = max(stage_plans, key=lambda r: r.ram_bytes)
-    row = kv_row_bytes(cfg, kvd)
-    int8_row = f"rows of {row} bytes: a float32 scale, then head_dim int8" if kvd == "int8" else ""
+    row = kv_row_bytes(cfg, kvd, psram=not kv_in_sram)
+    check = ", then a check word" if not kv_in_sram else ""
+    int8_row = f"rows of {row} bytes: a float32 scale, then head_dim int8{check}" if kvd == "int8" else ""
     if kv_in_sram and kvd == "fp32":
         kv = KvPlan("sram", ctx * kv_token, kv_token, next(b.offset for b in buffers if b.name == "kv"),
                     "keys [layer][position][n_embd], then values [layer][position][n_embd]", dtype=kvd,
@@ -628,7 +661,7 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
         where = "sram" if kv_in_sram else "psram"
         kv = KvPlan(where, ctx * kv_token, kv_token,
                     next(b.offset for b in buffers if b.name == "kv") if kv_in_sram else 0,
-                    "[layer][keys, values][head][position]" + (" " + int8_row if int8_row else "[head_dim]")
+                    "[layer][keys, values][head][position]" + (" " + int8_row if int8_row else f"[head_dim]{check}")
                     + (" from PSRAM address 0" if not kv_in_sram else ""),
                     block_positions=min(ctx, KV_BLOCK_POSITIONS), psram_bytes=prof.psram_bytes if not kv_in_sram else 0,
                     dtype=kvd, row_bytes=row, why=kv_why)
@@ -654,13 +687,16 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
     return plan
 
 
-def _psram_tier(prof: BoardProfile, tensors: list[TensorPlan], at: int) -> int:
+def _psram_tier(prof: BoardProfile, tensors: list[TensorPlan], at: int, dtype: str) -> int:
     """The same share of every full tile of every streamed matrix comes from the PSRAM: its
     last psram_tail bytes, read by the PSRAM's DMA while the flash's reads the rest of the tile
     (the two buses run at once), so a tile arrives in the longer of the two reads, not their
     sum. The share is what the PSRAM has room for, at most the buses' balance point (beyond
-    it the PSRAM would take longer than the flash). Whole matrices in the PSRAM would leave
-    the flash idle while they stream. Returns the bytes the tier holds."""
+    it the PSRAM would take longer than the flash) and at most the point where the flash's
+    part takes as long as the CPU's work on the tile, its tail's check included (beyond it
+    the tile waits for the CPU, not the flash: a compute-bound plan gets no tier). Whole
+    matrices in the PSRAM would leave the flash idle while they stream. Returns the bytes the
+    tier holds."""
     from target.boards import flash_timing_of, psram_timing_of
     from target.flash_timing import read_time_ns
     from target.psram_timing import transfer_time_ns
@@ -674,18 +710,24 @@ def _psram_tier(prof: BoardProfile, tensors: list[TensorPlan], at: int) -> int:
     tile = max(t.tile_rows * t.row_bytes for t in streamed)
     flash_rate = tile / read_time_ns(flash_timing_of(prof.flash[0]), tile, device_size=prof.flash_bytes)
     psram_rate = tile / transfer_time_ns(psram_timing_of(prof.psram), tile, False)
-    # each tensor's part starts on a page, and rounding each tile's split to a line may add 32 bytes
-    room = prof.psram_bytes - at - len(streamed) * PSRAM_ALIGN - 32 * sum(t.rows // t.tile_rows for t in streamed)
+    # each tensor's part starts on a page, and rounding each tile's split to a line may add 32
+    # bytes, besides each tail's check word
+    room = (prof.psram_bytes - at - len(streamed) * PSRAM_ALIGN
+            - (32 + PSRAM_CHECK_BYTES) * sum(t.rows // t.tile_rows for t in streamed))
     share = min(psram_rate / (flash_rate + psram_rate), room / total)
+    # flash(1 - s) = compute + check(s), per byte of tile, in ns
+    flash_ns, check_ns = 1 / flash_rate, CHECK_CYCLES_PER_BYTE * 1e9 / prof.cpu_hz
     held = 0
     for t in streamed:
         tile_bytes = t.tile_rows * t.row_bytes
+        compute_ns = t.tile_rows * t.cols * CYCLES_PER_MAC[dtype] * 1e9 / prof.cpu_hz / tile_bytes
+        s = min(share, (flash_ns - compute_ns) / (flash_ns + check_ns))
         # the flash's part a whole number of 32-byte lines: the two DMAs never share a D-cache line
-        tail = tile_bytes - int(tile_bytes * (1 - share)) // 32 * 32
-        if share <= 0 or tail <= 0:
+        tail = tile_bytes - int(tile_bytes * (1 - s)) // 32 * 32
+        if s <= 0 or tail <= 0:
             continue
         t.psram_offset, t.psram_tail = at, tail
-        at += -(-t.psram_bytes // PSRAM_ALIGN) * PSRAM_ALIGN
+        at += -(-t.psram_span // PSRAM_ALIGN) * PSRAM_ALIGN
         held += t.psram_bytes
     assert at <= prof.psram_bytes, (at, prof.psram_bytes)
     return held
@@ -708,10 +750,10 @@ def _buses(prof: BoardProfile, stage_plans, tile: int, runtime: str, kv: KvPlan,
         psram = psram_timing_of(prof.psram)
         kv_bytes = 0 if kv_in_sram else sum(s.kv_read_bytes + s.kv_write_bytes for s in stage_plans)
         block = max(kv.block_positions, 1) * kv.row_bytes
-        tail = max((t.psram_tail for t in tensors if t.psram_offset is not None), default=0)
-        seconds = (kv_bytes / block * transfer_time_ns(psram, block, False) if kv_bytes else 0.0) + (
-            psram_weights / tail * transfer_time_ns(psram, tail, False) if psram_weights else 0.0)
-        psram_bytes = kv_bytes + psram_weights
+        tier = [t for t in tensors if t.psram_offset is not None]   # a tile's tail and its check word per read
+        seconds = (kv_bytes / block * transfer_time_ns(psram, block, False) if kv_bytes else 0.0) + sum(
+            t.rows // t.tile_rows * transfer_time_ns(psram, t.psram_tail + PSRAM_CHECK_BYTES, False) for t in tier)
+        psram_bytes = kv_bytes + sum(t.psram_span for t in tier)
         out["psram"] = {"bytes_per_token": psram_bytes, "bytes_per_s": psram_bytes / seconds * 1e9,
                         "s_per_token": seconds * 1e-9, "weight_bytes_per_token": psram_weights}
     bound = max(b["s_per_token"] for b in out.values())

@@ -445,7 +445,9 @@ class Board:
 
     def _retry_label(self, what: int, stage: int | None, at_boot: bool) -> str:
         """'tensor 1 'wpe.weight' in stage 0 (embed)' for a TRACE.CRC_RETRY write."""
-        thing = "the header, tables or token table" if what == mm.CRC_RETRY_SECTION else self.tensor_label(what)
+        thing = {mm.CRC_RETRY_SECTION: "the header, tables or token table",
+                 mm.CRC_RETRY_KV: "KV cache rows read from PSRAM",
+                 mm.CRC_RETRY_TIER: "a tile's tail read from the PSRAM tier"}.get(what) or self.tensor_label(what)
         return f"{thing} {self._stage_text(stage, at_boot)}"
 
     def _stage_text(self, stage: int | None, at_boot: bool = False) -> str:
@@ -804,6 +806,15 @@ class Board:
         elif name == "BAD_ROW_CRC":
             detail = (f"row {a1:,} of {self.tensor_label(a0)} {where} failed its row CRC32 twice, computed "
                       f"0x{a2:08x} (a persistent error: the flash image is corrupt)")
+        elif name == "BAD_KV_ROW":
+            n_head = max(self.image.header["n_head"], 1) if self.image is not None else 1
+            layer, values = divmod(a0 // n_head, 2)
+            detail = (f"the KV cache's layer {layer} {'values' if values else 'keys'}, head {a0 % n_head}, position "
+                      f"{a1:,} {where} failed its PSRAM check word twice, computed 0x{a2:08x} (the PSRAM holds wrong bits, "
+                      f"or its reads keep failing)")
+        elif name == "BAD_TIER_TAIL":
+            detail = (f"the tail of tile {a1:,} of {self.tensor_label(a0)} {where}, read from the PSRAM tier, failed "
+                      f"its check word twice, computed 0x{a2:08x} (the PSRAM holds wrong bits, or its reads keep failing)")
         elif name == "BAD_TENSOR_ENTRY" and self._field_name(TENSOR_ENTRY, a1) == "crc":
             detail = (f"{self.tensor_label(a0)} {where}: its blob's CRC32 in the image, 0x{a2:08x}, is not the one "
                       f"this firmware was compiled with: the image is not this build's (its weights were "

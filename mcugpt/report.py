@@ -150,7 +150,7 @@ def run_summary(r: dict) -> str:
                                            f"{size(r['tcm']['bytes'])}" if r["tcm"]["bytes"] else ""),
     ]
     if r["crc_retries"]:
-        lines.append(f"CRC retries  {len(r['crc_retries'])} read(s) failed their CRC once and passed when read "
+        lines.append(f"CRC retries  {len(r['crc_retries'])} read(s) failed their CRC or PSRAM check word once and passed when read "
                      f"again (transient): {'; '.join(r['crc_retries'])}")
     if "injected" in r:
         from emulator.inject import summary

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from compiler.pipeline import load_build_source, load_model
-from compiler.plan import Plan
+from compiler.plan import PSRAM_CHECK_BYTES, Plan
 from compiler.reference import Reference, check_context, generate
 from compiler.sampler import Sampling, check_request
 from compiler.tokenizer import encode, load_tokenizer
@@ -147,16 +147,20 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
 
 def psram_label(plan: Plan, addr: int) -> str:
     """What the PSRAM holds at `addr`: a KV cache row (its layer, keys or values, head and
-    position: runtime.c kv_row_offset), a tensor's part of the PSRAM tier, or nothing."""
+    position: runtime.c kv_row_offset), a tensor's tile tail in the PSRAM tier, either's
+    check word, or nothing."""
     kv = plan.kv
     if kv.placement == "psram" and kv.row_bytes and addr < kv.bytes:
         row, pos = divmod(addr // kv.row_bytes, plan.ctx)
         rest, head = divmod(row, plan.model.n_head)
         layer, values = divmod(rest, 2)
-        return f"the KV cache: layer {layer}'s {'values' if values else 'keys'}, head {head}, position {pos}"
+        check = " (its check word)" if addr % kv.row_bytes >= kv.row_bytes - PSRAM_CHECK_BYTES else ""
+        return f"the KV cache: layer {layer}'s {'values' if values else 'keys'}, head {head}, position {pos}{check}"
     for i, t in enumerate(plan.tensors):
-        if t.psram_offset is not None and t.psram_offset <= addr < t.psram_offset + t.psram_bytes:
-            return f"the PSRAM tier's part of tensor {i} '{t.name}'"
+        if t.psram_offset is not None and t.psram_offset <= addr < t.psram_offset + t.psram_span:
+            tile, at = divmod(addr - t.psram_offset, t.psram_tail + PSRAM_CHECK_BYTES)
+            return (f"the PSRAM tier's tail of tile {tile} of tensor {i} '{t.name}'"
+                    + (" (its check word)" if at >= t.psram_tail else ""))
     return "no data the plan puts there"
 
 
@@ -182,16 +186,9 @@ def check_injections(build: Build, injections: list, seed: int) -> list:
             if inj.n >= size:
                 raise McugptError(f"--inject {inj.text}: flash address 0x{inj.n:x} is past the {size:,}-byte image: "
                                   f"nothing reads it")
-        if inj.kind == "psram-flip":
-            reads = [what for what, yes in (("the KV cache", plan.kv.placement == "psram"),
-                                            ("the PSRAM tier's tile tails", plan.psram_weight_bytes > 0)) if yes]
-            if not reads:
-                raise McugptError(f"--inject {inj.text}: this build reads nothing from PSRAM (its KV cache is in "
-                                  f"SRAM and it has no PSRAM tier)")
-            raise McugptError(f"--inject {inj.text}: this build does not check what it reads from PSRAM "
-                              f"({' and '.join(reads)} are written from checked data, then read back unchecked), "
-                              f"so a flipped bit would change the logits undetected; no build checks PSRAM reads "
-                              f"yet (docs/reliability.md)")
+        if inj.kind == "psram-flip" and plan.kv.placement != "psram" and not plan.psram_weight_bytes:
+            raise McugptError(f"--inject {inj.text}: this build reads nothing from PSRAM (its KV cache is in "
+                              f"SRAM and it has no PSRAM tier)")
     return injections
 
 

@@ -119,7 +119,7 @@ def build(result, plan, image, n_prompt: int, token_text=lambda t: None) -> dict
     events = result.timeline
     end = result.device_ns
     flash_names = _flash_regions(image)
-    tier = _Regions([(t.psram_offset, t.psram_offset + t.psram_bytes, t.name, t.index)
+    tier = _Regions([(t.psram_offset, t.psram_offset + t.psram_span, t.name, t.index)
                      for t in plan.tensors if t.psram_offset is not None])
     uses = [set(s.tensors.values()) for s in plan.stages]   # stage index -> its tensor indices
     positions = [e[1] for e in events if e[0] == "position"]

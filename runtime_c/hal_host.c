@@ -187,16 +187,13 @@ uint32_t crc_value(void) {
 }
 
 // ----------------------------------------------------------------------------
-// PSRAM: a static byte array as large as the plan's KV cache (none when it is in SRAM)
+// PSRAM: a static byte array as large as the PSRAM the plan addresses (the KV cache when it
+// is there, the tier's parts; none when it uses no PSRAM)
 
-#if KV_IN_SRAM
-#define HOST_PSRAM_BYTES 0u
-#else
-#define HOST_PSRAM_BYTES (2u * N_LAYER * N_CTX * N_EMBD * (uint32_t)sizeof(float))
-#endif
+#define HOST_PSRAM_BYTES PSRAM_PLAN_BYTES
 static uint8_t psram[HOST_PSRAM_BYTES > 0 ? HOST_PSRAM_BYTES : 1];
 
-static void psram_check(uint32_t psram_addr, uint32_t len) {
+static void psram_bounds(uint32_t psram_addr, uint32_t len) {
     if ((uint64_t)psram_addr + len > HOST_PSRAM_BYTES) {
         board_exit(EXIT_PSRAM_ERROR, FLASH_STATUS_ERROR | FLASH_STATUS_DONE, psram_addr, len);
     }
@@ -204,13 +201,13 @@ static void psram_check(uint32_t psram_addr, uint32_t len) {
 
 void psram_read(uint32_t psram_addr, void* dst, uint32_t len) {
     if (len == 0) return;
-    psram_check(psram_addr, len);
+    psram_bounds(psram_addr, len);
     memcpy(dst, psram + psram_addr, len);
 }
 
 void psram_write(uint32_t psram_addr, const void* src, uint32_t len) {
     if (len == 0) return;
-    psram_check(psram_addr, len);
+    psram_bounds(psram_addr, len);
     memcpy(psram + psram_addr, src, len);
 }
 

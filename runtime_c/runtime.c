@@ -94,8 +94,12 @@ _Static_assert(BUF_KV_ROWS_BYTES >= KV_BLOCK_POSITIONS * KV_ROW_BYTES, "kv_rows"
 #endif
 #elif KV_IN_SRAM
 _Static_assert(BUF_KV_BYTES >= 2u * N_LAYER * N_CTX * N_EMBD * F32, "kv");
-#else  // the cache is in PSRAM; the arena holds one block of one head's rows
-_Static_assert(KV_BLOCK_POSITIONS >= 1 && BUF_KV_BLOCK_BYTES >= KV_BLOCK_POSITIONS * HEAD_DIM * F32, "kv_block");
+#else  // the cache is in PSRAM; the arena holds one block of one head's rows, check words included
+_Static_assert(KV_BLOCK_POSITIONS >= 1 && BUF_KV_BLOCK_BYTES >= KV_BLOCK_POSITIONS * KV_ROW_BYTES, "kv_block");
+_Static_assert(KV_ROW_BYTES == HEAD_DIM * F32 + PSRAM_CHECK_BYTES, "fp32 KV row in PSRAM");
+#endif
+#if !KV_IN_SRAM
+_Static_assert(PSRAM_CHECK_BYTES == 4 && KV_ROW_BYTES % 4 == 0, "a KV row in PSRAM ends in its check word");
 #endif
 // (The weight tiles and the head's logits fit their buffers: compiler/codegen.py checks
 // every tensor's tile rows before it renders TENSOR_PLAN_TABLE.)
@@ -268,11 +272,43 @@ static void verify_weights(void) {
 #endif
 }
 
+// The PSRAM's check words. The PSRAM has no ECC and nothing on its bus would notice a
+// flipped bit, so each KV row and each tier tail stored there is followed by a check word
+// the CPU computes as it writes them and verifies on every read: FNV-1a over 32-bit words in
+// four lanes, seeded with the PSRAM address (a row read from the wrong address fails too). An error
+// confined to one word always changes it (xor, then a multiply by an odd number: both
+// one-to-one), and it costs a load, an xor and a multiply a word (the CRC unit sits on the
+// flash's DMA; docs/reliability.md gives the cost per token).
+#define FNV_PRIME 16777619u
+static inline uint32_t psram_check(const void* p, uint32_t bytes, uint32_t psram_addr) {
+    const uint32_t* w = (const uint32_t*)p;
+    uint32_t n = bytes / 4u, whole = n & ~3u, k = 0;
+    // four lanes (words 4i, 4i+1, ...): four independent multiply chains keep the multiplier busy
+    uint32_t h0 = 2166136261u ^ psram_addr, h1 = h0 + 1u, h2 = h0 + 2u, h3 = h0 + 3u;
+    for (; k < whole; k += 4u) {
+        h0 = (h0 ^ w[k]) * FNV_PRIME;
+        h1 = (h1 ^ w[k + 1u]) * FNV_PRIME;
+        h2 = (h2 ^ w[k + 2u]) * FNV_PRIME;
+        h3 = (h3 ^ w[k + 3u]) * FNV_PRIME;
+    }
+    for (; k < n; k++) h0 = (h0 ^ w[k]) * FNV_PRIME;
+    return (((h0 * FNV_PRIME ^ h1) * FNV_PRIME ^ h2) * FNV_PRIME ^ h3) * FNV_PRIME;
+}
+
+static inline uint32_t load_u32(const uint8_t* p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static inline void store_u32(uint8_t* p, uint32_t v) {
+    for (uint32_t k = 0; k < 4; k++) p[k] = (uint8_t)(v >> (8 * k));
+}
+
 // The PSRAM tier: the tail of each full tile of its tensors copied from flash to the PSRAM
 // once at boot. The whole blob streams through a weight tile buffer and the CRC unit a tile
 // at a time (checked here, not again), and each tile's tail goes to the PSRAM from that
-// buffer, so the PSRAM holds the bytes the CRC saw. matrix_fetch then reads each tile's tail
-// from the PSRAM while the flash delivers the rest.
+// buffer, so the PSRAM holds the bytes the CRC saw, each tail followed by its check word
+// (the tile buffers have room for it past the tile). matrix_fetch then reads each tile's
+// tail from the PSRAM while the flash delivers the rest.
 static void load_psram_tier(void) {
 #if !RUNTIME_XIP
     for (uint32_t i = 0; i < TENSOR_COUNT; i++) {
@@ -281,7 +317,7 @@ static void load_psram_tier(void) {
         TensorEntry t;
         read_tensor_entry(i, &t, 0);
         uint32_t tile = p->tile_rows * (t.size / t.rows);   // a full tile's bytes (rows of equal size)
-        if (tile > BUF_WEIGHTS_BYTES || p->psram_tail > tile) {   // the image is not the plan's
+        if (tile + PSRAM_CHECK_BYTES > BUF_WEIGHTS_BYTES || p->psram_tail > tile || p->psram_tail % 4u) {   // not the plan's
             board_exit(EXIT_BAD_TENSOR_ENTRY, i, offsetof(TensorEntry, size), t.size);
         }
         for (uint32_t attempt = 0;; attempt++) {
@@ -290,9 +326,11 @@ static void load_psram_tier(void) {
             for (uint32_t done = 0; done < t.size;) {
                 uint32_t n = t.size - done < tile ? t.size - done : tile;
                 flash_read_crc(t.offset + done, BUF(WEIGHTS), n);
-                if (n == tile) {   // a full tile: its tail to the PSRAM
-                    psram_write(to, (const uint8_t*)BUF(WEIGHTS) + tile - p->psram_tail, p->psram_tail);
-                    to += p->psram_tail;
+                if (n == tile) {   // a full tile: its tail and the tail's check word to the PSRAM
+                    uint8_t* tail = (uint8_t*)BUF(WEIGHTS) + tile - p->psram_tail;
+                    store_u32(tail + p->psram_tail, psram_check(tail, p->psram_tail, to));
+                    psram_write(to, tail, p->psram_tail + PSRAM_CHECK_BYTES);
+                    to += p->psram_tail + PSRAM_CHECK_BYTES;
                 }
                 done += n;
             }
@@ -381,15 +419,24 @@ static uint32_t tile_rows_from(const MatrixStream* m, uint32_t row) {
 }
 
 // Start the DMA of the tile that begins at `row` into m->spare (nothing past the last row).
-// A full tile of a tensor in the PSRAM tier comes in two reads at once: its tail from the
-// PSRAM, the rest from the flash, each by its own DMA (both checked at boot).
+// A full tile of a tensor in the PSRAM tier comes in two reads at once: its tail (and the
+// tail's check word, just past the tile) from the PSRAM, the rest from the flash, each by its
+// own DMA (the flash's bytes checked at boot, the tail on arrival: tier_tail_check).
+static int tier_tile(const MatrixStream* m, uint32_t row) {
+    return TENSOR_PLAN[m->index].psram_offset != NOT_RESIDENT && m->t.rows - row >= m->tile_rows;
+}
+
+static uint32_t tier_tail_addr(const MatrixStream* m, uint32_t row) {
+    const TensorPlan* p = &TENSOR_PLAN[m->index];
+    return p->psram_offset + row / m->tile_rows * (p->psram_tail + PSRAM_CHECK_BYTES);
+}
+
 static void matrix_fetch(MatrixStream* m, uint32_t row) {
     if (row >= m->t.rows) return;
     uint32_t bytes = tile_rows_from(m, row) * m->row_bytes;
-    const TensorPlan* p = &TENSOR_PLAN[m->index];
-    if (p->psram_offset != NOT_RESIDENT && bytes == m->tile_rows * m->row_bytes) {
-        uint32_t tail = p->psram_tail, tile = row / m->tile_rows;
-        psram_read_start(p->psram_offset + tile * tail, (uint8_t*)m->spare + bytes - tail, tail);
+    if (tier_tile(m, row)) {
+        uint32_t tail = TENSOR_PLAN[m->index].psram_tail;
+        psram_read_start(tier_tail_addr(m, row), (uint8_t*)m->spare + bytes - tail, tail + PSRAM_CHECK_BYTES);
         bytes -= tail;
         if (bytes == 0) return;
     }
@@ -427,6 +474,22 @@ static void matrix_open(MatrixStream* m, uint32_t stage, const StageEntry* s, ui
 #endif
 }
 
+// The tile at m->row has landed in m->buf: when its tail came from the PSRAM, check it
+// against its check word, and read it again once if it fails (a transient error); a second
+// failure stops the run naming the tensor and the tile.
+static void tier_tail_check(MatrixStream* m) {
+    if (!tier_tile(m, m->row)) return;
+    uint32_t tail = TENSOR_PLAN[m->index].psram_tail, at = tier_tail_addr(m, m->row);
+    uint8_t* p = (uint8_t*)m->buf + m->tile_rows * m->row_bytes - tail;
+    for (uint32_t attempt = 0;; attempt++) {
+        uint32_t computed = psram_check(p, tail, at);
+        if (computed == load_u32(p + tail)) return;
+        if (attempt) board_exit(EXIT_BAD_TIER_TAIL, m->index, m->row / m->tile_rows, computed);
+        trace_crc_retry(CRC_RETRY_TIER);
+        psram_read(at, p, tail + PSRAM_CHECK_BYTES);
+    }
+}
+
 static int matrix_next_tile(MatrixStream* m) {
     m->row += m->n;
     if (m->row >= m->t.rows) return 0;
@@ -450,6 +513,7 @@ static int matrix_next_tile(MatrixStream* m) {
     flash_wait();
     psram_wait();
 #endif
+    tier_tail_check(m);
     return 1;
 }
 
@@ -659,9 +723,10 @@ static void stage_attn_qkv(uint32_t i, const StageEntry* s, const Chunk* c) {
 
 #if !KV_IN_SRAM || KV_INT8
 // The KV cache as rows: [layer][keys, values][head][position] rows of KV_ROW_BYTES (fp32:
-// HEAD_DIM floats; int8: a float32 scale, then HEAD_DIM int8), N_CTX positions per head,
-// in PSRAM from address 0 or, int8 in SRAM, in the arena's kv buffer. One head's rows
-// 0..pos are contiguous, so a block of KV_BLOCK_POSITIONS of them is one read.
+// HEAD_DIM floats; int8: a float32 scale, then HEAD_DIM int8; in PSRAM, then a check word),
+// N_CTX positions per head, in PSRAM from address 0 or, int8 in SRAM, in the arena's kv
+// buffer. One head's rows 0..pos are contiguous, so a block of KV_BLOCK_POSITIONS of them is
+// one read.
 _Static_assert(2ull * N_LAYER * N_HEAD * N_CTX * KV_ROW_BYTES <= 0xFFFFFFFFull, "KV addresses are 32-bit");
 
 enum { KV_KEYS_ROW = 0, KV_VALUES_ROW = 1 };   // the `values` argument below
@@ -682,13 +747,37 @@ static void kv_store(uint32_t layer, uint32_t values, uint32_t head, uint32_t po
     float scale;
     quantize_vector_i8((int8_t*)(row + F32), &scale, x, HEAD_DIM);
     *(float*)(void*)row = scale;
-#if !KV_IN_SRAM
-    psram_write(kv_row_offset(layer, values, head, pos), row, KV_ROW_BYTES);
+#else   // fp32, in PSRAM: the row is put together in the block buffer (free between loads)
+    uint8_t* row = (uint8_t*)BUF_ADDR(KV_BLOCK);
+    for (uint32_t d = 0; d < HEAD_DIM; d++) ((float*)(void*)row)[d] = x[d];
 #endif
-#else
-    psram_write(kv_row_offset(layer, values, head, pos), x, HEAD_DIM * F32);
+#if !KV_IN_SRAM
+    uint32_t at = kv_row_offset(layer, values, head, pos);
+    store_u32(row + KV_ROW_BYTES - PSRAM_CHECK_BYTES, psram_check(row, KV_ROW_BYTES - PSRAM_CHECK_BYTES, at));
+    psram_write(at, row, KV_ROW_BYTES);
 #endif
 }
+
+#if !KV_IN_SRAM
+// Rows t..t+n-1 of one head from the PSRAM into `rows`, each checked against its check
+// word. A block with a failing row is read again once (a transient error passes the second
+// time); a second failure stops the run naming the row.
+static void kv_read_checked(uint32_t layer, uint32_t values, uint32_t head, uint32_t t, uint32_t n, uint8_t* rows) {
+    uint32_t at = kv_row_offset(layer, values, head, t);
+    for (uint32_t attempt = 0;; attempt++) {
+        psram_read(at, rows, n * KV_ROW_BYTES);
+        uint32_t r = 0, computed = 0;
+        for (; r < n; r++) {
+            const uint8_t* row = rows + r * KV_ROW_BYTES;
+            computed = psram_check(row, KV_ROW_BYTES - PSRAM_CHECK_BYTES, at + r * KV_ROW_BYTES);
+            if (computed != load_u32(row + KV_ROW_BYTES - PSRAM_CHECK_BYTES)) break;
+        }
+        if (r == n) return;
+        if (attempt) board_exit(EXIT_BAD_KV_ROW, (layer * 2u + values) * N_HEAD + head, t + r, computed);
+        trace_crc_retry(CRC_RETRY_KV);
+    }
+}
+#endif
 
 // Rows t..t+n-1 of one head as floats in BUF(KV_BLOCK): read from PSRAM, and for int8
 // dequantized, each value one float multiply: (float)q * scale (the reference's KVCache).
@@ -699,7 +788,7 @@ static const float* kv_load(uint32_t layer, uint32_t values, uint32_t head, uint
     const uint8_t* rows = (const uint8_t*)BUF_ADDR(KV) + kv_row_offset(layer, values, head, t);
 #else
     uint8_t* rows = (uint8_t*)BUF_ADDR(KV_ROWS);
-    psram_read(kv_row_offset(layer, values, head, t), rows, n * KV_ROW_BYTES);
+    kv_read_checked(layer, values, head, t, n, rows);
 #endif
     for (uint32_t r = 0; r < n; r++) {
         const uint8_t* row = rows + r * KV_ROW_BYTES;
@@ -707,8 +796,12 @@ static const float* kv_load(uint32_t layer, uint32_t values, uint32_t head, uint
         const int8_t* q = (const int8_t*)(row + F32);
         for (uint32_t d = 0; d < HEAD_DIM; d++) out[r * HEAD_DIM + d] = (float)q[d] * scale;
     }
-#else
-    psram_read(kv_row_offset(layer, values, head, t), out, n * HEAD_DIM * F32);
+#else   // fp32: read with their check words into the block, then packed to HEAD_DIM floats a row
+    kv_read_checked(layer, values, head, t, n, (uint8_t*)out);
+    for (uint32_t r = 1; r < n; r++) {   // each row moves down over the check words before it
+        const float* from = (const float*)(const void*)((const uint8_t*)out + r * KV_ROW_BYTES);
+        for (uint32_t d = 0; d < HEAD_DIM; d++) out[r * HEAD_DIM + d] = from[d];
+    }
 #endif
     return out;
 }

@@ -86,7 +86,7 @@ TRACE = Peripheral("TRACE", PERIPH_BASE + 0x3000, 0x1000, (
     Register("POSITION", 0x14, "write the position of the token being computed"),
     Register("XIP_ADDR", 0x18, "XIP runtime: flash address of bytes the CPU is about to read in place"),
     Register("XIP_LEN", 0x1C, "XIP runtime: write their length last; the board charges the D-cache line fills"),
-    Register("CRC_RETRY", 0x20, "a CRC-checked read failed once and is read again: the tensor index, or CRC_RETRY_SECTION"),
+    Register("CRC_RETRY", 0x20, "a checked read failed once and is read again: the tensor index, CRC_RETRY_SECTION, CRC_RETRY_KV or CRC_RETRY_TIER"),
 ), "stage/token trace and the logits debug channel")
 
 SYSCTL = Peripheral("SYSCTL", PERIPH_BASE + 0x4000, 0x1000, (
@@ -117,6 +117,8 @@ FLASH_STATUS = {"DONE": 1 << 0, "BUSY": 1 << 1, "ERROR": 1 << 2}
 CRC_CTRL = {"RESET": 1 << 0, "ENABLE": 1 << 1}
 TRACE_IDLE = 0xFFFFFFFF
 CRC_RETRY_SECTION = 0xFFFFFFFF   # TRACE.CRC_RETRY: the header, the tables or the token table
+CRC_RETRY_KV = 0xFFFFFFFE        # TRACE.CRC_RETRY: a block of KV cache rows read from PSRAM
+CRC_RETRY_TIER = 0xFFFFFFFD      # TRACE.CRC_RETRY: a tile's tail read from the PSRAM tier
 
 # Mailbox layout (u32 words at these byte offsets). The host fills it before reset.
 MAILBOX = {
@@ -169,4 +171,6 @@ EXIT_CODES = {
     "BAD_TENSOR_ENTRY": (15, "tensor table entry differs from the firmware's plan or lies outside the image (ARG0: tensor index, ARG1: TensorEntry field offset, ARG2: value)"),
     "BAD_TOKEN_ENTRY": (16, "token table offsets out of order or past the table (ARG0: token, ARG1: start, ARG2: end)"),
     "DMA_TIMEOUT": (17, "a DMA transfer did not complete within its bound (ARG0: bus, DMA_BUS_*, ARG1: flash or PSRAM address, ARG2: length)"),
+    "BAD_KV_ROW": (18, "a KV cache row read from PSRAM failed its check word, read twice (ARG0: (layer * 2 + values) * N_HEAD + head, ARG1: position, ARG2: computed)"),
+    "BAD_TIER_TAIL": (19, "a tile's tail read from the PSRAM tier failed its check word, read twice (ARG0: tensor index, ARG1: tile, ARG2: computed)"),
 }

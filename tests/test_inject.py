@@ -5,8 +5,10 @@ detected and reported, never turned into wrong tokens and never a hang.
   are those of the clean run; the report says which read was hit and that it was retried;
 - persistent (flash-stuck, flash-dead) and hung transfers (dma-hang): one line naming the
   stage and the tensor, exit 1, in a bounded (simulated and host) time;
-- a fault the build cannot detect (a flip in a tile of a --verify boot build, any PSRAM flip)
-  is refused before the run, in one line saying why and what to do.
+- a PSRAM flip (psram-flip) fails a KV row's or a tier tail's check word: read again, exact;
+  reads that keep failing end in one line naming the row or the tile;
+- a fault the build cannot detect (a flip in a tile of a --verify boot build) is refused
+  before the run, in one line saying why and what to do.
 
 The tiny model on sim64 (every weight streamed, the CRC inline) and on the STM32H7S78-DK
 (--verify stream, the KV cache in PSRAM under a 160 KiB budget; and a --verify boot build)."""
@@ -266,20 +268,40 @@ def test_the_command_line_reports_a_hung_transfer_in_one_line(builds, clean):
 
 
 # ----------------------------------------------------------------------------
-# PSRAM reads are not checked: a flip there would change the answer, so it is refused
+# PSRAM reads: each KV row and each tier tail ends in a check word, verified on every read
 
 
-def test_a_psram_flip_would_change_the_logits_undetected(builds, clean, tok):
+def test_a_psram_flip_in_a_kv_row_is_read_again_and_the_answer_is_exact(builds, clean, tok):
     base, _ = clean[H7]
     result, error, injector = run(builds[H7], tok, ["psram-flip:0.05"], seed=2)
-    assert error is None and not result.crc_retries
-    assert not same_answer(result, base)
-    assert {h["handled"] for h in injector.outcomes(result)} == {"undetected"}
+    hits = injector.outcomes(result)
+    assert error is None and same_answer(result, base)
+    assert len(hits) > 1 and {h["handled"] for h in hits} == {"retried"}
+    assert all(h["bus"] == "psram" and h["stage"].endswith(".attn_core") for h in hits)   # the KV rows
+    assert len(result.crc_retries) == len(hits)
+    assert all(r.startswith("KV cache rows read from PSRAM in stage ") for r in result.crc_retries)
 
 
-def test_psram_flips_are_refused_saying_why(builds):
-    line = one_error_line(cli(builds[H7][0], "--inject", "psram-flip@3"))
-    assert "does not check what it reads from PSRAM" in line and "the KV cache" in line
+def test_a_psram_flip_in_a_tier_tail_is_read_again_and_the_answer_is_exact(boot_checked, tok):
+    build = (boot_checked, H7)
+    base, _, _ = run(build, tok)
+    result, error, injector = run(build, tok, ["psram-flip:0.02"], seed=1)
+    hits = injector.outcomes(result)
+    assert error is None and same_answer(result, base)
+    assert hits and {h["handled"] for h in hits} == {"retried"}
+    assert all(h["bus"] == "psram" and not h["stage"].endswith(".attn_core") for h in hits)   # not the KV cache
+
+
+def test_psram_reads_that_keep_failing_end_in_one_line_naming_the_row(builds, boot_checked):
+    line = one_error_line(cli(builds[H7][0], "--inject", "psram-flip:1"))
+    assert line.startswith("mcugpt: error: firmware exit BAD_KV_ROW: the KV cache's layer 0 keys, head 0, "
+                           "position 0 in stage 3 (h0.attn_core) failed its PSRAM check word twice")
+    assert "injected psram-flip:1: psram read 2: bit" in line
+    line = one_error_line(cli(boot_checked, "--inject", "psram-flip:1"))
+    assert "firmware exit BAD_TIER_TAIL: the tail of tile 0 of tensor" in line and "failed its check word twice" in line
+
+
+def test_psram_flips_on_a_build_without_psram_are_refused_saying_why(builds):
     line = one_error_line(cli(builds["sim64"][0], "--inject", "psram-flip:0.1"))
     assert "reads nothing from PSRAM" in line
 

@@ -29,13 +29,15 @@ def test_gpt2_reaches_its_full_context_on_the_stm32h7s78_dk_only_with_the_int8_c
     auto = make_plan(cfg, stages_of(cfg), dtype="int8", board=H7)
     fp32 = make_plan(cfg, stages_of(cfg), dtype="int8", board=H7, kv_dtype="fp32")
     psram = get_board(H7).psram_bytes
-    # float32: 2 x 12 layers x 768 x 4 B = 73,728 B per position; the 32 MiB PSRAM holds 455
-    assert (fp32.ctx, fp32.kv.dtype, fp32.ctx_limited_by) == (455, "fp32", "psram") == (psram // 73_728, "fp32", "psram")
+    # float32: 2 x 12 layers x 12 heads x (64 x 4 B + a 4-byte check word) = 74,880 B per
+    # position in the PSRAM; its 32 MiB hold 448
+    assert (fp32.ctx, fp32.kv.dtype, fp32.ctx_limited_by) == (448, "fp32", "psram") == (psram // 74_880, "fp32", "psram")
     # int8: per layer, head and position a 4-byte scale + 64 values: 2 x 12 x 12 x 68 = 19,584 B
-    assert kv_token_bytes(cfg, "int8") == 19_584
+    # (in the PSRAM each row's check word too: 2 x 12 x 12 x 72 = 20,736 B)
+    assert kv_token_bytes(cfg, "int8") == 19_584 and kv_token_bytes(cfg, "int8", psram=True) == 20_736
     assert (auto.ctx, auto.kv.dtype, auto.kv.placement, auto.ctx_limited_by) == (1024, "int8", "psram", None)
-    assert "455" in auto.kv.why and "1024" in auto.kv.why
-    assert auto.kv.bytes == 1024 * 19_584 <= psram
+    assert "448" in auto.kv.why and "1024" in auto.kv.why
+    assert auto.kv.bytes == 1024 * 20_736 <= psram
 
 
 def test_the_float32_cache_stays_when_it_reaches_the_context():
@@ -132,5 +134,5 @@ def test_the_plan_names_the_bound_each_bus_sets():
     b = plan.buses
     assert b["flash"]["bytes_per_token"] == plan.totals.flash_bytes_per_token
     assert 390e6 < b["flash"]["bytes_per_s"] < 400e6        # 8 lanes DTR at 200 MHz, less the command
-    assert b["psram"]["bytes_per_token"] == cfg.n_layer * 2 * cfg.n_head * 68 * (1024 + 1)
+    assert b["psram"]["bytes_per_token"] == cfg.n_layer * 2 * cfg.n_head * 72 * (1024 + 1)   # rows + check words
     assert b["bound_s_per_token"] == b["flash"]["s_per_token"] > b["psram"]["s_per_token"]

@@ -101,7 +101,7 @@ def kv_transfers(plan, positions):
     """Every PSRAM transfer the firmware makes for these positions: (address, bytes, write),
     from the documented layout alone."""
     n_layer, n_head, _, head_dim, ctx, block = layout(plan)
-    row = head_dim * 4
+    row = head_dim * 4 + 4   # the floats, then the row's check word
 
     def addr(layer, values, head, t):
         return (((layer * 2 + values) * n_head + head) * ctx + t) * row
@@ -131,10 +131,11 @@ def test_the_plan_puts_the_kv_cache_in_psram_and_one_block_in_the_arena(psram_ti
     plan = psram_tiny.plan.to_dict()
     n_layer, n_head, n_embd, head_dim, ctx, block = layout(plan)
     assert plan["kv"]["placement"] == "psram"
-    assert plan["kv"]["layout"] == "[layer][keys, values][head][position][head_dim] from PSRAM address 0"
-    assert plan["kv"]["bytes"] == 2 * n_layer * ctx * n_embd * 4 <= STM32H7.psram_bytes
+    assert plan["kv"]["layout"] == ("[layer][keys, values][head][position][head_dim], then a check word "
+                                    "from PSRAM address 0")
+    assert plan["kv"]["bytes"] == 2 * n_layer * ctx * n_head * (head_dim * 4 + 4) <= STM32H7.psram_bytes
     buffers = {b["name"]: b["bytes"] for b in plan["buffers"]}
-    assert buffers["kv"] == 0 and buffers["kv_block"] == block * head_dim * 4
+    assert buffers["kv"] == 0 and buffers["kv_block"] == block * (head_dim * 4 + 4)
     header = (psram_tiny.out_dir / "include" / "model_plan.h").read_text()
     assert "#define KV_IN_SRAM     0" in header and f"#define KV_BLOCK_POSITIONS {block}" in header
 
@@ -196,12 +197,34 @@ def test_the_cache_in_psram_is_the_references_at_the_documented_layout(psram_tin
     cache = KVCache.empty(cfg, ctx)
     for pos, t in enumerate(fed):
         tiny_ref.forward(t, pos, cache)
-    got = np.frombuffer(psram[:plan["kv"]["bytes"]], "<f4").reshape(n_layer, 2, n_head, ctx, head_dim)
+    rows = np.frombuffer(psram[:plan["kv"]["bytes"]], "<u4").reshape(n_layer, 2, n_head, ctx, head_dim + 1)
+    got = rows[..., :head_dim].view("<f4")
     for values, want in ((0, cache.keys), (1, cache.values)):
         want = want.reshape(n_layer, ctx, n_head, head_dim).transpose(0, 2, 1, 3)
         np.testing.assert_allclose(got[:, values], want, atol=1e-5, rtol=1e-5)
-    assert not np.any(got[:, :, :, len(fed):])   # nothing written past the positions computed
+    # each row's check word: FNV-1a over its words, seeded with the row's PSRAM address
+    row_bytes = (head_dim + 1) * 4
+    for index in np.ndindex(n_layer, 2, n_head, len(fed)):
+        address = (((index[0] * 2 + index[1]) * n_head + index[2]) * ctx + index[3]) * row_bytes
+        assert rows[index][head_dim] == fnv1a_words(rows[index][:head_dim], address), index
+    assert not np.any(rows[:, :, :, len(fed):])   # nothing written past the positions computed
     assert not any(psram[plan["kv"]["bytes"]:])  # nor past the cache
+
+
+def fnv1a_words(words, seed: int) -> int:
+    """The check word docs/reliability.md specifies: FNV-1a (offset basis 2166136261 xored
+    with the seed, prime 16777619) over 32-bit words in four lanes, lane j starting at basis
+    + j and taking words j, j + 4, ...; a last partial group goes to lane 0; then the lanes
+    folded: ((((h0 * P) ^ h1) * P ^ h2) * P ^ h3) * P."""
+    P, M = 16777619, 0xFFFFFFFF
+    basis = 2166136261 ^ seed
+    h = [(basis + j) & M for j in range(4)]
+    whole = len(words) // 4 * 4
+    for k in range(whole):
+        h[k % 4] = ((h[k % 4] ^ int(words[k])) * P) & M
+    for k in range(whole, len(words)):
+        h[0] = ((h[0] ^ int(words[k])) * P) & M
+    return ((((((h[0] * P) & M) ^ h[1]) * P & M) ^ h[2]) * P & M ^ h[3]) * P & M
 
 
 # ----------------------------------------------------------------------------
@@ -210,19 +233,19 @@ def test_the_cache_in_psram_is_the_references_at_the_documented_layout(psram_tin
 
 def test_psram_bytes_per_position_are_the_layouts(psram_tiny, tok):
     plan = psram_tiny.plan.to_dict()
-    n_layer, _, n_embd, _, _, _ = layout(plan)
+    n_layer, n_head, n_embd, _, _, _ = layout(plan)
     prompt = tok.encode(LONG_PROMPT)
     n_new = 4
     result, _ = board_run(psram_tiny.out_dir, prompt, n_new, chunk=1)
     positions = [p.position for p in result.per_position]
     assert positions == list(range(n_forward(prompt, n_new)))
+    per_position = 2 * n_layer * (n_embd * 4 + n_head * 4)   # keys and values, each row's check word
     for p in result.per_position:
-        reads = 2 * n_layer * (p.position + 1) * n_embd * 4
-        writes = 2 * n_layer * n_embd * 4
-        assert p.psram_bytes == reads + writes, f"position {p.position}"
+        reads = (p.position + 1) * per_position
+        assert p.psram_bytes == reads + per_position, f"position {p.position}"
     assert result.psram_bytes == sum(p.psram_bytes for p in result.per_position)
-    assert result.psram_transfers["write"]["bytes"] == len(positions) * 2 * n_layer * n_embd * 4
-    assert result.psram_transfers["read"]["bytes"] == sum(2 * n_layer * (p + 1) * n_embd * 4 for p in positions)
+    assert result.psram_transfers["write"]["bytes"] == len(positions) * per_position
+    assert result.psram_transfers["read"]["bytes"] == sum((p + 1) * per_position for p in positions)
     # attributed to the attn_core stages, and to nothing else
     for s in result.stages:
         if s.name.endswith("attn_core"):
@@ -257,7 +280,7 @@ def test_a_board_without_psram_stops_with_one_psram_error_line(psram_tiny, tok):
         board_run(psram_tiny.out_dir, tok.encode(PROMPT), 2, psram_preset=None, psram_bytes=0)
     err = e.value
     assert isinstance(err, FirmwareError) and err.name == "PSRAM_ERROR"
-    head_row = layout(psram_tiny.plan.to_dict())[3] * 4
+    head_row = layout(psram_tiny.plan.to_dict())[3] * 4 + 4   # with its check word
     assert err.exit_args == (ERROR_DONE, 0, head_row)  # the first write: layer 0, head 0, position 0
     msg = str(err)
     assert "\n" not in msg
@@ -273,7 +296,7 @@ def test_a_psram_smaller_than_the_cache_stops_at_the_first_transfer_past_its_end
     with pytest.raises(FirmwareError) as e:
         board_run(psram_tiny.out_dir, tok.encode(PROMPT), 2, psram_bytes=size)
     assert e.value.name == "PSRAM_ERROR"
-    assert e.value.exit_args == (ERROR_DONE, size, head_dim * 4)   # layer 1, head 0, position 0
+    assert e.value.exit_args == (ERROR_DONE, size, head_dim * 4 + 4)   # layer 1, head 0, position 0
     assert f"PSRAM 0x{size:x}" in str(e.value) and "past the end" in str(e.value)
 
 
@@ -402,8 +425,9 @@ def test_distilgpt2_int8_on_the_stm32h7s78_dk_equals_the_reference(distil_h7, di
     result, _ = board_run(distil_h7.out_dir, prompt, 3)
     assert_matches_reference(result, ref)
     assert result.peak_ram.peak_bytes <= STM32H7.sram_bytes
-    n_layer, n_embd = cfg.n_layer, cfg.n_embd
-    assert result.psram_bytes == sum(2 * n_layer * (p + 2) * n_embd * 4 for p in range(n_forward(prompt, 3)))
+    n_layer, n_embd, n_head = cfg.n_layer, cfg.n_embd, cfg.n_head
+    per_position = 2 * n_layer * (n_embd * 4 + n_head * 4)   # each row with its check word
+    assert result.psram_bytes == sum((p + 2) * per_position for p in range(n_forward(prompt, 3)))
 
 
 def test_gpt2_124m_fp32_does_not_fit_the_stm32h7s78_dks_flash(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from compiler.config import load_preset
 from compiler.pipeline import compile_model, stages_of
-from compiler.plan import make_plan
+from compiler.plan import CHECK_CYCLES_PER_BYTE, CYCLES_PER_MAC, make_plan
 from compiler.reference import Reference, generate
 from compiler.sampler import Sampling
 from emulator.board import Board
@@ -23,9 +23,12 @@ H7 = "stm32h7s78-dk"
 def test_the_psram_tier_never_exceeds_the_psram_nor_touches_the_kv_cache(model):
     cfg = load_preset(model)
     plan = make_plan(cfg, stages_of(cfg), dtype="int8", board=H7)
-    tier = sorted((t.psram_offset, t.psram_offset + t.psram_bytes, t.name) for t in plan.tensors
+    tier = sorted((t.psram_offset, t.psram_offset + t.psram_span, t.name) for t in plan.tensors
                   if t.psram_offset is not None)
-    assert tier and plan.psram_weight_bytes == sum(b - a for a, b, _ in tier)
+    # each full tile's tail and its 4-byte check word
+    assert tier and plan.psram_weight_bytes == sum(t.psram_bytes for t in plan.tensors)
+    assert all(t.psram_span == t.rows // t.tile_rows * (t.psram_tail + 4) for t in plan.tensors
+               if t.psram_offset is not None)
     kv_end = plan.kv.bytes if plan.kv.placement == "psram" else 0
     assert tier[0][0] >= kv_end and tier[-1][1] <= get_board(H7).psram_bytes
     assert all(b <= c for (_, b, _), (c, _, _) in zip(tier, tier[1:]))   # no two overlap
@@ -39,13 +42,17 @@ def test_the_psram_tier_never_exceeds_the_psram_nor_touches_the_kv_cache(model):
     tiered = [t for t in plan.tensors if t.psram_offset is not None]
     shares = [t.psram_tail / (t.tile_rows * t.row_bytes) for t in tiered]
     assert max(shares) - min(shares) < 0.01
-    # as much as fits, or (a small model) up to where the PSRAM's part takes as long as the flash's
+    # as much as fits, or (a small model) up to where the PSRAM's part takes as long as the
+    # flash's, or up to where the flash's part takes as long as the CPU's work on the tile
+    # (CYCLES_PER_MAC, and the tail's check at CHECK_CYCLES_PER_BYTE)
     board = get_board(H7)
     t = tiered[0]
     tile = t.tile_rows * t.row_bytes
     flash_ns = read_time_ns(flash_timing_of(board.flash[0]), tile - t.psram_tail, device_size=board.flash_bytes)
     psram_ns = transfer_time_ns(psram_timing_of(board.psram), t.psram_tail, False)
-    assert board.psram_bytes - tier[-1][1] < 64 * 4096 or abs(psram_ns / flash_ns - 1) < 0.05
+    cpu_ns = (t.tile_rows * t.cols * CYCLES_PER_MAC["int8"] + t.psram_tail * CHECK_CYCLES_PER_BYTE) * 1e9 / board.cpu_hz
+    assert (board.psram_bytes - tier[-1][1] < 64 * 4096 or abs(psram_ns / flash_ns - 1) < 0.05
+            or abs(cpu_ns / flash_ns - 1) < 0.05)
 
 
 def test_a_tiled_tile_arrives_over_both_buses_at_once(builds, tok):
@@ -59,12 +66,12 @@ def test_a_tiled_tile_arrives_over_both_buses_at_once(builds, tok):
         board.run(tok.encode("Hello"), 2)
         flash = [e for e in board.flashctl.log if e[0] == "start" and e[1] == "READ"]
         psram = [e for e in board.psramctl.log if e[0] == "start" and e[1] == "READ"
-                 and wte.psram_offset <= e[2] < wte.psram_offset + wte.psram_bytes]
+                 and wte.psram_offset <= e[2] < wte.psram_offset + wte.psram_span]
     tile = wte.tile_rows * wte.row_bytes
-    assert psram and all(e[3] == wte.psram_tail for e in psram)
+    assert psram and all(e[3] == wte.psram_tail + 4 for e in psram)   # the tail and its check word
     overlapping = 0
     for p in psram:
-        k = (p[2] - wte.psram_offset) // wte.psram_tail           # which tile
+        k = (p[2] - wte.psram_offset) // (wte.psram_tail + 4)     # which tile
         # the rest of that tile, from flash (at boot the whole tile was read, to copy its tail)
         f = [e for e in flash if e[2] == offset + k * tile and e[3] == tile - wte.psram_tail]
         overlapping += any(e[5] < p[6] and p[5] < e[6] for e in f)   # one starts before the other ends

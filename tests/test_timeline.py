@@ -226,8 +226,8 @@ def test_the_psram_track_shows_tier_copies_at_boot_tier_reads_and_kv_rows(dk):
     tier = {t.name for t in build.plan.tensors if t.psram_offset is not None}
     assert copies and all(inside(e, boot) and e["args"]["command"] == "WRITE" for e in copies)
     assert {e["name"][len("tier copy "):] for e in copies} == tier
-    # what the tier holds of each tensor (each full tile's tail) is copied once
-    assert sum(e["args"]["bytes"] for e in copies) == sum(t.psram_bytes for t in build.plan.tensors
+    # what the tier holds of each tensor (each full tile's tail and its check word) is copied once
+    assert sum(e["args"]["bytes"] for e in copies) == sum(t.psram_span for t in build.plan.tensors
                                                           if t.psram_offset is not None)
     after = [e for e in psram if not inside(e, boot)]
     layers = build.plan.model.n_layer
