@@ -1,6 +1,7 @@
 """`mcugpt compile`, step by step: weights -> ONNX -> stages -> plan -> flash image + C headers."""
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from functools import partial
@@ -54,6 +55,13 @@ def output_folder(path) -> Path:
     if not str(path).strip():   # (before Path(''), which is '.')
         raise McugptError("output folder '': empty; give a folder name")
     path = Path(path)
+    try:
+        str(path.absolute()).encode("utf-8")
+    except UnicodeEncodeError:   # bytes the file system took that are not UTF-8 (argv's surrogates)
+        shown = os.fsencode(path.absolute()).decode("ascii", "backslashreplace")
+        raise McugptError(f"output folder {shown}: its path is not UTF-8, and the build records its paths as "
+                          f"UTF-8 (build.json, the firmware's build command, the ONNX checker); choose a UTF-8 "
+                          f"name") from None
     try:
         if path.exists() and not path.is_dir():
             raise McugptError(f"output folder {path}: exists and is not a folder")

@@ -57,6 +57,9 @@ def not_a_build(tmp_path):
     (["fit", "--model", "tiny", "--out", "/proc/x"], "output folder /proc/x: cannot write there"),
     (["fit", "--model", "tiny", "--out", ""], "output folder '': empty"),
     (["bench", "--model", "tiny", "--out", "/dev/null"], "output folder /dev/null: exists and is not a folder"),
+    # a name the file system takes but that is not UTF-8 (bytes 0xff 0xfe: argv's surrogates)
+    (["compile", "--model", "tiny", "--out", "{tmp}/\udcff\udcfe"], "\\xff\\xfe: its path is not UTF-8"),
+    (["fit", "--model", "tiny", "--out", "{tmp}/\udcff\udcfe"], "\\xff\\xfe: its path is not UTF-8"),
     # names of things: empty, a file for a folder, a path for a preset
     (["compile", "--model", "", "--out", "{tmp}/o"], "--model '': empty; give a preset's name"),
     (["reference", "--model", "", "--prompt", "Hi"], "--model '': empty"),
