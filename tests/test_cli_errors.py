@@ -135,13 +135,15 @@ def test_run_ram_below_the_builds_budget_says_what_the_number_is(tiny_build):
 
 
 def test_a_context_the_psram_cannot_hold_blames_the_psram(tmp_path):
-    """GPT-2 medium's float32 KV cache is 196,608 bytes per position: the 16 MiB PSRAM of the
-    STM32H735G-DK holds 85 positions; its 320 KiB of SRAM is not what is short."""
+    """GPT-2 medium's float32 KV cache in the PSRAM is 199,680 bytes per position (24 layers x
+    2 x 16 heads x (64 floats + a check word)): the 16 MiB PSRAM of the STM32H735G-DK holds 84
+    positions; its 320 KiB of SRAM is not what is short."""
     proc = mcugpt("compile", "--model", "gpt2-medium", "--board", "stm32h735g-dk", "--ctx", "200",
                   "--out", tmp_path / "o")
-    one_line_error(proc, "--ctx 200: the KV cache would need 39,321,600 bytes (fp32, 196,608 per position), "
-                         "more than the stm32h735g-dk board's 16,777,216 bytes of PSRAM hold (room for 85 positions)")
-    assert "the largest context that fits is 85" in proc.stderr
+    one_line_error(proc, "--ctx 200: the KV cache would need 39,936,000 bytes (fp32, 199,680 per position, check "
+                         "words included), more than the stm32h735g-dk board's 16,777,216 bytes of PSRAM hold "
+                         "(room for 84 positions)")
+    assert "the largest context that fits is 84" in proc.stderr
     assert not (tmp_path / "o").exists()
 
 
