@@ -5,7 +5,7 @@
 #   make test         the whole pytest suite (what CI runs)
 #   make flash-image  compile MODEL: build/MODEL/{model.onnx,plan.json,flash.img,include/}
 #   make fuzz         the long fuzz campaign (docs/reliability.md): 13,000 cases on the tiny
-#                     model, SEED=N for another; exits 1 naming the failing cases' classes
+#                     model (about 30 minutes), SEED=N for another; exits 1 naming failures
 #   make clean        remove build/ (keeps the venv); `make distclean` removes the venv too
 #
 # Variables: MODEL (gpt2, distilgpt2, gpt2-medium, tiny), BOARD (sim64, stm32h7s78-dk,
