@@ -44,7 +44,8 @@ def progress_lines(items, desc: str = "", **_tqdm_options):
     for i, item in enumerate(items, 1):
         if i % every == 0 or i == 1 or i == len(items):
             label = (" ".join(str(item[k]) for k in ("board", "dtype", "flash", "tcm") if item.get(k, "-") != "-")
-                     if isinstance(item, dict) else " ".join(map(str, item)) if isinstance(item, tuple) else item)
+                     if isinstance(item, dict) else " ".join(str(getattr(x, "name", x)) for x in item) if isinstance(item, tuple)
+                     else item)
             print(f"{desc} {i}/{len(items)}: {label}", file=sys.stderr, flush=True)
         yield item
 

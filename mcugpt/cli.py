@@ -428,8 +428,9 @@ def cmd_fit(a) -> None:
     from compiler.pipeline import progress_bar
 
     from .fit import fit, fit_table
+    # a line per board when stderr is not a terminal: measuring compiles and runs each one
     rows = fit(a.model, a.weights, a.weights_seed, measure=not a.no_run, out=a.out,
-               progress=progress_bar(a.json))
+               progress=progress_bar(a.json, lines=True))
     if a.json:
         print(json.dumps(rows, indent=1))
         return

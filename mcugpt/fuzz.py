@@ -33,6 +33,7 @@ import json
 import math
 import os
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -60,6 +61,7 @@ FAILING = ("traceback", "signal", "hang", "exit0_different")
 LABELS = {"clean_error": "clean error", "traceback": "traceback", "hang": "hang", "signal": "signal",
           "exit0_same": "exit 0 same", "exit0_different": "exit 0 different"}
 CLEAN_CODES = (1, 2, 130)     # an error, a usage error, Ctrl-C
+PROGRESS_LINE = re.compile(r"[A-Za-z][\w .-]* \d+/\d+: ")   # "boards x dtypes 2/6: sim64 int8"
 
 
 # ----------------------------------------------------------------------------
@@ -80,6 +82,9 @@ def classify(returncode: int | None, stdout: bytes, stderr: bytes, timed_out: bo
     err = stderr.decode(errors="replace")
     # lines as a terminal shows them: a message may quote a user's \u2028 or \x1c
     lines = err.rstrip("\n").split("\n") if err.strip() else []
+    # a long command's progress, a line per step when stderr is not a terminal
+    # (compiler/pipeline.py progress_lines), may come before its error
+    lines = [line for line in lines if not PROGRESS_LINE.match(line)] or lines
     first = lines[0] if lines else ""
     if timed_out:
         return Outcome("hang", None, first, "still running at the timeout")

@@ -35,6 +35,9 @@ from target.flash_layout import HEADER, HEADER_CRC_SPAN, read_image, tensor_arra
     (1, b"", b"mcugpt: error: one\nand a second line\n", False, "traceback"),
     (2, b"", b"usage: mcugpt compile [-h]\nmcugpt compile: error: argument --ram\n", False, "traceback"),
     (1, b"", b"ValueError: not a number\n", False, "traceback"),
+    # a long command's progress lines, then its error
+    (1, b"", b"boards x dtypes 1/6: sim64 fp32\nmcugpt: error: out of disk\n", False, "clean_error"),
+    (1, b"", b"boards x dtypes 1/6: sim64 fp32\nValueError: x\n", False, "traceback"),
     (1, b"", b"", False, "traceback"),                                           # silent failure
     (3, b"", b"mcugpt: error: x\n", False, "traceback"),                        # no such exit code
     (None, b"", b"", True, "hang"),
