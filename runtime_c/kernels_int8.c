@@ -295,34 +295,50 @@ void matvec_rows_i8(float* y, const int8_t* w_tile, const float* row_scales,
 // Four rows' words, interleaved per column word: wu[8j + 2r] = row r's elements 4j, 4j+2 and
 // wu[8j + 2r + 1] its elements 4j+1, 4j+3, each an int16 lane (SXTB16, as unpack_i8).
 #ifdef ASM_13_REGISTERS
-// In assembly so that each SXTB16's result is stored (STRD) two instructions later: the M7
-// makes a DSP result available to a store only after two cycles. 13 registers, as dot4_i8.
+// In assembly for the M7's issue rules (target/m7_pipeline.py): SXTB16 issues only in the
+// older slot, so each of the eight per word takes a cycle, and every load and store rides
+// in a younger slot beside one. A store waits two cycles for its SXTB16, so the last one
+// of a word (row 2's even lanes) is stored at the start of the next word's loop iteration,
+// beside its first load: 11 cycles per word of four rows (17 with STRD, which issues alone).
+// The first word is peeled so that no store precedes the buffer. 13 registers, as dot4_i8.
 // noinline: inlined into its caller's loop, the 13 registers may not all be free
+#define UNPACK4_WORD                                \
+    "sxtb16 %[b2], %[b], ror #8\n\t"                \
+    "ldr    %[c], [%[w0]], #4\n\t"      /* row 0 */ \
+    "sxtb16 %[b], %[b]\n\t"                         \
+    "ldr    %[a], [%[w2], %[cs]]\n\t"   /* row 3 */ \
+    "sxtb16 %[c2], %[c], ror #8\n\t"                \
+    "ldr    %[d], [%[w2]], #4\n\t"      /* row 2 */ \
+    "sxtb16 %[c], %[c]\n\t"                         \
+    "str    %[b2], [%[wu], #12]\n\t"                \
+    "sxtb16 %[a2], %[a], ror #8\n\t"                \
+    "str    %[b], [%[wu], #8]\n\t"                  \
+    "sxtb16 %[a], %[a]\n\t"                         \
+    "str    %[c2], [%[wu], #4]\n\t"                 \
+    "sxtb16 %[d2], %[d], ror #8\n\t"                \
+    "str    %[c], [%[wu]], #32\n\t"                 \
+    "sxtb16 %[d], %[d]\n\t"                         \
+    "str    %[a2], [%[wu], #-4]\n\t"                \
+    "subs   %[k], %[k], #1\n\t"                     \
+    "str    %[a], [%[wu], #-8]\n\t"                 \
+    "str    %[d2], [%[wu], #-12]\n\t"
+
 __attribute__((noinline)) static void unpack_rows4_i8(uint32_t* wu, const int8_t* w, int cols) {
     const int8_t* w0 = w;
     const int8_t* w2 = w + 2 * cols;
     int k = cols >> 2;
     uint32_t a, a2, b, b2, c, c2, d, d2;
     if (k > 0) __asm__ volatile(
+        "ldr    %[b], [%[w0], %[cs]]\n\t"      /* row 1 */
+        UNPACK4_WORD
+        "beq    2f\n\t"
         "1:\n\t"
-        "ldr    %[a], [%[w2], %[cs]]\n\t"       /* row 3 */
-        "ldr    %[b], [%[w0], %[cs]]\n\t"       /* row 1 */
-        "ldr    %[c], [%[w0]], #4\n\t"          /* row 0 */
-        "ldr    %[d], [%[w2]], #4\n\t"          /* row 2 */
-        "sxtb16 %[c2], %[c], ror #8\n\t"
-        "sxtb16 %[c], %[c]\n\t"
-        "sxtb16 %[b2], %[b], ror #8\n\t"
-        "sxtb16 %[b], %[b]\n\t"
-        "strd   %[c], %[c2], [%[wu]], #8\n\t"
-        "sxtb16 %[d2], %[d], ror #8\n\t"
-        "sxtb16 %[d], %[d]\n\t"
-        "strd   %[b], %[b2], [%[wu]], #8\n\t"
-        "sxtb16 %[a2], %[a], ror #8\n\t"
-        "sxtb16 %[a], %[a]\n\t"
-        "strd   %[d], %[d2], [%[wu]], #8\n\t"
-        "subs   %[k], %[k], #1\n\t"
-        "strd   %[a], %[a2], [%[wu]], #8\n\t"
+        "ldr    %[b], [%[w0], %[cs]]\n\t"
+        "str    %[d], [%[wu], #-16]\n\t"       /* the previous word's */
+        UNPACK4_WORD
         "bne    1b\n\t"
+        "2:\n\t"
+        "str    %[d], [%[wu], #-16]\n\t"
         : [w0] "+r"(w0), [w2] "+r"(w2), [wu] "+r"(wu), [k] "+r"(k), [a] "=&r"(a), [a2] "=&r"(a2),
           [b] "=&r"(b), [b2] "=&r"(b2), [c] "=&r"(c), [c2] "=&r"(c2), [d] "=&r"(d), [d2] "=&r"(d2)
         : [cs] "r"(cols)
@@ -408,16 +424,113 @@ static void dot4u_i8(int32_t* out, const uint32_t* wu, const uint32_t* xu, int w
 }
 #endif
 
+// Two rows of a group unpacked by unpack_rows4_i8 (wu: the group's, plus 4 words for rows
+// 2 and 3) against two unpacked vectors: out = {row 0 . x0, row 0 . x1, row 1 . x0,
+// row 1 . x1}. Each loaded word serves two SMLAD, so a word of four columns is 8 LDR and
+// 8 SMLAD for 16 multiply-accumulates, and every SMLAD dual-issues with a load: 8 cycles,
+// the M7's one multiply-accumulate per cycle (dot4u_i8 takes 10: 10 loads per 8 SMLAD).
+// The loads run three cycles ahead of the SMLAD that use them (a load's result reaches a
+// multiply two cycles later), so each loop iteration starts the next word's first three
+// loads, and the last word, which has none to start, is peeled. Four registers then hold
+// every operand in flight: each load reuses the register whose last SMLAD issues beside it.
+// words >= 1.
+#ifdef ASM_13_REGISTERS
+// One word: p, q, r hold the word's even x0, even row 0 and even x1 on entry; then the
+// even row 1, odd x0, odd row 0, odd x1, odd row 1 follow, and the next word's three.
+#define DOT2X2_MACS_LOADS(l5, l6, l7, l8, l9, l10, l11, l12)                 \
+    "smlad  %[a00], %[q], %[p], %[a00]\n\t"  l5                               \
+    "smlad  %[a01], %[q], %[r], %[a01]\n\t"  l6                               \
+    "smlad  %[a10], %[s], %[p], %[a10]\n\t"  l7                               \
+    "smlad  %[a11], %[s], %[r], %[a11]\n\t"  l8                               \
+    "smlad  %[a00], %[p], %[q], %[a00]\n\t"  l9                               \
+    "smlad  %[a01], %[p], %[r], %[a01]\n\t"  l10                              \
+    "smlad  %[a10], %[s], %[q], %[a10]\n\t"  l11                              \
+    "smlad  %[a11], %[s], %[r], %[a11]\n\t"  l12
+#define DOT2X2_THIS_WORD                                                      \
+    "ldr    %[s], [%[wp], #-24]\n\t",   /* row 1, even */                     \
+    "ldr    %[q], [%[x0], #-4]\n\t",    /* x0, odd */                         \
+    "ldr    %[p], [%[wp], #-28]\n\t",   /* row 0, odd */                      \
+    "ldr    %[r], [%[x1], #-4]\n\t",    /* x1, odd */                         \
+    "ldr    %[s], [%[wp], #-20]\n\t"    /* row 1, odd */
+#define DOT2X2_NEXT_WORD                                                      \
+    "ldr    %[p], [%[x0]], #8\n\t",     /* next x0, even */                   \
+    "ldr    %[q], [%[wp]], #32\n\t",    /* next row 0, even */                \
+    "ldr    %[r], [%[x1]], #8\n\t"      /* next x1, even */
+#define DOT2X2_EXPAND(m, ...) m(__VA_ARGS__)
+#define DOT2X2_WORD DOT2X2_EXPAND(DOT2X2_MACS_LOADS, DOT2X2_THIS_WORD, DOT2X2_NEXT_WORD)
+#define DOT2X2_LAST_WORD DOT2X2_EXPAND(DOT2X2_MACS_LOADS, DOT2X2_THIS_WORD, "", "", "")
+
+__attribute__((noinline)) static void dot2x2u_i8(int32_t* out, const uint32_t* wu, const uint32_t* x0,
+                                                 const uint32_t* x1, int words) {
+    int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
+    int k = words - 1;   // words with a next one: four per iteration, then one at a time
+    uint32_t p, q, r, s;
+    __asm__ volatile(
+        "ldr    %[p], [%[x0]], #8\n\t"
+        "ldr    %[q], [%[wp]], #32\n\t"
+        "ldr    %[r], [%[x1]], #8\n\t"
+        "subs   %[k], %[k], #4\n\t"
+        "blt    2f\n\t"
+        "1:\n\t"
+        DOT2X2_WORD DOT2X2_WORD DOT2X2_WORD DOT2X2_WORD
+        "subs   %[k], %[k], #4\n\t"
+        "bge    1b\n\t"
+        "2:\n\t"
+        "adds   %[k], %[k], #4\n\t"
+        "beq    4f\n\t"
+        "3:\n\t"
+        DOT2X2_WORD
+        "subs   %[k], %[k], #1\n\t"
+        "bne    3b\n\t"
+        "4:\n\t"
+        DOT2X2_LAST_WORD
+        : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [wp] "+r"(wu), [x0] "+r"(x0),
+          [x1] "+r"(x1), [k] "+r"(k), [p] "=&r"(p), [q] "=&r"(q), [r] "=&r"(r), [s] "=&r"(s)
+        :
+        : "cc", "memory");
+    out[0] = a00;
+    out[1] = a01;
+    out[2] = a10;
+    out[3] = a11;
+}
+#else
+static void dot2x2u_i8(int32_t* out, const uint32_t* wu, const uint32_t* x0, const uint32_t* x1, int words) {
+    int32_t a[4] = {0, 0, 0, 0};
+    for (int j = 0; j < words; j++) {
+        for (int i = 0; i < 4; i++) {
+            for (int h = 0; h < 2; h++) {
+                uint32_t wv = wu[8 * j + 2 * (i >> 1) + h], xv = (i & 1 ? x1 : x0)[2 * j + h];
+                a[i] += (int32_t)(int16_t)(wv & 0xFFFF) * (int32_t)(int16_t)(xv & 0xFFFF)
+                      + (int32_t)(int16_t)(wv >> 16) * (int32_t)(int16_t)(xv >> 16);
+            }
+        }
+    }
+    for (int i = 0; i < 4; i++) out[i] = a[i];
+}
+#endif
+
 void matvec_rows_i8_batch(float* const* y, const int8_t* w_tile, const float* row_scales,
                           const float* bias_or_null, const int8_t* const* qx, const uint32_t* const* xu,
                           const float* sx, int n, int rows, int cols, uint32_t* scratch) {
     int r = 0;
     if ((cols & 3) == 0 && cols > 0 && ((uintptr_t)w_tile & 3) == 0) {
+        int words = cols >> 2;
         for (; r + 4 <= rows; r += 4) {
             unpack_rows4_i8(scratch, w_tile + (size_t)r * (size_t)cols, cols);
-            for (int p = 0; p < n; p++) {
+            int p = 0;
+            for (; p + 2 <= n; p += 2) {   // two vectors at a time: each loaded word serves two rows
+                for (int h = 0; h < 4; h += 2) {
+                    int32_t acc[4];
+                    dot2x2u_i8(acc, scratch + 2 * h, xu[p], xu[p + 1], words);
+                    for (int i = 0; i < 4; i++) {
+                        int row = r + h + (i >> 1), q = p + (i & 1);
+                        y[q][row] = dequant(acc[i], row_scales[row], sx[q], bias_or_null, row);
+                    }
+                }
+            }
+            if (p < n) {   // an odd one out: four rows against it
                 int32_t acc[4];
-                dot4u_i8(acc, scratch, xu[p], cols >> 2);
+                dot4u_i8(acc, scratch, xu[p], words);
                 for (int i = 0; i < 4; i++) y[p][r + i] = dequant(acc[i], row_scales[r + i], sx[p], bias_or_null, r + i);
             }
         }
