@@ -460,23 +460,23 @@ static void dot4u_i8(int32_t* out, const uint32_t* wu, const uint32_t* xu, int w
 #define DOT2X2_WORD DOT2X2_EXPAND(DOT2X2_MACS_LOADS, DOT2X2_THIS_WORD, DOT2X2_NEXT_WORD)
 #define DOT2X2_LAST_WORD DOT2X2_EXPAND(DOT2X2_MACS_LOADS, DOT2X2_THIS_WORD, "", "", "")
 
-__attribute__((noinline)) static void dot2x2u_i8(int32_t* out, const uint32_t* wu, const uint32_t* x0,
-                                                 const uint32_t* x1, int words) {
+static inline __attribute__((always_inline)) void dot2x2u_i8(int32_t* out, const uint32_t* wu,
+                                                             const uint32_t* x0, const uint32_t* x1, int words) {
     int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
-    int k = words - 1;   // words with a next one: four per iteration, then one at a time
+    int k = words - 1;   // words with a next one: eight per iteration, then one at a time
     uint32_t p, q, r, s;
     __asm__ volatile(
         "ldr    %[p], [%[x0]], #8\n\t"
         "ldr    %[q], [%[wp]], #32\n\t"
         "ldr    %[r], [%[x1]], #8\n\t"
-        "subs   %[k], %[k], #4\n\t"
+        "subs   %[k], %[k], #8\n\t"
         "blt    2f\n\t"
         "1:\n\t"
-        DOT2X2_WORD DOT2X2_WORD DOT2X2_WORD DOT2X2_WORD
-        "subs   %[k], %[k], #4\n\t"
+        DOT2X2_WORD DOT2X2_WORD DOT2X2_WORD DOT2X2_WORD DOT2X2_WORD DOT2X2_WORD DOT2X2_WORD DOT2X2_WORD
+        "subs   %[k], %[k], #8\n\t"
         "bge    1b\n\t"
         "2:\n\t"
-        "adds   %[k], %[k], #4\n\t"
+        "adds   %[k], %[k], #8\n\t"
         "beq    4f\n\t"
         "3:\n\t"
         DOT2X2_WORD
@@ -509,6 +509,36 @@ static void dot2x2u_i8(int32_t* out, const uint32_t* wu, const uint32_t* x0, con
 }
 #endif
 
+// Both halves of a group of four rows against two vectors, in one call:
+// out[2i + j] = row i . xj.
+__attribute__((noinline)) static void dot4x2u_i8(int32_t* out, const uint32_t* wu, const uint32_t* x0,
+                                                 const uint32_t* x1, int words) {
+    dot2x2u_i8(out, wu, x0, x1, words);
+    dot2x2u_i8(out + 4, wu + 4, x0, x1, words);
+}
+
+// dequant() of a group of four rows against m vectors (1 or 2): y_j[i] from acc[m i + j].
+// Every input is read before the first output is written, so the compiler may overlap the
+// conversions and products of different outputs (the float operations of each are dequant's).
+static inline void dequant_rows4(float* y0, float* y1, int m, const int32_t* acc, const float* scales,
+                                 float sx0, float sx1, const float* bias) {
+    float v[8];
+    for (int i = 0; i < 4; i++) {
+        v[m * i] = (float)acc[m * i] * (scales[i] * sx0);
+        if (m == 2) v[2 * i + 1] = (float)acc[2 * i + 1] * (scales[i] * sx1);
+    }
+    if (bias) {
+        for (int i = 0; i < 4; i++) {
+            v[m * i] = v[m * i] + bias[i];
+            if (m == 2) v[2 * i + 1] = v[2 * i + 1] + bias[i];
+        }
+    }
+    for (int i = 0; i < 4; i++) {
+        y0[i] = v[m * i];
+        if (m == 2) y1[i] = v[2 * i + 1];
+    }
+}
+
 void matvec_rows_i8_batch(float* const* y, const int8_t* w_tile, const float* row_scales,
                           const float* bias_or_null, const int8_t* const* qx, const uint32_t* const* xu,
                           const float* sx, int n, int rows, int cols, uint32_t* scratch) {
@@ -517,21 +547,17 @@ void matvec_rows_i8_batch(float* const* y, const int8_t* w_tile, const float* ro
         int words = cols >> 2;
         for (; r + 4 <= rows; r += 4) {
             unpack_rows4_i8(scratch, w_tile + (size_t)r * (size_t)cols, cols);
+            const float* b = bias_or_null ? bias_or_null + r : 0;
             int p = 0;
             for (; p + 2 <= n; p += 2) {   // two vectors at a time: each loaded word serves two rows
-                for (int h = 0; h < 4; h += 2) {
-                    int32_t acc[4];
-                    dot2x2u_i8(acc, scratch + 2 * h, xu[p], xu[p + 1], words);
-                    for (int i = 0; i < 4; i++) {
-                        int row = r + h + (i >> 1), q = p + (i & 1);
-                        y[q][row] = dequant(acc[i], row_scales[row], sx[q], bias_or_null, row);
-                    }
-                }
+                int32_t acc[8];
+                dot4x2u_i8(acc, scratch, xu[p], xu[p + 1], words);
+                dequant_rows4(y[p] + r, y[p + 1] + r, 2, acc, row_scales + r, sx[p], sx[p + 1], b);
             }
             if (p < n) {   // an odd one out: four rows against it
                 int32_t acc[4];
                 dot4u_i8(acc, scratch, xu[p], words);
-                for (int i = 0; i < 4; i++) y[p][r + i] = dequant(acc[i], row_scales[r + i], sx[p], bias_or_null, r + i);
+                dequant_rows4(y[p] + r, 0, 1, acc, row_scales + r, sx[p], 0.0f, b);
             }
         }
     }
