@@ -140,7 +140,7 @@ static void dot2_i8(int32_t* out, const int8_t* w0, const int8_t* w1, const int8
 // (r0-r12): built only when optimizing, where no frame pointer is reserved. n % 4 == 0,
 // rows 4-byte aligned.
 #if defined(__OPTIMIZE__)
-// The loops below and unpack_rows4_i8/dot4u_i8 further down need 13 registers: only when
+// The loops below and the batch kernels further down need 13 registers: only when
 // optimizing, where no frame pointer is reserved.
 #define ASM_13_REGISTERS 1
 #define DOT4_ROW(acc, row_load)                     \
@@ -356,79 +356,107 @@ static void unpack_rows4_i8(uint32_t* wu, const int8_t* w, int cols) {
 }
 #endif
 
+// Two rows of int8 weights against one unpacked vector, and the same rows unpacked into
+// wu as unpack_rows4_i8 lays them out (wu: the group's, plus 4 words for rows 2 and 3):
+// out = {row 0 . x, row 1 . x}. With an odd number of vectors the odd one takes this pass,
+// so the unpacking that every pair of vectors then reads costs no pass of its own: per word
+// of two rows, 4 LDR + 4 SXTB16 + 4 STR + 4 SMLAD issue in 8 cycles (all dual-issued:
+// SXTB16 beside a store or a SMLAD, SMLAD beside a load), where unpack_rows4_i8 and a
+// one-vector pass over the unpacked rows would take 10.5. The schedule is a software
+// pipeline found by search under target/m7_pipeline.py's rules: a word's SXTB16 and first
+// SMLAD run in its own 8 cycles, its row 1 SMLAD and three of its stores in the next
+// word's; the first word's half is peeled, the last word's finished after the loop.
+// 13 registers. words >= 1.
 #ifdef ASM_13_REGISTERS
-// One column word of four unpacked rows against one unpacked vector: 2 + 8 LDR and 8 SMLAD
-// for 16 multiply-accumulates. Every SMLAD's operands were loaded two instructions earlier,
-// so it dual-issues with the next LDR: about 10 cycles per word (target/m7_pipeline.py).
-#define DOT4U_WORD                                           \
-    "ldr    %[e], [%[wp]], #4\n\t"                           \
-    "ldr    %[o], [%[wp]], #4\n\t"                           \
-    "ldr    %[e2], [%[wp]], #4\n\t"                          \
-    "smlad  %[a0], %[e], %[x02], %[a0]\n\t"                  \
-    "ldr    %[o2], [%[wp]], #4\n\t"                          \
-    "smlad  %[a0], %[o], %[x13], %[a0]\n\t"                  \
-    "ldr    %[e], [%[wp]], #4\n\t"                           \
-    "smlad  %[a1], %[e2], %[x02], %[a1]\n\t"                 \
-    "ldr    %[o], [%[wp]], #4\n\t"                           \
-    "smlad  %[a1], %[o2], %[x13], %[a1]\n\t"                 \
-    "ldr    %[e2], [%[wp]], #4\n\t"                          \
-    "smlad  %[a2], %[e], %[x02], %[a2]\n\t"                  \
-    "ldr    %[o2], [%[wp]], #4\n\t"                          \
-    "smlad  %[a2], %[o], %[x13], %[a2]\n\t"                  \
-    "smlad  %[a3], %[e2], %[x02], %[a3]\n\t"                 \
-    "ldr    %[x02], [%[xu]], #4\n\t"                         \
-    "smlad  %[a3], %[o2], %[x13], %[a3]\n\t"                 \
-    "ldr    %[x13], [%[xu]], #4\n\t"
+// Row 0 and row 1 of this word (ra, rb: raw, then even lanes; oa, ob: odd lanes) and of the
+// previous word, whose row 1 SMLAD and stores (at wu - 32 + 8, + 4, + 12) are interleaved.
+#define UNPACK_DOT2X1_WORD                                   \
+    "ldr    %[ra], [%[w0]], #4\n\t"                          \
+    "smlad  %[a1], %[rb], %[xe], %[a1]\n\t"                  \
+    "str    %[rb], [%[wu], #-24]\n\t"                        \
+    "ldr    %[rb], [%[w0], %[cs4]]\n\t"                      \
+    "ldr    %[xe], [%[xu]], #8\n\t"                          \
+    "str    %[oa], [%[wu], #-28]\n\t"                        \
+    "smlad  %[a1], %[ob], %[xo], %[a1]\n\t"                  \
+    "ldr    %[xo], [%[xu], #-4]\n\t"                         \
+    UNPACK_DOT2X1_TAIL("str    %[ob], [%[wu], #-20]\n\t")
+#define UNPACK_DOT2X1_TAIL(store_ob)                         \
+    "sxtb16 %[oa], %[ra], ror #8\n\t"                        \
+    store_ob                                                 \
+    "sxtb16 %[ra], %[ra]\n\t"                                \
+    "smlad  %[a0], %[oa], %[xo], %[a0]\n\t"                  \
+    "sxtb16 %[ob], %[rb], ror #8\n\t"                        \
+    "smlad  %[a0], %[ra], %[xe], %[a0]\n\t"                  \
+    "sxtb16 %[rb], %[rb]\n\t"                                \
+    "str    %[ra], [%[wu]], #32\n\t"
 
-__attribute__((noinline)) static void dot4u_i8(int32_t* out, const uint32_t* wu, const uint32_t* xu, int words) {
-    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    uint32_t x02 = xu[0], x13 = xu[1], e, o, e2, o2;
-    xu += 2;
-    int k = words;
-    if (k & 1) {   // an odd word first, alone
-        __asm__ volatile(DOT4U_WORD
-            : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [xu] "+r"(xu), [wp] "+r"(wu),
-              [x02] "+r"(x02), [x13] "+r"(x13), [e] "=&r"(e), [o] "=&r"(o), [e2] "=&r"(e2), [o2] "=&r"(o2)
-            :
-            : "memory");
-    }
-    k >>= 1;
-    if (k > 0) __asm__ volatile(
+static inline __attribute__((always_inline)) void unpack_dot2x1_i8(int32_t* out, uint32_t* wu, const int8_t* w,
+                                                                   int cols, const uint32_t* xu) {
+    int32_t a0 = 0, a1 = 0;
+    int k = (cols >> 2) - 1;   // words after the first: two per iteration, then one
+    uint32_t ra, rb, oa, ob, xe, xo;
+    __asm__ volatile(
+        "ldr    %[ra], [%[w0]], #4\n\t"
+        "ldr    %[rb], [%[w0], %[cs4]]\n\t"
+        "ldr    %[xe], [%[xu]], #8\n\t"
+        "ldr    %[xo], [%[xu], #-4]\n\t"
+        UNPACK_DOT2X1_TAIL("")
+        "subs   %[k], %[k], #2\n\t"
+        "blt    2f\n\t"
         "1:\n\t"
-        DOT4U_WORD DOT4U_WORD
-        "subs   %[k], %[k], #1\n\t"
-        "bne    1b\n\t"
-        : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [xu] "+r"(xu), [wp] "+r"(wu),
-          [k] "+r"(k), [x02] "+r"(x02), [x13] "+r"(x13), [e] "=&r"(e), [o] "=&r"(o), [e2] "=&r"(e2),
-          [o2] "=&r"(o2)
-        :
+        UNPACK_DOT2X1_WORD UNPACK_DOT2X1_WORD
+        "subs   %[k], %[k], #2\n\t"
+        "bge    1b\n\t"
+        "2:\n\t"
+        "adds   %[k], %[k], #2\n\t"
+        "beq    3f\n\t"
+        UNPACK_DOT2X1_WORD
+        "3:\n\t"
+        "smlad  %[a1], %[rb], %[xe], %[a1]\n\t"
+        "str    %[rb], [%[wu], #-24]\n\t"
+        "str    %[oa], [%[wu], #-28]\n\t"
+        "smlad  %[a1], %[ob], %[xo], %[a1]\n\t"
+        "str    %[ob], [%[wu], #-20]\n\t"
+        : [a0] "+r"(a0), [a1] "+r"(a1), [w0] "+r"(w), [xu] "+r"(xu), [wu] "+r"(wu), [k] "+r"(k),
+          [ra] "=&r"(ra), [rb] "=&r"(rb), [oa] "=&r"(oa), [ob] "=&r"(ob), [xe] "=&r"(xe), [xo] "=&r"(xo)
+        : [cs4] "r"(cols - 4)
         : "cc", "memory");
     out[0] = a0;
     out[1] = a1;
-    out[2] = a2;
-    out[3] = a3;
 }
 #else
-static void dot4u_i8(int32_t* out, const uint32_t* wu, const uint32_t* xu, int words) {
-    int32_t a[4] = {0, 0, 0, 0};
-    for (int j = 0; j < words; j++) {
-        for (int r = 0; r < 4; r++) {
-            for (int h = 0; h < 2; h++) {
-                uint32_t wv = wu[8 * j + 2 * r + h], xv = xu[2 * j + h];
-                a[r] += (int32_t)(int16_t)(wv & 0xFFFF) * (int32_t)(int16_t)(xv & 0xFFFF)
-                      + (int32_t)(int16_t)(wv >> 16) * (int32_t)(int16_t)(xv >> 16);
-            }
+static void unpack_dot2x1_i8(int32_t* out, uint32_t* wu, const int8_t* w, int cols, const uint32_t* xu) {
+    int32_t a[2] = {0, 0};
+    for (int j = 0; j < cols >> 2; j++) {
+        for (int r = 0; r < 2; r++) {
+            uint32_t v = load4(w + (size_t)r * (size_t)cols + 4 * j);
+            int32_t e = even_pairs(v), o = odd_pairs(v);
+            wu[8 * j + 2 * r] = (uint32_t)e;
+            wu[8 * j + 2 * r + 1] = (uint32_t)o;
+            a[r] += (int32_t)(int16_t)(e & 0xFFFF) * (int32_t)(int16_t)(xu[2 * j] & 0xFFFF)
+                  + (int32_t)(int16_t)((uint32_t)e >> 16) * (int32_t)(int16_t)(xu[2 * j] >> 16)
+                  + (int32_t)(int16_t)(o & 0xFFFF) * (int32_t)(int16_t)(xu[2 * j + 1] & 0xFFFF)
+                  + (int32_t)(int16_t)((uint32_t)o >> 16) * (int32_t)(int16_t)(xu[2 * j + 1] >> 16);
         }
     }
-    for (int r = 0; r < 4; r++) out[r] = a[r];
+    out[0] = a[0];
+    out[1] = a[1];
 }
 #endif
+
+// A group of four rows (w) against one vector, unpacked into wu on the way: out[i] = row i . x.
+__attribute__((noinline)) static void unpack_dot4x1_i8(int32_t* out, uint32_t* wu, const int8_t* w, int cols,
+                                                       const uint32_t* xu) {
+    unpack_dot2x1_i8(out, wu, w, cols, xu);
+    unpack_dot2x1_i8(out + 2, wu + 4, w + 2 * (size_t)cols, cols, xu);
+}
 
 // Two rows of a group unpacked by unpack_rows4_i8 (wu: the group's, plus 4 words for rows
 // 2 and 3) against two unpacked vectors: out = {row 0 . x0, row 0 . x1, row 1 . x0,
 // row 1 . x1}. Each loaded word serves two SMLAD, so a word of four columns is 8 LDR and
 // 8 SMLAD for 16 multiply-accumulates, and every SMLAD dual-issues with a load: 8 cycles,
-// the M7's one multiply-accumulate per cycle (dot4u_i8 takes 10: 10 loads per 8 SMLAD).
+// the M7's one multiply-accumulate per cycle (one vector against four rows takes 10:
+// 10 loads per 8 SMLAD).
 // The loads run three cycles ahead of the SMLAD that use them (a load's result reaches a
 // multiply two cycles later), so each loop iteration starts the next word's first three
 // loads, and the last word, which has none to start, is peeled. Four registers then hold
@@ -546,18 +574,20 @@ void matvec_rows_i8_batch(float* const* y, const int8_t* w_tile, const float* ro
     if ((cols & 3) == 0 && cols > 0 && ((uintptr_t)w_tile & 3) == 0) {
         int words = cols >> 2;
         for (; r + 4 <= rows; r += 4) {
-            unpack_rows4_i8(scratch, w_tile + (size_t)r * (size_t)cols, cols);
             const float* b = bias_or_null ? bias_or_null + r : 0;
-            int p = 0;
-            for (; p + 2 <= n; p += 2) {   // two vectors at a time: each loaded word serves two rows
+            const int8_t* w = w_tile + (size_t)r * (size_t)cols;
+            int pairs = n >> 1;
+            if (n & 1) {   // the odd vector unpacks the group for the pairs
+                int32_t acc[4];
+                unpack_dot4x1_i8(acc, scratch, w, cols, xu[n - 1]);
+                dequant_rows4(y[n - 1] + r, 0, 1, acc, row_scales + r, sx[n - 1], 0.0f, b);
+            } else {
+                unpack_rows4_i8(scratch, w, cols);
+            }
+            for (int p = 0; p < 2 * pairs; p += 2) {   // each loaded word serves two rows and two vectors
                 int32_t acc[8];
                 dot4x2u_i8(acc, scratch, xu[p], xu[p + 1], words);
                 dequant_rows4(y[p] + r, y[p + 1] + r, 2, acc, row_scales + r, sx[p], sx[p + 1], b);
-            }
-            if (p < n) {   // an odd one out: four rows against it
-                int32_t acc[4];
-                dot4u_i8(acc, scratch, xu[p], words);
-                dequant_rows4(y[p] + r, 0, 1, acc, row_scales + r, sx[p], 0.0f, b);
             }
         }
     }
