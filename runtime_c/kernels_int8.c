@@ -500,7 +500,7 @@ static inline __attribute__((always_inline)) void dot2x2u_i8(int32_t* out, const
         "subs   %[k], %[k], #8\n\t"
         "blt    2f\n\t"
         "1:\n\t"
-        DOT2X2_WORD DOT2X2_WORD DOT2X2_WORD DOT2X2_WORD DOT2X2_WORD DOT2X2_WORD DOT2X2_WORD DOT2X2_WORD
+        ".rept   8\n\t" DOT2X2_WORD ".endr\n\t"   /* (one string of 8 copies is too long for C99) */
         "subs   %[k], %[k], #8\n\t"
         "bge    1b\n\t"
         "2:\n\t"
