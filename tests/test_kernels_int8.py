@@ -353,7 +353,9 @@ def m7_object(compiler):
 
 def function_body(dis, name):
     """The disassembly lines of one function: [(address, mnemonic, operands)]."""
-    m = re.search(rf"^[0-9a-f]+ <{re.escape(name)}>:\n(.*?)(?:\n\n|\Z)", dis, re.S | re.M)
+    # to the next function's label: a literal pool inside the function (<$d>, then <$t>) is
+    # preceded by a blank line too
+    m = re.search(rf"^[0-9a-f]+ <{re.escape(name)}>:\n(.*?)(?:\n\n[0-9a-f]+ <(?!\$)|\Z)", dis, re.S | re.M)
     assert m, f"{name} not in the disassembly"
     insns = []
     for line in m.group(1).splitlines():
