@@ -383,6 +383,15 @@ static void unpack_rows4_i8(uint32_t* wu, const int8_t* w, int cols) {
 }
 #endif
 
+// After a loop of whole iterations, k = (words left) - (words per iteration) < 0: its low
+// bits say which of the blocks of `n` copies of a word's code still run. Straight-line
+// blocks rather than a loop of one word: a loop's branch would cost a cycle per word.
+#define LADDER(n, word, skip)                        \
+    "tst    %[k], #" #n "\n\t"                       \
+    "beq    " skip "f\n\t"                           \
+    ".rept  " #n "\n\t" word ".endr\n\t"           \
+    skip ":\n\t"
+
 // Two rows of int8 weights against one unpacked vector, and the same rows unpacked into
 // wu as unpack_rows4_i8 lays them out (wu: the group's, plus 4 words for rows 2 and 3):
 // out = {row 0 . x, row 1 . x}. With an odd number of vectors the odd one takes this pass,
@@ -420,7 +429,7 @@ static void unpack_rows4_i8(uint32_t* wu, const int8_t* w, int cols) {
 static inline __attribute__((always_inline)) void unpack_dot2x1_i8(int32_t* out, uint32_t* wu, const int8_t* w,
                                                                    int cols, const uint32_t* xu) {
     int32_t a0 = 0, a1 = 0;
-    int k = (cols >> 2) - 1;   // words after the first: two per iteration, then one
+    int k = (cols >> 2) - 1;   // words after the first: eight per iteration, then 4, 2, 1 as needed
     uint32_t ra, rb, oa, ob, xe, xo;
     __asm__ volatile(
         "ldr    %[ra], [%[w0]], #4\n\t"
@@ -428,17 +437,14 @@ static inline __attribute__((always_inline)) void unpack_dot2x1_i8(int32_t* out,
         "ldr    %[xe], [%[xu]], #8\n\t"
         "ldr    %[xo], [%[xu], #-4]\n\t"
         UNPACK_DOT2X1_TAIL("")
-        "subs   %[k], %[k], #2\n\t"
+        "subs   %[k], %[k], #8\n\t"
         "blt    2f\n\t"
         "1:\n\t"
-        UNPACK_DOT2X1_WORD UNPACK_DOT2X1_WORD
-        "subs   %[k], %[k], #2\n\t"
+        ".rept   8\n\t" UNPACK_DOT2X1_WORD ".endr\n\t"
+        "subs   %[k], %[k], #8\n\t"
         "bge    1b\n\t"
         "2:\n\t"
-        "adds   %[k], %[k], #2\n\t"
-        "beq    3f\n\t"
-        UNPACK_DOT2X1_WORD
-        "3:\n\t"
+        LADDER(4, UNPACK_DOT2X1_WORD, "4") LADDER(2, UNPACK_DOT2X1_WORD, "5") LADDER(1, UNPACK_DOT2X1_WORD, "3")
         "smlad  %[a1], %[rb], %[xe], %[a1]\n\t"
         "str    %[rb], [%[wu], #-24]\n\t"
         "str    %[oa], [%[wu], #-28]\n\t"
@@ -518,26 +524,21 @@ __attribute__((noinline)) static void unpack_dot4x1_i8(int32_t* out, uint32_t* w
 static inline __attribute__((always_inline)) void dot2x2u_i8(int32_t* out, const uint32_t* wu,
                                                              const uint32_t* x0, const uint32_t* x1, int words) {
     int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
-    int k = words - 1;   // words with a next one: eight per iteration, then one at a time
+    int k = words - 1;   // words with a next one: sixteen per iteration, then 8, 4, 2, 1 as needed
     uint32_t p, q, r, s;
     __asm__ volatile(
         "ldr    %[p], [%[x0]], #8\n\t"
         "ldr    %[q], [%[wp]], #32\n\t"
         "ldr    %[r], [%[x1]], #8\n\t"
-        "subs   %[k], %[k], #8\n\t"
+        "subs   %[k], %[k], #16\n\t"
         "blt    2f\n\t"
         "1:\n\t"
-        ".rept   8\n\t" DOT2X2_WORD ".endr\n\t"   /* (one string of 8 copies is too long for C99) */
-        "subs   %[k], %[k], #8\n\t"
+        ".rept   16\n\t" DOT2X2_WORD ".endr\n\t"   /* (16 copies in C would exceed C99's string length) */
+        "subs   %[k], %[k], #16\n\t"
         "bge    1b\n\t"
         "2:\n\t"
-        "adds   %[k], %[k], #8\n\t"
-        "beq    4f\n\t"
-        "3:\n\t"
-        DOT2X2_WORD
-        "subs   %[k], %[k], #1\n\t"
-        "bne    3b\n\t"
-        "4:\n\t"
+        LADDER(8, DOT2X2_WORD, "5") LADDER(4, DOT2X2_WORD, "6") LADDER(2, DOT2X2_WORD, "7")
+        LADDER(1, DOT2X2_WORD, "4")
         DOT2X2_LAST_WORD
         : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [wp] "+r"(wu), [x0] "+r"(x0),
           [x1] "+r"(x1), [k] "+r"(k), [p] "=&r"(p), [q] "=&r"(q), [r] "=&r"(r), [s] "=&r"(s)
