@@ -74,11 +74,13 @@ void gelu_tanh(float* x, int n) {
     for (; i + 4 <= n; i += 4) {
         float v0 = x[i], v1 = x[i + 1], v2 = x[i + 2], v3 = x[i + 3];
         float u0 = gelu_arg(v0), u1 = gelu_arg(v1), u2 = gelu_arg(v2), u3 = gelu_arg(v3);
-        float t0 = mcu_tanhf(u0), t1 = mcu_tanhf(u1), t2 = mcu_tanhf(u2), t3 = mcu_tanhf(u3);
-        x[i] = (0.5f * v0) * (1.0f + t0);
-        x[i + 1] = (0.5f * v1) * (1.0f + t1);
-        x[i + 2] = (0.5f * v2) * (1.0f + t2);
-        x[i + 3] = (0.5f * v3) * (1.0f + t3);
+        float t[4];
+        mcu_tanhf2(t, u0, u1);
+        mcu_tanhf2(t + 2, u2, u3);
+        x[i] = (0.5f * v0) * (1.0f + t[0]);
+        x[i + 1] = (0.5f * v1) * (1.0f + t[1]);
+        x[i + 2] = (0.5f * v2) * (1.0f + t[2]);
+        x[i + 3] = (0.5f * v3) * (1.0f + t[3]);
     }
     for (; i < n; i++) x[i] = (0.5f * x[i]) * (1.0f + mcu_tanhf(gelu_arg(x[i])));
 }
