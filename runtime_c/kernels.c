@@ -122,10 +122,32 @@ void attention_scores(float* scores, const float* q, const float* k_rows, int n,
 
 void attention_accumulate(float* out, const float* scores, const float* v_rows, int n, int head_dim,
                           int row_stride) {
-    for (int t = 0; t < n; t++) {
-        const float* v = v_rows + (size_t)t * (size_t)row_stride;   // (head_dim,)
-        float s = scores[t];
-        for (int d = 0; d < head_dim; d++) out[d] += s * v[d];
+    // Eight columns at a time, held in registers over every t (each out[d] still adds its
+    // terms in the order of t): a multiply-add per loaded value, without reading and
+    // writing out[d] once per t.
+    int d = 0;
+    for (; d + 8 <= head_dim; d += 8) {
+        float o0 = out[d], o1 = out[d + 1], o2 = out[d + 2], o3 = out[d + 3];
+        float o4 = out[d + 4], o5 = out[d + 5], o6 = out[d + 6], o7 = out[d + 7];
+        const float* v = v_rows + d;
+        for (int t = 0; t < n; t++, v += row_stride) {
+            float s = scores[t];
+            o0 += s * v[0];
+            o1 += s * v[1];
+            o2 += s * v[2];
+            o3 += s * v[3];
+            o4 += s * v[4];
+            o5 += s * v[5];
+            o6 += s * v[6];
+            o7 += s * v[7];
+        }
+        out[d] = o0, out[d + 1] = o1, out[d + 2] = o2, out[d + 3] = o3;
+        out[d + 4] = o4, out[d + 5] = o5, out[d + 6] = o6, out[d + 7] = o7;
+    }
+    for (; d < head_dim; d++) {
+        float o = out[d];
+        for (int t = 0; t < n; t++) o += scores[t] * v_rows[(size_t)t * (size_t)row_stride + (size_t)d];
+        out[d] = o;
     }
 }
 
