@@ -61,12 +61,28 @@ void layernorm(float* out, const float* x, const float* gamma, const float* beta
 #define GELU_SQRT_2_OVER_PI 0.7978846f   // sqrt(2/pi) rounded to float32
 #define GELU_CUBIC          0.044715f
 
+static inline float gelu_arg(float v) {
+    return GELU_SQRT_2_OVER_PI * (v + GELU_CUBIC * ((v * v) * v));
+}
+
 void gelu_tanh(float* x, int n) {
-    for (int i = 0; i < n; i++) {
-        float v = x[i];
-        float u = GELU_SQRT_2_OVER_PI * (v + GELU_CUBIC * ((v * v) * v));
-        x[i] = (0.5f * v) * (1.0f + mcu_tanhf(u));
+    // x = (0.5f * v) * (1.0f + tanh(gelu_arg(v))), four elements at a time: their arguments
+    // and their products written side by side, so that the M7 overlaps four chains of
+    // dependent float operations (one element alone waits for each result). Each element's
+    // operations are the same, in the same order.
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        float v0 = x[i], v1 = x[i + 1], v2 = x[i + 2], v3 = x[i + 3];
+        float u0 = gelu_arg(v0), u1 = gelu_arg(v1), u2 = gelu_arg(v2), u3 = gelu_arg(v3);
+        float t[4];
+        mcu_tanhf2(t, u0, u1);
+        mcu_tanhf2(t + 2, u2, u3);
+        x[i] = (0.5f * v0) * (1.0f + t[0]);
+        x[i + 1] = (0.5f * v1) * (1.0f + t[1]);
+        x[i + 2] = (0.5f * v2) * (1.0f + t[2]);
+        x[i + 3] = (0.5f * v3) * (1.0f + t[3]);
     }
+    for (; i < n; i++) x[i] = (0.5f * x[i]) * (1.0f + mcu_tanhf(gelu_arg(x[i])));
 }
 
 void softmax(float* x, int n) {
@@ -106,10 +122,32 @@ void attention_scores(float* scores, const float* q, const float* k_rows, int n,
 
 void attention_accumulate(float* out, const float* scores, const float* v_rows, int n, int head_dim,
                           int row_stride) {
-    for (int t = 0; t < n; t++) {
-        const float* v = v_rows + (size_t)t * (size_t)row_stride;   // (head_dim,)
-        float s = scores[t];
-        for (int d = 0; d < head_dim; d++) out[d] += s * v[d];
+    // Eight columns at a time, held in registers over every t (each out[d] still adds its
+    // terms in the order of t): a multiply-add per loaded value, without reading and
+    // writing out[d] once per t.
+    int d = 0;
+    for (; d + 8 <= head_dim; d += 8) {
+        float o0 = out[d], o1 = out[d + 1], o2 = out[d + 2], o3 = out[d + 3];
+        float o4 = out[d + 4], o5 = out[d + 5], o6 = out[d + 6], o7 = out[d + 7];
+        const float* v = v_rows + d;
+        for (int t = 0; t < n; t++, v += row_stride) {
+            float s = scores[t];
+            o0 += s * v[0];
+            o1 += s * v[1];
+            o2 += s * v[2];
+            o3 += s * v[3];
+            o4 += s * v[4];
+            o5 += s * v[5];
+            o6 += s * v[6];
+            o7 += s * v[7];
+        }
+        out[d] = o0, out[d + 1] = o1, out[d + 2] = o2, out[d + 3] = o3;
+        out[d + 4] = o4, out[d + 5] = o5, out[d + 6] = o6, out[d + 7] = o7;
+    }
+    for (; d < head_dim; d++) {
+        float o = out[d];
+        for (int t = 0; t < n; t++) o += scores[t] * v_rows[(size_t)t * (size_t)row_stride + (size_t)d];
+        out[d] = o;
     }
 }
 

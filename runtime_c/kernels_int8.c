@@ -9,29 +9,56 @@
 // ----------------------------------------------------------------------------
 // activation quantization
 
+// quantize.py's round_half_away of one float32: v + where(v >= 0, 0.5, -0.5), one float32
+// add (so -0.0f gets +0.5f, as np.where does), then truncation toward zero: C's float -> int
+// conversion (VCVT.S32.F32 on the M7, CVTTSS2SI on x86).
+static inline int8_t round_half_away_i8(float v) {
+    float t = v + (v >= 0.0f ? 0.5f : -0.5f);
+    return (int8_t)(int32_t)t;
+}
+
+// max(m, |v|) for m >= +0.0f and v finite. On the M7 (FPv5) VABS.F32 and VMAXNM.F32, two
+// instructions without flags, so that four running maxima overlap; |v| clears the sign bit,
+// and -0.0f becomes +0.0f, which like -0.0f never exceeds the +0.0f the maxima start from.
+// Elsewhere by comparison (fmaxf would be a libm call on the host).
+static inline float max_abs(float m, float v) {
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP && defined(__ARM_FP)
+    return __builtin_fmaxf(m, __builtin_fabsf(v));
+#else
+    float a = v < 0.0f ? -v : v;
+    return a > m ? a : m;
+#endif
+}
+
 void quantize_vector_i8(int8_t* q, float* scale, const float* x, int n) {
-    // |x| by comparison rather than by clearing the sign bit: -0.0f stays -0.0f, which
-    // compares equal to 0 and so never becomes the maximum. The maximum of a set does not
-    // depend on the order it is taken in, so this equals numpy's np.abs(x).max().
-    float amax = 0.0f;
-    for (int i = 0; i < n; i++) {
-        float a = x[i] < 0.0f ? -x[i] : x[i];
-        if (a > amax) amax = a;
+    // The maximum of a set does not depend on the order it is taken in, so four running
+    // maxima and then theirs equal numpy's np.abs(x).max() (x has no NaN).
+    float m0 = 0.0f, m1 = 0.0f, m2 = 0.0f, m3 = 0.0f;
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        m0 = max_abs(m0, x[i]);
+        m1 = max_abs(m1, x[i + 1]);
+        m2 = max_abs(m2, x[i + 2]);
+        m3 = max_abs(m3, x[i + 3]);
     }
+    for (; i < n; i++) m0 = max_abs(m0, x[i]);
+    float amax = max_abs(max_abs(m0, m1), max_abs(m2, m3));
     if (amax == 0.0f) {
-        for (int i = 0; i < n; i++) q[i] = 0;
+        for (i = 0; i < n; i++) q[i] = 0;
         *scale = 0.0f;
         return;
     }
     float inv = QMAX / amax;
-    for (int i = 0; i < n; i++) {
-        float v = x[i] * inv;
-        // quantize.py's round_half_away: v + where(v >= 0, 0.5, -0.5), one float32 add
-        // (so -0.0f gets +0.5f, as np.where does), then truncation toward zero: C's
-        // float -> int conversion (VCVT.S32.F32 on the M7, CVTTSS2SI on x86).
-        float t = v + (v >= 0.0f ? 0.5f : -0.5f);
-        q[i] = (int8_t)(int32_t)t;
+    // Four elements at a time, each one's operations written out beside the others', so that
+    // the compiler interleaves their dependent chains (each element alone waits on every result).
+    for (i = 0; i + 4 <= n; i += 4) {
+        float v0 = x[i] * inv, v1 = x[i + 1] * inv, v2 = x[i + 2] * inv, v3 = x[i + 3] * inv;
+        q[i] = round_half_away_i8(v0);
+        q[i + 1] = round_half_away_i8(v1);
+        q[i + 2] = round_half_away_i8(v2);
+        q[i + 3] = round_half_away_i8(v3);
     }
+    for (; i < n; i++) q[i] = round_half_away_i8(x[i] * inv);
     *scale = amax / QMAX;
 }
 
@@ -140,7 +167,7 @@ static void dot2_i8(int32_t* out, const int8_t* w0, const int8_t* w1, const int8
 // (r0-r12): built only when optimizing, where no frame pointer is reserved. n % 4 == 0,
 // rows 4-byte aligned.
 #if defined(__OPTIMIZE__)
-// The loops below and unpack_rows4_i8/dot4u_i8 further down need 13 registers: only when
+// The loops below and the batch kernels further down need 13 registers: only when
 // optimizing, where no frame pointer is reserved.
 #define ASM_13_REGISTERS 1
 #define DOT4_ROW(acc, row_load)                     \
@@ -295,34 +322,50 @@ void matvec_rows_i8(float* y, const int8_t* w_tile, const float* row_scales,
 // Four rows' words, interleaved per column word: wu[8j + 2r] = row r's elements 4j, 4j+2 and
 // wu[8j + 2r + 1] its elements 4j+1, 4j+3, each an int16 lane (SXTB16, as unpack_i8).
 #ifdef ASM_13_REGISTERS
-// In assembly so that each SXTB16's result is stored (STRD) two instructions later: the M7
-// makes a DSP result available to a store only after two cycles. 13 registers, as dot4_i8.
+// In assembly for the M7's issue rules (target/m7_pipeline.py): SXTB16 issues only in the
+// older slot, so each of the eight per word takes a cycle, and every load and store rides
+// in a younger slot beside one. A store waits two cycles for its SXTB16, so the last one
+// of a word (row 2's even lanes) is stored at the start of the next word's loop iteration,
+// beside its first load: 11 cycles per word of four rows (17 with STRD, which issues alone).
+// The first word is peeled so that no store precedes the buffer. 13 registers, as dot4_i8.
 // noinline: inlined into its caller's loop, the 13 registers may not all be free
+#define UNPACK4_WORD                                \
+    "sxtb16 %[b2], %[b], ror #8\n\t"                \
+    "ldr    %[c], [%[w0]], #4\n\t"      /* row 0 */ \
+    "sxtb16 %[b], %[b]\n\t"                         \
+    "ldr    %[a], [%[w2], %[cs]]\n\t"   /* row 3 */ \
+    "sxtb16 %[c2], %[c], ror #8\n\t"                \
+    "ldr    %[d], [%[w2]], #4\n\t"      /* row 2 */ \
+    "sxtb16 %[c], %[c]\n\t"                         \
+    "str    %[b2], [%[wu], #12]\n\t"                \
+    "sxtb16 %[a2], %[a], ror #8\n\t"                \
+    "str    %[b], [%[wu], #8]\n\t"                  \
+    "sxtb16 %[a], %[a]\n\t"                         \
+    "str    %[c2], [%[wu], #4]\n\t"                 \
+    "sxtb16 %[d2], %[d], ror #8\n\t"                \
+    "str    %[c], [%[wu]], #32\n\t"                 \
+    "sxtb16 %[d], %[d]\n\t"                         \
+    "str    %[a2], [%[wu], #-4]\n\t"                \
+    "subs   %[k], %[k], #1\n\t"                     \
+    "str    %[a], [%[wu], #-8]\n\t"                 \
+    "str    %[d2], [%[wu], #-12]\n\t"
+
 __attribute__((noinline)) static void unpack_rows4_i8(uint32_t* wu, const int8_t* w, int cols) {
     const int8_t* w0 = w;
     const int8_t* w2 = w + 2 * cols;
     int k = cols >> 2;
     uint32_t a, a2, b, b2, c, c2, d, d2;
     if (k > 0) __asm__ volatile(
+        "ldr    %[b], [%[w0], %[cs]]\n\t"      /* row 1 */
+        UNPACK4_WORD
+        "beq    2f\n\t"
         "1:\n\t"
-        "ldr    %[a], [%[w2], %[cs]]\n\t"       /* row 3 */
-        "ldr    %[b], [%[w0], %[cs]]\n\t"       /* row 1 */
-        "ldr    %[c], [%[w0]], #4\n\t"          /* row 0 */
-        "ldr    %[d], [%[w2]], #4\n\t"          /* row 2 */
-        "sxtb16 %[c2], %[c], ror #8\n\t"
-        "sxtb16 %[c], %[c]\n\t"
-        "sxtb16 %[b2], %[b], ror #8\n\t"
-        "sxtb16 %[b], %[b]\n\t"
-        "strd   %[c], %[c2], [%[wu]], #8\n\t"
-        "sxtb16 %[d2], %[d], ror #8\n\t"
-        "sxtb16 %[d], %[d]\n\t"
-        "strd   %[b], %[b2], [%[wu]], #8\n\t"
-        "sxtb16 %[a2], %[a], ror #8\n\t"
-        "sxtb16 %[a], %[a]\n\t"
-        "strd   %[d], %[d2], [%[wu]], #8\n\t"
-        "subs   %[k], %[k], #1\n\t"
-        "strd   %[a], %[a2], [%[wu]], #8\n\t"
+        "ldr    %[b], [%[w0], %[cs]]\n\t"
+        "str    %[d], [%[wu], #-16]\n\t"       /* the previous word's */
+        UNPACK4_WORD
         "bne    1b\n\t"
+        "2:\n\t"
+        "str    %[d], [%[wu], #-16]\n\t"
         : [w0] "+r"(w0), [w2] "+r"(w2), [wu] "+r"(wu), [k] "+r"(k), [a] "=&r"(a), [a2] "=&r"(a2),
           [b] "=&r"(b), [b2] "=&r"(b2), [c] "=&r"(c), [c2] "=&r"(c2), [d] "=&r"(d), [d2] "=&r"(d2)
         : [cs] "r"(cols)
@@ -340,85 +383,239 @@ static void unpack_rows4_i8(uint32_t* wu, const int8_t* w, int cols) {
 }
 #endif
 
-#ifdef ASM_13_REGISTERS
-// One column word of four unpacked rows against one unpacked vector: 2 + 8 LDR and 8 SMLAD
-// for 16 multiply-accumulates. Every SMLAD's operands were loaded two instructions earlier,
-// so it dual-issues with the next LDR: about 10 cycles per word (target/m7_pipeline.py).
-#define DOT4U_WORD                                           \
-    "ldr    %[e], [%[wp]], #4\n\t"                           \
-    "ldr    %[o], [%[wp]], #4\n\t"                           \
-    "ldr    %[e2], [%[wp]], #4\n\t"                          \
-    "smlad  %[a0], %[e], %[x02], %[a0]\n\t"                  \
-    "ldr    %[o2], [%[wp]], #4\n\t"                          \
-    "smlad  %[a0], %[o], %[x13], %[a0]\n\t"                  \
-    "ldr    %[e], [%[wp]], #4\n\t"                           \
-    "smlad  %[a1], %[e2], %[x02], %[a1]\n\t"                 \
-    "ldr    %[o], [%[wp]], #4\n\t"                           \
-    "smlad  %[a1], %[o2], %[x13], %[a1]\n\t"                 \
-    "ldr    %[e2], [%[wp]], #4\n\t"                          \
-    "smlad  %[a2], %[e], %[x02], %[a2]\n\t"                  \
-    "ldr    %[o2], [%[wp]], #4\n\t"                          \
-    "smlad  %[a2], %[o], %[x13], %[a2]\n\t"                  \
-    "smlad  %[a3], %[e2], %[x02], %[a3]\n\t"                 \
-    "ldr    %[x02], [%[xu]], #4\n\t"                         \
-    "smlad  %[a3], %[o2], %[x13], %[a3]\n\t"                 \
-    "ldr    %[x13], [%[xu]], #4\n\t"
+// After a loop of whole iterations, k = (words left) - (words per iteration) < 0: its low
+// bits say which of the blocks of `n` copies of a word's code still run. Straight-line
+// blocks rather than a loop of one word: a loop's branch would cost a cycle per word.
+#define LADDER(n, word, skip)                        \
+    "tst    %[k], #" #n "\n\t"                       \
+    "beq    " skip "f\n\t"                           \
+    ".rept  " #n "\n\t" word ".endr\n\t"           \
+    skip ":\n\t"
 
-__attribute__((noinline)) static void dot4u_i8(int32_t* out, const uint32_t* wu, const uint32_t* xu, int words) {
-    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    uint32_t x02 = xu[0], x13 = xu[1], e, o, e2, o2;
-    xu += 2;
-    int k = words;
-    if (k & 1) {   // an odd word first, alone
-        __asm__ volatile(DOT4U_WORD
-            : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [xu] "+r"(xu), [wp] "+r"(wu),
-              [x02] "+r"(x02), [x13] "+r"(x13), [e] "=&r"(e), [o] "=&r"(o), [e2] "=&r"(e2), [o2] "=&r"(o2)
-            :
-            : "memory");
-    }
-    k >>= 1;
-    if (k > 0) __asm__ volatile(
+// Two rows of int8 weights against one unpacked vector, and the same rows unpacked into
+// wu as unpack_rows4_i8 lays them out (wu: the group's, plus 4 words for rows 2 and 3):
+// out = {row 0 . x, row 1 . x}. With an odd number of vectors the odd one takes this pass,
+// so the unpacking that every pair of vectors then reads costs no pass of its own: per word
+// of two rows, 4 LDR + 4 SXTB16 + 4 STR + 4 SMLAD issue in 8 cycles (all dual-issued:
+// SXTB16 beside a store or a SMLAD, SMLAD beside a load), where unpack_rows4_i8 and a
+// one-vector pass over the unpacked rows would take 10.5. The schedule is a software
+// pipeline found by search under target/m7_pipeline.py's rules: a word's SXTB16 and first
+// SMLAD run in its own 8 cycles, its row 1 SMLAD and three of its stores in the next
+// word's; the first word's half is peeled, the last word's finished after the loop.
+// 13 registers. words >= 1.
+#ifdef ASM_13_REGISTERS
+// Row 0 and row 1 of this word (ra, rb: raw, then even lanes; oa, ob: odd lanes) and of the
+// previous word, whose row 1 SMLAD and stores (at wu - 32 + 8, + 4, + 12) are interleaved.
+#define UNPACK_DOT2X1_WORD                                   \
+    "ldr    %[ra], [%[w0]], #4\n\t"                          \
+    "smlad  %[a1], %[rb], %[xe], %[a1]\n\t"                  \
+    "str    %[rb], [%[wu], #-24]\n\t"                        \
+    "ldr    %[rb], [%[w0], %[cs4]]\n\t"                      \
+    "ldr    %[xe], [%[xu]], #8\n\t"                          \
+    "str    %[oa], [%[wu], #-28]\n\t"                        \
+    "smlad  %[a1], %[ob], %[xo], %[a1]\n\t"                  \
+    "ldr    %[xo], [%[xu], #-4]\n\t"                         \
+    UNPACK_DOT2X1_TAIL("str    %[ob], [%[wu], #-20]\n\t")
+#define UNPACK_DOT2X1_TAIL(store_ob)                         \
+    "sxtb16 %[oa], %[ra], ror #8\n\t"                        \
+    store_ob                                                 \
+    "sxtb16 %[ra], %[ra]\n\t"                                \
+    "smlad  %[a0], %[oa], %[xo], %[a0]\n\t"                  \
+    "sxtb16 %[ob], %[rb], ror #8\n\t"                        \
+    "smlad  %[a0], %[ra], %[xe], %[a0]\n\t"                  \
+    "sxtb16 %[rb], %[rb]\n\t"                                \
+    "str    %[ra], [%[wu]], #32\n\t"
+
+static inline __attribute__((always_inline)) void unpack_dot2x1_i8(int32_t* out, uint32_t* wu, const int8_t* w,
+                                                                   int cols, const uint32_t* xu) {
+    int32_t a0 = 0, a1 = 0;
+    int k = (cols >> 2) - 1;   // words after the first: eight per iteration, then 4, 2, 1 as needed
+    uint32_t ra, rb, oa, ob, xe, xo;
+    __asm__ volatile(
+        "ldr    %[ra], [%[w0]], #4\n\t"
+        "ldr    %[rb], [%[w0], %[cs4]]\n\t"
+        "ldr    %[xe], [%[xu]], #8\n\t"
+        "ldr    %[xo], [%[xu], #-4]\n\t"
+        UNPACK_DOT2X1_TAIL("")
+        "subs   %[k], %[k], #8\n\t"
+        "blt    2f\n\t"
         "1:\n\t"
-        DOT4U_WORD DOT4U_WORD
-        "subs   %[k], %[k], #1\n\t"
-        "bne    1b\n\t"
-        : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [xu] "+r"(xu), [wp] "+r"(wu),
-          [k] "+r"(k), [x02] "+r"(x02), [x13] "+r"(x13), [e] "=&r"(e), [o] "=&r"(o), [e2] "=&r"(e2),
-          [o2] "=&r"(o2)
-        :
+        ".rept   8\n\t" UNPACK_DOT2X1_WORD ".endr\n\t"
+        "subs   %[k], %[k], #8\n\t"
+        "bge    1b\n\t"
+        "2:\n\t"
+        LADDER(4, UNPACK_DOT2X1_WORD, "4") LADDER(2, UNPACK_DOT2X1_WORD, "5") LADDER(1, UNPACK_DOT2X1_WORD, "3")
+        "smlad  %[a1], %[rb], %[xe], %[a1]\n\t"
+        "str    %[rb], [%[wu], #-24]\n\t"
+        "str    %[oa], [%[wu], #-28]\n\t"
+        "smlad  %[a1], %[ob], %[xo], %[a1]\n\t"
+        "str    %[ob], [%[wu], #-20]\n\t"
+        : [a0] "+r"(a0), [a1] "+r"(a1), [w0] "+r"(w), [xu] "+r"(xu), [wu] "+r"(wu), [k] "+r"(k),
+          [ra] "=&r"(ra), [rb] "=&r"(rb), [oa] "=&r"(oa), [ob] "=&r"(ob), [xe] "=&r"(xe), [xo] "=&r"(xo)
+        : [cs4] "r"(cols - 4)
         : "cc", "memory");
     out[0] = a0;
     out[1] = a1;
-    out[2] = a2;
-    out[3] = a3;
 }
 #else
-static void dot4u_i8(int32_t* out, const uint32_t* wu, const uint32_t* xu, int words) {
+static void unpack_dot2x1_i8(int32_t* out, uint32_t* wu, const int8_t* w, int cols, const uint32_t* xu) {
+    int32_t a[2] = {0, 0};
+    for (int j = 0; j < cols >> 2; j++) {
+        for (int r = 0; r < 2; r++) {
+            uint32_t v = load4(w + (size_t)r * (size_t)cols + 4 * j);
+            int32_t e = even_pairs(v), o = odd_pairs(v);
+            wu[8 * j + 2 * r] = (uint32_t)e;
+            wu[8 * j + 2 * r + 1] = (uint32_t)o;
+            a[r] += (int32_t)(int16_t)(e & 0xFFFF) * (int32_t)(int16_t)(xu[2 * j] & 0xFFFF)
+                  + (int32_t)(int16_t)((uint32_t)e >> 16) * (int32_t)(int16_t)(xu[2 * j] >> 16)
+                  + (int32_t)(int16_t)(o & 0xFFFF) * (int32_t)(int16_t)(xu[2 * j + 1] & 0xFFFF)
+                  + (int32_t)(int16_t)((uint32_t)o >> 16) * (int32_t)(int16_t)(xu[2 * j + 1] >> 16);
+        }
+    }
+    out[0] = a[0];
+    out[1] = a[1];
+}
+#endif
+
+// A group of four rows (w) against one vector, unpacked into wu on the way: out[i] = row i . x.
+__attribute__((noinline)) static void unpack_dot4x1_i8(int32_t* out, uint32_t* wu, const int8_t* w, int cols,
+                                                       const uint32_t* xu) {
+    unpack_dot2x1_i8(out, wu, w, cols, xu);
+    unpack_dot2x1_i8(out + 2, wu + 4, w + 2 * (size_t)cols, cols, xu);
+}
+
+// Two rows of a group unpacked by unpack_rows4_i8 (wu: the group's, plus 4 words for rows
+// 2 and 3) against two unpacked vectors: out = {row 0 . x0, row 0 . x1, row 1 . x0,
+// row 1 . x1}. Each loaded word serves two SMLAD, so a word of four columns is 8 LDR and
+// 8 SMLAD for 16 multiply-accumulates, and every SMLAD dual-issues with a load: 8 cycles,
+// the M7's one multiply-accumulate per cycle (one vector against four rows takes 10:
+// 10 loads per 8 SMLAD).
+// The loads run three cycles ahead of the SMLAD that use them (a load's result reaches a
+// multiply two cycles later), so each loop iteration starts the next word's first three
+// loads, and the last word, which has none to start, is peeled. Four registers then hold
+// every operand in flight: each load reuses the register whose last SMLAD issues beside it.
+// words >= 1.
+#ifdef ASM_13_REGISTERS
+// One word: p, q, r hold the word's even x0, even row 0 and even x1 on entry; then the
+// even row 1, odd x0, odd row 0, odd x1, odd row 1 follow, and the next word's three.
+#define DOT2X2_MACS_LOADS(l5, l6, l7, l8, l9, l10, l11, l12)                 \
+    "smlad  %[a00], %[q], %[p], %[a00]\n\t"  l5                               \
+    "smlad  %[a01], %[q], %[r], %[a01]\n\t"  l6                               \
+    "smlad  %[a10], %[s], %[p], %[a10]\n\t"  l7                               \
+    "smlad  %[a11], %[s], %[r], %[a11]\n\t"  l8                               \
+    "smlad  %[a00], %[p], %[q], %[a00]\n\t"  l9                               \
+    "smlad  %[a01], %[p], %[r], %[a01]\n\t"  l10                              \
+    "smlad  %[a10], %[s], %[q], %[a10]\n\t"  l11                              \
+    "smlad  %[a11], %[s], %[r], %[a11]\n\t"  l12
+#define DOT2X2_THIS_WORD                                                      \
+    "ldr    %[s], [%[wp], #-24]\n\t",   /* row 1, even */                     \
+    "ldr    %[q], [%[x0], #-4]\n\t",    /* x0, odd */                         \
+    "ldr    %[p], [%[wp], #-28]\n\t",   /* row 0, odd */                      \
+    "ldr    %[r], [%[x1], #-4]\n\t",    /* x1, odd */                         \
+    "ldr    %[s], [%[wp], #-20]\n\t"    /* row 1, odd */
+#define DOT2X2_NEXT_WORD                                                      \
+    "ldr    %[p], [%[x0]], #8\n\t",     /* next x0, even */                   \
+    "ldr    %[q], [%[wp]], #32\n\t",    /* next row 0, even */                \
+    "ldr    %[r], [%[x1]], #8\n\t"      /* next x1, even */
+#define DOT2X2_EXPAND(m, ...) m(__VA_ARGS__)
+#define DOT2X2_WORD DOT2X2_EXPAND(DOT2X2_MACS_LOADS, DOT2X2_THIS_WORD, DOT2X2_NEXT_WORD)
+#define DOT2X2_LAST_WORD DOT2X2_EXPAND(DOT2X2_MACS_LOADS, DOT2X2_THIS_WORD, "", "", "")
+
+static inline __attribute__((always_inline)) void dot2x2u_i8(int32_t* out, const uint32_t* wu,
+                                                             const uint32_t* x0, const uint32_t* x1, int words) {
+    int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
+    int k = words - 1;   // words with a next one: sixteen per iteration, then 8, 4, 2, 1 as needed
+    uint32_t p, q, r, s;
+    __asm__ volatile(
+        "ldr    %[p], [%[x0]], #8\n\t"
+        "ldr    %[q], [%[wp]], #32\n\t"
+        "ldr    %[r], [%[x1]], #8\n\t"
+        "subs   %[k], %[k], #16\n\t"
+        "blt    2f\n\t"
+        "1:\n\t"
+        ".rept   16\n\t" DOT2X2_WORD ".endr\n\t"   /* (16 copies in C would exceed C99's string length) */
+        "subs   %[k], %[k], #16\n\t"
+        "bge    1b\n\t"
+        "2:\n\t"
+        LADDER(8, DOT2X2_WORD, "5") LADDER(4, DOT2X2_WORD, "6") LADDER(2, DOT2X2_WORD, "7")
+        LADDER(1, DOT2X2_WORD, "4")
+        DOT2X2_LAST_WORD
+        : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [wp] "+r"(wu), [x0] "+r"(x0),
+          [x1] "+r"(x1), [k] "+r"(k), [p] "=&r"(p), [q] "=&r"(q), [r] "=&r"(r), [s] "=&r"(s)
+        :
+        : "cc", "memory");
+    out[0] = a00;
+    out[1] = a01;
+    out[2] = a10;
+    out[3] = a11;
+}
+#else
+static void dot2x2u_i8(int32_t* out, const uint32_t* wu, const uint32_t* x0, const uint32_t* x1, int words) {
     int32_t a[4] = {0, 0, 0, 0};
     for (int j = 0; j < words; j++) {
-        for (int r = 0; r < 4; r++) {
+        for (int i = 0; i < 4; i++) {
             for (int h = 0; h < 2; h++) {
-                uint32_t wv = wu[8 * j + 2 * r + h], xv = xu[2 * j + h];
-                a[r] += (int32_t)(int16_t)(wv & 0xFFFF) * (int32_t)(int16_t)(xv & 0xFFFF)
+                uint32_t wv = wu[8 * j + 2 * (i >> 1) + h], xv = (i & 1 ? x1 : x0)[2 * j + h];
+                a[i] += (int32_t)(int16_t)(wv & 0xFFFF) * (int32_t)(int16_t)(xv & 0xFFFF)
                       + (int32_t)(int16_t)(wv >> 16) * (int32_t)(int16_t)(xv >> 16);
             }
         }
     }
-    for (int r = 0; r < 4; r++) out[r] = a[r];
+    for (int i = 0; i < 4; i++) out[i] = a[i];
 }
 #endif
+
+// Both halves of a group of four rows against two vectors, in one call:
+// out[2i + j] = row i . xj.
+__attribute__((noinline)) static void dot4x2u_i8(int32_t* out, const uint32_t* wu, const uint32_t* x0,
+                                                 const uint32_t* x1, int words) {
+    dot2x2u_i8(out, wu, x0, x1, words);
+    dot2x2u_i8(out + 4, wu + 4, x0, x1, words);
+}
+
+// dequant() of a group of four rows against m vectors (1 or 2): y_j[i] from acc[m i + j].
+// Every input is read before the first output is written, so the compiler may overlap the
+// conversions and products of different outputs (the float operations of each are dequant's).
+static inline void dequant_rows4(float* y0, float* y1, int m, const int32_t* acc, const float* scales,
+                                 float sx0, float sx1, const float* bias) {
+    float v[8];
+    for (int i = 0; i < 4; i++) {
+        v[m * i] = (float)acc[m * i] * (scales[i] * sx0);
+        if (m == 2) v[2 * i + 1] = (float)acc[2 * i + 1] * (scales[i] * sx1);
+    }
+    if (bias) {
+        for (int i = 0; i < 4; i++) {
+            v[m * i] = v[m * i] + bias[i];
+            if (m == 2) v[2 * i + 1] = v[2 * i + 1] + bias[i];
+        }
+    }
+    for (int i = 0; i < 4; i++) {
+        y0[i] = v[m * i];
+        if (m == 2) y1[i] = v[2 * i + 1];
+    }
+}
 
 void matvec_rows_i8_batch(float* const* y, const int8_t* w_tile, const float* row_scales,
                           const float* bias_or_null, const int8_t* const* qx, const uint32_t* const* xu,
                           const float* sx, int n, int rows, int cols, uint32_t* scratch) {
     int r = 0;
     if ((cols & 3) == 0 && cols > 0 && ((uintptr_t)w_tile & 3) == 0) {
+        int words = cols >> 2;
         for (; r + 4 <= rows; r += 4) {
-            unpack_rows4_i8(scratch, w_tile + (size_t)r * (size_t)cols, cols);
-            for (int p = 0; p < n; p++) {
+            const float* b = bias_or_null ? bias_or_null + r : 0;
+            const int8_t* w = w_tile + (size_t)r * (size_t)cols;
+            int pairs = n >> 1;
+            if (n & 1) {   // the odd vector unpacks the group for the pairs
                 int32_t acc[4];
-                dot4u_i8(acc, scratch, xu[p], cols >> 2);
-                for (int i = 0; i < 4; i++) y[p][r + i] = dequant(acc[i], row_scales[r + i], sx[p], bias_or_null, r + i);
+                unpack_dot4x1_i8(acc, scratch, w, cols, xu[n - 1]);
+                dequant_rows4(y[n - 1] + r, 0, 1, acc, row_scales + r, sx[n - 1], 0.0f, b);
+            } else {
+                unpack_rows4_i8(scratch, w, cols);
+            }
+            for (int p = 0; p < 2 * pairs; p += 2) {   // each loaded word serves two rows and two vectors
+                int32_t acc[8];
+                dot4x2u_i8(acc, scratch, xu[p], xu[p + 1], words);
+                dequant_rows4(y[p] + r, y[p + 1] + r, 2, acc, row_scales + r, sx[p], sx[p + 1], b);
             }
         }
     }

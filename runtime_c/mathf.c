@@ -84,30 +84,60 @@ float mcu_expf(float x) {
 #define TANH_POLY 0.55f
 #define TANH_SAT  9.1f
 
+// tanh(a) for TANH_TINY <= a < TANH_POLY, and for TANH_POLY <= a < TANH_SAT
+static inline float tanh_poly(float a) {
+    float t = a * a;
+    float p = 0.0023986595f;
+    p = p * t - 0.008416575f;
+    p = p * t + 0.021783734f;
+    p = p * t - 0.053959794f;
+    p = p * t + 0.13333295f;
+    p = p * t - 0.3333333f;
+    return a + (a * t) * p;
+}
+
+static inline float tanh_exp(float a) {
+    int k;
+    float p = expm1_reduced(2.0f * a, &k);   // 2a in [1.1, 18.2]: k in [2, 26]
+    float s = pow2i(k);
+    float m = (s - 1.0f) + s * p;
+    return m / (m + 2.0f);
+}
+
 float mcu_tanhf(float x) {
     if (x != x) return x;                 // NaN
     float a = x < 0.0f ? -x : x;
     if (a < TANH_TINY) return x;
     float y;
     if (a < TANH_POLY) {
-        float t = a * a;
-        float p = 0.0023986595f;
-        p = p * t - 0.008416575f;
-        p = p * t + 0.021783734f;
-        p = p * t - 0.053959794f;
-        p = p * t + 0.13333295f;
-        p = p * t - 0.3333333f;
-        y = a + (a * t) * p;
+        y = tanh_poly(a);
     } else if (a < TANH_SAT) {
-        int k;
-        float p = expm1_reduced(2.0f * a, &k);   // 2a in [1.1, 18.2]: k in [2, 26]
-        float s = pow2i(k);
-        float m = (s - 1.0f) + s * p;
-        y = m / (m + 2.0f);
+        y = tanh_exp(a);
     } else {
         y = 1.0f;
     }
     return x < 0.0f ? -y : y;
+}
+
+void mcu_tanhf2(float* y, float x0, float x1) {
+    // Two arguments on the same path (a NaN is on none: its comparisons are false) run side
+    // by side in one block, so the M7 overlaps their chains of dependent float operations;
+    // each takes exactly mcu_tanhf's operations. Otherwise one after the other.
+    float a0 = x0 < 0.0f ? -x0 : x0, a1 = x1 < 0.0f ? -x1 : x1;
+    float t0, t1;
+    if (a0 >= TANH_TINY && a1 >= TANH_TINY && a0 < TANH_POLY && a1 < TANH_POLY) {
+        t0 = tanh_poly(a0);
+        t1 = tanh_poly(a1);
+    } else if (a0 >= TANH_POLY && a1 >= TANH_POLY && a0 < TANH_SAT && a1 < TANH_SAT) {
+        t0 = tanh_exp(a0);
+        t1 = tanh_exp(a1);
+    } else {
+        y[0] = mcu_tanhf(x0);
+        y[1] = mcu_tanhf(x1);
+        return;
+    }
+    y[0] = x0 < 0.0f ? -t0 : t0;
+    y[1] = x1 < 0.0f ? -t1 : t1;
 }
 
 // ----------------------------------------------------------------------------

@@ -115,6 +115,19 @@ def test_tanhf_is_odd_keeps_signed_zero_and_saturates():
     assert np.isnan(kh.tanhf(np.array([np.nan]))[0])
 
 
+def test_tanhf2_is_two_tanhf_bit_for_bit():
+    # pairs on the same path (the side-by-side code) and on different ones, the switches
+    # between formulas, signed zeros, infinities and NaNs
+    x = floats_from_bits(0, 0xFFFFFFFF, 1021)
+    edges = [around(s * e) for e in (2.0**-12, 0.55, 9.1) for s in (1.0, -1.0)]
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 0.3, -0.3, 2.0, -2.0, 1e-5], dtype=f32)
+    x = np.concatenate([x, *edges, special])
+    rng = np.random.default_rng(3)
+    for order in (np.argsort(np.abs(x), kind="stable"), rng.permutation(x.size)):
+        pairs = x[order][: x.size // 2 * 2]
+        assert np.array_equal(kh.tanhf2(pairs).view(np.uint32), kh.tanhf(pairs).view(np.uint32))
+
+
 def test_sqrtf_is_correctly_rounded():
     # numpy's float32 sqrt is IEEE (correctly rounded): results must be identical
     u = np.random.default_rng(2).integers(0, 0x7F800000, 1_000_000, dtype=np.uint32)

@@ -353,7 +353,9 @@ def m7_object(compiler):
 
 def function_body(dis, name):
     """The disassembly lines of one function: [(address, mnemonic, operands)]."""
-    m = re.search(rf"^[0-9a-f]+ <{re.escape(name)}>:\n(.*?)(?:\n\n|\Z)", dis, re.S | re.M)
+    # to the next function's label: a literal pool inside the function (<$d>, then <$t>) is
+    # preceded by a blank line too
+    m = re.search(rf"^[0-9a-f]+ <{re.escape(name)}>:\n(.*?)(?:\n\n[0-9a-f]+ <(?!\$)|\Z)", dis, re.S | re.M)
     assert m, f"{name} not in the disassembly"
     insns = []
     for line in m.group(1).splitlines():
@@ -484,8 +486,8 @@ def test_kernels_under_address_and_undefined_behaviour_sanitizers(tmp_path):
 # on the emulated board: tests/board_firmware/int8_matvec.c
 
 BOARD_SOURCES = ("kernels_int8.c", "kernels.c", "mathf.c")
-MODE_INT8, MODE_FP32, FLAG_BIAS, FLAG_UNPACKED = 1, 2, 1, 2
-STAGE_QUANTIZE, STAGE_MATVEC_I8, STAGE_MATVEC_F32 = 1, 2, 3
+MODE_INT8, MODE_FP32, MODE_BATCH, FLAG_BIAS, FLAG_UNPACKED = 1, 2, 3, 1, 2
+STAGE_QUANTIZE, STAGE_MATVEC_I8, STAGE_MATVEC_F32, STAGE_MATVEC_I8_BATCH = 1, 2, 3, 4
 BOARD_RAM = 16 << 20   # the program's 14 MiB arena + statics + stack
 
 
@@ -672,6 +674,81 @@ def test_board_int8_matvec_768x3072_is_exact_and_executes_fewer_instructions_tha
     print(f"\n{compiler}: 768x3072 on the board: int8 {per_mac8:.3f} instructions/MAC, "
           f"fp32 {per_mac32:.3f}")
     assert per_mac8 < 0.8 * per_mac32
+
+
+# ----------------------------------------------------------------------------
+# matvec_rows_i8_batch: a prefill chunk's vectors against one tile
+
+def batch_case(blob, q_w, s_w, xs, bias, w_skew=0, reps=1):
+    rows, cols = q_w.shape
+    b_addr = blob.add(np.asarray(bias, f32)) if bias is not None else 0
+    flags = (FLAG_BIAS if bias is not None else 0) | w_skew << 8 | len(xs) << 16
+    return [MODE_BATCH, rows, cols, flags, blob.add(np.asarray(xs, f32)), blob.add(q_w.astype(np.int8)),
+            blob.add(np.asarray(s_w, f32)), b_addr, reps]
+
+
+BATCH_CASES = [  # rows, cols, vectors, bias, w_skew, weights
+    # the fast path (cols % 4 == 0, aligned rows): one vector, pairs, pairs and an odd one;
+    # 1..17 words (the 8-word loop, the words after it, the last), rows past the last group
+    (4, 4, 1, True, 0, "random"), (4, 4, 2, False, 0, "random"), (4, 8, 3, True, 0, "random"),
+    (8, 12, 4, True, 0, "random"), (4, 36, 5, False, 0, "random"), (12, 64, 6, True, 0, "random"),
+    (4, 68, 7, True, 0, "random"), (7, 40, 9, True, 0, "random"), (6, 32, 2, False, 0, "random"),
+    (4, 96, 16, True, 0, "random"), (8, 72, 9, True, 0, "extreme"), (4, 3072, 3, True, 0, "extreme"),
+    # the fallback: unaligned rows, cols % 4 != 0, fewer than four rows
+    (8, 24, 3, True, 2, "random"), (5, 13, 4, True, 0, "random"), (3, 16, 3, False, 0, "random"),
+]
+
+
+def batch_weights(rows, cols, kind, rng):
+    if kind == "extreme":   # every product +-127 * +-127, summed with one sign: the largest sums
+        q_w = np.full((rows, cols), 127, np.int8)
+        q_w[1::2] = -127
+        return q_w, rng.uniform(0.001, 0.1, rows).astype(f32)
+    return qz.quantize_rows(rng.standard_normal((rows, cols)).astype(f32))
+
+
+def batch_vectors(n, cols, kind, rng):
+    if kind == "extreme":
+        return np.where(np.arange(n)[:, None] % 2 == 0, 5.0, -5.0).astype(f32) * np.ones((n, cols), f32)
+    xs = rng.standard_normal((n, cols)).astype(f32)
+    xs[:, rng.integers(0, cols, 2)] *= 30
+    return xs
+
+
+@pytest.mark.parametrize("compiler", ["zig", "gcc"])
+def test_board_int8_batch_kernel_is_bit_exact(compiler, board_program, tmp_path):
+    """matvec_rows_i8_batch: every vector's y equals matvec_int8's, bit for bit, whatever
+    the number of vectors, words, rows and alignment (each a path of the kernel)."""
+    rng = np.random.default_rng(13)
+    for rows, cols, n, with_bias, w_skew, kind in BATCH_CASES:
+        q_w, s_w = batch_weights(rows, cols, kind, rng)
+        xs = batch_vectors(n, cols, kind, rng)
+        bias = rng.standard_normal(rows).astype(f32) if with_bias else None
+        blob = FlashBlob()
+        result = run_board(board_program(compiler), blob, [batch_case(blob, q_w, s_w, xs, bias, w_skew)], tmp_path)
+        assert len(result.logits) == n
+        for p in range(n):
+            expected = qz.matvec_int8(q_w, s_w, xs[p], bias)
+            assert same_bits(result.logits[p][:rows], expected), (compiler, rows, cols, n, kind, p)
+
+
+@pytest.mark.parametrize("compiler", ["zig", "gcc"])
+def test_board_int8_batch_kernel_cycles_per_mac(compiler, board_program, tmp_path):
+    """The modelled cycles per multiply-accumulate of a GPT-2 tile with a prefill chunk of 9
+    vectors (a benchmark figure, printed; the bound only catches a lost fast path)."""
+    rng = np.random.default_rng(14)
+    for rows, cols, n in ((28, 768, 9), (4, 3072, 9), (28, 768, 6)):
+        q_w, s_w = qz.quantize_rows(rng.standard_normal((rows, cols)).astype(f32))
+        xs = rng.standard_normal((n, cols)).astype(f32)
+        b = rng.standard_normal(rows).astype(f32)
+        blob = FlashBlob()
+        result = run_board(board_program(compiler), blob, [batch_case(blob, q_w, s_w, xs, b, reps=2)], tmp_path)
+        for p in range(n):
+            assert same_bits(result.logits[p][:rows], qz.matvec_int8(q_w, s_w, xs[p], b))
+        stage = {s.index: s for s in result.stages}[STAGE_MATVEC_I8_BATCH]
+        per_mac = stage.cycles / (2 * rows * cols * n)
+        print(f"\n{compiler}: {rows}x{cols} tile, {n} vectors: {per_mac:.3f} cycles per MAC")
+        assert per_mac < 0.7
 
 
 if __name__ == "__main__":
