@@ -508,6 +508,13 @@ def run_campaign(out: Path, seed: int, sizes: dict, timeout: float = 60.0, jobs:
         folder.mkdir(parents=True)
         try:
             result = runners[campaign](ctx, index, folder)
+        except (OSError, ValueError, TypeError, KeyError, IndexError) as e:
+            # the campaign's own mutation failed: a bug of the fuzzer, counted as a failure
+            # (with its reproducer) rather than ending the campaign and its report
+            why = f"the case could not be made: {type(e).__name__}: {e}"
+            result = Result(campaign, index, why, "traceback",
+                            [{"command": "-", "class": "traceback", "returncode": None, "first_line": why,
+                              "why": "a fuzzer bug", "wall_s": 0.0, "stdout": b""}])
         finally:
             if not only:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -850,12 +857,16 @@ def _damage_file(rng, folder: Path) -> str:
     path = folder / name
     how = rng.choice(("folder", "fifo", "symlink loop", "dangling symlink", "/dev/null", "/dev/zero",
                       "bytes", "bytes"))
+    # a second damage may pick what the first replaced: reading it could hang (a FIFO) or fail
+    regular = lambda p: p.is_file() and not p.is_symlink()
+    if how == "bytes" and (path.exists() or path.is_symlink()) and not regular(path):
+        return f"{name} (already not a regular file)"
     if name in ("vocab.json", "merges.txt") and how == "bytes":
         other = folder / ("merges.txt" if name == "vocab.json" else "vocab.json")
         content = rng.choice((b"", b"[1, 2]", b'{"a": "0"}', b'{"a": 0}', b"\xff\xfe", b"#version: 0.2\n",
                               b'{"Hello": 0, "!": 1}', b"#version: 0.2\nH e\n"))
         path.write_bytes(content)
-        if rng.random() < 0.5:
+        if rng.random() < 0.5 and (regular(other) or not (other.exists() or other.is_symlink())):
             other.write_bytes(b"#version: 0.2\n" if name == "vocab.json" else b'{"!": 0, "H": 1}')
         return f"{name} = {content!r}" + (f" and {other.name}" if other.exists() else "")
     if how == "bytes":
@@ -865,7 +876,10 @@ def _damage_file(rng, folder: Path) -> str:
                                   b'{"n_layer": 2, "n_layer": 1}', b"NaN", b"{" * 50 + b"}" * 50))
             path.write_bytes(content)
             return f"config.json = {content[:40]!r}{'...' if len(content) > 40 else ''} ({len(content):,} bytes)"
-        path = rng.choice(sorted(folder.glob("*.safetensors")))   # one shard when sharded
+        files = [p for p in sorted(folder.glob("*.safetensors")) if regular(p)]   # one shard when sharded
+        if not files:
+            return "the safetensors (already not regular files)"
+        path = rng.choice(files)
         data = bytearray(path.read_bytes())
         cut = rng.choice(("truncate", "header length", "header byte", "data byte"))
         if cut == "truncate":
@@ -880,7 +894,10 @@ def _damage_file(rng, folder: Path) -> str:
             data[rng.randrange(len(data))] ^= 0xFF
         path.write_bytes(data)
         return f"{path.name}: {cut}"
-    path.unlink(missing_ok=True)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
     if how == "folder":
         path.mkdir()
     elif how == "fifo":
