@@ -80,6 +80,13 @@ def model_config(model: str | None, weights_dir: str | None, weights_seed: int =
     (which wins over the preset: `model` then only names it); every option checked."""
     if model is not None and not model.strip():
         raise McugptError(f"--model '{model}': empty; give a preset's name ({', '.join(preset_names())})")
+    if model is not None:
+        try:
+            model.encode("utf-8")   # it names the ONNX graph and the build (UTF-8 text)
+        except UnicodeEncodeError:
+            shown = os.fsencode(model).decode("ascii", "backslashreplace")
+            raise McugptError(f"--model {shown}: not UTF-8 text; give a preset's name ({', '.join(preset_names())}) "
+                              f"or, with --weights, a UTF-8 name") from None
     if not 0 <= weights_seed <= SEED_MAX:
         raise McugptError(f"--weights-seed {weights_seed}: must be between 0 and {SEED_MAX:,} (64 bits)")
     if weights_dir is None:
@@ -94,7 +101,8 @@ def model_config(model: str | None, weights_dir: str | None, weights_seed: int =
                           + ("" if isinstance(e, FileNotFoundError) else f" ({e.strerror})")) from None
     if not folder.is_dir():
         raise McugptError(f"--weights {weights_dir}: a file, not a folder (config.json + model.safetensors)")
-    return config_from_hf(folder / "config.json", model or folder.name)
+    # the folder's name names the model (the ONNX graph, the build: UTF-8 text)
+    return config_from_hf(folder / "config.json", model or os.fsencode(folder.name).decode("utf-8", "replace"))
 
 
 def model_weights(cfg: GPTConfig, weights_dir: str | None, weights_seed: int = 0, progress=None) -> dict:

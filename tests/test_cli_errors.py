@@ -62,6 +62,8 @@ def not_a_build(tmp_path):
     (["fit", "--model", "tiny", "--out", "{tmp}/\udcff\udcfe"], "\\xff\\xfe: its path is not UTF-8"),
     # names of things: empty, a file for a folder, a path for a preset
     (["compile", "--model", "", "--out", "{tmp}/o"], "--model '': empty; give a preset's name"),
+    (["compile", "--model", "\udcff", "--out", "{tmp}/o"], "--model \\xff: not UTF-8 text"),
+    (["fit", "--model", "\udcff", "--no-run"], "--model \\xff: not UTF-8 text"),
     (["reference", "--model", "", "--prompt", "Hi"], "--model '': empty"),
     (["compile", "--weights", "", "--out", "{tmp}/o"], "--weights '': empty"),
     (["compile", "--weights", "README.md", "--out", "{tmp}/o"], "--weights README.md: a file, not a folder"),
