@@ -68,6 +68,9 @@ class Psram(DeviceClock):
                 f"of preset {self.timing.name!r} ({reach} bytes)"
             )
         self.worst_case = worst_case
+        # (length, write, address within its page) -> (ns, bursts): the address matters only
+        # through the page rule, and a run repeats the same transfers thousands of times
+        self._costs: dict[tuple[int, bool, int], tuple[float, int]] = {}
         self._mem = bytearray(self.size)
         DeviceClock.__init__(self)
         self.reset_stats()
@@ -139,8 +142,11 @@ class Psram(DeviceClock):
 
     def _charge(self, direction: str, addr: int, length: int) -> None:
         write = direction == "write"
-        ns = transfer_time_ns(self.timing, length, write, addr, worst_case=self.worst_case)
-        nbursts = len(split_bursts(self.timing, length, write, addr, worst_case=self.worst_case))
+        key = (length, write, addr % self.timing.page_size)
+        if key not in self._costs:
+            self._costs[key] = (transfer_time_ns(self.timing, length, write, addr, worst_case=self.worst_case),
+                                len(split_bursts(self.timing, length, write, addr, worst_case=self.worst_case)))
+        ns, nbursts = self._costs[key]
         self._spend(ns)
         c = self._counters[direction]
         c["count"] += 1

@@ -133,6 +133,7 @@ class SpiNorFlash(DeviceClock):
         self.chip_size = self.size // chips
         self.address_bytes = address_bytes(self.timing, self.chip_size)
         self.worst_case = worst_case
+        self._read_ns: dict[tuple[int, str], float] = {}   # (length, mode) -> one read command's ns
         self.faults: list[ReadFault] = []   # read errors to inject (tests)
 
         DeviceClock.__init__(self)
@@ -208,7 +209,9 @@ class SpiNorFlash(DeviceClock):
         start = addr
         while start < addr + length:   # one command per chip the read touches
             n = min(addr + length, (start // self.chip_size + 1) * self.chip_size) - start
-            elapsed = read_time_ns(self.timing, n, name, device_size=self.chip_size)
+            elapsed = self._read_ns.get((n, name))
+            if elapsed is None:   # a run repeats the same few read sizes thousands of times
+                elapsed = self._read_ns[n, name] = read_time_ns(self.timing, n, name, device_size=self.chip_size)
             # read_time_ns includes the deselect time; split it back out for _charge.
             self._charge(f"read_{name}", elapsed - self.timing.deselect_ns, self.timing.deselect_ns, n)
             start += n
