@@ -50,19 +50,27 @@ def progress_lines(items, desc: str = "", **_tqdm_options):
         yield item
 
 
+def not_utf8(text: str) -> str | None:
+    """None when `text` is UTF-8; else `text` shown with its bytes escaped (\\xff): a command
+    line's bytes that are not UTF-8 arrive as surrogates, which UTF-8 tools (ONNX, JSON) refuse."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("ascii", "backslashreplace")
+
+
 def output_folder(path) -> Path:
     """`path` as a folder to write into, created if missing; anything else (an existing file,
     a name the file system refuses, no permission) is one line naming it."""
     if not str(path).strip():   # (before Path(''), which is '.')
         raise McugptError("output folder '': empty; give a folder name")
     path = Path(path)
-    try:
-        str(path.absolute()).encode("utf-8")
-    except UnicodeEncodeError:   # bytes the file system took that are not UTF-8 (argv's surrogates)
-        shown = os.fsencode(path.absolute()).decode("ascii", "backslashreplace")
+    shown = not_utf8(str(path.absolute()))
+    if shown:
         raise McugptError(f"output folder {shown}: its path is not UTF-8, and the build records its paths as "
                           f"UTF-8 (build.json, the firmware's build command, the ONNX checker); choose a UTF-8 "
-                          f"name") from None
+                          f"name")
     try:
         if path.exists() and not path.is_dir():
             raise McugptError(f"output folder {path}: exists and is not a folder")
@@ -80,13 +88,10 @@ def model_config(model: str | None, weights_dir: str | None, weights_seed: int =
     (which wins over the preset: `model` then only names it); every option checked."""
     if model is not None and not model.strip():
         raise McugptError(f"--model '{model}': empty; give a preset's name ({', '.join(preset_names())})")
-    if model is not None:
-        try:
-            model.encode("utf-8")   # it names the ONNX graph and the build (UTF-8 text)
-        except UnicodeEncodeError:
-            shown = os.fsencode(model).decode("ascii", "backslashreplace")
-            raise McugptError(f"--model {shown}: not UTF-8 text; give a preset's name ({', '.join(preset_names())}) "
-                              f"or, with --weights, a UTF-8 name") from None
+    shown = not_utf8(model) if model is not None else None   # it names the ONNX graph and the build
+    if shown:
+        raise McugptError(f"--model {shown}: not UTF-8 text; give a preset's name ({', '.join(preset_names())}) "
+                          f"or, with --weights, a UTF-8 name")
     if not 0 <= weights_seed <= SEED_MAX:
         raise McugptError(f"--weights-seed {weights_seed}: must be between 0 and {SEED_MAX:,} (64 bits)")
     if weights_dir is None:

@@ -436,10 +436,10 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
         verify_why = f"--verify {verify}"
     if dtype not in DTYPES:
         raise McugptError(f"unknown --dtype '{dtype}' (known: {', '.join(DTYPES)})")
-    # with a PSRAM tier, a tile's tail arrives with its check word: the tile buffers hold one
-    # word past the tile
-    tier_slack = PSRAM_CHECK_BYTES if (tiers == "auto" and runtime == "stream" and verify == "boot"
-                                       and prof.psram is not None) else 0
+    # the PSRAM tier exists only for streamed weights checked at boot; with it, a tile's tail
+    # arrives with its check word: the tile buffers hold one word past the tile
+    tiered = tiers == "auto" and runtime == "stream" and verify == "boot" and prof.psram is not None
+    tier_slack = PSRAM_CHECK_BYTES if tiered else 0
     if group not in GROUPING:
         raise McugptError(f"unknown --group '{group}' (known: {', '.join(GROUPING)})")
     if ram is None:
@@ -644,8 +644,7 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
 
     # the PSRAM tier, in the PSRAM the KV cache leaves
     kv_end = 0 if kv_in_sram else -(-ctx * kv_token // PSRAM_ALIGN) * PSRAM_ALIGN
-    psram_tier = (_psram_tier(prof, tensors, kv_end, dtype) if tiers == "auto" and runtime == "stream"
-                  and verify == "boot" else 0)
+    psram_tier = _psram_tier(prof, tensors, kv_end, dtype) if tiered else 0
 
     stage_plans = [_stage_plan(s, k, cfg, dtype, ctx, kv_in_sram, kv_token, sizes, by_name)
                    for s, k in zip(stages, kinds)]

@@ -134,7 +134,7 @@ def execute(args: list, cwd: Path, timeout: float) -> tuple[int | None, bytes, b
         out, err = proc.communicate(timeout=timeout)
         return proc.returncode, out, err, False
     except subprocess.TimeoutExpired:
-        _kill(proc)
+        _killpg(proc.pid)
         out, err = proc.communicate()
         return None, out, err, True
     finally:
@@ -149,18 +149,11 @@ _server = None                 # the campaign's ForkServer, while it runs one
 _server_io = None              # the folder its commands' stdout and stderr go through
 
 
-def _kill(proc) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:   # it ended meanwhile
-        pass
-
-
 def stop_all() -> None:
     _stopping.set()
     with _running_lock:
         for proc in _running:
-            _kill(proc)
+            _killpg(proc.pid)
     if _server is not None:
         _server.kill_all()
 
@@ -270,7 +263,7 @@ class ForkServer:
 def _killpg(pid: int) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):   # it ended meanwhile
+    except (ProcessLookupError, PermissionError):   # it ended meanwhile (its group gone)
         pass
 
 

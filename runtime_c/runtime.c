@@ -295,12 +295,9 @@ static inline uint32_t psram_check(const void* p, uint32_t bytes, uint32_t psram
     return (((h0 * FNV_PRIME ^ h1) * FNV_PRIME ^ h2) * FNV_PRIME ^ h3) * FNV_PRIME;
 }
 
-static inline uint32_t load_u32(const uint8_t* p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static inline void store_u32(uint8_t* p, uint32_t v) {
-    for (uint32_t k = 0; k < 4; k++) p[k] = (uint8_t)(v >> (8 * k));
+// The check word after `bytes` of data (both word-aligned, as psram_check reads them).
+static inline uint32_t* check_word(uint8_t* data, uint32_t bytes) {
+    return (uint32_t*)(void*)(data + bytes);
 }
 
 // The PSRAM tier: the tail of each full tile of its tensors copied from flash to the PSRAM
@@ -328,7 +325,7 @@ static void load_psram_tier(void) {
                 flash_read_crc(t.offset + done, BUF(WEIGHTS), n);
                 if (n == tile) {   // a full tile: its tail and the tail's check word to the PSRAM
                     uint8_t* tail = (uint8_t*)BUF(WEIGHTS) + tile - p->psram_tail;
-                    store_u32(tail + p->psram_tail, psram_check(tail, p->psram_tail, to));
+                    *check_word(tail, p->psram_tail) = psram_check(tail, p->psram_tail, to);
                     psram_write(to, tail, p->psram_tail + PSRAM_CHECK_BYTES);
                     to += p->psram_tail + PSRAM_CHECK_BYTES;
                 }
@@ -483,7 +480,7 @@ static void tier_tail_check(MatrixStream* m) {
     uint8_t* p = (uint8_t*)m->buf + m->tile_rows * m->row_bytes - tail;
     for (uint32_t attempt = 0;; attempt++) {
         uint32_t computed = psram_check(p, tail, at);
-        if (computed == load_u32(p + tail)) return;
+        if (computed == *check_word(p, tail)) return;
         if (attempt) board_exit(EXIT_BAD_TIER_TAIL, m->index, m->row / m->tile_rows, computed);
         trace_crc_retry(CRC_RETRY_TIER);
         psram_read(at, p, tail + PSRAM_CHECK_BYTES);
@@ -753,7 +750,7 @@ static void kv_store(uint32_t layer, uint32_t values, uint32_t head, uint32_t po
 #endif
 #if !KV_IN_SRAM
     uint32_t at = kv_row_offset(layer, values, head, pos);
-    store_u32(row + KV_ROW_BYTES - PSRAM_CHECK_BYTES, psram_check(row, KV_ROW_BYTES - PSRAM_CHECK_BYTES, at));
+    *check_word(row, KV_ROW_BYTES - PSRAM_CHECK_BYTES) = psram_check(row, KV_ROW_BYTES - PSRAM_CHECK_BYTES, at);
     psram_write(at, row, KV_ROW_BYTES);
 #endif
 }
@@ -768,9 +765,9 @@ static void kv_read_checked(uint32_t layer, uint32_t values, uint32_t head, uint
         psram_read(at, rows, n * KV_ROW_BYTES);
         uint32_t r = 0, computed = 0;
         for (; r < n; r++) {
-            const uint8_t* row = rows + r * KV_ROW_BYTES;
+            uint8_t* row = rows + r * KV_ROW_BYTES;
             computed = psram_check(row, KV_ROW_BYTES - PSRAM_CHECK_BYTES, at + r * KV_ROW_BYTES);
-            if (computed != load_u32(row + KV_ROW_BYTES - PSRAM_CHECK_BYTES)) break;
+            if (computed != *check_word(row, KV_ROW_BYTES - PSRAM_CHECK_BYTES)) break;
         }
         if (r == n) return;
         if (attempt) board_exit(EXIT_BAD_KV_ROW, (layer * 2u + values) * N_HEAD + head, t + r, computed);
