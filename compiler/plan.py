@@ -53,9 +53,10 @@ KV_BLOCK_POSITIONS = 32    # with the KV cache in PSRAM: positions of one head r
 # has no ECC, and nothing else would notice a flipped bit in it.
 PSRAM_CHECK_BYTES = 4
 # What the tier planner assumes a tile costs the CPU, from our measurements on the emulated
-# STM32H7S78-DK (docs/measurements.md): a decoded token's cycles over its MACs (GPT-2 int8,
-# everything included; fp32 from the fp32 kernel), and checking a tier tail's bytes against
-# its check word (runtime.c psram_check: 2.3 cycles per word).
+# boards: a decoded GPT-2 token's cycles over its MACs, everything included (int8 on the
+# STM32H7S78-DK: docs/measurements.md, "The int8 kernel"; fp32: docs/board.md, "Per MAC"),
+# and checking a tier tail's bytes against its check word (runtime.c psram_check: 2.3 cycles
+# per word, docs/reliability.md).
 CYCLES_PER_MAC = {"int8": 1.2, "fp32": 3.2}
 CHECK_CYCLES_PER_BYTE = 0.6
 # Weight tiles are double-buffered: the DMA fills one buffer while the CPU computes on the
