@@ -482,10 +482,11 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
                                if t.role == KIND_BY_NAME["head"].matrices[0].name)]
     head_row = head_matrix.row_bytes
     reserved = STACK_RESERVE + FIRMWARE_RESERVE
-    block_bytes = lambda c: min(c, KV_BLOCK_POSITIONS) * cfg.head_dim * F32          # dequantized / fp32 rows
-    # the rows as read from the PSRAM, check words included (fp32: read into the block itself,
-    # then packed; int8: a buffer of their own, then dequantized into the block)
+    # one block of one head's rows as read from the PSRAM, check words included (fp32: read into
+    # kv_block, checked, then packed to floats; int8: into kv_rows, which holds two blocks, one
+    # read while the other is computed with, and used as they are)
     rows_bytes = lambda c, kvd: min(c, KV_BLOCK_POSITIONS) * kv_row_bytes(cfg, kvd, psram=True)
+    int8_rows_bytes = lambda c: rows_bytes(c, "int8") * (2 if c > KV_BLOCK_POSITIONS else 1)
 
     # prefill chunk: positions whose activations (and int8 inputs) the arena holds at once;
     # the context is planned with one, then the chunk takes what the context leaves
@@ -497,8 +498,8 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
     dtcm = prof.dtcm if tcm == "auto" else None
     tcm_tile = 0
     if dtcm is not None:
-        tcm_tile = (dtcm.bytes - _align(fixed["xq"]) - _align(max(block_bytes(cfg.n_ctx), rows_bytes(cfg.n_ctx, "fp32")))
-                    - _align(rows_bytes(cfg.n_ctx, "int8"))) // WEIGHT_BUFFERS // ALIGN * ALIGN - tier_slack
+        kv_blocks = max(_align(rows_bytes(cfg.n_ctx, "fp32")), _align(int8_rows_bytes(cfg.n_ctx)))   # either dtype's
+        tcm_tile = (dtcm.bytes - _align(fixed["xq"]) - kv_blocks) // WEIGHT_BUFFERS // ALIGN * ALIGN - tier_slack
     in_tcm = set(TCM_BUFFERS) if tcm_tile >= min_tile else set()
     size_of = lambda name: 0 if name == "wu" and chunk == 1 else fixed[name] * (chunk if name in per_position else 1)
     if tcm == "off":
@@ -513,12 +514,11 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
                    f"line fills or maintenance; tiles of at most {tcm_tile:,} bytes fit the {dtcm.bytes // 1024} KiB DTCM")
 
     def kv_sizes(c, kv_in_sram, kvd) -> dict:
-        """The KV cache's buffers: the cache itself when in SRAM; a block of one head's rows as
-        floats (read from PSRAM, or dequantized from int8); int8 from PSRAM: the rows as stored."""
+        """The KV cache's buffers: the cache itself when in SRAM; from the PSRAM, fp32: a block
+        of one head's rows (kv_block), int8: two blocks as stored (kv_rows)."""
         return {"kv": c * kv_token_bytes(cfg, kvd) if kv_in_sram else 0,
-                "kv_block": (rows_bytes(c, kvd) if not kv_in_sram and kvd == "fp32" else block_bytes(c))
-                if (not kv_in_sram or kvd == "int8") else 0,
-                "kv_rows": rows_bytes(c, kvd) if (not kv_in_sram and kvd == "int8") else 0}
+                "kv_block": rows_bytes(c, kvd) if not kv_in_sram and kvd == "fp32" else 0,
+                "kv_rows": int8_rows_bytes(c) if not kv_in_sram and kvd == "int8" else 0}
 
     def total(c, tile, kv_in_sram, kvd):
         """The SRAM the plan needs (the TCM's buffers are not in it)."""

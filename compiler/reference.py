@@ -18,19 +18,25 @@ from target.stages import checkpoint_tensors, stage_sequence
 
 from . import numerics as nx
 from .config import GPTConfig
-from .quantize import matvec_int8, quantize_rows, quantize_vector
+from .quantize import attention_int8, matvec_int8, quantize_rows, quantize_vector
 from .sampler import Prng, Sampling, choose
 
 
 @dataclass
 class KVCache:
-    keys: np.ndarray    # (n_layer, n_ctx, n_embd): row t holds every head's key for position t
-    values: np.ndarray  # (n_layer, n_ctx, n_embd)
+    """keys, values (n_layer, n_ctx, n_embd): row t holds every head's key (value) for
+    position t, as float32; with an int8 cache the int8 values (exact in float32), each
+    head's scale in key_scales, value_scales (n_layer, n_ctx, n_head)."""
+    keys: np.ndarray
+    values: np.ndarray
+    key_scales: np.ndarray
+    value_scales: np.ndarray
 
     @classmethod
     def empty(cls, cfg: GPTConfig, n_ctx: int):
-        shape = (cfg.n_layer, n_ctx, cfg.n_embd)
-        return cls(np.zeros(shape, np.float32), np.zeros(shape, np.float32))
+        shape, scales = (cfg.n_layer, n_ctx, cfg.n_embd), (cfg.n_layer, n_ctx, cfg.n_head)
+        return cls(np.zeros(shape, np.float32), np.zeros(shape, np.float32),
+                   np.zeros(scales, np.float32), np.zeros(scales, np.float32))
 
 
 @dataclass
@@ -49,8 +55,9 @@ class Reference:
     """dtype "int8": every tensor target/stages.py marks int8 (the matrices, and so the tied
     wte) is quantized per output row, and each matrix-vector product quantizes its input
     vector: compiler/quantize.py. kv_dtype "int8": each head's key and value are quantized
-    per position (one float32 scale each) as they enter the cache, and attention reads them
-    back dequantized, (float)q * scale, as the firmware does (compiler/plan.py KV_DTYPES)."""
+    per position (one float32 scale each) as they enter the cache, and attention computes
+    on the int8 values, as the firmware does (quantize.attention_int8; compiler/plan.py
+    KV_DTYPES)."""
 
     def __init__(self, cfg: GPTConfig, weights: dict[str, np.ndarray], dtype: str = "fp32",
                  kv_dtype: str = "fp32"):
@@ -111,19 +118,28 @@ class Reference:
         """Each head attends over positions 0..pos of the cache: softmax(q k^T / sqrt(head_dim)) v
         (numerics.attention: every head at once)."""
         q, k, v = np.split(a.qkv, 3)
+        n = a.pos + 1
         if self.kv_dtype == "int8":
-            k, v = self.kv_round_trip(k), self.kv_round_trip(v)
+            (kv.keys[layer, a.pos], kv.key_scales[layer, a.pos]) = self.kv_quantize(k)
+            (kv.values[layer, a.pos], kv.value_scales[layer, a.pos]) = self.kv_quantize(v)
+            a.att = attention_int8(q, kv.keys[layer, :n].astype(np.int8), kv.key_scales[layer, :n],
+                                   kv.values[layer, :n].astype(np.int8), kv.value_scales[layer, :n], self.cfg.n_head)
+            return
         kv.keys[layer, a.pos], kv.values[layer, a.pos] = k, v
-        a.att = nx.attention(q, kv.keys[layer, : a.pos + 1], kv.values[layer, : a.pos + 1], self.cfg.n_head)
+        a.att = nx.attention(q, kv.keys[layer, :n], kv.values[layer, :n], self.cfg.n_head)
+
+    def kv_quantize(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every head's slice of x quantized (quantize_vector): the int8 values (n_embd,) and
+        the scales (n_head,), as the int8 cache holds them."""
+        hd = self.cfg.head_dim
+        heads = [quantize_vector(x[h * hd:(h + 1) * hd]) for h in range(self.cfg.n_head)]
+        return np.concatenate([q for q, _ in heads]), np.array([s for _, s in heads], np.float32)
 
     def kv_round_trip(self, x: np.ndarray) -> np.ndarray:
-        """Every head's slice of x quantized (quantize_vector) and dequantized: q * scale."""
-        out = np.empty_like(x)
-        hd = self.cfg.head_dim
-        for h in range(self.cfg.n_head):
-            q, scale = quantize_vector(x[h * hd:(h + 1) * hd])
-            out[h * hd:(h + 1) * hd] = q.astype(np.float32) * np.float32(scale)
-        return out
+        """Every head's slice of x quantized and dequantized, q * scale: what an int8 cache
+        entry stands for (mcugpt/check_stages.py feeds it to the float ONNX attention)."""
+        q, scales = self.kv_quantize(x)
+        return (q.astype(np.float32).reshape(self.cfg.n_head, -1) * scales[:, None]).reshape(-1)
 
     def attn_proj(self, a: Activations, w: dict, layer, kv) -> None:
         a.x = nx.add(a.x, self.linear(a.att, w["w"], w["b"]))

@@ -626,3 +626,107 @@ void matvec_rows_i8_batch(float* const* y, const int8_t* w_tile, const float* ro
         }
     }
 }
+
+// ----------------------------------------------------------------------------
+// attention over an int8 KV cache (quantize.py attention_int8)
+
+static inline float row_scale(const uint8_t* row) {
+    return *(const float*)(const void*)row;
+}
+
+void attention_scores_i8(float* scores, const uint8_t* rows, int row_bytes, int n, const int8_t* qh,
+                         const uint32_t* qu, float sq, int head_dim, float scale) {
+    int t = 0;
+#ifdef ASM_13_REGISTERS
+    // four keys at a time against the query unpacked once: matvec_rows_i8's 4-row kernel,
+    // the row stride being the stored row's, not head_dim
+    if (qu && (head_dim & 3) == 0 && (row_bytes & 3) == 0 && ((uintptr_t)rows & 3) == 0) {
+        for (; t + 4 <= n; t += 4) {
+            const uint8_t* r0 = rows + (size_t)t * (size_t)row_bytes;
+            int32_t acc[4];
+            dot4_i8(acc, (const int8_t*)(r0 + 4), qu, head_dim, row_bytes);
+            for (int i = 0; i < 4; i++)
+                scores[t + i] = dequant(acc[i], row_scale(r0 + (size_t)i * (size_t)row_bytes), sq, NULL, 0) * scale;
+        }
+    }
+#else
+    (void)qu;
+#endif
+    for (; t < n; t++) {
+        const uint8_t* r = rows + (size_t)t * (size_t)row_bytes;
+        scores[t] = dequant(dot_i8((const int8_t*)(r + 4), qh, head_dim), row_scale(r), sq, NULL, 0) * scale;
+    }
+}
+
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+#define smlad_(a, b, acc) __smlad((int32_t)(a), (int32_t)(b), (acc))
+#else   // acc + a.lo * b.lo + a.hi * b.hi, the int16 lanes signed
+static inline int32_t smlad_(uint32_t a, uint32_t b, int32_t acc) {
+    return acc + (int32_t)(int16_t)a * (int32_t)(int16_t)b + (int32_t)(int16_t)(a >> 16) * (int32_t)(int16_t)(b >> 16);
+}
+#endif
+
+// A pair of int16 lanes: x's low lane and y's low lane (PKHBT), x's high lane and y's high
+// lane (PKHTB).
+static inline uint32_t low_lanes(uint32_t x, uint32_t y) { return (x & 0xFFFFu) | (y << 16); }
+static inline uint32_t high_lanes(uint32_t x, uint32_t y) { return (x >> 16) | (y & 0xFFFF0000u); }
+
+// Weights below this add nothing (their inverse would overflow float32; what they would add is
+// below 1e-26): quantize.py ATTENTION_WEIGHT_MIN.
+#define WEIGHT_MIN 1e-30f
+#define WMAX 32767.0f
+
+void attention_accumulate_i8(float* out, const float* p, const uint8_t* rows, int row_bytes, int n, int head_dim,
+                             int16_t* wq) {
+    // the weights w[t] = p[t] * s_v[t] (>= 0), quantized to int16 with one scale for the block
+    float amax = 0.0f;
+    for (int t = 0; t < n; t++) {
+        float w = p[t] * row_scale(rows + (size_t)t * (size_t)row_bytes);
+        amax = w > amax ? w : amax;
+    }
+    if (!(amax >= WEIGHT_MIN)) return;
+    float inv = WMAX / amax, sw = amax / WMAX;
+    for (int t = 0; t < n; t++) {
+        float w = p[t] * row_scale(rows + (size_t)t * (size_t)row_bytes);
+        wq[t] = (int16_t)(int32_t)(w * inv + 0.5f);   // round_half_away of a value >= 0
+    }
+    wq[n] = 0;   // an odd block's last pair: its second weight
+    const int8_t* v0 = (const int8_t*)(rows + 4);
+    int d = 0;
+    if ((head_dim & 3) == 0 && (row_bytes & 3) == 0 && ((uintptr_t)rows & 3) == 0) {
+        // four columns of two rows per step: SXTB16 unpacks each row's word into two int16
+        // pairs along the row, PKHBT/PKHTB regroup them into pairs of the two rows, and one
+        // SMLAD adds both rows' products into a column's exact int32 sum
+        for (; d < head_dim; d += 4) {
+            int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+            const int8_t* v = v0 + d;
+            int t = 0;
+            for (; t + 2 <= n; t += 2, v += 2 * row_bytes) {
+                uint32_t w2 = (uint16_t)wq[t] | (uint32_t)(uint16_t)wq[t + 1] << 16;
+                uint32_t x = load4(v), y = load4(v + row_bytes);
+                uint32_t xe = (uint32_t)even_pairs(x), xo = (uint32_t)odd_pairs(x);   // 0, 2 and 1, 3
+                uint32_t ye = (uint32_t)even_pairs(y), yo = (uint32_t)odd_pairs(y);
+                a0 = smlad_(low_lanes(xe, ye), w2, a0);
+                a1 = smlad_(low_lanes(xo, yo), w2, a1);
+                a2 = smlad_(high_lanes(xe, ye), w2, a2);
+                a3 = smlad_(high_lanes(xo, yo), w2, a3);
+            }
+            if (t < n) {   // the last row of an odd block
+                a0 += (int32_t)wq[t] * v[0];
+                a1 += (int32_t)wq[t] * v[1];
+                a2 += (int32_t)wq[t] * v[2];
+                a3 += (int32_t)wq[t] * v[3];
+            }
+            out[d] = out[d] + (float)a0 * sw;
+            out[d + 1] = out[d + 1] + (float)a1 * sw;
+            out[d + 2] = out[d + 2] + (float)a2 * sw;
+            out[d + 3] = out[d + 3] + (float)a3 * sw;
+        }
+        return;
+    }
+    for (; d < head_dim; d++) {
+        int32_t a = 0;
+        for (int t = 0; t < n; t++) a += (int32_t)wq[t] * v0[(size_t)t * (size_t)row_bytes + (size_t)d];
+        out[d] = out[d] + (float)a * sw;
+    }
+}

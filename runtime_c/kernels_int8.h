@@ -63,4 +63,24 @@ void matvec_rows_i8_batch(float* const* y, const int8_t* w_tile, const float* ro
                           const float* bias_or_null, const int8_t* const* qx, const uint32_t* const* xu,
                           const float* sx, int n, int rows, int cols, uint32_t* scratch);
 
+// Attention for one head over an int8 KV cache (compiler/quantize.py attention_int8). A
+// stored row is row_bytes long: a float32 scale, then head_dim int8 (then anything: a
+// PSRAM check word); n rows one after another, 4-byte aligned.
+//
+// scores[t] = ((float)acc_t * (scale_t * sq)) * scale, acc_t = sum_d row_t[d] * qh[d] (exact):
+// qh (head_dim,) the head's query as quantize_vector_i8 gives it with scale sq, qu the same
+// unpacked by unpack_i8 (or NULL: the same bits, slower), 8 bytes readable past it.
+void attention_scores_i8(float* scores, const uint8_t* rows, int row_bytes, int n, const int8_t* qh,
+                         const uint32_t* qu, float sq, int head_dim, float scale);
+
+// One block of n rows of values (quantize.py attention_int8): the softmax weights times the
+// rows' scales, w[t] = p[t] * scale_t, quantized to int16 with one scale for the block,
+//   amax = max_t w[t];  amax < 1e-30f (or none): nothing changes;
+//   otherwise:  wq[t] = (int16_t) trunc(w[t] * (32767.0f / amax) + 0.5f),  sw = amax / 32767.0f
+//   acc_d = sum_t wq[t] * row_t[d]   (exact, int32: n <= 32 keeps |acc| < 2^31 / 16)
+//   out[d] = out[d] + (float)acc_d * sw
+// wq: scratch of n + 1 int16, 4-byte aligned.
+void attention_accumulate_i8(float* out, const float* p, const uint8_t* rows, int row_bytes, int n, int head_dim,
+                             int16_t* wq);
+
 #endif // MCUGPT_KERNELS_INT8_H

@@ -86,11 +86,11 @@ _Static_assert(BUF_HIDDEN_BYTES >= P_ * 4 * N_EMBD * F32 && BUF_SCORES_BYTES >= 
 _Static_assert(BUF_PARAMS_BYTES >= 4 * N_EMBD * F32, "params: the largest bias (b_fc), or gain+bias");
 #if KV_INT8   // rows of KV_ROW_BYTES: a float32 scale, then HEAD_DIM int8; read a block at a time
 _Static_assert(KV_ROW_BYTES >= F32 + HEAD_DIM && KV_ROW_BYTES % 4 == 0, "int8 KV row");
-_Static_assert(KV_BLOCK_POSITIONS >= 1 && BUF_KV_BLOCK_BYTES >= KV_BLOCK_POSITIONS * HEAD_DIM * F32, "kv_block");
 #if KV_IN_SRAM
 _Static_assert(BUF_KV_BYTES >= 2u * N_LAYER * N_HEAD * N_CTX * KV_ROW_BYTES, "kv");
-#else
-_Static_assert(BUF_KV_ROWS_BYTES >= KV_BLOCK_POSITIONS * KV_ROW_BYTES, "kv_rows");
+#else   // two blocks, one read while the other is used (one when a block holds the context)
+_Static_assert(KV_BLOCK_POSITIONS >= 1 && BUF_KV_ROWS_BYTES >= (N_CTX > KV_BLOCK_POSITIONS ? 2u : 1u)
+               * KV_BLOCK_POSITIONS * KV_ROW_BYTES, "kv_rows");
 #endif
 #elif KV_IN_SRAM
 _Static_assert(BUF_KV_BYTES >= 2u * N_LAYER * N_CTX * N_EMBD * F32, "kv");
@@ -739,7 +739,7 @@ static void kv_store(uint32_t layer, uint32_t values, uint32_t head, uint32_t po
 #if KV_IN_SRAM
     uint8_t* row = (uint8_t*)BUF_ADDR(KV) + kv_row_offset(layer, values, head, pos);
 #else
-    uint8_t* row = (uint8_t*)BUF_ADDR(KV_ROWS);
+    uint8_t* row = (uint8_t*)BUF_ADDR(KV_ROWS);   // free between attention passes
 #endif
     float scale;
     quantize_vector_i8((int8_t*)(row + F32), &scale, x, HEAD_DIM);
@@ -756,13 +756,12 @@ static void kv_store(uint32_t layer, uint32_t values, uint32_t head, uint32_t po
 }
 
 #if !KV_IN_SRAM
-// Rows t..t+n-1 of one head from the PSRAM into `rows`, each checked against its check
-// word. A block with a failing row is read again once (a transient error passes the second
+// Check rows t..t+n-1 of one head, read from the PSRAM into `rows`, against their check
+// words. A block with a failing row is read again once (a transient error passes the second
 // time); a second failure stops the run naming the row.
-static void kv_read_checked(uint32_t layer, uint32_t values, uint32_t head, uint32_t t, uint32_t n, uint8_t* rows) {
+static void kv_check(uint32_t layer, uint32_t values, uint32_t head, uint32_t t, uint32_t n, uint8_t* rows) {
     uint32_t at = kv_row_offset(layer, values, head, t);
     for (uint32_t attempt = 0;; attempt++) {
-        psram_read(at, rows, n * KV_ROW_BYTES);
         uint32_t r = 0, computed = 0;
         for (; r < n; r++) {
             uint8_t* row = rows + r * KV_ROW_BYTES;
@@ -772,52 +771,108 @@ static void kv_read_checked(uint32_t layer, uint32_t values, uint32_t head, uint
         if (r == n) return;
         if (attempt) board_exit(EXIT_BAD_KV_ROW, (layer * 2u + values) * N_HEAD + head, t + r, computed);
         trace_crc_retry(CRC_RETRY_KV);
+        psram_read(at, rows, n * KV_ROW_BYTES);
     }
 }
 #endif
 
-// Rows t..t+n-1 of one head as floats in BUF(KV_BLOCK): read from PSRAM, and for int8
-// dequantized, each value one float multiply: (float)q * scale (the reference's KVCache).
+static uint32_t kv_block_size(uint32_t t, uint32_t n_pos) {
+    return n_pos - t < KV_BLOCK_POSITIONS ? n_pos - t : KV_BLOCK_POSITIONS;
+}
+#endif
+
+#if KV_INT8
+// One head's key or value rows 0..n_pos-1 a block at a time, as stored (int8 with their
+// scales): in SRAM, where they are; in PSRAM, read into the two halves of kv_rows in turn,
+// the next block's read running while this one is computed with.
+typedef struct {
+    uint32_t layer, values, head, n_pos;
+    uint32_t t, n;          // the block in hand: rows t..t+n-1
+    const uint8_t* rows;
+} KvBlocks;
+
+#if !KV_IN_SRAM
+static uint8_t* kv_half(uint32_t t) {
+    return (uint8_t*)BUF_ADDR(KV_ROWS) + (t / KV_BLOCK_POSITIONS % 2) * (KV_BLOCK_POSITIONS * KV_ROW_BYTES);
+}
+#endif
+
+static void kv_blocks_open(KvBlocks* b, uint32_t layer, uint32_t values, uint32_t head, uint32_t n_pos) {
+    *b = (KvBlocks){layer, values, head, n_pos, 0, 0, 0};
+#if !KV_IN_SRAM
+    psram_read_start(kv_row_offset(layer, values, head, 0), kv_half(0), kv_block_size(0, n_pos) * KV_ROW_BYTES);
+#endif
+}
+
+static int kv_blocks_next(KvBlocks* b) {
+    b->t += b->n;
+    if (b->t >= b->n_pos) return 0;
+    b->n = kv_block_size(b->t, b->n_pos);
+#if KV_IN_SRAM
+    b->rows = (const uint8_t*)BUF_ADDR(KV) + kv_row_offset(b->layer, b->values, b->head, b->t);
+#else
+    uint8_t* rows = kv_half(b->t);
+    psram_wait();                                   // this block is in
+    uint32_t next = b->t + b->n;
+    if (next < b->n_pos)
+        psram_read_start(kv_row_offset(b->layer, b->values, b->head, next), kv_half(next),
+                         kv_block_size(next, b->n_pos) * KV_ROW_BYTES);
+    kv_check(b->layer, b->values, b->head, b->t, b->n, rows);
+    b->rows = rows;
+#endif
+    return 1;
+}
+
+// softmax(q k^T / sqrt(HEAD_DIM)) v for one head on the int8 rows (quantize.py
+// attention_int8): the query quantized like a matrix's input, the scores its int8 products
+// with the keys; then each value row's scale folded into its weight, and each block's
+// weights quantized to int16 for an integer sum over the block's rows.
+static void attention_head_i8(float* out, const float* q, uint32_t layer, uint32_t head, uint32_t n_pos) {
+    int8_t qh[HEAD_DIM];
+    uint32_t qu[HEAD_DIM / 2 + 2] __attribute__((aligned(8)));
+    float sq, scale = attention_scale(HEAD_DIM);
+    float* scores = BUF(SCORES);
+    quantize_vector_i8(qh, &sq, q, HEAD_DIM);
+    unpack_i8(qu, qh, HEAD_DIM);
+    KvBlocks b;
+    kv_blocks_open(&b, layer, KV_KEYS_ROW, head, n_pos);
+    while (kv_blocks_next(&b))
+        attention_scores_i8(scores + b.t, b.rows, KV_ROW_BYTES, (int)b.n, qh, qu, sq, HEAD_DIM, scale);
+    softmax(scores, (int)n_pos);
+    int16_t wq[KV_BLOCK_POSITIONS + 2] __attribute__((aligned(4)));
+    for (uint32_t d = 0; d < HEAD_DIM; d++) out[d] = 0.0f;
+    kv_blocks_open(&b, layer, KV_VALUES_ROW, head, n_pos);
+    while (kv_blocks_next(&b))
+        attention_accumulate_i8(out, scores + b.t, b.rows, KV_ROW_BYTES, (int)b.n, HEAD_DIM, wq);
+}
+
+#elif !KV_IN_SRAM
+// fp32 in PSRAM: rows t..t+n-1 of one head read into BUF(KV_BLOCK) with their check words,
+// checked, then packed to HEAD_DIM floats a row.
 static const float* kv_load(uint32_t layer, uint32_t values, uint32_t head, uint32_t t, uint32_t n) {
     float* out = BUF(KV_BLOCK);
-#if KV_INT8
-#if KV_IN_SRAM
-    const uint8_t* rows = (const uint8_t*)BUF_ADDR(KV) + kv_row_offset(layer, values, head, t);
-#else
-    uint8_t* rows = (uint8_t*)BUF_ADDR(KV_ROWS);
-    kv_read_checked(layer, values, head, t, n, rows);
-#endif
-    for (uint32_t r = 0; r < n; r++) {
-        const uint8_t* row = rows + r * KV_ROW_BYTES;
-        float scale = *(const float*)(const void*)row;
-        const int8_t* q = (const int8_t*)(row + F32);
-        for (uint32_t d = 0; d < HEAD_DIM; d++) out[r * HEAD_DIM + d] = (float)q[d] * scale;
-    }
-#else   // fp32: read with their check words into the block, then packed to HEAD_DIM floats a row
-    kv_read_checked(layer, values, head, t, n, (uint8_t*)out);
+    psram_read(kv_row_offset(layer, values, head, t), out, n * KV_ROW_BYTES);
+    kv_check(layer, values, head, t, n, (uint8_t*)out);
     for (uint32_t r = 1; r < n; r++) {   // each row moves down over the check words before it
         const float* from = (const float*)(const void*)((const uint8_t*)out + r * KV_ROW_BYTES);
         for (uint32_t d = 0; d < HEAD_DIM; d++) out[r * HEAD_DIM + d] = from[d];
     }
-#endif
     return out;
 }
 
-// pass 1: scores[t] = q . k_t * scale for t = 0..n_pos-1, the keys a block at a time
-static void block_head_scores(float* scores, const float* q, uint32_t layer, uint32_t head, uint32_t n_pos) {
+// attention_head in pieces over blocks of rows, in the same order, so the result has the
+// bits of the cache in SRAM: scores a block of keys at a time, then the values.
+static void attention_head_blocks(float* out, const float* q, uint32_t layer, uint32_t head, uint32_t n_pos) {
+    float* scores = BUF(SCORES);
     float scale = attention_scale(HEAD_DIM);
     for (uint32_t t = 0; t < n_pos; t += KV_BLOCK_POSITIONS) {
-        uint32_t n = n_pos - t < KV_BLOCK_POSITIONS ? n_pos - t : KV_BLOCK_POSITIONS;
+        uint32_t n = kv_block_size(t, n_pos);
         attention_scores(scores + t, q, kv_load(layer, KV_KEYS_ROW, head, t, n), (int)n, HEAD_DIM, HEAD_DIM, scale);
     }
-}
-
-// pass 2: out = sum over t = 0..n_pos-1, in order, of scores[t] v_t, the values a block at
-// a time
-static void block_head_values(float* out, const float* scores, uint32_t layer, uint32_t head, uint32_t n_pos) {
+    softmax(scores, (int)n_pos);
     for (uint32_t d = 0; d < HEAD_DIM; d++) out[d] = 0.0f;
     for (uint32_t t = 0; t < n_pos; t += KV_BLOCK_POSITIONS) {
-        uint32_t n = n_pos - t < KV_BLOCK_POSITIONS ? n_pos - t : KV_BLOCK_POSITIONS;
+        uint32_t n = kv_block_size(t, n_pos);
         attention_accumulate(out, scores + t, kv_load(layer, KV_VALUES_ROW, head, t, n), (int)n, HEAD_DIM, HEAD_DIM);
     }
 }
@@ -825,8 +880,9 @@ static void block_head_values(float* out, const float* scores, uint32_t layer, u
 
 // attn_core: append this position's key and value to the layer's KV cache, then each head
 // attends over positions 0..pos: att = softmax(q k^T / sqrt(HEAD_DIM)) v.
-// With the cache in rows (PSRAM, or int8) the same kernels (kernels.h: attention_head in
-// pieces) run over blocks of rows, in the same order, so the result has the same bits.
+// An fp32 cache in PSRAM runs the same kernels (kernels.h: attention_head in pieces) over
+// blocks of rows, in the same order, so the result has the bits of the cache in SRAM; an
+// int8 cache runs the int8 kernels on its rows as stored (attention_head_i8).
 static void attn_one(const StageEntry* s, uint32_t pos, uint32_t slot) {
     const float* q = QKV_(slot);
     const float* k = QKV_(slot) + N_EMBD;
@@ -852,9 +908,11 @@ static void attn_one(const StageEntry* s, uint32_t pos, uint32_t slot) {
     }
     for (uint32_t head = 0; head < N_HEAD; head++) {
         uint32_t c = head * HEAD_DIM;
-        block_head_scores(BUF(SCORES), q + c, s->layer, head, pos + 1);
-        softmax(BUF(SCORES), (int)pos + 1);
-        block_head_values(att + c, BUF(SCORES), s->layer, head, pos + 1);
+#if KV_INT8
+        attention_head_i8(att + c, q + c, s->layer, head, pos + 1);
+#else
+        attention_head_blocks(att + c, q + c, s->layer, head, pos + 1);
+#endif
     }
 #endif
 }

@@ -197,4 +197,9 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     import sys
-    sys.exit(main(sys.argv[1:]))
+    from target.errors import McugptError
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except (McugptError, OSError) as e:   # a missing function or file: one line, no traceback
+        print(f"m7_timing: error: {e}", file=sys.stderr)
+        sys.exit(2)

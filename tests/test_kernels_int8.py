@@ -753,3 +753,85 @@ def test_board_int8_batch_kernel_cycles_per_mac(compiler, board_program, tmp_pat
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q", "-s", *sys.argv[1:]]))
+
+
+# ----------------------------------------------------------------------------
+# attention over an int8 KV cache: attention_scores_i8 and attention_accumulate_i8 against
+# quantize.attention_int8 (one head), on rows laid out as the cache stores them
+
+
+def kv_rows(q, scales, row_bytes):
+    """Rows of `row_bytes`: a float32 scale, then the int8 values, then filler (a check word)."""
+    n, hd = q.shape
+    rows = np.full((n, row_bytes), 0x5A, np.uint8)
+    rows[:, :4] = np.asarray(scales, np.float32).view(np.uint8).reshape(n, 4)
+    rows[:, 4:4 + hd] = q.view(np.uint8)
+    return rows
+
+
+def c_attention_head(q, k_q, k_s, v_q, v_s, row_bytes, block=32):
+    """The firmware's calls for one head: scores a block of keys at a time, softmax, then the
+    values a block at a time."""
+    from compiler import numerics as nx
+    L = lib()
+    L.attention_scores_i8.restype = L.attention_accumulate_i8.restype = None
+    L.attention_scores_i8.argtypes = [_FP, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, _I8P, ctypes.c_void_p,
+                                      ctypes.c_float, ctypes.c_int, ctypes.c_float]
+    L.attention_accumulate_i8.argtypes = [_FP, _FP, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                          ctypes.c_void_p]
+    n, hd = k_q.shape
+    qh, sq = c_quantize_vector(q)
+    keys, values = kv_rows(k_q, k_s, row_bytes), kv_rows(v_q, v_s, row_bytes)
+    scores = np.full(n, np.nan, np.float32)
+    for t in range(0, n, block):
+        m = min(block, n - t)
+        L.attention_scores_i8(scores[t:].ctypes.data_as(_FP), keys[t:].ctypes.data, row_bytes, m,
+                              qh.ctypes.data_as(_I8P), None, float(sq), hd, float(nx.attention_scale(hd)))
+    p = _f32(nx.softmax(scores))
+    out = np.zeros(hd, np.float32)
+    wq = np.zeros(block + 2, np.int16)
+    for t in range(0, n, block):
+        m = min(block, n - t)
+        L.attention_accumulate_i8(out.ctypes.data_as(_FP), p[t:].ctypes.data_as(_FP), values[t:].ctypes.data,
+                                  row_bytes, m, hd, wq.ctypes.data)
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 5, 32, 33, 100, 1024])
+@pytest.mark.parametrize("hd, row_bytes", [(64, 68), (64, 72), (12, 16), (10, 16)])
+def test_int8_attention_kernels_match_the_reference(n, hd, row_bytes):
+    rng = np.random.default_rng(n * 1000 + row_bytes)
+    k = rng.normal(0, 3, (n, hd)).astype(np.float32)
+    v = rng.normal(0, 1, (n, hd)).astype(np.float32)
+    (k_q, k_s), (v_q, v_s) = zip(*(qz.quantize_vector(r) for r in k)), zip(*(qz.quantize_vector(r) for r in v))
+    k_q, v_q = np.stack(k_q), np.stack(v_q)
+    k_s, v_s = np.array(k_s, np.float32), np.array(v_s, np.float32)
+    q = rng.normal(0, 2, hd).astype(np.float32)
+    want = qz.attention_int8(q, k_q, k_s[:, None], v_q, v_s[:, None], 1)
+    assert same_bits(c_attention_head(q, k_q, k_s, v_q, v_s, row_bytes), want)
+    # and it is the int8 arithmetic: the dequantized float attention has other bits (with one
+    # position both are that value row, whatever the order of its two products)
+    from compiler import numerics as nx
+    if n == 1:
+        return
+    dequant = lambda q_, s_: (q_.astype(np.float32) * s_[:, None]).astype(np.float32)
+    assert not same_bits(nx.attention(q, dequant(k_q, k_s), dequant(v_q, v_s), 1), want)
+
+
+def test_int8_attention_blocks_whose_weights_vanish_add_nothing():
+    """A block of value rows that are all zero (scale 0: w = 0) and a block of weights below
+    quantize.WEIGHT_MIN (keys far below the best one's) leave out as it was, in C as in numpy."""
+    rng = np.random.default_rng(7)
+    hd, n = 64, 100
+    k = rng.normal(0, 1, (n, hd)).astype(np.float32)
+    k[0] = 40.0                      # position 0 takes all the weight: exp(-huge) elsewhere
+    v = rng.normal(0, 1, (n, hd)).astype(np.float32)
+    v[32:64] = 0.0                   # the second block: scale 0
+    (k_q, k_s), (v_q, v_s) = zip(*(qz.quantize_vector(r) for r in k)), zip(*(qz.quantize_vector(r) for r in v))
+    k_q, v_q = np.stack(k_q), np.stack(v_q)
+    k_s, v_s = np.array(k_s, np.float32), np.array(v_s, np.float32)
+    q = np.full(hd, 3.0, np.float32)
+    want = qz.attention_int8(q, k_q, k_s[:, None], v_q, v_s[:, None], 1)
+    assert same_bits(c_attention_head(q, k_q, k_s, v_q, v_s, 72), want)
+    # the answer is position 0's value row, as the float softmax makes it
+    assert np.allclose(want, v_q[0] * v_s[0], rtol=1e-4, atol=1e-6)
