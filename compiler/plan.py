@@ -38,6 +38,7 @@ from target.stages import ACTIVATIONS, KIND_BY_NAME, MATRIX, ROW, VECTOR, dim
 
 from .config import GPTConfig
 from .partition import Stage
+from .quantize import KV_BLOCK
 
 F32 = 4
 # where a token's bytes start and end in the token table: two u32, read twice and compared
@@ -47,7 +48,9 @@ ALIGN = 32                 # Cortex-M7 cache line: buffers never share one
 STACK_RESERVE = 16 << 10   # measured stack use is compared against this at run time
 FIRMWARE_RESERVE = 16 << 10  # .data/.bss of the firmware outside the arena
 DTYPES = ("fp32", "int8")
-KV_BLOCK_POSITIONS = 32    # with the KV cache in PSRAM: positions of one head read per DMA
+# With the KV cache in PSRAM: positions of one head read per DMA; the int8 cache's attention
+# sums its values a block at a time (the block is part of its arithmetic: quantize.KV_BLOCK)
+KV_BLOCK_POSITIONS = KV_BLOCK
 # Every KV row and every tier tail in the PSRAM is followed by a check word the firmware
 # computes when it writes them and verifies on every read (runtime.c psram_check): the PSRAM
 # has no ECC, and nothing else would notice a flipped bit in it.
