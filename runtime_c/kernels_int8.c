@@ -658,18 +658,20 @@ void attention_scores_i8(float* scores, const uint8_t* rows, int row_bytes, int 
     }
 }
 
+// acc + the product of one int16 lane of a and one of w (bottom or top: SMLABB, SMLATB,
+// SMLABT, SMLATT; one multiply-accumulate each, the weight pair needs no unpacking)
 #if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
-#define smlad_(a, b, acc) __smlad((int32_t)(a), (int32_t)(b), (acc))
-#else   // acc + a.lo * b.lo + a.hi * b.hi, the int16 lanes signed
-static inline int32_t smlad_(uint32_t a, uint32_t b, int32_t acc) {
-    return acc + (int32_t)(int16_t)a * (int32_t)(int16_t)b + (int32_t)(int16_t)(a >> 16) * (int32_t)(int16_t)(b >> 16);
-}
+#define smlabb_(a, w, acc) __smlabb((int32_t)(a), (int32_t)(w), (acc))
+#define smlatb_(a, w, acc) __smlatb((int32_t)(a), (int32_t)(w), (acc))
+#define smlabt_(a, w, acc) __smlabt((int32_t)(a), (int32_t)(w), (acc))
+#define smlatt_(a, w, acc) __smlatt((int32_t)(a), (int32_t)(w), (acc))
+#else
+#define lane_(x, top) ((int32_t)(int16_t)((top) ? (uint32_t)(x) >> 16 : (uint32_t)(x)))
+#define smlabb_(a, w, acc) ((acc) + lane_(a, 0) * lane_(w, 0))
+#define smlatb_(a, w, acc) ((acc) + lane_(a, 1) * lane_(w, 0))
+#define smlabt_(a, w, acc) ((acc) + lane_(a, 0) * lane_(w, 1))
+#define smlatt_(a, w, acc) ((acc) + lane_(a, 1) * lane_(w, 1))
 #endif
-
-// A pair of int16 lanes: x's low lane and y's low lane (PKHBT), x's high lane and y's high
-// lane (PKHTB).
-static inline uint32_t low_lanes(uint32_t x, uint32_t y) { return (x & 0xFFFFu) | (y << 16); }
-static inline uint32_t high_lanes(uint32_t x, uint32_t y) { return (x >> 16) | (y & 0xFFFF0000u); }
 
 // Weights below this add nothing (their inverse would overflow float32; what they would add is
 // below 1e-26): quantize.py ATTENTION_WEIGHT_MIN.
@@ -694,22 +696,29 @@ void attention_accumulate_i8(float* out, const float* p, const uint8_t* rows, in
     const int8_t* v0 = (const int8_t*)(rows + 4);
     int d = 0;
     if ((head_dim & 3) == 0 && (row_bytes & 3) == 0 && ((uintptr_t)rows & 3) == 0) {
-        // four columns of two rows per step: SXTB16 unpacks each row's word into two int16
-        // pairs along the row, PKHBT/PKHTB regroup them into pairs of the two rows, and one
-        // SMLAD adds both rows' products into a column's exact int32 sum
+        // four columns of two rows per step: SXTB16 unpacks a row's word into two int16
+        // pairs (columns 0, 2 and 1, 3), and each column's product with its row's weight,
+        // the bottom (row t) or top (row t + 1) lane of the weight pair, is one SMLAxy into
+        // the column's exact int32 sum (11 registers: none spilled)
         for (; d < head_dim; d += 4) {
             int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
             const int8_t* v = v0 + d;
+            const uint32_t* w2 = (const uint32_t*)(const void*)wq;
             int t = 0;
-            for (; t + 2 <= n; t += 2, v += 2 * row_bytes) {
-                uint32_t w2 = (uint16_t)wq[t] | (uint32_t)(uint16_t)wq[t + 1] << 16;
-                uint32_t x = load4(v), y = load4(v + row_bytes);
-                uint32_t xe = (uint32_t)even_pairs(x), xo = (uint32_t)odd_pairs(x);   // 0, 2 and 1, 3
-                uint32_t ye = (uint32_t)even_pairs(y), yo = (uint32_t)odd_pairs(y);
-                a0 = smlad_(low_lanes(xe, ye), w2, a0);
-                a1 = smlad_(low_lanes(xo, yo), w2, a1);
-                a2 = smlad_(high_lanes(xe, ye), w2, a2);
-                a3 = smlad_(high_lanes(xo, yo), w2, a3);
+            for (; t + 2 <= n; t += 2, v += 2 * row_bytes, w2++) {
+                uint32_t w = *w2;
+                uint32_t x = load4(v);
+                uint32_t xe = (uint32_t)even_pairs(x), xo = (uint32_t)odd_pairs(x);
+                a0 = smlabb_(xe, w, a0);
+                a2 = smlatb_(xe, w, a2);
+                a1 = smlabb_(xo, w, a1);
+                a3 = smlatb_(xo, w, a3);
+                x = load4(v + row_bytes);
+                xe = (uint32_t)even_pairs(x), xo = (uint32_t)odd_pairs(x);
+                a0 = smlabt_(xe, w, a0);
+                a2 = smlatt_(xe, w, a2);
+                a1 = smlabt_(xo, w, a1);
+                a3 = smlatt_(xo, w, a3);
             }
             if (t < n) {   // the last row of an odd block
                 a0 += (int32_t)wq[t] * v[0];
