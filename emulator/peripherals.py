@@ -2,8 +2,10 @@
 unit, run control.
 
 Registers and addresses come from target/memory_map.py (the firmware gets the same
-numbers through include/memory_map.h). Each peripheral is mapped with `uc.mmio_map`, so it
-costs nothing until the firmware touches it: no Python hook runs on ordinary instructions.
+numbers through include/memory_map.h). Each peripheral is mapped as MMIO (emulator/mmio.py),
+so it costs nothing until the firmware touches it: no Python hook runs on ordinary
+instructions. The DMA controllers' plain registers (ADDR, DST/RAM, LEN) are stored by a
+native callback, so of a transfer's accesses only CMD and STATUS run Python.
 
 Time: the board has one simulated clock, the CPU's (`CpuClock`): it advances by the cycles
 of the instructions the core executed since the last peripheral access (counted per basic
@@ -36,6 +38,7 @@ import numpy as np
 from unicorn import UcError
 
 from emulator.dcache import coherence_message
+from emulator.mmio import Registers, map_peripheral
 from emulator.psram import Psram, PsramError
 from emulator.spi_flash import FlashError, SpiNorFlash
 from target import memory_map as mm
@@ -71,34 +74,37 @@ class Peripheral:
     def __init__(self, faults: Faults):
         self.faults = faults
         self._names = {r.offset: r.name for r in self.spec.registers}
+        self._writable = {r.offset: r.name for r in self.spec.registers if r.name not in self.read_only}
         self.regs = {r.name: 0 for r in self.spec.registers}
 
     def map(self, uc) -> None:
-        uc.mmio_map(self.spec.base, self.spec.size, self._read, None, self._write, None)
+        map_peripheral(uc, self.spec.base, self.spec.size, self._read, self._write)
 
-    def _register(self, uc, offset: int, size: int, access: str) -> str | None:
+    def _read(self, uc, offset, size, _ud) -> int:
+        name = self._names.get(offset)
+        if name is None or size != 4:
+            self._bus_error(uc, offset, size, "read")
+            return 0
+        return self.read(uc, name) & 0xFFFFFFFF
+
+    def _write(self, uc, offset, size, value, _ud) -> None:
+        name = self._writable.get(offset)
+        if name is None or size != 4:
+            self._bus_error(uc, offset, size, "write")
+            return
+        self.write(uc, name, value & 0xFFFFFFFF)
+
+    def _bus_error(self, uc, offset: int, size: int, access: str) -> None:
+        """An access to no register, of a size other than 32 bits, or a write to a read-only one."""
         name = self._names.get(offset)
         addr = self.spec.base + offset
         if name is None:
-            self.faults.record(uc, "bus_error", f"{access} at {self.spec.name}+0x{offset:03x}, "
-                                                f"which has no register", addr)
+            what = f"{access} at {self.spec.name}+0x{offset:03x}, which has no register"
         elif size != 4:
-            self.faults.record(uc, "bus_error", f"{size}-byte {access} of {self.spec.name}.{name} "
-                                                f"(registers are 32-bit)", addr)
-        elif access == "write" and name in self.read_only:
-            self.faults.record(uc, "bus_error", f"write to read-only {self.spec.name}.{name}", addr)
+            what = f"{size}-byte {access} of {self.spec.name}.{name} (registers are 32-bit)"
         else:
-            return name
-        return None
-
-    def _read(self, uc, offset, size, _ud) -> int:
-        name = self._register(uc, offset, size, "read")
-        return 0 if name is None else self.read(uc, name) & 0xFFFFFFFF
-
-    def _write(self, uc, offset, size, value, _ud) -> None:
-        name = self._register(uc, offset, size, "write")
-        if name is not None:
-            self.write(uc, name, value & 0xFFFFFFFF)
+            what = f"write to read-only {self.spec.name}.{name}"
+        self.faults.record(uc, "bus_error", what, addr)
 
     def read(self, uc, name: str) -> int:
         return self.regs[name]
@@ -283,10 +289,16 @@ class _DmaPeripheral(Peripheral):
     and ("done", instructions, now_ns, cycles) per transfer, for tests. The clock's timeline
     (CpuClock.events), when recorded, receives ("dma", bus, command, address, bytes, start_ns,
     end_ns, ram) per transfer.
+
+    ADDR, the RAM end (`ram_register`) and LEN, the transfer's parameters, are plain: a
+    write only stores the word. They live in `plain_regs` (an emulator.mmio.Registers), where
+    the native write callback stores them without running Python; `plain_regs.busy` is set
+    while a transfer is in flight, so that every write then reaches `write` (a bus error).
     """
 
     results: tuple[str, ...] = ()   # registers that hold a transfer's result
     bus = "dma"                     # "flash" or "psram"
+    ram_register = "RAM"            # the register holding the transfer's RAM address
 
     def __init__(self, faults: Faults, clock: CpuClock | None, commands: dict[str, int],
                  ram_base: int, ram_size: int):
@@ -303,6 +315,26 @@ class _DmaPeripheral(Peripheral):
         self.bus_cycles = 0.0                      # CPU cycles lost to this controller's transfers so far
         self.errors: list[str] = []
         self.injector = None   # emulator/inject.py Injector: faults to inject (mcugpt run --inject)
+        self.plain_regs = Registers()
+        self._plain = {name: self.spec.reg(name) // 4 for name in ("ADDR", self.ram_register, "LEN")}
+        for name, i in self._plain.items():
+            self.plain_regs.plain |= 1 << i
+            del self.regs[name]   # their one home is plain_regs
+        self._addr_i, self._ram_i, self._len_i = self._plain.values()
+        self.mmio = "python"   # "native" when the native callback stores the plain registers (map)
+
+    def map(self, uc) -> None:
+        self.mmio = map_peripheral(uc, self.spec.base, self.spec.size, self._read, self._write, self.plain_regs)
+
+    def _params(self) -> tuple[int, int, int]:
+        """ADDR, the RAM address (DST or RAM) and LEN, as last written."""
+        words = self.plain_regs.words
+        return words[self._addr_i], words[self._ram_i], words[self._len_i]
+
+    def _value(self, name: str) -> int:
+        """A register's value as the firmware last wrote it (or the controller set it)."""
+        i = self._plain.get(name)
+        return self.regs[name] if i is None else self.plain_regs.words[i]
 
     def write(self, uc, name, value):
         if name == "STATUS":   # write-1-to-clear
@@ -317,12 +349,17 @@ class _DmaPeripheral(Peripheral):
                 return
             self.regs["CMD"] = value
             self.regs["STATUS"] = self._execute(uc, value)
+            self.plain_regs.busy = self.dma._pending is not None
         else:
             self._write_register(name, value)
 
     def _write_register(self, name, value):
-        """A write to a plain register (not STATUS or CMD), no transfer in flight."""
-        self.regs[name] = value
+        """A write to a register other than STATUS or CMD, no transfer in flight."""
+        i = self._plain.get(name)
+        if i is None:
+            self.regs[name] = value
+        else:
+            self.plain_regs.words[i] = value
 
     def _execute(self, uc, cmd: int) -> int:
         raise NotImplementedError
@@ -379,6 +416,7 @@ class _DmaPeripheral(Peripheral):
                 self._busy_at = clock.instructions
                 return BUSY
             self._busy_at = None
+            self.plain_regs.busy = 0
             self.regs["STATUS"] = DONE
             if self.log is not None:
                 self.log.append(("done", self.clock.instructions, self.clock.now_ns, self.clock.cycles))
@@ -391,7 +429,7 @@ class _DmaPeripheral(Peripheral):
                 and self.injector.dma_hangs(self.bus, command, addr, length)):
             self.dma.hang()
             return BUSY
-        ram = self.regs.get("DST", self.regs.get("RAM", 0))   # the RAM end of the transfer
+        ram = self.plain_regs.words[self._ram_i]   # the RAM end of the transfer
         if self.clock.events is not None:   # LEN is the data moved by READ, WRITE, PAGE_PROGRAM only
             moved = length if command in ("READ", "WRITE", "PAGE_PROGRAM") else 0
             self.clock.events.append(("dma", self.bus, command, addr, moved, end - duration_ns, end, ram))
@@ -434,6 +472,7 @@ class FlashController(_DmaPeripheral):
 
     spec = mm.FLASHCTL
     bus = "flash"
+    ram_register = "DST"
     read_only = ("CRC_VALUE", "JEDEC_ID", "DEV_STATUS")
     results = ("CRC_VALUE", "JEDEC_ID", "DEV_STATUS")
 
@@ -460,7 +499,7 @@ class FlashController(_DmaPeripheral):
             return self.crc
         if name == "CRC_CTRL":
             return CRC_ENABLE if self.crc_enabled else 0
-        return self.regs[name]
+        return self._value(name)
 
     def _write_register(self, name, value):
         if name == "CRC_CTRL":
@@ -469,11 +508,11 @@ class FlashController(_DmaPeripheral):
                 self.crc = 0
             self.crc_enabled = bool(value & CRC_ENABLE)
         else:
-            self.regs[name] = value
+            super()._write_register(name, value)
 
     def _execute(self, uc, cmd: int) -> int:
         name = self._commands.get(cmd)
-        addr, dst, length = self.regs["ADDR"], self.regs["DST"], self.regs["LEN"]
+        addr, dst, length = self._params()
         f = self.flash
         before = f.now_ns
         retire = None
@@ -557,11 +596,11 @@ class PsramController(_DmaPeripheral):
     def read(self, uc, name):
         if name == "STATUS":
             return self._status()
-        return self.regs[name]
+        return self._value(name)
 
     def _execute(self, uc, cmd: int) -> int:
         name = self._commands.get(cmd)
-        addr, ram, length = self.regs["ADDR"], self.regs["RAM"], self.regs["LEN"]
+        addr, ram, length = self._params()
         if name is None:
             return self._fail(f"unknown PSRAM command {cmd}")
         what = f"{name} of {length:,} bytes at PSRAM 0x{addr:x}"
@@ -918,7 +957,7 @@ class CycleCounter:
         self.words: dict[int, int] = {}
 
     def map(self, uc) -> None:
-        uc.mmio_map(self.BASE, self.SIZE, self._read, None, self._write, None)
+        map_peripheral(uc, self.BASE, self.SIZE, self._read, self._write)
 
     def _read(self, uc, offset, size, _ud) -> int:
         if offset == self.CYCCNT:
@@ -953,7 +992,7 @@ class SystemControl:
         self.maintenance_ops = 0
 
     def map(self, uc) -> None:
-        uc.mmio_map(self.BASE, self.SIZE, self._read, None, self._write, None)
+        map_peripheral(uc, self.BASE, self.SIZE, self._read, self._write)
 
     def _read(self, uc, offset, size, _ud) -> int:
         if offset == self.CLIDR:   # level 1: separate I- and D-caches (0b011), or none
