@@ -42,6 +42,7 @@ from emulator.mmio import Registers, map_peripheral
 from emulator.psram import Psram, PsramError
 from emulator.spi_flash import FlashError, SpiNorFlash
 from target import memory_map as mm
+from target.m7_pipeline import FIXED
 
 DONE = mm.FLASH_STATUS["DONE"]
 BUSY = mm.FLASH_STATUS["BUSY"]
@@ -148,6 +149,8 @@ class CpuClock:
         self.events: list[tuple] | None = None
         self._seen = 0
         self._seen_cycles = 0.0
+        # the native counter's struct, read directly: sync runs at every peripheral access
+        self._native = counter._state if getattr(counter, "kind", None) == "native" else None
 
     @property
     def compute_ns(self) -> float:
@@ -156,7 +159,16 @@ class CpuClock:
     def sync(self) -> float:
         """Bring the clock up to the present: charge the instructions executed since the last
         call. Returns now_ns. (Called at every MMIO access: kept lean.)"""
-        if self.counter is not None:
+        native = self._native
+        if native is not None:
+            n = native.instructions
+            if n != self._seen:
+                c = native.cycles / FIXED   # what counter.cycles returns
+                self.instructions += n - self._seen
+                self.cycles += c - self._seen_cycles
+                self._seen, self._seen_cycles = n, c
+                self.now_ns = self.cycles * self.ns_per_cycle + self.stall_ns
+        elif self.counter is not None:
             n = self.counter.count
             if n != self._seen:
                 c = self.counter.cycles
@@ -340,7 +352,8 @@ class _DmaPeripheral(Peripheral):
         if name == "STATUS":   # write-1-to-clear
             self.regs["STATUS"] &= ~value
             return
-        if self._busy_access(uc, name, "write"):
+        if self.dma._pending is not None:
+            self._busy_error(uc, name, "write")
             return
         if name == "CMD":
             stale = self.dcache.unmaintained() if self.dcache is not None else None
@@ -381,14 +394,11 @@ class _DmaPeripheral(Peripheral):
         if self.dcache is not None:
             self.dcache.dma_wrote(dst, length)
 
-    def _busy_access(self, uc, name: str, access: str) -> bool:
+    def _busy_error(self, uc, name: str, access: str) -> None:
         """A register access that must wait for the transfer in flight: a bus error."""
-        if self.dma._pending is None:
-            return False
         self.faults.record(uc, "bus_error", f"{access} of {self.spec.name}.{name} while a DMA transfer is in "
                                             f"flight (STATUS BUSY): poll STATUS until DONE first",
                            self.spec.base + self.spec.reg(name))
-        return True
 
     # A STATUS read that comes this few instructions after one that answered BUSY is a
     # poll loop spinning: the CPU would spin until the end, so its clock jumps there at
@@ -401,26 +411,26 @@ class _DmaPeripheral(Peripheral):
     HUNG_SPIN_NS = 1000.0
 
     def _status(self) -> int:
-        if self.dma.hung:
-            clock = self.clock
-            clock.sync()
-            if self._busy_at is not None and clock.instructions - self._busy_at <= self.SPIN_INSTRUCTIONS:
-                clock.stall_until(clock.now_ns + max(self.HUNG_SPIN_NS, clock.now_ns - self.dma.hung_at_ns), self.bus)
+        dma = self.dma
+        if dma._pending is None:
+            return self.regs["STATUS"]
+        clock = self.clock
+        clock.sync()
+        spinning = self._busy_at is not None and clock.instructions - self._busy_at <= self.SPIN_INSTRUCTIONS
+        if dma.hung:
+            if spinning:
+                clock.stall_until(clock.now_ns + max(self.HUNG_SPIN_NS, clock.now_ns - dma.hung_at_ns), self.bus)
             self._busy_at = clock.instructions
             return BUSY
-        if self.dma._pending is not None:
-            clock = self.clock
-            clock.sync()
-            spinning = self._busy_at is not None and clock.instructions - self._busy_at <= self.SPIN_INSTRUCTIONS
-            if not self.dma.poll(wait=spinning):
-                self._busy_at = clock.instructions
-                return BUSY
-            self._busy_at = None
-            self.plain_regs.busy = 0
-            self.regs["STATUS"] = DONE
-            if self.log is not None:
-                self.log.append(("done", self.clock.instructions, self.clock.now_ns, self.clock.cycles))
-        return self.regs["STATUS"]
+        if not dma.poll(wait=spinning):
+            self._busy_at = clock.instructions
+            return BUSY
+        self._busy_at = None
+        self.plain_regs.busy = 0
+        self.regs["STATUS"] = DONE
+        if self.log is not None:
+            self.log.append(("done", clock.instructions, clock.now_ns, clock.cycles))
+        return DONE
 
     def _start(self, command: str, addr: int, length: int, duration_ns: float, retire=None) -> int:
         self._busy_at = None
@@ -429,13 +439,13 @@ class _DmaPeripheral(Peripheral):
                 and self.injector.dma_hangs(self.bus, command, addr, length)):
             self.dma.hang()
             return BUSY
-        ram = self.plain_regs.words[self._ram_i]   # the RAM end of the transfer
         if self.clock.events is not None:   # LEN is the data moved by READ, WRITE, PAGE_PROGRAM only
             moved = length if command in ("READ", "WRITE", "PAGE_PROGRAM") else 0
-            self.clock.events.append(("dma", self.bus, command, addr, moved, end - duration_ns, end, ram))
+            self.clock.events.append(("dma", self.bus, command, addr, moved, end - duration_ns, end,
+                                      self.plain_regs.words[self._ram_i]))
         if self.log is not None:
             self.log.append(("start", command, addr, length, self.clock.instructions, end - duration_ns, end,
-                             self.clock.cycles, ram))
+                             self.clock.cycles, self.plain_regs.words[self._ram_i]))
         return BUSY
 
     def _fail(self, msg: str) -> int:
@@ -492,7 +502,8 @@ class FlashController(_DmaPeripheral):
     def read(self, uc, name):
         if name == "STATUS":
             return self._status()
-        if name in self.results and self._busy_access(uc, name, "read"):
+        if name in self.results and self.dma._pending is not None:
+            self._busy_error(uc, name, "read")
             return 0
         if name == "CRC_VALUE":
             self._crc_wait()
@@ -603,15 +614,18 @@ class PsramController(_DmaPeripheral):
         addr, ram, length = self._params()
         if name is None:
             return self._fail(f"unknown PSRAM command {cmd}")
-        what = f"{name} of {length:,} bytes at PSRAM 0x{addr:x}"
+
+        def what():   # formatted only when a transfer fails
+            return f"{name} of {length:,} bytes at PSRAM 0x{addr:x}"
+
         if self.psram is None:
-            return self._fail(f"{what}: this board has no PSRAM")
+            return self._fail(f"{what()}: this board has no PSRAM")
         if length == 0:
-            return self._fail(f"{what}: zero length")
+            return self._fail(f"{what()}: zero length")
         if addr + length > self.psram.size:
-            return self._fail(f"{what}: past the end of the {self.psram.size:,}-byte PSRAM")
+            return self._fail(f"{what()}: past the end of the {self.psram.size:,}-byte PSRAM")
         if not self._ram_range_ok(ram, length):
-            return self._fail(f"{what}: SRAM range 0x{ram:08x}..0x{ram + length:08x} is not inside SRAM "
+            return self._fail(f"{what()}: SRAM range 0x{ram:08x}..0x{ram + length:08x} is not inside SRAM "
                               f"(0x{self.ram_base:08x}..0x{self.ram_base + self.ram_size:08x})")
         before = self.psram.now_ns
         retire = None
@@ -627,7 +641,7 @@ class PsramController(_DmaPeripheral):
             else:
                 self.psram.write(addr, bytes(uc.mem_read(ram, length)))  # one read, at the command
         except (PsramError, ValueError, UcError) as e:
-            return self._fail(f"{what}: {e}")
+            return self._fail(f"{what()}: {e}")
         self._share_bus(length / 4)
         return self._start(name, addr, length, self.psram.now_ns - before, retire)
 
@@ -984,7 +998,7 @@ class SystemControl:
     CPUID, CPUID_M7 = 0xD00, 0x411FC272    # Cortex-M7 r1p2
     CLIDR, CCSIDR, CSSELR, DCISW = (mm.SCB_CLIDR - BASE, mm.SCB_CCSIDR - BASE, mm.SCB_CSSELR - BASE,
                                     mm.SCB_DCISW - BASE)
-    _BY_ADDRESS = {mm.SCB_DCIMVAC: 1, mm.SCB_DCCMVAC: 2, mm.SCB_DCCIMVAC: 3}
+    _BY_OFFSET = {mm.SCB_DCIMVAC - BASE: 1, mm.SCB_DCCMVAC - BASE: 2, mm.SCB_DCCIMVAC - BASE: 3}
 
     def __init__(self, dcache=None):
         self.dcache = dcache
@@ -1003,11 +1017,11 @@ class SystemControl:
         return (word >> (8 * (offset & 3))) & ((1 << (8 * size)) - 1)
 
     def _write(self, uc, offset, size, value, _ud) -> None:
-        addr = self.BASE + offset
-        if addr in self._BY_ADDRESS:
+        op = self._BY_OFFSET.get(offset)
+        if op is not None:
             self.maintenance_ops += 1
             if self.dcache is not None:
-                self.dcache.maintain(value, self._BY_ADDRESS[addr])
+                self.dcache.maintain(value, op)
             return
         if offset == self.DCISW:   # whole-cache invalidation at reset: nothing is streamed yet
             self.maintenance_ops += 1
@@ -1015,5 +1029,5 @@ class SystemControl:
         mask = ((1 << (8 * size)) - 1) << (8 * (offset & 3))
         word = self.words.get(offset & ~3, 0)
         self.words[offset & ~3] = (word & ~mask) | ((value << (8 * (offset & 3))) & mask)
-        if addr == mm.SCB_CCR and self.dcache is not None:
+        if self.BASE + offset == mm.SCB_CCR and self.dcache is not None:
             self.dcache.set_enabled(bool(self.words[offset & ~3] & mm.SCB_CCR_DC))
