@@ -60,10 +60,10 @@ class DCacheModel:
     def maintain(self, addr: int, op: int) -> None:
         """op INVALIDATE, CLEAN or both, on the line holding `addr`."""
         self.maintenance_ops += 1
-        lines = self._lines(addr, 1)
-        if lines is None or not self.enabled:
+        offset = addr - self.base   # one line: no _lines (this runs once per line the DMA wrote)
+        if not self.enabled or not 0 <= offset < self.size:
             return
-        i = lines.start
+        i = offset >> self.shift
         if op & CLEAN:
             self.writebacks += 1
             self.clock.add_cycles(self.spec.writeback_cycles)

@@ -28,18 +28,12 @@ says which one ran. MCUGPT_COUNTER=python forces it (tests), =off disables count
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import platform
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
 from unicorn import UC_HOOK_BLOCK
 
-from target import toolchain
+from emulator import native
 from target.m7_pipeline import FIXED
 
 __all__ = ["InstructionCounter", "thumb_instructions", "native_library", "counter_mode"]
@@ -117,55 +111,12 @@ def counter_mode() -> str:
 
 
 # ----------------------------------------------------------------------------
-# the native callback: compiled once per machine, cached
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("MCUGPT_CACHE") or os.environ.get("XDG_CACHE_HOME")
-    path = Path(base) / "mcugpt" if base else Path.home() / ".cache" / "mcugpt"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        if os.access(path, os.W_OK):
-            return path
-    except OSError:
-        pass
-    path = Path(tempfile.gettempdir()) / f"mcugpt-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-_library = None
-_library_error: str | None = None
+# the native callback: compiled once per machine, cached (emulator/native.py)
 
 
 def native_library():
     """The compiled counter (a ctypes.CDLL), or None when no compiler could build it."""
-    global _library, _library_error
-    if _library is not None or _library_error is not None:
-        return _library
-    tag = hashlib.sha256((C_SOURCE + platform.machine() + sys.platform).encode()).hexdigest()[:16]
-    suffix = ".dll" if sys.platform == "win32" else ".dylib" if sys.platform == "darwin" else ".so"
-    lib = _cache_dir() / f"block_counter-{tag}{suffix}"
-    errors = []
-    if not lib.is_file():
-        src = lib.with_name(f"{lib.stem}.{os.getpid()}.c")   # per process: concurrent builds never mix
-        src.write_text(C_SOURCE)
-        for cmd in toolchain.host_compilers():
-            tmp = lib.with_name(f"{lib.stem}.{os.getpid()}.tmp{suffix}")
-            res = subprocess.run([*cmd, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(src)],
-                                 capture_output=True, text=True)
-            if res.returncode == 0 and tmp.is_file():
-                os.replace(tmp, lib)   # atomic: concurrent runs never load a half-written file
-                break
-            tmp.unlink(missing_ok=True)
-            errors.append(f"{' '.join(cmd)}: {(res.stderr or res.stdout).strip().splitlines()[:1]}")
-        src.unlink(missing_ok=True)
-    try:
-        _library = ctypes.CDLL(str(lib))
-    except OSError as e:
-        _library_error = "; ".join(errors) or str(e)
-        return None
-    return _library
+    return native.library("block_counter", C_SOURCE)
 
 
 # ----------------------------------------------------------------------------

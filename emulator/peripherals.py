@@ -2,8 +2,10 @@
 unit, run control.
 
 Registers and addresses come from target/memory_map.py (the firmware gets the same
-numbers through include/memory_map.h). Each peripheral is mapped with `uc.mmio_map`, so it
-costs nothing until the firmware touches it: no Python hook runs on ordinary instructions.
+numbers through include/memory_map.h). Each peripheral is mapped as MMIO (emulator/mmio.py),
+so it costs nothing until the firmware touches it: no Python hook runs on ordinary
+instructions. The DMA controllers' plain registers (ADDR, DST/RAM, LEN) are stored by a
+native callback, so of a transfer's accesses only CMD and STATUS run Python.
 
 Time: the board has one simulated clock, the CPU's (`CpuClock`): it advances by the cycles
 of the instructions the core executed since the last peripheral access (counted per basic
@@ -36,9 +38,11 @@ import numpy as np
 from unicorn import UcError
 
 from emulator.dcache import coherence_message
+from emulator.mmio import Registers, map_peripheral
 from emulator.psram import Psram, PsramError
 from emulator.spi_flash import FlashError, SpiNorFlash
 from target import memory_map as mm
+from target.m7_pipeline import FIXED
 
 DONE = mm.FLASH_STATUS["DONE"]
 BUSY = mm.FLASH_STATUS["BUSY"]
@@ -71,34 +75,37 @@ class Peripheral:
     def __init__(self, faults: Faults):
         self.faults = faults
         self._names = {r.offset: r.name for r in self.spec.registers}
+        self._writable = {r.offset: r.name for r in self.spec.registers if r.name not in self.read_only}
         self.regs = {r.name: 0 for r in self.spec.registers}
 
     def map(self, uc) -> None:
-        uc.mmio_map(self.spec.base, self.spec.size, self._read, None, self._write, None)
+        map_peripheral(uc, self.spec.base, self.spec.size, self._read, self._write)
 
-    def _register(self, uc, offset: int, size: int, access: str) -> str | None:
+    def _read(self, uc, offset, size, _ud) -> int:
+        name = self._names.get(offset)
+        if name is None or size != 4:
+            self._bus_error(uc, offset, size, "read")
+            return 0
+        return self.read(uc, name) & 0xFFFFFFFF
+
+    def _write(self, uc, offset, size, value, _ud) -> None:
+        name = self._writable.get(offset)
+        if name is None or size != 4:
+            self._bus_error(uc, offset, size, "write")
+            return
+        self.write(uc, name, value & 0xFFFFFFFF)
+
+    def _bus_error(self, uc, offset: int, size: int, access: str) -> None:
+        """An access to no register, of a size other than 32 bits, or a write to a read-only one."""
         name = self._names.get(offset)
         addr = self.spec.base + offset
         if name is None:
-            self.faults.record(uc, "bus_error", f"{access} at {self.spec.name}+0x{offset:03x}, "
-                                                f"which has no register", addr)
+            what = f"{access} at {self.spec.name}+0x{offset:03x}, which has no register"
         elif size != 4:
-            self.faults.record(uc, "bus_error", f"{size}-byte {access} of {self.spec.name}.{name} "
-                                                f"(registers are 32-bit)", addr)
-        elif access == "write" and name in self.read_only:
-            self.faults.record(uc, "bus_error", f"write to read-only {self.spec.name}.{name}", addr)
+            what = f"{size}-byte {access} of {self.spec.name}.{name} (registers are 32-bit)"
         else:
-            return name
-        return None
-
-    def _read(self, uc, offset, size, _ud) -> int:
-        name = self._register(uc, offset, size, "read")
-        return 0 if name is None else self.read(uc, name) & 0xFFFFFFFF
-
-    def _write(self, uc, offset, size, value, _ud) -> None:
-        name = self._register(uc, offset, size, "write")
-        if name is not None:
-            self.write(uc, name, value & 0xFFFFFFFF)
+            what = f"write to read-only {self.spec.name}.{name}"
+        self.faults.record(uc, "bus_error", what, addr)
 
     def read(self, uc, name: str) -> int:
         return self.regs[name]
@@ -142,6 +149,8 @@ class CpuClock:
         self.events: list[tuple] | None = None
         self._seen = 0
         self._seen_cycles = 0.0
+        # the native counter's struct, read directly: sync runs at every peripheral access
+        self._native = counter._state if getattr(counter, "kind", None) == "native" else None
 
     @property
     def compute_ns(self) -> float:
@@ -150,7 +159,16 @@ class CpuClock:
     def sync(self) -> float:
         """Bring the clock up to the present: charge the instructions executed since the last
         call. Returns now_ns. (Called at every MMIO access: kept lean.)"""
-        if self.counter is not None:
+        native = self._native
+        if native is not None:
+            n = native.instructions
+            if n != self._seen:
+                c = native.cycles / FIXED   # what counter.cycles returns
+                self.instructions += n - self._seen
+                self.cycles += c - self._seen_cycles
+                self._seen, self._seen_cycles = n, c
+                self.now_ns = self.cycles * self.ns_per_cycle + self.stall_ns
+        elif self.counter is not None:
             n = self.counter.count
             if n != self._seen:
                 c = self.counter.cycles
@@ -283,10 +301,16 @@ class _DmaPeripheral(Peripheral):
     and ("done", instructions, now_ns, cycles) per transfer, for tests. The clock's timeline
     (CpuClock.events), when recorded, receives ("dma", bus, command, address, bytes, start_ns,
     end_ns, ram) per transfer.
+
+    ADDR, the RAM end (`ram_register`) and LEN, the transfer's parameters, are plain: a
+    write only stores the word. They live in `plain_regs` (an emulator.mmio.Registers), where
+    the native write callback stores them without running Python; `plain_regs.busy` is set
+    while a transfer is in flight, so that every write then reaches `write` (a bus error).
     """
 
     results: tuple[str, ...] = ()   # registers that hold a transfer's result
     bus = "dma"                     # "flash" or "psram"
+    ram_register = "RAM"            # the register holding the transfer's RAM address
 
     def __init__(self, faults: Faults, clock: CpuClock | None, commands: dict[str, int],
                  ram_base: int, ram_size: int):
@@ -303,12 +327,33 @@ class _DmaPeripheral(Peripheral):
         self.bus_cycles = 0.0                      # CPU cycles lost to this controller's transfers so far
         self.errors: list[str] = []
         self.injector = None   # emulator/inject.py Injector: faults to inject (mcugpt run --inject)
+        self.plain_regs = Registers()
+        self._plain = {name: self.spec.reg(name) // 4 for name in ("ADDR", self.ram_register, "LEN")}
+        for name, i in self._plain.items():
+            self.plain_regs.plain |= 1 << i
+            del self.regs[name]   # their one home is plain_regs
+        self._addr_i, self._ram_i, self._len_i = self._plain.values()
+        self.mmio = "python"   # "native" when the native callback stores the plain registers (map)
+
+    def map(self, uc) -> None:
+        self.mmio = map_peripheral(uc, self.spec.base, self.spec.size, self._read, self._write, self.plain_regs)
+
+    def _params(self) -> tuple[int, int, int]:
+        """ADDR, the RAM address (DST or RAM) and LEN, as last written."""
+        words = self.plain_regs.words
+        return words[self._addr_i], words[self._ram_i], words[self._len_i]
+
+    def _value(self, name: str) -> int:
+        """A register's value as the firmware last wrote it (or the controller set it)."""
+        i = self._plain.get(name)
+        return self.regs[name] if i is None else self.plain_regs.words[i]
 
     def write(self, uc, name, value):
         if name == "STATUS":   # write-1-to-clear
             self.regs["STATUS"] &= ~value
             return
-        if self._busy_access(uc, name, "write"):
+        if self.dma._pending is not None:
+            self._busy_error(uc, name, "write")
             return
         if name == "CMD":
             stale = self.dcache.unmaintained() if self.dcache is not None else None
@@ -317,12 +362,17 @@ class _DmaPeripheral(Peripheral):
                 return
             self.regs["CMD"] = value
             self.regs["STATUS"] = self._execute(uc, value)
+            self.plain_regs.busy = self.dma._pending is not None
         else:
             self._write_register(name, value)
 
     def _write_register(self, name, value):
-        """A write to a plain register (not STATUS or CMD), no transfer in flight."""
-        self.regs[name] = value
+        """A write to a register other than STATUS or CMD, no transfer in flight."""
+        i = self._plain.get(name)
+        if i is None:
+            self.regs[name] = value
+        else:
+            self.plain_regs.words[i] = value
 
     def _execute(self, uc, cmd: int) -> int:
         raise NotImplementedError
@@ -344,14 +394,11 @@ class _DmaPeripheral(Peripheral):
         if self.dcache is not None:
             self.dcache.dma_wrote(dst, length)
 
-    def _busy_access(self, uc, name: str, access: str) -> bool:
+    def _busy_error(self, uc, name: str, access: str) -> None:
         """A register access that must wait for the transfer in flight: a bus error."""
-        if self.dma._pending is None:
-            return False
         self.faults.record(uc, "bus_error", f"{access} of {self.spec.name}.{name} while a DMA transfer is in "
                                             f"flight (STATUS BUSY): poll STATUS until DONE first",
                            self.spec.base + self.spec.reg(name))
-        return True
 
     # A STATUS read that comes this few instructions after one that answered BUSY is a
     # poll loop spinning: the CPU would spin until the end, so its clock jumps there at
@@ -364,25 +411,26 @@ class _DmaPeripheral(Peripheral):
     HUNG_SPIN_NS = 1000.0
 
     def _status(self) -> int:
-        if self.dma.hung:
-            clock = self.clock
-            clock.sync()
-            if self._busy_at is not None and clock.instructions - self._busy_at <= self.SPIN_INSTRUCTIONS:
-                clock.stall_until(clock.now_ns + max(self.HUNG_SPIN_NS, clock.now_ns - self.dma.hung_at_ns), self.bus)
+        dma = self.dma
+        if dma._pending is None:
+            return self.regs["STATUS"]
+        clock = self.clock
+        clock.sync()
+        spinning = self._busy_at is not None and clock.instructions - self._busy_at <= self.SPIN_INSTRUCTIONS
+        if dma.hung:
+            if spinning:
+                clock.stall_until(clock.now_ns + max(self.HUNG_SPIN_NS, clock.now_ns - dma.hung_at_ns), self.bus)
             self._busy_at = clock.instructions
             return BUSY
-        if self.dma._pending is not None:
-            clock = self.clock
-            clock.sync()
-            spinning = self._busy_at is not None and clock.instructions - self._busy_at <= self.SPIN_INSTRUCTIONS
-            if not self.dma.poll(wait=spinning):
-                self._busy_at = clock.instructions
-                return BUSY
-            self._busy_at = None
-            self.regs["STATUS"] = DONE
-            if self.log is not None:
-                self.log.append(("done", self.clock.instructions, self.clock.now_ns, self.clock.cycles))
-        return self.regs["STATUS"]
+        if not dma.poll(wait=spinning):
+            self._busy_at = clock.instructions
+            return BUSY
+        self._busy_at = None
+        self.plain_regs.busy = 0
+        self.regs["STATUS"] = DONE
+        if self.log is not None:
+            self.log.append(("done", clock.instructions, clock.now_ns, clock.cycles))
+        return DONE
 
     def _start(self, command: str, addr: int, length: int, duration_ns: float, retire=None) -> int:
         self._busy_at = None
@@ -391,13 +439,13 @@ class _DmaPeripheral(Peripheral):
                 and self.injector.dma_hangs(self.bus, command, addr, length)):
             self.dma.hang()
             return BUSY
-        ram = self.regs.get("DST", self.regs.get("RAM", 0))   # the RAM end of the transfer
         if self.clock.events is not None:   # LEN is the data moved by READ, WRITE, PAGE_PROGRAM only
             moved = length if command in ("READ", "WRITE", "PAGE_PROGRAM") else 0
-            self.clock.events.append(("dma", self.bus, command, addr, moved, end - duration_ns, end, ram))
+            self.clock.events.append(("dma", self.bus, command, addr, moved, end - duration_ns, end,
+                                      self.plain_regs.words[self._ram_i]))
         if self.log is not None:
             self.log.append(("start", command, addr, length, self.clock.instructions, end - duration_ns, end,
-                             self.clock.cycles, ram))
+                             self.clock.cycles, self.plain_regs.words[self._ram_i]))
         return BUSY
 
     def _fail(self, msg: str) -> int:
@@ -434,6 +482,7 @@ class FlashController(_DmaPeripheral):
 
     spec = mm.FLASHCTL
     bus = "flash"
+    ram_register = "DST"
     read_only = ("CRC_VALUE", "JEDEC_ID", "DEV_STATUS")
     results = ("CRC_VALUE", "JEDEC_ID", "DEV_STATUS")
 
@@ -453,14 +502,15 @@ class FlashController(_DmaPeripheral):
     def read(self, uc, name):
         if name == "STATUS":
             return self._status()
-        if name in self.results and self._busy_access(uc, name, "read"):
+        if name in self.results and self.dma._pending is not None:
+            self._busy_error(uc, name, "read")
             return 0
         if name == "CRC_VALUE":
             self._crc_wait()
             return self.crc
         if name == "CRC_CTRL":
             return CRC_ENABLE if self.crc_enabled else 0
-        return self.regs[name]
+        return self._value(name)
 
     def _write_register(self, name, value):
         if name == "CRC_CTRL":
@@ -469,11 +519,11 @@ class FlashController(_DmaPeripheral):
                 self.crc = 0
             self.crc_enabled = bool(value & CRC_ENABLE)
         else:
-            self.regs[name] = value
+            super()._write_register(name, value)
 
     def _execute(self, uc, cmd: int) -> int:
         name = self._commands.get(cmd)
-        addr, dst, length = self.regs["ADDR"], self.regs["DST"], self.regs["LEN"]
+        addr, dst, length = self._params()
         f = self.flash
         before = f.now_ns
         retire = None
@@ -557,22 +607,25 @@ class PsramController(_DmaPeripheral):
     def read(self, uc, name):
         if name == "STATUS":
             return self._status()
-        return self.regs[name]
+        return self._value(name)
 
     def _execute(self, uc, cmd: int) -> int:
         name = self._commands.get(cmd)
-        addr, ram, length = self.regs["ADDR"], self.regs["RAM"], self.regs["LEN"]
+        addr, ram, length = self._params()
         if name is None:
             return self._fail(f"unknown PSRAM command {cmd}")
-        what = f"{name} of {length:,} bytes at PSRAM 0x{addr:x}"
+
+        def what():   # formatted only when a transfer fails
+            return f"{name} of {length:,} bytes at PSRAM 0x{addr:x}"
+
         if self.psram is None:
-            return self._fail(f"{what}: this board has no PSRAM")
+            return self._fail(f"{what()}: this board has no PSRAM")
         if length == 0:
-            return self._fail(f"{what}: zero length")
+            return self._fail(f"{what()}: zero length")
         if addr + length > self.psram.size:
-            return self._fail(f"{what}: past the end of the {self.psram.size:,}-byte PSRAM")
+            return self._fail(f"{what()}: past the end of the {self.psram.size:,}-byte PSRAM")
         if not self._ram_range_ok(ram, length):
-            return self._fail(f"{what}: SRAM range 0x{ram:08x}..0x{ram + length:08x} is not inside SRAM "
+            return self._fail(f"{what()}: SRAM range 0x{ram:08x}..0x{ram + length:08x} is not inside SRAM "
                               f"(0x{self.ram_base:08x}..0x{self.ram_base + self.ram_size:08x})")
         before = self.psram.now_ns
         retire = None
@@ -588,7 +641,7 @@ class PsramController(_DmaPeripheral):
             else:
                 self.psram.write(addr, bytes(uc.mem_read(ram, length)))  # one read, at the command
         except (PsramError, ValueError, UcError) as e:
-            return self._fail(f"{what}: {e}")
+            return self._fail(f"{what()}: {e}")
         self._share_bus(length / 4)
         return self._start(name, addr, length, self.psram.now_ns - before, retire)
 
@@ -918,7 +971,7 @@ class CycleCounter:
         self.words: dict[int, int] = {}
 
     def map(self, uc) -> None:
-        uc.mmio_map(self.BASE, self.SIZE, self._read, None, self._write, None)
+        map_peripheral(uc, self.BASE, self.SIZE, self._read, self._write)
 
     def _read(self, uc, offset, size, _ud) -> int:
         if offset == self.CYCCNT:
@@ -945,7 +998,7 @@ class SystemControl:
     CPUID, CPUID_M7 = 0xD00, 0x411FC272    # Cortex-M7 r1p2
     CLIDR, CCSIDR, CSSELR, DCISW = (mm.SCB_CLIDR - BASE, mm.SCB_CCSIDR - BASE, mm.SCB_CSSELR - BASE,
                                     mm.SCB_DCISW - BASE)
-    _BY_ADDRESS = {mm.SCB_DCIMVAC: 1, mm.SCB_DCCMVAC: 2, mm.SCB_DCCIMVAC: 3}
+    _BY_OFFSET = {mm.SCB_DCIMVAC - BASE: 1, mm.SCB_DCCMVAC - BASE: 2, mm.SCB_DCCIMVAC - BASE: 3}
 
     def __init__(self, dcache=None):
         self.dcache = dcache
@@ -953,7 +1006,7 @@ class SystemControl:
         self.maintenance_ops = 0
 
     def map(self, uc) -> None:
-        uc.mmio_map(self.BASE, self.SIZE, self._read, None, self._write, None)
+        map_peripheral(uc, self.BASE, self.SIZE, self._read, self._write)
 
     def _read(self, uc, offset, size, _ud) -> int:
         if offset == self.CLIDR:   # level 1: separate I- and D-caches (0b011), or none
@@ -964,11 +1017,11 @@ class SystemControl:
         return (word >> (8 * (offset & 3))) & ((1 << (8 * size)) - 1)
 
     def _write(self, uc, offset, size, value, _ud) -> None:
-        addr = self.BASE + offset
-        if addr in self._BY_ADDRESS:
+        op = self._BY_OFFSET.get(offset)
+        if op is not None:
             self.maintenance_ops += 1
             if self.dcache is not None:
-                self.dcache.maintain(value, self._BY_ADDRESS[addr])
+                self.dcache.maintain(value, op)
             return
         if offset == self.DCISW:   # whole-cache invalidation at reset: nothing is streamed yet
             self.maintenance_ops += 1
@@ -976,5 +1029,5 @@ class SystemControl:
         mask = ((1 << (8 * size)) - 1) << (8 * (offset & 3))
         word = self.words.get(offset & ~3, 0)
         self.words[offset & ~3] = (word & ~mask) | ((value << (8 * (offset & 3))) & mask)
-        if addr == mm.SCB_CCR and self.dcache is not None:
+        if self.BASE + offset == mm.SCB_CCR and self.dcache is not None:
             self.dcache.set_enabled(bool(self.words[offset & ~3] & mm.SCB_CCR_DC))

@@ -133,7 +133,7 @@ class SpiNorFlash(DeviceClock):
         self.chip_size = self.size // chips
         self.address_bytes = address_bytes(self.timing, self.chip_size)
         self.worst_case = worst_case
-        self._read_ns: dict[tuple[int, str], float] = {}   # (length, mode) -> one read command's ns
+        self._read_ns: dict[tuple[int, str], tuple[float, str]] = {}   # (length, mode) -> (one read's ns, its kind)
         self.faults: list[ReadFault] = []   # read errors to inject (tests)
 
         DeviceClock.__init__(self)
@@ -198,8 +198,12 @@ class SpiNorFlash(DeviceClock):
         ``mode`` is one of the preset's read modes ("quad", "fast", "single"
         for w25q-quad; "octal" for octal-dtr); None picks the preset's fastest.
         """
-        name, _ = read_mode_frame(self.timing, mode)  # reject a bad mode before anything else
-        self._require_idle(f"read ({name})")
+        name = self.timing.default_read_mode if mode is None else mode
+        if name not in self.timing.read_modes:
+            read_mode_frame(self.timing, mode)  # rejects a bad mode before anything else
+        self._finish_if_done()
+        if self._busy_until_ns is not None:   # _require_idle, without formatting its message per read
+            self._require_idle(f"read ({name})")
         if length <= 0:
             raise ValueError(f"read length must be positive, got {length}")
         self._check_range("read", addr, length)
@@ -209,11 +213,13 @@ class SpiNorFlash(DeviceClock):
         start = addr
         while start < addr + length:   # one command per chip the read touches
             n = min(addr + length, (start // self.chip_size + 1) * self.chip_size) - start
-            elapsed = self._read_ns.get((n, name))
-            if elapsed is None:   # a run repeats the same few read sizes thousands of times
-                elapsed = self._read_ns[n, name] = read_time_ns(self.timing, n, name, device_size=self.chip_size)
+            cost = self._read_ns.get((n, name))
+            if cost is None:   # a run repeats the same few read sizes thousands of times
+                cost = self._read_ns[n, name] = (read_time_ns(self.timing, n, name, device_size=self.chip_size),
+                                                 f"read_{name}")
+            elapsed, kind = cost
             # read_time_ns includes the deselect time; split it back out for _charge.
-            self._charge(f"read_{name}", elapsed - self.timing.deselect_ns, self.timing.deselect_ns, n)
+            self._charge(kind, elapsed - self.timing.deselect_ns, self.timing.deselect_ns, n)
             start += n
         return data
 
@@ -373,7 +379,9 @@ class SpiNorFlash(DeviceClock):
     def _charge(self, kind: str, bus_ns: float, deselect_ns: float, nbytes: int, busy_ns: float = 0.0) -> None:
         ns = bus_ns + deselect_ns
         self._spend(ns)
-        c = self._counters.setdefault(kind, {"count": 0, "bytes": 0, "ns": 0.0, "busy_ns": 0.0})
+        c = self._counters.get(kind)
+        if c is None:
+            c = self._counters[kind] = {"count": 0, "bytes": 0, "ns": 0.0, "busy_ns": 0.0}
         c["count"] += 1
         c["bytes"] += nbytes
         c["ns"] += ns

@@ -361,6 +361,16 @@ def test_a_register_that_does_not_exist_is_a_bus_error(program, image):
     assert "FLASHCTL+0x100, which has no register" in str(f)
 
 
+@pytest.mark.parametrize("mmio", ["native", "python"])
+@pytest.mark.parametrize("ctl", [mm.FLASHCTL, mm.PSRAMCTL])
+def test_a_narrow_write_to_a_plain_register_is_a_bus_error(program, image, ctl, mmio, monkeypatch):
+    """ADDR is stored by the native callback (emulator/mmio.py) only when the write is 32-bit."""
+    monkeypatch.setenv("MCUGPT_MMIO", mmio)
+    f = fault(program, image, [8, 0, ctl.base])
+    assert (f.kind, f.function, f.address) == ("bus_error", "write_half_register", ctl.base + 4)
+    assert f"2-byte write of {ctl.name}.ADDR (registers are 32-bit)" in str(f)
+
+
 def test_an_unknown_exit_code_from_a_fault_handler_is_a_fault(program, image):
     f = fault(program, image, [7, 0, 0xFA17, 3, 0, 0])   # crt0.c's Fault_Handler code, HardFault
     assert f.kind == "fault_handler" and "unknown exit code 64023 (0xfa17" in str(f) and "ARG0 3" in str(f)

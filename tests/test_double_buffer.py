@@ -190,11 +190,16 @@ def test_on_the_board_a_read_runs_while_the_cpu_computes(program, image):
     board.close()
 
 
-def test_on_the_board_a_second_command_in_flight_is_a_fault(program, image):
+@pytest.mark.parametrize("mmio", ["native", "python"])
+@pytest.mark.parametrize("mode, register", [(1, "CMD"), (2, "ADDR")])
+def test_on_the_board_a_register_write_in_flight_is_a_fault(program, image, mode, register, mmio, monkeypatch):
+    """ADDR included: the native store (emulator/mmio.py) leaves every write to Python while
+    a transfer is in flight."""
+    monkeypatch.setenv("MCUGPT_MMIO", mmio)
     board = Board(program("dma_async"), image, ram_bytes=RAM)
     with pytest.raises(BoardFault) as e:
-        board.run([1, 0, 4096, 0], n_new=0)
-    assert e.value.kind == "bus_error" and "FLASHCTL.CMD while a DMA transfer is in flight" in str(e.value)
+        board.run([mode, 0, 4096, 0], n_new=0)
+    assert e.value.kind == "bus_error" and f"FLASHCTL.{register} while a DMA transfer is in flight" in str(e.value)
     board.close()
 
 

@@ -13,6 +13,7 @@ cache in SRAM, and the bytes and simulated time the board reports must be this l
 arithmetic on target/psram_timing.py.
 """
 
+import dataclasses
 import shutil
 import subprocess
 
@@ -26,6 +27,7 @@ from compiler.pipeline import compile_model
 from compiler.reference import KVCache, Reference, generate
 from compiler.sampler import Sampling
 from emulator.board import Board, FirmwareError
+from emulator.mmio import native_library
 from target import memory_map as mm
 from target import toolchain
 from target.boards import flash_timing_of, get_board, psram_timing_of
@@ -185,6 +187,38 @@ def test_the_psram_path_gives_the_bits_of_the_sram_path(psram_tiny, sram_tiny, t
     for a, b in zip(in_psram.logits, in_sram.logits):
         assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
     assert in_sram.psram_bytes == 0 and in_psram.psram_bytes > 0
+
+
+def without_wall_times(value):
+    """A RunResult's fields as plain data, less the host's wall times (which differ per run)."""
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {k: without_wall_times(v) for k, v in value.items() if "wall" not in k}
+    if isinstance(value, (list, tuple)):
+        return [without_wall_times(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("record", [False, True], ids=["plain", "timeline"])
+def test_the_native_register_stores_change_nothing_the_board_reports(psram_tiny, tok, monkeypatch, record):
+    """emulator/mmio.py: the native callback stores the DMA controllers' ADDR, DST/RAM and LEN;
+    with MCUGPT_MMIO=python (as without a C compiler) the Python handlers do. The same run
+    either way: tokens, every time, byte count and counter, the timeline and the DMA log."""
+    if native_library() is None:
+        pytest.skip("no host C compiler: the register stores are Python's anyway")
+    runs = {}
+    for mode in ("native", "python"):
+        monkeypatch.setenv("MCUGPT_MMIO", mode)
+        with Board.for_profile(psram_tiny.out_dir / "firmware.elf", psram_tiny.out_dir / "flash.img", STM32H7,
+                               ram_bytes=TINY_RAM, timeline=record, record_dma=record) as board:
+            result = board.run(tok.encode(PROMPT), 4)
+            assert board.flashctl.mmio == board.psramctl.mmio == mode
+            stored = board.flashctl.plain_regs.stored + board.psramctl.plain_regs.stored
+            assert (stored > 0) == (mode == "native"), stored
+            runs[mode] = without_wall_times(result), board.flashctl.log, board.psramctl.log
+    assert runs["native"][0]["psram_bytes"] > 0 and runs["native"][0]["dcache"]["line_fills"] > 0
+    assert runs["native"] == runs["python"]
 
 
 def test_the_cache_in_psram_is_the_references_at_the_documented_layout(psram_tiny, tiny, tiny_ref, tok):

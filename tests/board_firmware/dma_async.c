@@ -5,7 +5,8 @@
  * destination while the transfer is in flight, spins `spin` loop iterations (its "compute"),
  * then polls STATUS until DONE and sums the destination again. One UART line:
  *   "first=XXXXXXXX during=D polls=P after=D crc=XXXXXXXX\n"
- * mode 1: also writes FLASHCTL.CMD again while the first transfer is in flight (a bus error).
+ * mode 1: also writes FLASHCTL.CMD again while the first transfer is in flight (a bus error);
+ * mode 2: FLASHCTL.ADDR (likewise).
  */
 #include "board_test.h"
 
@@ -31,6 +32,7 @@ int main(void) {
     uint32_t first = FLASHCTL_STATUS;
     uint32_t during = sum(dst, len);
     if (mode == 1) FLASHCTL_CMD = FLASH_CMD_READ;
+    if (mode == 2) FLASHCTL_ADDR = addr;
     for (volatile uint32_t i = 0; i < spin; i++) {
     }
     uint32_t polls = 1, status;

@@ -14,6 +14,7 @@ __attribute__((noinline)) void hit_breakpoint(void) { __asm__ volatile("bkpt #0x
 __attribute__((noinline)) void run_undefined_instruction(void) { __asm__ volatile("udf #7"); }
 __attribute__((noinline)) void jump_to(uint32_t addr) { ((void (*)(void))(addr | 1u))(); }
 __attribute__((noinline)) void write_undefined_register(void) { REG32(FLASHCTL_BASE + 0x100u) = 1u; }
+__attribute__((noinline)) void write_half_register(uint32_t base) { *(volatile uint16_t*)(base + 4u) = 1u; }
 
 int main(void) {
     TRACE_STAGE = PROMPT(1);
@@ -25,6 +26,7 @@ int main(void) {
     case 4: run_undefined_instruction(); break;
     case 5: jump_to(PROMPT(2)); break;
     case 6: write_undefined_register(); break;
+    case 8: write_half_register(PROMPT(2)); break;   /* a 2-byte write to the controller's ADDR */
     case 7:  /* exit with an error code and its arguments */
         SYSCTL_ARG0 = PROMPT(3);
         SYSCTL_ARG1 = PROMPT(4);
