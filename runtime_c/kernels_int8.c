@@ -183,7 +183,10 @@ static void dot2_i8(int32_t* out, const int8_t* w0, const int8_t* w1, const int8
     DOT4_ROW(a0, "ldr    %[v], [%[w0]], #4\n\t")     \
     DOT4_ROW(a2, "ldr    %[v], [%[w2]], #4\n\t")
 
-static void dot4_i8(int32_t* out, const int8_t* w, const uint32_t* xu, int n, int cols) {
+// always_inline: with two callers (matvec_rows_i8, attention_scores_i8) GCC stops inlining
+// it, and a call per four rows saves and restores the 13 registers each time
+static inline __attribute__((always_inline)) void dot4_i8(int32_t* out, const int8_t* w, const uint32_t* xu, int n,
+                                                          int cols) {
     int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
     const int8_t* w0 = w;
     const int8_t* w2 = w + 2 * cols;
