@@ -13,8 +13,9 @@ the int32 sum cannot overflow for rows up to 133,000 columns.
 
 The int8 KV cache (attention_int8) holds each head's key and value per position as int8
 with one float32 scale (quantize_vector). Attention computes on those int8 values as they
-are, not dequantized: a key is a row of an int8 matrix and the head's query its quantized
-input vector, so the scores are matvec_int8's products (times the attention scale). Each
+are, not dequantized: a key is a row of an int8 matrix and the head's query its input
+vector, quantized to int16 (the scores are matvec_int8's products with a 16-bit input, times
+the attention scale: the query's quantization adds no error that matters). Each
 value row's scale is folded into its softmax weight, w[t] = p[t] * s_v[t], and the weights
 of each block of KV_BLOCK positions are quantized to int16 with one scale, so that a block
 of values is an exact int32 sum too.
@@ -28,10 +29,10 @@ F32 = np.float32
 QMAX = F32(127.0)
 # attention_int8: the value rows are summed a block of this many positions at a time (positions
 # 0-31, 32-63, ...; the firmware reads the PSRAM cache a block per DMA: compiler/plan.py), each
-# block's weights quantized to int16 (WMAX); a block whose largest weight is below WEIGHT_MIN
+# block's weights quantized to int16 (QMAX16, as the query); a block whose largest weight is below WEIGHT_MIN
 # adds nothing (32767 / weight would overflow float32; it would add less than 1e-26).
 KV_BLOCK = 32
-WMAX = F32(32767.0)
+QMAX16 = F32(32767.0)
 WEIGHT_MIN = F32(1e-30)
 
 
@@ -49,13 +50,15 @@ def quantize_rows(w_out_in: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q.astype(np.int8), scale
 
 
-def quantize_vector(x: np.ndarray) -> tuple[np.ndarray, np.float32]:
+def quantize_vector(x: np.ndarray, qmax: np.float32 = QMAX) -> tuple[np.ndarray, np.float32]:
+    """(q, scale): int8 for qmax 127 (QMAX), int16 for 32767 (QMAX16)."""
     x = np.asarray(x, np.float32)
+    dtype = np.int8 if qmax == QMAX else np.int16
     amax = F32(np.abs(x).max())
     if amax == 0:
-        return np.zeros(x.shape, np.int8), F32(0)
-    inv = F32(QMAX / amax)
-    return round_half_away((x * inv).astype(np.float32)).astype(np.int8), F32(amax / QMAX)
+        return np.zeros(x.shape, dtype), F32(0)
+    inv = F32(qmax / amax)
+    return round_half_away((x * inv).astype(np.float32)).astype(dtype), F32(amax / qmax)
 
 
 def matvec_int8(q_w: np.ndarray, s_w: np.ndarray, x: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
@@ -71,16 +74,16 @@ def attention_int8(q: np.ndarray, k_q: np.ndarray, k_s: np.ndarray, v_q: np.ndar
     attention_scores_i8 and attention_accumulate_i8 compute it. q (n_embd,) float32; k_q, v_q
     (T, n_embd) int8 rows 0..pos, row t holding every head's key (value) at position t; k_s,
     v_s (T, n_head) their float32 scales. Per head, with (q_h, s_q) = quantize_vector(q's
-    slice):
+    slice, QMAX16), int16:
         scores[t] = (float(sum_d k_q[t, d] q_h[d]) * (k_s[t] * s_q)) * scale
         p = softmax(scores);  w[t] = p[t] * v_s[t];  out = +0.0f
     then per block of KV_BLOCK positions, unless its largest weight amax < WEIGHT_MIN:
-        w_q[t] = trunc(w[t] * (WMAX / amax) + 0.5),  s_w = amax / WMAX
+        w_q[t] = trunc(w[t] * (QMAX16 / amax) + 0.5),  s_w = amax / QMAX16
         out[d] = out[d] + float(sum_t w_q[t] v_q[t, d]) * s_w
     Returns (n_embd,) float32."""
     n_pos, n_embd = k_q.shape
     hd = n_embd // n_head
-    heads = [quantize_vector(q[h * hd:(h + 1) * hd]) for h in range(n_head)]
+    heads = [quantize_vector(q[h * hd:(h + 1) * hd], QMAX16) for h in range(n_head)]
     q_q = np.stack([qh for qh, _ in heads]).astype(np.int64)              # (n_head, hd)
     s_q = np.array([s for _, s in heads], F32)                           # (n_head,)
     acc = np.einsum("thd,hd->th", k_q.reshape(n_pos, n_head, hd).astype(np.int64), q_q)   # exact
@@ -92,8 +95,8 @@ def attention_int8(q: np.ndarray, k_q: np.ndarray, k_s: np.ndarray, v_q: np.ndar
         wb = w[t:t + KV_BLOCK]
         amax = wb.max(axis=0)                                            # (n_head,)
         adds = amax >= WEIGHT_MIN
-        safe = np.where(adds, amax, WMAX)
-        w_q = np.trunc(wb * (WMAX / safe) + F32(0.5)).astype(np.int64)    # (block, n_head)
+        safe = np.where(adds, amax, QMAX16)
+        w_q = np.trunc(wb * (QMAX16 / safe) + F32(0.5)).astype(np.int64)  # (block, n_head)
         block = np.einsum("th,thd->hd", w_q, v[t:t + KV_BLOCK])           # exact
-        out = np.where(adds[:, None], out + block.astype(F32) * (safe / WMAX)[:, None], out)
+        out = np.where(adds[:, None], out + block.astype(F32) * (safe / QMAX16)[:, None], out)
     return out.reshape(n_embd)

@@ -5,6 +5,7 @@
 #include "kernels_int8.h"
 
 #define QMAX 127.0f
+#define QMAX16 32767.0f   // the query and the attention weights: int16 (quantize.py QMAX16)
 
 // ----------------------------------------------------------------------------
 // activation quantization
@@ -637,13 +638,33 @@ static inline float row_scale(const uint8_t* row) {
     return *(const float*)(const void*)row;
 }
 
-void attention_scores_i8(float* scores, const uint8_t* rows, int row_bytes, int n, const int8_t* qh,
+void quantize_query_i16(int16_t* q, uint32_t* qu, float* scale, const float* x, int n) {
+    float amax = 0.0f;
+    for (int i = 0; i < n; i++) amax = max_abs(amax, x[i]);
+    if (amax == 0.0f) {
+        for (int i = 0; i < n; i++) q[i] = 0;
+        *scale = 0.0f;
+    } else {
+        float inv = QMAX16 / amax;
+        for (int i = 0; i < n; i++) {
+            float v = x[i] * inv;
+            q[i] = (int16_t)(int32_t)(v + (v >= 0.0f ? 0.5f : -0.5f));   // round_half_away
+        }
+        *scale = amax / QMAX16;
+    }
+    for (int j = 0; j < n >> 2; j++) {   // unpack_i8's layout: elements 4j, 4j+2 and 4j+1, 4j+3
+        qu[2 * j] = (uint16_t)q[4 * j] | (uint32_t)(uint16_t)q[4 * j + 2] << 16;
+        qu[2 * j + 1] = (uint16_t)q[4 * j + 1] | (uint32_t)(uint16_t)q[4 * j + 3] << 16;
+    }
+}
+
+void attention_scores_i8(float* scores, const uint8_t* rows, int row_bytes, int n, const int16_t* qh,
                          const uint32_t* qu, float sq, int head_dim, float scale) {
     int t = 0;
 #ifdef ASM_13_REGISTERS
-    // four keys at a time against the query unpacked once: matvec_rows_i8's 4-row kernel,
-    // the row stride being the stored row's, not head_dim
-    if (qu && (head_dim & 3) == 0 && (row_bytes & 3) == 0 && ((uintptr_t)rows & 3) == 0) {
+    // four keys at a time against the query's int16 pairs: matvec_rows_i8's 4-row kernel
+    // (whose SMLAD takes any int16 lanes, not only int8 ones), at the stored row's stride
+    if ((head_dim & 3) == 0 && (row_bytes & 3) == 0 && ((uintptr_t)rows & 3) == 0) {
         for (; t + 4 <= n; t += 4) {
             const uint8_t* r0 = rows + (size_t)t * (size_t)row_bytes;
             int32_t acc[4];
@@ -657,7 +678,10 @@ void attention_scores_i8(float* scores, const uint8_t* rows, int row_bytes, int 
 #endif
     for (; t < n; t++) {
         const uint8_t* r = rows + (size_t)t * (size_t)row_bytes;
-        scores[t] = dequant(dot_i8((const int8_t*)(r + 4), qh, head_dim), row_scale(r), sq, NULL, 0) * scale;
+        const int8_t* k = (const int8_t*)(r + 4);
+        int32_t acc = 0;
+        for (int d = 0; d < head_dim; d++) acc += (int32_t)k[d] * (int32_t)qh[d];
+        scores[t] = dequant(acc, row_scale(r), sq, NULL, 0) * scale;
     }
 }
 
@@ -679,7 +703,6 @@ void attention_scores_i8(float* scores, const uint8_t* rows, int row_bytes, int 
 // Weights below this add nothing (their inverse would overflow float32; what they would add is
 // below 1e-26): quantize.py ATTENTION_WEIGHT_MIN.
 #define WEIGHT_MIN 1e-30f
-#define WMAX 32767.0f
 
 void attention_accumulate_i8(float* out, const float* p, const uint8_t* rows, int row_bytes, int n, int head_dim,
                              int16_t* wq) {
@@ -690,7 +713,7 @@ void attention_accumulate_i8(float* out, const float* p, const uint8_t* rows, in
         amax = w > amax ? w : amax;
     }
     if (!(amax >= WEIGHT_MIN)) return;
-    float inv = WMAX / amax, sw = amax / WMAX;
+    float inv = QMAX16 / amax, sw = amax / QMAX16;
     for (int t = 0; t < n; t++) {
         float w = p[t] * row_scale(rows + (size_t)t * (size_t)row_bytes);
         wq[t] = (int16_t)(int32_t)(w * inv + 0.5f);   // round_half_away of a value >= 0

@@ -66,11 +66,15 @@ void matvec_rows_i8_batch(float* const* y, const int8_t* w_tile, const float* ro
 // Attention for one head over an int8 KV cache (compiler/quantize.py attention_int8). A
 // stored row is row_bytes long: a float32 scale, then head_dim int8 (then anything: a
 // PSRAM check word); n rows one after another, 4-byte aligned.
-//
-// scores[t] = ((float)acc_t * (scale_t * sq)) * scale, acc_t = sum_d row_t[d] * qh[d] (exact):
-// qh (head_dim,) the head's query as quantize_vector_i8 gives it with scale sq, qu the same
-// unpacked by unpack_i8 (or NULL: the same bits, slower), 8 bytes readable past it.
-void attention_scores_i8(float* scores, const uint8_t* rows, int row_bytes, int n, const int8_t* qh,
+// The head's query x (n,) quantized to int16 with one scale, as quantize_vector_i8 quantizes
+// to int8 but with 32767.0f for 127.0f: q (n,), *scale; and q laid out as unpack_i8 lays out
+// an int8 vector (qu: 2 * (n / 4) words, 4-byte aligned), for the four-key kernel.
+void quantize_query_i16(int16_t* q, uint32_t* qu, float* scale, const float* x, int n);
+
+// scores[t] = ((float)acc_t * (scale_t * sq)) * scale, acc_t = sum_d row_t[d] * qh[d] (exact:
+// |acc_t| < 2^31 for head_dim < 516), one rounding in the conversion when |acc_t| > 2^24;
+// qh, qu, sq from quantize_query_i16.
+void attention_scores_i8(float* scores, const uint8_t* rows, int row_bytes, int n, const int16_t* qh,
                          const uint32_t* qu, float sq, int head_dim, float scale);
 
 // One block of n rows of values (quantize.py attention_int8): the softmax weights times the

@@ -824,16 +824,15 @@ static int kv_blocks_next(KvBlocks* b) {
 }
 
 // softmax(q k^T / sqrt(HEAD_DIM)) v for one head on the int8 rows (quantize.py
-// attention_int8): the query quantized like a matrix's input, the scores its int8 products
-// with the keys; then each value row's scale folded into its weight, and each block's
-// weights quantized to int16 for an integer sum over the block's rows.
+// attention_int8): the query quantized to int16, the scores its exact integer products with
+// the keys; then each value row's scale folded into its weight, and each block's weights
+// quantized to int16 for an exact integer sum over the block's rows.
 static void attention_head_i8(float* out, const float* q, uint32_t layer, uint32_t head, uint32_t n_pos) {
-    int8_t qh[HEAD_DIM];
+    int16_t qh[HEAD_DIM];
     uint32_t qu[HEAD_DIM / 2 + 2] __attribute__((aligned(8)));
     float sq, scale = attention_scale(HEAD_DIM);
     float* scores = BUF(SCORES);
-    quantize_vector_i8(qh, &sq, q, HEAD_DIM);
-    unpack_i8(qu, qh, HEAD_DIM);
+    quantize_query_i16(qh, qu, &sq, q, HEAD_DIM);
     KvBlocks b;
     kv_blocks_open(&b, layer, KV_KEYS_ROW, head, n_pos);
     while (kv_blocks_next(&b))

@@ -775,18 +775,24 @@ def c_attention_head(q, k_q, k_s, v_q, v_s, row_bytes, block=32):
     from compiler import numerics as nx
     L = lib()
     L.attention_scores_i8.restype = L.attention_accumulate_i8.restype = None
-    L.attention_scores_i8.argtypes = [_FP, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, _I8P, ctypes.c_void_p,
-                                      ctypes.c_float, ctypes.c_int, ctypes.c_float]
+    L.quantize_query_i16.restype = None
+    L.quantize_query_i16.argtypes = [ctypes.c_void_p, ctypes.c_void_p, _FP, _FP, ctypes.c_int]
+    L.attention_scores_i8.argtypes = [_FP, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+                                      ctypes.c_void_p, ctypes.c_float, ctypes.c_int, ctypes.c_float]
     L.attention_accumulate_i8.argtypes = [_FP, _FP, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                                           ctypes.c_void_p]
     n, hd = k_q.shape
-    qh, sq = c_quantize_vector(q)
+    qh, qu, sq = np.zeros(hd, np.int16), np.zeros(hd // 2 + 2, np.uint32), ctypes.c_float(-1.0)
+    L.quantize_query_i16(qh.ctypes.data, qu.ctypes.data, ctypes.byref(sq), _f32(q).ctypes.data_as(_FP), hd)
+    want_qh, want_sq = qz.quantize_vector(q, qz.QMAX16)
+    assert same_bits(qh, want_qh) and same_bits(np.float32(sq.value), want_sq)
+    sq = f32(sq.value)
     keys, values = kv_rows(k_q, k_s, row_bytes), kv_rows(v_q, v_s, row_bytes)
     scores = np.full(n, np.nan, np.float32)
     for t in range(0, n, block):
         m = min(block, n - t)
         L.attention_scores_i8(scores[t:].ctypes.data_as(_FP), keys[t:].ctypes.data, row_bytes, m,
-                              qh.ctypes.data_as(_I8P), None, float(sq), hd, float(nx.attention_scale(hd)))
+                              qh.ctypes.data, None, float(sq), hd, float(nx.attention_scale(hd)))
     p = _f32(nx.softmax(scores))
     out = np.zeros(hd, np.float32)
     wq = np.zeros(block + 2, np.int16)
