@@ -92,11 +92,17 @@ void softmax(float* x, int n) {
         if (x[i] > max) max = x[i];
     }
     float sum = 0.0f;
-    for (int i = 0; i < n; i++) {
+    int i = 0;
+    for (; i + 2 <= n; i += 2) {   // two exponentials side by side (mcu_expf2), summed in order
+        mcu_expf2(x + i, x[i] - max, x[i + 1] - max);
+        sum += x[i];
+        sum += x[i + 1];
+    }
+    if (i < n) {
         x[i] = mcu_expf(x[i] - max);
         sum += x[i];
     }
-    for (int i = 0; i < n; i++) x[i] = x[i] / sum;
+    for (i = 0; i < n; i++) x[i] = x[i] / sum;
 }
 
 void add_inplace(float* a, const float* b, int n) {

@@ -64,6 +64,24 @@ float mcu_expf(float x) {
     return y * pow2i(k);
 }
 
+void mcu_expf2(float* y, float x0, float x1) {
+    // Both on the common path (in range, 2^k a normal float: a NaN is on none, its
+    // comparisons are false) run side by side, so the M7 overlaps their chains of dependent
+    // float operations; each takes exactly mcu_expf's operations. Otherwise one at a time.
+    if (x0 >= EXP_MIN && x1 >= EXP_MIN && x0 <= EXP_MAX && x1 <= EXP_MAX) {
+        int k0, k1;
+        float y0 = 1.0f + expm1_reduced(x0, &k0);
+        float y1 = 1.0f + expm1_reduced(x1, &k1);
+        if (k0 >= -126 && k1 >= -126 && k0 <= 127 && k1 <= 127) {
+            y[0] = y0 * pow2i(k0);
+            y[1] = y1 * pow2i(k1);
+            return;
+        }
+    }
+    y[0] = mcu_expf(x0);
+    y[1] = mcu_expf(x1);
+}
+
 // ----------------------------------------------------------------------------
 // tanh
 //

@@ -9,6 +9,10 @@
 // x < -104 -> 0 (e^x < 2^-150 rounds to zero anyway).
 float mcu_expf(float x);
 
+// y[0] = mcu_expf(x0), y[1] = mcu_expf(x1), bit for bit; faster than two calls when both
+// take the common path.
+void mcu_expf2(float* y, float x0, float x1);
+
 // tanh(x) for every float: odd, tanh(+-0) = +-0, saturates to +-1 for |x| > 9.1.
 float mcu_tanhf(float x);
 

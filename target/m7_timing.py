@@ -88,6 +88,9 @@ def _mca_line(mnemonic: str, op_str: str, in_it: bool) -> str:
     return f"{m} {ops}".strip()
 
 
+_COPROCESSOR = ("mcr", "mrc", "cdp", "ldc", "stc")
+
+
 def basic_blocks(code: bytes, base: int) -> list[Block]:
     """The basic blocks of Thumb-2 code at `base`."""
     insns = [(i.address, i.size, i.mnemonic, i.op_str) for i in _disassembler().disasm(code, base)]
@@ -100,7 +103,10 @@ def basic_blocks(code: bytes, base: int) -> list[Block]:
                 leaders.add(int(t.group(1), 16))
     blocks, cur, it_left = [], None, 0
     for addr, size, m, ops in insns:
-        if m == ".byte":           # data (skipdata): ends the block, belongs to none
+        # data: what capstone skipped, or a literal pool word that decodes as a coprocessor
+        # instruction (the M7's only coprocessor is the FPU, whose instructions are v*): ends
+        # the block, belongs to none
+        if m == ".byte" or m.startswith(_COPROCESSOR):
             cur, it_left = None, 0
             continue
         if cur is None or addr in leaders:

@@ -39,6 +39,7 @@ _SHIM = r"""
 void host_expf_n(float* y, const float* x, int n) { for (int i = 0; i < n; i++) y[i] = mcu_expf(x[i]); }
 void host_tanhf_n(float* y, const float* x, int n) { for (int i = 0; i < n; i++) y[i] = mcu_tanhf(x[i]); }
 void host_tanhf2_n(float* y, const float* x, int n) { for (int i = 0; i + 1 < n; i += 2) mcu_tanhf2(y + i, x[i], x[i + 1]); }
+void host_expf2_n(float* y, const float* x, int n) { for (int i = 0; i + 1 < n; i += 2) mcu_expf2(y + i, x[i], x[i + 1]); }
 void host_sqrtf_n(float* y, const float* x, int n) { for (int i = 0; i < n; i++) y[i] = mcu_sqrtf(x[i]); }
 int host_topk_max(void) { return TOPK_MAX; }
 int host_sizeof_topk(void) { return (int)sizeof(TopK); }
@@ -107,6 +108,7 @@ def lib():
         "host_expf_n": (None, [_FP, _FP, _INT]),
         "host_tanhf_n": (None, [_FP, _FP, _INT]),
         "host_tanhf2_n": (None, [_FP, _FP, _INT]),
+        "host_expf2_n": (None, [_FP, _FP, _INT]),
         "host_sqrtf_n": (None, [_FP, _FP, _INT]),
         "host_topk_max": (_INT, []),
         "host_sizeof_topk": (_INT, []),
@@ -164,6 +166,11 @@ def expf(x):
 
 def tanhf(x):
     return _elementwise("host_tanhf_n", x)
+
+
+def expf2(x):
+    """mcu_expf2 on the pairs (x[0], x[1]), (x[2], x[3]), ... (x.size even)."""
+    return _elementwise("host_expf2_n", x)
 
 
 def tanhf2(x):
