@@ -78,7 +78,7 @@ from target.boards import DEFAULT_BOARD, DMA_TIMEOUT_MARGIN, DCache, flash_timin
 from target.errors import McugptError
 from target.flash_layout import NO_LAYER, STAGE_ENTRY, TENSOR_ENTRY, read_image
 from target.flash_timing import get_preset as get_flash_preset
-from target.m7_pipeline import halfword_costs
+from target.m7_pipeline import FIXED, halfword_costs
 from target.stages import STAGE_KINDS, stage_name
 
 __all__ = ["Board", "RunResult", "PeakRam", "StageStats", "PositionStats", "StageCall", "BoardFault",
@@ -202,6 +202,7 @@ class RunResult:
     tcm_high_water: int = 0                  # bytes of the TCM arena the firmware wrote
     timeline: list | None = None             # with Board(timeline=True): peripherals.CpuClock.events
     crc_retries: list[str] = field(default_factory=list)  # each read that failed its CRC once and was read again
+    cycles_by_function: dict | None = None   # with Board(by_function=True): Board._cycles_by_function
 
     @property
     def tokens_per_s(self) -> float:
@@ -300,7 +301,8 @@ class Board:
                  cpu_hz: float | None = None, crc_ns_per_byte: float = 0.0,
                  count_instructions: bool | None = None,
                  record_dma: bool = False, dtcm_bytes: int = 0, dcache: DCache | None = None,
-                 dma_steal_cycles_per_word: float = 0.0, xip: bool = False, timeline: bool = False):
+                 dma_steal_cycles_per_word: float = 0.0, xip: bool = False, timeline: bool = False,
+                 by_function: bool = False):
         default = get_board(DEFAULT_BOARD)
         self.cpu_hz = float(cpu_hz or default.cpu_hz)
         self.crc_ns_per_byte = crc_ns_per_byte
@@ -309,6 +311,8 @@ class Board:
         self.count_instructions = count_instructions
         self.record_dma = record_dma
         self.timeline = timeline
+        self.by_function = by_function   # RunResult.cycles_by_function: where the cycles go
+        self._by_block_at_decode, self._n_prompt = None, 0
         if not 0 <= dtcm_bytes <= DTCM_WINDOW or dtcm_bytes % PAGE:
             raise McugptError(f"data TCM of {dtcm_bytes:,} bytes: must be whole 4 KiB pages, at most {DTCM_WINDOW:,}")
         self.dtcm_bytes = dtcm_bytes
@@ -491,6 +495,8 @@ class Board:
                             if mm.CODE_BASE <= a < mm.CODE_BASE + mm.CODE_SIZE), default=mm.CODE_BASE)
             code = bytes(uc.mem_read(mm.CODE_BASE, code_end - mm.CODE_BASE))
             self.counter = InstructionCounter(uc, mm.CODE_BASE, code, costs=halfword_costs(code, mm.CODE_BASE))
+            if self.by_function:
+                self.counter.count_by_block()
         self.clock = CpuClock(self.counter, self.cpu_hz)
         self.clock.events = [] if self.timeline else None
         # The D-cache in front of the SRAM, when the board has one: its line fills and
@@ -596,7 +602,14 @@ class Board:
             self.psram.reset_stats()
         self.flash.reset_stats()
         entry = self._power_on(mailbox, on_text)
-        self.trace.on_position = on_position   # each forward pass's first position, as it starts
+        self._by_block_at_decode, self._n_prompt = None, len(prompt_tokens)
+
+        def position(pos):   # each forward pass's first position, as it starts
+            if pos == len(prompt_tokens) and self.counter is not None and self.counter.by_block is not None:
+                self._by_block_at_decode = self.counter.by_block.copy()   # decoding starts
+            if on_position is not None:
+                on_position(pos)
+        self.trace.on_position = position
         self.trace.on_stage_end = on_stage_end  # (stage, position) as each stage ends: read_f32 sees its output
         # Under GDB the board waits for the debugger inside emu_start: Unicorn's timeout (host
         # time) would end a run paused at a breakpoint, so the timeout counts CPU time instead.
@@ -690,7 +703,34 @@ class Board:
             ttft_wall_s=(self.trace.token_times[0] - self.trace.boot_wall)
             if self.trace.token_times and self.trace.boot_wall else 0.0,
             tcm_bytes=self.dtcm_bytes, tcm_high_water=self._tcm_high_water(), timeline=clock.events,
-            crc_retries=[self._retry_label(*retry) for retry in self.trace.crc_retries])
+            crc_retries=[self._retry_label(*retry) for retry in self.trace.crc_retries],
+            cycles_by_function=self._cycles_by_function())
+
+    def _cycles_by_function(self) -> dict | None:
+        """With by_function: the cycles of each firmware function, over the decode steps (the
+        forward passes after the prompt's), or over the whole run when there were none."""
+        if self.counter is None or self.counter.by_block is None:
+            return None
+        by_block = self.counter.by_block
+        over = "run"
+        if self._by_block_at_decode is not None:
+            by_block, over = by_block - self._by_block_at_decode, "decode"
+        passes = sum(1 for p in self.trace.positions if p >= self._n_prompt) if over == "decode" else 1
+        functions, placed, done = {}, 0, 0
+        for start, end, name in self.firmware.funcs:   # by address; an alias's range is counted once
+            lo, hi = max((start - mm.CODE_BASE) // 2, done), (end - mm.CODE_BASE + 1) // 2
+            if hi <= lo:
+                continue
+            cycles = int(by_block[lo:hi].sum())
+            done = hi
+            if cycles:
+                functions[name] = functions.get(name, 0) + cycles / FIXED
+                placed += cycles
+        total = int(by_block.sum())
+        if total > placed:   # blocks in no function symbol (none in a sane firmware)
+            functions["(outside any function)"] = (total - placed) / FIXED
+        return {"over": over, "passes": passes, "cycles": total / FIXED,
+                "functions": sorted(functions.items(), key=lambda kv: -kv[1])}
 
     # -- memory, from the host -----------------------------------------------------
 

@@ -52,6 +52,7 @@ typedef struct {
     uint64_t outside;         /* blocks executed outside the code region (counted size / 2) */
     uint64_t cycles;          /* running total, in 1/1024 cycles (target/m7_pipeline.py FIXED) */
     const uint64_t* prefix;   /* prefix[i]: cycles of the instructions starting before halfword i */
+    uint64_t* by_block;       /* NULL, or per halfword: the cycles of the blocks starting there */
 } Counter;
 
 /* UC_HOOK_BLOCK callback: void (*)(uc_engine*, uint64_t address, uint32_t size, void* user_data) */
@@ -81,7 +82,9 @@ void mcugpt_count_block(void* uc, uint64_t addr, uint32_t size, void* user_data)
     c->instructions += e & 0xFFFF;
     uint64_t end = off + size / 2;
     if (end > c->halfwords) end = c->halfwords;
-    c->cycles += c->prefix[end] - c->prefix[off];
+    uint64_t cycles = c->prefix[end] - c->prefix[off];
+    c->cycles += cycles;
+    if (c->by_block) c->by_block[off] += cycles;
 }
 """
 
@@ -89,7 +92,8 @@ void mcugpt_count_block(void* uc, uint64_t addr, uint32_t size, void* user_data)
 class _Counter(ctypes.Structure):
     _fields_ = [("instructions", ctypes.c_uint64), ("blocks", ctypes.c_uint64), ("code", ctypes.c_void_p),
                 ("base", ctypes.c_uint64), ("halfwords", ctypes.c_uint64), ("cache", ctypes.c_void_p),
-                ("outside", ctypes.c_uint64), ("cycles", ctypes.c_uint64), ("prefix", ctypes.c_void_p)]
+                ("outside", ctypes.c_uint64), ("cycles", ctypes.c_uint64), ("prefix", ctypes.c_void_p),
+                ("by_block", ctypes.c_void_p)]
 
 
 def thumb_instructions(code: bytes, offset: int, size: int) -> int:
@@ -151,7 +155,7 @@ class InstructionCounter:
             self._cache = (ctypes.c_uint32 * max(n, 1))()
             self._state = _Counter(0, 0, ctypes.cast(self._code_buf, ctypes.c_void_p), base, n,
                                    ctypes.cast(self._cache, ctypes.c_void_p), 0, 0,
-                                   self._prefix.ctypes.data_as(ctypes.c_void_p))
+                                   self._prefix.ctypes.data_as(ctypes.c_void_p), None)
             self._callback = ctypes.cast(lib.mcugpt_count_block, ctypes.c_void_p)
             self._hook = _native_hook_add(uc, UC_HOOK_BLOCK, self._callback, ctypes.addressof(self._state))
         else:
@@ -162,6 +166,15 @@ class InstructionCounter:
             self._py_outside = 0
             self._sizes: dict[int, tuple[int, int]] = {}
             self._hook = uc.hook_add(UC_HOOK_BLOCK, self._on_block)
+
+    by_block: np.ndarray | None = None
+
+    def count_by_block(self) -> None:
+        """From now on also add each block's cycles (x m7_pipeline.FIXED) to `by_block`, per
+        halfword of the code where the block starts: where the cycles go, for a profile."""
+        self.by_block = np.zeros(len(self._prefix), np.uint64)
+        if self.kind == "native":
+            self._state.by_block = self.by_block.ctypes.data
 
     def _on_block(self, uc, address, size, _ud) -> None:
         self._py_blocks += 1
@@ -178,7 +191,10 @@ class InstructionCounter:
         off = (address - self.base) // 2
         if 0 <= off < len(self._prefix) - 1:
             end = min(off + size // 2, len(self._prefix) - 1)
-            self._py_cycles += int(self._prefix[end] - self._prefix[off])
+            cycles = int(self._prefix[end] - self._prefix[off])
+            self._py_cycles += cycles
+            if self.by_block is not None:
+                self.by_block[off] += cycles
 
     @property
     def count(self) -> int:

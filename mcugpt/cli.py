@@ -225,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the run's timeline on the board's simulated clock to FILE (Chrome/Perfetto "
                         "trace events: open it at ui.perfetto.dev): stages, flash and PSRAM transfers, the "
                         "CPU's waits (docs/timeline.md)")
+    u.add_argument("--by-function", action="store_true",
+                   help="also say where the CPU's cycles go: each firmware function's cycles per decoded "
+                        "token (per forward pass of the prompt when no token is decoded), from the same "
+                        "per-block cycle count as the device time (docs/board.md)")
     u.add_argument("--inject", action="append", default=[], metavar="KIND[:RATE|@N]",
                    help="inject a fault into the board (repeatable): flash-flip@N or :RATE (one bit flipped in "
                         "the Nth flash read, or in each read with that probability), flash-stuck[@ADDR] (a bit "
@@ -389,7 +393,7 @@ def cmd_run(a) -> None:
         report = run(build, prompt, a.tokens, sampling, ram=a.ram, flash=a.flash, on_text=None if a.json else stream,
                      check=a.check, timeout_s=a.timeout, chunk=a.prefill_chunk, on_position=on_position,
                      check_stages=a.check_stages, trace=a.trace, gdb_port=gdb_port, on_gdb_wait=on_gdb_wait,
-                     inject=a.inject, inject_seed=a.inject_seed)
+                     inject=a.inject, inject_seed=a.inject_seed, by_function=a.by_function)
     finally:
         bar.close()
     if a.json:

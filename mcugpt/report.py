@@ -172,4 +172,15 @@ def run_summary(r: dict) -> str:
     lines += ["", "slowest stage kinds, per token (all layers)",
               table(["kind", "stages", "I/O", "compute", "CRC", "device", "overlap", "flash read", "share"], rows,
                     "lrrrrrrrr")]
+    if "cycles_by_function" in r:
+        f = r["cycles_by_function"]
+        what = "per decoded token" if f["over"] == "decode" else "over the whole run (no token decoded)"
+        top = f["functions"][:12]
+        rows = [[g["function"], f"{g['cycles_per_pass'] / 1e6:.2f} M", f"{100 * g['share']:.1f}%"] for g in top]
+        rest = sum(g["cycles_per_pass"] for g in f["functions"][12:])
+        if rest:
+            rows.append([f"({len(f['functions']) - 12} more)", f"{rest / 1e6:.2f} M",
+                         f"{100 * rest / f['cycles_per_pass']:.1f}%" if f["cycles_per_pass"] else "-"])
+        lines += ["", f"where the CPU's cycles go, {what}: {f['cycles_per_pass'] / 1e6:.1f} M cycles",
+                  table(["function", "cycles", "share"], rows, "lrr")]
     return "\n".join(lines)

@@ -68,7 +68,7 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
         flash: str | None = None, on_text=None, dump_logits: bool = False, check: bool = False,
         timeout_s: float | None = None, chunk: int | None = None, on_position=None,
         check_stages: bool = False, trace=None, gdb_port: int | None = None, on_gdb_wait=None,
-        inject: list[str] = (), inject_seed: int = 0) -> dict:
+        inject: list[str] = (), inject_seed: int = 0, by_function: bool = False) -> dict:
     """Generate on the board the build was planned for: its SRAM (or `ram`, to map less), its
     flash part (or `flash`), its PSRAM. `chunk`: prompt positions per chunk, 1 .. the plan's
     prefill chunk (default: the plan's). `on_position(pos, n_prompt)`: each forward pass as it
@@ -79,7 +79,8 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
     halted, under a GDB server on that port (docs/debugging.md); `on_gdb_wait()` as it starts
     waiting for GDB. `inject`: faults to inject (--inject values, emulator/inject.py), the
     choices they leave to chance seeded by `inject_seed`; the report's `injected` says what
-    each hit and how the firmware handled it (docs/reliability.md)."""
+    each hit and how the firmware handled it (docs/reliability.md). `by_function`: the report's
+    `cycles_by_function` says where the CPU's cycles went, function by function."""
     profile = build.plan.profile
     injections = check_injections(build, [injection.parse(text) for text in inject], inject_seed)
     flash = profile.flash_option(flash).part
@@ -109,7 +110,7 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
         trace = timeline.check_path(trace)
     with Board.for_profile(build.path / "firmware.elf", build.path / "flash.img", profile,
                            ram_bytes=ram, flash_preset=flash, xip=build.plan.runtime == "xip",
-                           timeline=trace is not None) as board:
+                           timeline=trace is not None, by_function=by_function) as board:
         capture = StageCapture(board, build.plan, checked_position(len(prompt_tokens))) if check_stages else None
         injector = board.injector = injection.Injector(injections, inject_seed) if injections else None
         board.psram_label = lambda addr: psram_label(build.plan, addr)
@@ -133,6 +134,8 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
             raise
         injected = injector.outcomes(result) if injector is not None else None
     report = summarize(build, result, prompt, prompt_tokens, flash, chunk)
+    if result.cycles_by_function is not None:
+        report["cycles_by_function"] = cycles_by_function(result.cycles_by_function)
     if injected is not None:
         report["injected"], report["inject_seed"] = injected, inject_seed
     if trace is not None:
@@ -143,6 +146,18 @@ def run(build: Build, prompt: str, n_new: int, sampling: Sampling, ram: int | No
     if check_stages:
         report["check_stages"] = compare_stages(build, capture, result.logits[0], prompt_tokens)
     return report
+
+
+def cycles_by_function(by: dict) -> dict:
+    """Board's per-function cycles, per forward pass (a decoded token, or the whole run)."""
+    passes = max(by["passes"], 1)
+    return {"over": "decode" if by["over"] == "decode" else "run", "passes": by["passes"],
+            "cycles_per_pass": by["cycles"] / passes,
+            "functions": [{"function": name, "cycles_per_pass": cycles / passes,
+                           "share": cycles / by["cycles"] if by["cycles"] else 0.0}
+                          for name, cycles in by["functions"]],
+            "source": "the pipeline model's cycles of every executed basic block, summed per function "
+                      "symbol of the firmware (D-cache and bus-sharing cycles are not in any function)"}
 
 
 def psram_label(plan: Plan, addr: int) -> str:

@@ -251,3 +251,45 @@ def test_without_the_counter_the_summary_says_compute_was_not_counted(tiny_build
     d = r["device"]
     assert d["counter"] == "off" and "not counted" in d["compute_model"] and d["compute_s_per_token"] == 0
     assert d["s_per_token"] == pytest.approx(d["io_s_per_token"])
+
+
+# ----------------------------------------------------------------------------
+# where the cycles go, function by function (mcugpt run --by-function)
+
+
+def test_every_counted_cycle_is_in_one_firmware_function(tiny_build, tok):
+    """No token decoded: the profile covers the whole run, and its functions add up to the
+    run's counted cycles (this board has no D-cache or bus sharing, so the clock's cycles
+    are the counter's)."""
+    r = run_tiny(tiny_build, tok, "Hi", n_new=1, by_function=True)
+    by = r.cycles_by_function
+    functions = dict(by["functions"])
+    assert by["over"] == "run" and "(outside any function)" not in functions
+    assert sum(functions.values()) == pytest.approx(by["cycles"]) == pytest.approx(r.cycles, rel=1e-9)
+    assert max(functions, key=functions.get) == "vec_dot"   # tiny fp32: the matrices, a dot product per row
+
+
+def test_the_decode_profile_is_the_decoded_tokens_and_the_native_one_equals_pythons(tiny_build, tok, monkeypatch):
+    r = run_tiny(tiny_build, tok, n_new=4, by_function=True)
+    native, n_prompt = r.cycles_by_function, len(tok.encode("Hello, my name is"))
+    assert (native["over"], native["passes"]) == ("decode", 3)   # the first token is the prompt's
+    # the same cycles as the trace unit's positions after the prompt's (from the same count,
+    # cut at the same moments)
+    decoded = sum(p.cycles for p in r.per_position if p.position >= n_prompt)
+    assert native["cycles"] == pytest.approx(decoded, rel=1e-9) and native["cycles"] < r.cycles
+    assert {"softmax", "attention_head", "layernorm", "topk_push"} <= set(dict(native["functions"]))
+    monkeypatch.setenv("MCUGPT_COUNTER", "python")
+    python = run_tiny(tiny_build, tok, n_new=4, by_function=True).cycles_by_function
+    assert python == native
+
+
+def test_the_cli_says_where_the_cycles_go(tiny_build):
+    out = mcugpt("run", "--build", str(tiny_build.out_dir), "--prompt", "Hello", "--tokens", "3",
+                 "--by-function", "--json", check=True)
+    f = json.loads(out.stdout)["cycles_by_function"]
+    assert f["over"] == "decode" and f["passes"] == 2
+    assert sum(g["cycles_per_pass"] for g in f["functions"]) == pytest.approx(f["cycles_per_pass"])
+    assert sum(g["share"] for g in f["functions"]) == pytest.approx(1.0)
+    text = mcugpt("run", "--build", str(tiny_build.out_dir), "--prompt", "Hello", "--tokens", "3",
+                  "--by-function", check=True).stdout
+    assert "where the CPU's cycles go, per decoded token" in text and "vec_dot" in text
