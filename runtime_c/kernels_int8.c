@@ -718,7 +718,6 @@ void attention_accumulate_i8(float* out, const float* p, const uint8_t* rows, in
         float w = p[t] * row_scale(rows + (size_t)t * (size_t)row_bytes);
         wq[t] = (int16_t)(int32_t)(w * inv + 0.5f);   // round_half_away of a value >= 0
     }
-    wq[n] = 0;   // an odd block's last pair: its second weight
     const int8_t* v0 = (const int8_t*)(rows + 4);
     int d = 0;
     if ((head_dim & 3) == 0 && (row_bytes & 3) == 0 && ((uintptr_t)rows & 3) == 0) {

@@ -83,7 +83,7 @@ void attention_scores_i8(float* scores, const uint8_t* rows, int row_bytes, int 
 //   otherwise:  wq[t] = (int16_t) trunc(w[t] * (32767.0f / amax) + 0.5f),  sw = amax / 32767.0f
 //   acc_d = sum_t wq[t] * row_t[d]   (exact, int32: n <= 32 keeps |acc| < 2^31 / 16)
 //   out[d] = out[d] + (float)acc_d * sw
-// wq: scratch of n + 1 int16, 4-byte aligned.
+// wq: scratch of n int16, 4-byte aligned (read as pairs).
 void attention_accumulate_i8(float* out, const float* p, const uint8_t* rows, int row_bytes, int n, int head_dim,
                              int16_t* wq);
 

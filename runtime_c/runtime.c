@@ -838,7 +838,7 @@ static void attention_head_i8(float* out, const float* q, uint32_t layer, uint32
     while (kv_blocks_next(&b))
         attention_scores_i8(scores + b.t, b.rows, KV_ROW_BYTES, (int)b.n, qh, qu, sq, HEAD_DIM, scale);
     softmax(scores, (int)n_pos);
-    int16_t wq[KV_BLOCK_POSITIONS + 2] __attribute__((aligned(4)));
+    int16_t wq[KV_BLOCK_POSITIONS] __attribute__((aligned(4)));
     for (uint32_t d = 0; d < HEAD_DIM; d++) out[d] = 0.0f;
     kv_blocks_open(&b, layer, KV_VALUES_ROW, head, n_pos);
     while (kv_blocks_next(&b))

@@ -795,7 +795,7 @@ def c_attention_head(q, k_q, k_s, v_q, v_s, row_bytes, block=32):
                               qh.ctypes.data, None, float(sq), hd, float(nx.attention_scale(hd)))
     p = _f32(nx.softmax(scores))
     out = np.zeros(hd, np.float32)
-    wq = np.zeros(block + 2, np.int16)
+    wq = np.zeros(block, np.int16)
     for t in range(0, n, block):
         m = min(block, n - t)
         L.attention_accumulate_i8(out.ctypes.data_as(_FP), p[t:].ctypes.data_as(_FP), values[t:].ctypes.data,
