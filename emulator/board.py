@@ -605,7 +605,7 @@ class Board:
         self._by_block_at_decode, self._n_prompt = None, len(prompt_tokens)
 
         def position(pos):   # each forward pass's first position, as it starts
-            if pos == len(prompt_tokens) and self.counter is not None and self.counter.by_block is not None:
+            if pos == self._n_prompt and self.counter is not None and self.counter.by_block is not None:
                 self._by_block_at_decode = self.counter.by_block.copy()   # decoding starts
             if on_position is not None:
                 on_position(pos)

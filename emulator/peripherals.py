@@ -162,20 +162,16 @@ class CpuClock:
         native = self._native
         if native is not None:
             n = native.instructions
-            if n != self._seen:
-                c = native.cycles / FIXED   # what counter.cycles returns
-                self.instructions += n - self._seen
-                self.cycles += c - self._seen_cycles
-                self._seen, self._seen_cycles = n, c
-                self.now_ns = self.cycles * self.ns_per_cycle + self.stall_ns
         elif self.counter is not None:
             n = self.counter.count
-            if n != self._seen:
-                c = self.counter.cycles
-                self.instructions += n - self._seen
-                self.cycles += c - self._seen_cycles
-                self._seen, self._seen_cycles = n, c
-                self.now_ns = self.cycles * self.ns_per_cycle + self.stall_ns
+        else:
+            return self.now_ns
+        if n != self._seen:
+            c = native.cycles / FIXED if native is not None else self.counter.cycles   # (the same figure)
+            self.instructions += n - self._seen
+            self.cycles += c - self._seen_cycles
+            self._seen, self._seen_cycles = n, c
+            self.now_ns = self.cycles * self.ns_per_cycle + self.stall_ns
         return self.now_ns
 
     def execute(self, instructions: int) -> float:

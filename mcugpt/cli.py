@@ -227,8 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "CPU's waits (docs/timeline.md)")
     u.add_argument("--by-function", action="store_true",
                    help="also say where the CPU's cycles go: each firmware function's cycles per decoded "
-                        "token (per forward pass of the prompt when no token is decoded), from the same "
-                        "per-block cycle count as the device time (docs/board.md)")
+                        "token (over the whole run, boot and prompt included, when --tokens 1 decodes none), "
+                        "from the same per-block cycle count as the device time (docs/board.md)")
     u.add_argument("--inject", action="append", default=[], metavar="KIND[:RATE|@N]",
                    help="inject a fault into the board (repeatable): flash-flip@N or :RATE (one bit flipped in "
                         "the Nth flash read, or in each read with that probability), flash-stuck[@ADDR] (a bit "

@@ -13,9 +13,9 @@
 // quantize.py's round_half_away of one float32: v + where(v >= 0, 0.5, -0.5), one float32
 // add (so -0.0f gets +0.5f, as np.where does), then truncation toward zero: C's float -> int
 // conversion (VCVT.S32.F32 on the M7, CVTTSS2SI on x86).
-static inline int8_t round_half_away_i8(float v) {
+static inline int32_t round_half_away(float v) {
     float t = v + (v >= 0.0f ? 0.5f : -0.5f);
-    return (int8_t)(int32_t)t;
+    return (int32_t)t;
 }
 
 // max(m, |v|) for m >= +0.0f and v finite. On the M7 (FPv5) VABS.F32 and VMAXNM.F32, two
@@ -31,9 +31,9 @@ static inline float max_abs(float m, float v) {
 #endif
 }
 
-void quantize_vector_i8(int8_t* q, float* scale, const float* x, int n) {
-    // The maximum of a set does not depend on the order it is taken in, so four running
-    // maxima and then theirs equal numpy's np.abs(x).max() (x has no NaN).
+// max_i |x[i]|, +0.0f for none. The maximum of a set does not depend on the order it is taken
+// in, so four running maxima and then theirs equal numpy's np.abs(x).max() (x has no NaN).
+static float amax_of(const float* x, int n) {
     float m0 = 0.0f, m1 = 0.0f, m2 = 0.0f, m3 = 0.0f;
     int i = 0;
     for (; i + 4 <= n; i += 4) {
@@ -43,7 +43,12 @@ void quantize_vector_i8(int8_t* q, float* scale, const float* x, int n) {
         m3 = max_abs(m3, x[i + 3]);
     }
     for (; i < n; i++) m0 = max_abs(m0, x[i]);
-    float amax = max_abs(max_abs(m0, m1), max_abs(m2, m3));
+    return max_abs(max_abs(m0, m1), max_abs(m2, m3));
+}
+
+void quantize_vector_i8(int8_t* q, float* scale, const float* x, int n) {
+    float amax = amax_of(x, n);
+    int i;
     if (amax == 0.0f) {
         for (i = 0; i < n; i++) q[i] = 0;
         *scale = 0.0f;
@@ -54,12 +59,12 @@ void quantize_vector_i8(int8_t* q, float* scale, const float* x, int n) {
     // the compiler interleaves their dependent chains (each element alone waits on every result).
     for (i = 0; i + 4 <= n; i += 4) {
         float v0 = x[i] * inv, v1 = x[i + 1] * inv, v2 = x[i + 2] * inv, v3 = x[i + 3] * inv;
-        q[i] = round_half_away_i8(v0);
-        q[i + 1] = round_half_away_i8(v1);
-        q[i + 2] = round_half_away_i8(v2);
-        q[i + 3] = round_half_away_i8(v3);
+        q[i] = (int8_t)round_half_away(v0);
+        q[i + 1] = (int8_t)round_half_away(v1);
+        q[i + 2] = (int8_t)round_half_away(v2);
+        q[i + 3] = (int8_t)round_half_away(v3);
     }
-    for (; i < n; i++) q[i] = round_half_away_i8(x[i] * inv);
+    for (; i < n; i++) q[i] = (int8_t)round_half_away(x[i] * inv);
     *scale = amax / QMAX;
 }
 
@@ -639,17 +644,13 @@ static inline float row_scale(const uint8_t* row) {
 }
 
 void quantize_query_i16(int16_t* q, uint32_t* qu, float* scale, const float* x, int n) {
-    float amax = 0.0f;
-    for (int i = 0; i < n; i++) amax = max_abs(amax, x[i]);
+    float amax = amax_of(x, n);   // as quantize_vector_i8, with QMAX16 for QMAX
     if (amax == 0.0f) {
         for (int i = 0; i < n; i++) q[i] = 0;
         *scale = 0.0f;
     } else {
         float inv = QMAX16 / amax;
-        for (int i = 0; i < n; i++) {
-            float v = x[i] * inv;
-            q[i] = (int16_t)(int32_t)(v + (v >= 0.0f ? 0.5f : -0.5f));   // round_half_away
-        }
+        for (int i = 0; i < n; i++) q[i] = (int16_t)round_half_away(x[i] * inv);
         *scale = amax / QMAX16;
     }
     for (int j = 0; j < n >> 2; j++) {   // unpack_i8's layout: elements 4j, 4j+2 and 4j+1, 4j+3
