@@ -202,13 +202,19 @@ def gelu_tanh(x) -> np.ndarray:
     return (HALF * x) * (ONE + tanhf(u))
 
 
-def softmax(x, axis: int = -1) -> np.ndarray:
-    """softmax() along `axis`: e = expf(x - max), sequential sum, one division per element.
-    (With a NaN in x the C gives all NaN too; +-0 maxima differ only in a sign that expf
-    maps to the same 1.0.)"""
+def softmax_exps(x, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """softmax_exps() along `axis`: e = expf(x - max) and its sequential sum. (With a NaN in
+    x the sum is NaN in C too, which makes every use of it NaN; +-0 maxima differ only in a
+    sign that expf maps to the same 1.0.)"""
     x = np.asarray(x, f32)
     e = expf(x - np.max(x, axis=axis, keepdims=True))
-    return e / np.expand_dims(seq_sum(e, axis=axis), axis)
+    return e, seq_sum(e, axis=axis)
+
+
+def softmax(x, axis: int = -1) -> np.ndarray:
+    """softmax() along `axis`: softmax_exps, then one division per element."""
+    e, total = softmax_exps(x, axis)
+    return e / np.expand_dims(total, axis)
 
 
 def attention_scale(head_dim: int) -> np.float32:

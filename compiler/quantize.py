@@ -76,10 +76,11 @@ def attention_int8(q: np.ndarray, k_q: np.ndarray, k_s: np.ndarray, v_q: np.ndar
     v_s (T, n_head) their float32 scales. Per head, with (q_h, s_q) = quantize_vector(q's
     slice, QMAX16), int16:
         scores[t] = (float(sum_d k_q[t, d] q_h[d]) * (k_s[t] * s_q)) * scale
-        p = softmax(scores);  w[t] = p[t] * v_s[t];  out = +0.0f
+        e, total = softmax_exps(scores);  w[t] = e[t] * v_s[t];  out = +0.0f
     then per block of KV_BLOCK positions, unless its largest weight amax < WEIGHT_MIN:
         w_q[t] = trunc(w[t] * (QMAX16 / amax) + 0.5),  s_w = amax / QMAX16
         out[d] = out[d] + float(sum_t w_q[t] v_q[t, d]) * s_w
+    and last the softmax's division, once per output: out[d] = out[d] * (1 / total).
     Returns (n_embd,) float32."""
     n_pos, n_embd = k_q.shape
     hd = n_embd // n_head
@@ -88,7 +89,8 @@ def attention_int8(q: np.ndarray, k_q: np.ndarray, k_s: np.ndarray, v_q: np.ndar
     s_q = np.array([s for _, s in heads], F32)                           # (n_head,)
     acc = np.einsum("thd,hd->th", k_q.reshape(n_pos, n_head, hd).astype(np.int64), q_q)   # exact
     scores = (acc.astype(F32) * (np.asarray(k_s, F32) * s_q)) * nx.attention_scale(hd)
-    w = nx.softmax(scores, axis=0) * np.asarray(v_s, F32)                # (T, n_head), >= 0
+    e, total = nx.softmax_exps(scores, axis=0)                           # (T, n_head), (n_head,)
+    w = e * np.asarray(v_s, F32)                                         # >= 0
     v = v_q.reshape(n_pos, n_head, hd).astype(np.int64)
     out = np.zeros((n_head, hd), F32)
     for t in range(0, n_pos, KV_BLOCK):
@@ -99,4 +101,4 @@ def attention_int8(q: np.ndarray, k_q: np.ndarray, k_s: np.ndarray, v_q: np.ndar
         w_q = np.trunc(wb * (QMAX16 / safe) + F32(0.5)).astype(np.int64)  # (block, n_head)
         block = np.einsum("th,thd->hd", w_q, v[t:t + KV_BLOCK])           # exact
         out = np.where(adds[:, None], out + block.astype(F32) * (safe / QMAX16)[:, None], out)
-    return out.reshape(n_embd)
+    return (out * (F32(1) / total)[:, None]).reshape(n_embd)

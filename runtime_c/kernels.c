@@ -85,15 +85,21 @@ void gelu_tanh(float* x, int n) {
     for (; i < n; i++) x[i] = (0.5f * x[i]) * (1.0f + mcu_tanhf(gelu_arg(x[i])));
 }
 
-void softmax(float* x, int n) {
-    // subtracting the max makes every exponent <= 0: no overflow, and the largest term is 1
-    float max = x[0];
-    for (int i = 1; i < n; i++) {
-        if (x[i] > max) max = x[i];
+float softmax_exps(float* x, int n) {
+    // subtracting the max makes every exponent <= 0: no overflow, and the largest term is 1.
+    // mcu_fmaxf is one VMAXNM; two running maxima halve the chain of dependent ones (the max is
+    // the same in any order; a NaN among the scores makes the sum, and so every result, NaN
+    // either way)
+    float m0 = x[0], m1 = x[0];
+    int i = 1;
+    for (; i + 2 <= n; i += 2) {
+        m0 = mcu_fmaxf(m0, x[i]);
+        m1 = mcu_fmaxf(m1, x[i + 1]);
     }
+    if (i < n) m0 = mcu_fmaxf(m0, x[i]);
+    float max = mcu_fmaxf(m0, m1);
     float sum = 0.0f;
-    int i = 0;
-    for (; i + 2 <= n; i += 2) {   // two exponentials side by side (mcu_expf2), summed in order
+    for (i = 0; i + 2 <= n; i += 2) {   // two exponentials side by side (mcu_expf2), summed in order
         mcu_expf2(x + i, x[i] - max, x[i + 1] - max);
         sum += x[i];
         sum += x[i + 1];
@@ -102,7 +108,12 @@ void softmax(float* x, int n) {
         x[i] = mcu_expf(x[i] - max);
         sum += x[i];
     }
-    for (i = 0; i < n; i++) x[i] = x[i] / sum;
+    return sum;
+}
+
+void softmax(float* x, int n) {
+    float sum = softmax_exps(x, n);
+    for (int i = 0; i < n; i++) x[i] = x[i] / sum;
 }
 
 void add_inplace(float* a, const float* b, int n) {

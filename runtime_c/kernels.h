@@ -31,8 +31,12 @@ void matvec_rows(float* y, const float* w_tile, const float* bias_or_null, const
 // x (n,)
 void gelu_tanh(float* x, int n);
 
-// In place: x = exp(x - max) / sum, sum accumulated sequentially, then one division per
-// element. x (n,), n >= 1
+// In place: x = exp(x - max); returns sum, accumulated sequentially: softmax's numerators
+// and denominator. x (n,), n >= 1
+float softmax_exps(float* x, int n);
+
+// In place: x = exp(x - max) / sum (softmax_exps, then one division per element).
+// x (n,), n >= 1
 void softmax(float* x, int n);
 
 // a += b (the residual connection). a (n,), b (n,)

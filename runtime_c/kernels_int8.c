@@ -3,6 +3,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "kernels_int8.h"
+#include "mathf.h"
 
 #define QMAX 127.0f
 #define QMAX16 32767.0f   // the query and the attention weights: int16 (quantize.py QMAX16)
@@ -18,17 +19,11 @@ static inline int32_t round_half_away(float v) {
     return (int32_t)t;
 }
 
-// max(m, |v|) for m >= +0.0f and v finite. On the M7 (FPv5) VABS.F32 and VMAXNM.F32, two
-// instructions without flags, so that four running maxima overlap; |v| clears the sign bit,
-// and -0.0f becomes +0.0f, which like -0.0f never exceeds the +0.0f the maxima start from.
-// Elsewhere by comparison (fmaxf would be a libm call on the host).
+// max(m, |v|) for m >= +0.0f and v finite. On the M7 VABS.F32 and VMAXNM.F32 (mcu_fmaxf),
+// two instructions without flags, so that four running maxima overlap; |v| clears the sign
+// bit, and -0.0f becomes +0.0f, which like -0.0f never exceeds the +0.0f the maxima start from.
 static inline float max_abs(float m, float v) {
-#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP && defined(__ARM_FP)
-    return __builtin_fmaxf(m, __builtin_fabsf(v));
-#else
-    float a = v < 0.0f ? -v : v;
-    return a > m ? a : m;
-#endif
+    return mcu_fmaxf(m, __builtin_fabsf(v));
 }
 
 // max_i |x[i]|, +0.0f for none. The maximum of a set does not depend on the order it is taken
@@ -705,20 +700,35 @@ void attention_scores_i8(float* scores, const uint8_t* rows, int row_bytes, int 
 // below 1e-26): quantize.py ATTENTION_WEIGHT_MIN.
 #define WEIGHT_MIN 1e-30f
 
-void attention_accumulate_i8(float* out, const float* p, const uint8_t* rows, int row_bytes, int n, int head_dim,
+void attention_accumulate_i8(float* out, float* e, const uint8_t* rows, int row_bytes, int n, int head_dim,
                              int16_t* wq) {
-    // the weights w[t] = p[t] * s_v[t] (>= 0), quantized to int16 with one scale for the block
-    float amax = 0.0f;
-    for (int t = 0; t < n; t++) {
-        float w = p[t] * row_scale(rows + (size_t)t * (size_t)row_bytes);
-        amax = w > amax ? w : amax;
+    // the weights w[t] = e[t] * s_v[t] (>= 0), in e's place, quantized to int16 with one
+    // scale for the block: their largest (two running maxima, VMAXNM; a NaN is skipped, and
+    // the softmax's sum is NaN then, which makes every output NaN)
+    float m0 = 0.0f, m1 = 0.0f;
+    int t = 0;
+    for (; t + 2 <= n; t += 2) {
+        e[t] = e[t] * row_scale(rows + (size_t)t * (size_t)row_bytes);
+        e[t + 1] = e[t + 1] * row_scale(rows + (size_t)(t + 1) * (size_t)row_bytes);
+        m0 = mcu_fmaxf(m0, e[t]);
+        m1 = mcu_fmaxf(m1, e[t + 1]);
     }
+    if (t < n) {
+        e[t] = e[t] * row_scale(rows + (size_t)t * (size_t)row_bytes);
+        m0 = mcu_fmaxf(m0, e[t]);
+    }
+    float amax = mcu_fmaxf(m0, m1);
     if (!(amax >= WEIGHT_MIN)) return;
     float inv = QMAX16 / amax, sw = amax / QMAX16;
-    for (int t = 0; t < n; t++) {
-        float w = p[t] * row_scale(rows + (size_t)t * (size_t)row_bytes);
-        wq[t] = (int16_t)(int32_t)(w * inv + 0.5f);   // round_half_away of a value >= 0
+    // round_half_away of values >= 0; four at a time, a step of each before the next, so the
+    // M7 overlaps their float latencies
+    for (t = 0; t + 4 <= n; t += 4) {
+        float a0 = e[t] * inv, a1 = e[t + 1] * inv, a2 = e[t + 2] * inv, a3 = e[t + 3] * inv;
+        a0 = a0 + 0.5f, a1 = a1 + 0.5f, a2 = a2 + 0.5f, a3 = a3 + 0.5f;
+        int32_t i0 = (int32_t)a0, i1 = (int32_t)a1, i2 = (int32_t)a2, i3 = (int32_t)a3;
+        wq[t] = (int16_t)i0, wq[t + 1] = (int16_t)i1, wq[t + 2] = (int16_t)i2, wq[t + 3] = (int16_t)i3;
     }
+    for (; t < n; t++) wq[t] = (int16_t)(int32_t)(e[t] * inv + 0.5f);
     const int8_t* v0 = (const int8_t*)(rows + 4);
     int d = 0;
     if ((head_dim & 3) == 0 && (row_bytes & 3) == 0 && ((uintptr_t)rows & 3) == 0) {
@@ -731,7 +741,7 @@ void attention_accumulate_i8(float* out, const float* p, const uint8_t* rows, in
             const int8_t* v = v0 + d;
             const uint32_t* w2 = (const uint32_t*)(const void*)wq;
             const uint32_t* w2_end = w2 + n / 2;
-            int t = n & ~1;
+            t = n & ~1;   // the last row of an odd block, if any
 #ifdef ASM_13_REGISTERS
             // In assembly for the M7's issue rules (target/m7_pipeline.py): SXTB16 takes the
             // older slot beside a SMLAxy, and the loop's own instructions ride beside the
@@ -796,7 +806,7 @@ void attention_accumulate_i8(float* out, const float* p, const uint8_t* rows, in
     }
     for (; d < head_dim; d++) {
         int32_t a = 0;
-        for (int t = 0; t < n; t++) a += (int32_t)wq[t] * v0[(size_t)t * (size_t)row_bytes + (size_t)d];
+        for (t = 0; t < n; t++) a += (int32_t)wq[t] * v0[(size_t)t * (size_t)row_bytes + (size_t)d];
         out[d] = out[d] + (float)a * sw;
     }
 }

@@ -77,14 +77,16 @@ void quantize_query_i16(int16_t* q, uint32_t* qu, float* scale, const float* x, 
 void attention_scores_i8(float* scores, const uint8_t* rows, int row_bytes, int n, const int16_t* qh,
                          const uint32_t* qu, float sq, int head_dim, float scale);
 
-// One block of n rows of values (quantize.py attention_int8): the softmax weights times the
-// rows' scales, w[t] = p[t] * scale_t, quantized to int16 with one scale for the block,
-//   amax = max_t w[t];  amax < 1e-30f (or none): nothing changes;
+// One block of n rows of values (quantize.py attention_int8): the softmax's exponentials
+// (softmax_exps: not yet divided by their sum) times the rows' scales, w[t] = e[t] * scale_t,
+// written over e, then quantized to int16 with one scale for the block,
+//   amax = max_t w[t];  amax < 1e-30f (or none): nothing more changes;
 //   otherwise:  wq[t] = (int16_t) trunc(w[t] * (32767.0f / amax) + 0.5f),  sw = amax / 32767.0f
 //   acc_d = sum_t wq[t] * row_t[d]   (exact, int32: n <= 32 keeps |acc| < 2^31 / 16)
 //   out[d] = out[d] + (float)acc_d * sw
-// wq: scratch of n int16, 4-byte aligned (read as pairs).
-void attention_accumulate_i8(float* out, const float* p, const uint8_t* rows, int row_bytes, int n, int head_dim,
+// wq: scratch of n int16, 4-byte aligned (read as pairs). The caller divides by the sum once,
+// at the end (attention_head_i8).
+void attention_accumulate_i8(float* out, float* e, const uint8_t* rows, int row_bytes, int n, int head_dim,
                              int16_t* wq);
 
 #endif // MCUGPT_KERNELS_INT8_H

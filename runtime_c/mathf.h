@@ -23,4 +23,15 @@ void mcu_tanhf2(float* y, float x0, float x1);
 // Correctly rounded square root (IEEE: the VSQRT.F32 instruction on the Cortex-M7).
 float mcu_sqrtf(float x);
 
+// The larger of a and b, a NaN ignored (IEEE maxNum; of +0 and -0 either). On the M7 one
+// VMAXNM.F32 (FPv5), no flags and no branch; elsewhere spelled out (fmaxf would be a libm
+// call on the host, whose builds link none).
+static inline float mcu_fmaxf(float a, float b) {
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP && defined(__ARM_FP)
+    return __builtin_fmaxf(a, b);
+#else
+    return a != a ? b : (b > a ? b : a);
+#endif
+}
+
 #endif // MCUGPT_MATHF_H

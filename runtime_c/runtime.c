@@ -274,25 +274,28 @@ static void verify_weights(void) {
 
 // The PSRAM's check words. The PSRAM has no ECC and nothing on its bus would notice a
 // flipped bit, so each KV row and each tier tail stored there is followed by a check word
-// the CPU computes as it writes them and verifies on every read: FNV-1a over 32-bit words in
-// four lanes, seeded with the PSRAM address (a row read from the wrong address fails too). An error
-// confined to one word always changes it (xor, then a multiply by an odd number: both
-// one-to-one), and it costs a load, an xor and a multiply a word (the CRC unit sits on the
-// flash's DMA; docs/reliability.md gives the cost per token).
-#define FNV_PRIME 16777619u
+// the CPU computes as it writes them and verifies on every read: a multiply-add hash over
+// 32-bit words in four lanes, h = h * P + w, seeded with the PSRAM address (docs/runtime.md,
+// "The PSRAM's check words"). An error confined to one word always changes it (adding a word
+// and multiplying by an odd number are both one-to-one), the same data read from another
+// address always fails, and a word costs one multiply-accumulate (MLA) and half a 64-bit
+// load: attention checks every cached row it reads, so this is on its inner path (the CRC
+// unit sits on the flash's DMA).
+#define CHECK_PRIME 16777619u
+#define CHECK_BASIS 2166136261u
 static inline uint32_t psram_check(const void* p, uint32_t bytes, uint32_t psram_addr) {
     const uint32_t* w = (const uint32_t*)p;
     uint32_t n = bytes / 4u, whole = n & ~3u, k = 0;
     // four lanes (words 4i, 4i+1, ...): four independent multiply chains keep the multiplier busy
-    uint32_t h0 = 2166136261u ^ psram_addr, h1 = h0 + 1u, h2 = h0 + 2u, h3 = h0 + 3u;
+    uint32_t h0 = CHECK_BASIS ^ psram_addr, h1 = h0 + 1u, h2 = h0 + 2u, h3 = h0 + 3u;
     for (; k < whole; k += 4u) {
-        h0 = (h0 ^ w[k]) * FNV_PRIME;
-        h1 = (h1 ^ w[k + 1u]) * FNV_PRIME;
-        h2 = (h2 ^ w[k + 2u]) * FNV_PRIME;
-        h3 = (h3 ^ w[k + 3u]) * FNV_PRIME;
+        h0 = h0 * CHECK_PRIME + w[k];
+        h1 = h1 * CHECK_PRIME + w[k + 1u];
+        h2 = h2 * CHECK_PRIME + w[k + 2u];
+        h3 = h3 * CHECK_PRIME + w[k + 3u];
     }
-    for (; k < n; k++) h0 = (h0 ^ w[k]) * FNV_PRIME;
-    return (((h0 * FNV_PRIME ^ h1) * FNV_PRIME ^ h2) * FNV_PRIME ^ h3) * FNV_PRIME;
+    for (; k < n; k++) h0 = h0 * CHECK_PRIME + w[k];
+    return ((h0 * CHECK_PRIME + h1) * CHECK_PRIME + h2) * CHECK_PRIME + h3;
 }
 
 // The check word after `bytes` of data (both word-aligned, as psram_check reads them).
@@ -825,8 +828,9 @@ static int kv_blocks_next(KvBlocks* b) {
 
 // softmax(q k^T / sqrt(HEAD_DIM)) v for one head on the int8 rows (quantize.py
 // attention_int8): the query quantized to int16, the scores its exact integer products with
-// the keys; then each value row's scale folded into its weight, and each block's weights
-// quantized to int16 for an exact integer sum over the block's rows.
+// the keys; then each value row's scale folded into its exponential, each block's weights
+// quantized to int16 for an exact integer sum over the block's rows, and the softmax's
+// division done once per output instead of once per position.
 static void attention_head_i8(float* out, const float* q, uint32_t layer, uint32_t head, uint32_t n_pos) {
     int16_t qh[HEAD_DIM];
     uint32_t qu[HEAD_DIM / 2 + 2] __attribute__((aligned(8)));
@@ -837,12 +841,14 @@ static void attention_head_i8(float* out, const float* q, uint32_t layer, uint32
     kv_blocks_open(&b, layer, KV_KEYS_ROW, head, n_pos);
     while (kv_blocks_next(&b))
         attention_scores_i8(scores + b.t, b.rows, KV_ROW_BYTES, (int)b.n, qh, qu, sq, HEAD_DIM, scale);
-    softmax(scores, (int)n_pos);
+    float sum = softmax_exps(scores, (int)n_pos);
     int16_t wq[KV_BLOCK_POSITIONS] __attribute__((aligned(4)));
     for (uint32_t d = 0; d < HEAD_DIM; d++) out[d] = 0.0f;
     kv_blocks_open(&b, layer, KV_VALUES_ROW, head, n_pos);
     while (kv_blocks_next(&b))
         attention_accumulate_i8(out, scores + b.t, b.rows, KV_ROW_BYTES, (int)b.n, HEAD_DIM, wq);
+    float inv = 1.0f / sum;
+    for (uint32_t d = 0; d < HEAD_DIM; d++) out[d] = out[d] * inv;
 }
 
 #elif !KV_IN_SRAM

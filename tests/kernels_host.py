@@ -121,6 +121,7 @@ def lib():
         "matvec_rows": (None, [_FP, _FP, _FP, _FP, _INT, _INT]),
         "gelu_tanh": (None, [_FP, _INT]),
         "softmax": (None, [_FP, _INT]),
+        "softmax_exps": (_FLOAT, [_FP, _INT]),
         "add_inplace": (None, [_FP, _FP, _INT]),
         "attention_head": (None, [_FP, _FP, _FP, _FP, _INT, _INT, _INT, _FP]),
         "topk_init": (None, [ctypes.POINTER(TopK), _INT]),
@@ -221,6 +222,13 @@ def softmax(x):
     x = _f32(x)
     lib().softmax(_p(x), x.size)
     return x
+
+
+def softmax_exps(x):
+    """(e, sum): the exponentials in place of x, and their sum."""
+    x = _f32(x)
+    total = lib().softmax_exps(_p(x), x.size)
+    return x, np.float32(total)
 
 
 def add_inplace(a, b):

@@ -260,6 +260,17 @@ def test_softmax(n):
     assert abs(float(p.astype(np.float64).sum()) - 1) < 1e-5
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 50, 1023])
+def test_softmax_exps_are_the_numerators_and_their_sum(n):
+    rng = np.random.default_rng(n + 7)
+    x = (rng.standard_normal(n) * 5).astype(f32)
+    x[n // 2] = x.max() + 1   # the max anywhere, not only where a running max starts
+    e, total = kh.softmax_exps(x)
+    want = kh.expf(x - x.max())
+    assert np.array_equal(e, want) and total == seq_sum(want)
+    assert e[n // 2] == 1.0
+
+
 def test_softmax_large_and_masked_logits():
     p = kh.softmax(np.array([1000.0, 999.0, -np.inf, 1000.0], dtype=f32))
     e1 = np.exp(-1.0)

@@ -770,8 +770,9 @@ def kv_rows(q, scales, row_bytes):
 
 
 def c_attention_head(q, k_q, k_s, v_q, v_s, row_bytes, block=32):
-    """The firmware's calls for one head: scores a block of keys at a time, softmax, then the
-    values a block at a time."""
+    """The firmware's calls for one head (runtime.c attention_head_i8): scores a block of keys
+    at a time, the softmax's exponentials, the values a block at a time, then the division by
+    the exponentials' sum."""
     from compiler import numerics as nx
     L = lib()
     L.attention_scores_i8.restype = L.attention_accumulate_i8.restype = None
@@ -793,14 +794,14 @@ def c_attention_head(q, k_q, k_s, v_q, v_s, row_bytes, block=32):
         m = min(block, n - t)
         L.attention_scores_i8(scores[t:].ctypes.data_as(_FP), keys[t:].ctypes.data, row_bytes, m,
                               qh.ctypes.data, None, float(sq), hd, float(nx.attention_scale(hd)))
-    p = _f32(nx.softmax(scores))
+    e, total = kh.softmax_exps(scores)
     out = np.zeros(hd, np.float32)
     wq = np.zeros(block, np.int16)
     for t in range(0, n, block):
         m = min(block, n - t)
-        L.attention_accumulate_i8(out.ctypes.data_as(_FP), p[t:].ctypes.data_as(_FP), values[t:].ctypes.data,
+        L.attention_accumulate_i8(out.ctypes.data_as(_FP), e[t:].ctypes.data_as(_FP), values[t:].ctypes.data,
                                   row_bytes, m, hd, wq.ctypes.data)
-    return out
+    return out * (f32(1) / total)
 
 
 @pytest.mark.parametrize("n", [1, 5, 32, 33, 100, 1024])

@@ -236,29 +236,29 @@ def test_the_cache_in_psram_is_the_references_at_the_documented_layout(psram_tin
     for values, want in ((0, cache.keys), (1, cache.values)):
         want = want.reshape(n_layer, ctx, n_head, head_dim).transpose(0, 2, 1, 3)
         np.testing.assert_allclose(got[:, values], want, atol=1e-5, rtol=1e-5)
-    # each row's check word: FNV-1a over its words, seeded with the row's PSRAM address
+    # each row's check word: the multiply-add hash of its words, seeded with the row's PSRAM address
     row_bytes = (head_dim + 1) * 4
     for index in np.ndindex(n_layer, 2, n_head, len(fed)):
         address = (((index[0] * 2 + index[1]) * n_head + index[2]) * ctx + index[3]) * row_bytes
-        assert rows[index][head_dim] == fnv1a_words(rows[index][:head_dim], address), index
+        assert rows[index][head_dim] == check_word(rows[index][:head_dim], address), index
     assert not np.any(rows[:, :, :, len(fed):])   # nothing written past the positions computed
     assert not any(psram[plan["kv"]["bytes"]:])  # nor past the cache
 
 
-def fnv1a_words(words, seed: int) -> int:
-    """The check word docs/reliability.md specifies: FNV-1a (offset basis 2166136261 xored
-    with the seed, prime 16777619) over 32-bit words in four lanes, lane j starting at basis
-    + j and taking words j, j + 4, ...; a last partial group goes to lane 0; then the lanes
-    folded: ((((h0 * P) ^ h1) * P ^ h2) * P ^ h3) * P."""
+def check_word(words, seed: int) -> int:
+    """The check word docs/runtime.md specifies: a multiply-add hash over 32-bit words in four
+    lanes, lane j starting at (2166136261 xor the seed) + j and taking words j, j + 4, ...,
+    each step h = h * 16777619 + w; a last partial group goes to lane 0; then the lanes
+    folded: ((h0 * P + h1) * P + h2) * P + h3, all modulo 2^32."""
     P, M = 16777619, 0xFFFFFFFF
     basis = 2166136261 ^ seed
     h = [(basis + j) & M for j in range(4)]
     whole = len(words) // 4 * 4
     for k in range(whole):
-        h[k % 4] = ((h[k % 4] ^ int(words[k])) * P) & M
+        h[k % 4] = (h[k % 4] * P + int(words[k])) & M
     for k in range(whole, len(words)):
-        h[0] = ((h[0] ^ int(words[k])) * P) & M
-    return ((((((h[0] * P) & M) ^ h[1]) * P & M) ^ h[2]) * P & M ^ h[3]) * P & M
+        h[0] = (h[0] * P + int(words[k])) & M
+    return (((h[0] * P + h[1]) * P + h[2]) * P + h[3]) & M
 
 
 # ----------------------------------------------------------------------------
