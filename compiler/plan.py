@@ -58,10 +58,10 @@ PSRAM_CHECK_BYTES = 4
 # What the tier planner assumes a tile costs the CPU, from our measurements on the emulated
 # boards: a decoded GPT-2 token's cycles over its MACs, everything included (int8 on the
 # STM32H7S78-DK: docs/measurements.md, "The int8 kernel"; fp32: docs/board.md, "Per MAC"),
-# and checking a tier tail's bytes against its check word (runtime.c psram_check: 2.3 cycles
+# and checking a tier tail's bytes against its check word (runtime.c psram_check: 1.74 cycles
 # per word, docs/reliability.md).
 CYCLES_PER_MAC = {"int8": 1.2, "fp32": 3.2}
-CHECK_CYCLES_PER_BYTE = 0.6
+CHECK_CYCLES_PER_BYTE = 0.44
 # Weight tiles are double-buffered: the DMA fills one buffer while the CPU computes on the
 # other, so a stage's time approaches max(I/O, compute) instead of their sum.
 WEIGHT_BUFFERS = 2

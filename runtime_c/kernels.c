@@ -99,12 +99,14 @@ float softmax_exps(float* x, int n) {
     if (i < n) m0 = mcu_fmaxf(m0, x[i]);
     float max = mcu_fmaxf(m0, m1);
     float sum = 0.0f;
-    for (i = 0; i + 2 <= n; i += 2) {   // two exponentials side by side (mcu_expf2), summed in order
-        mcu_expf2(x + i, x[i] - max, x[i + 1] - max);
+    for (i = 0; i + 4 <= n; i += 4) {   // four exponentials side by side, summed in order
+        mcu_expf4_sub(x + i, x + i, max);
         sum += x[i];
         sum += x[i + 1];
+        sum += x[i + 2];
+        sum += x[i + 3];
     }
-    if (i < n) {
+    for (; i < n; i++) {
         x[i] = mcu_expf(x[i] - max);
         sum += x[i];
     }

@@ -9,6 +9,7 @@
 typedef union { float f; uint32_t u; } F32Bits;
 
 static float from_bits(uint32_t u) { F32Bits v; v.u = u; return v.f; }
+static uint32_t to_bits(float f) { F32Bits v; v.f = f; return v.u; }
 
 // 2^k for k in [-126, 127], built directly in the exponent field: exact, no loop.
 static float pow2i(int k) { return from_bits((uint32_t)(k + 127) << 23); }
@@ -34,6 +35,7 @@ static float pow2i(int k) { return from_bits((uint32_t)(k + 127) << 23); }
 #define LN2_HI      0.693145751953125f         // 0x3f317200
 #define LN2_LO      1.42860682030941723212e-6f // 0x35bfbe8e, ln2 - LN2_HI
 #define EXP_MAX     88.72283172607421875f      // largest x with e^x < FLT_MAX (0x42b17217)
+#define EXP_MAX_BITS 0x42b17217u
 #define EXP_MIN     -104.0f                    // e^-104 < 2^-150: rounds to 0 below this
 
 // Returns p = e^r - 1 and sets *k, where x = k*ln2 + r. Needs x in [-104, 88.73].
@@ -64,22 +66,39 @@ float mcu_expf(float x) {
     return y * pow2i(k);
 }
 
-void mcu_expf2(float* y, float x0, float x1) {
-    // Both on the common path (in range, 2^k a normal float: a NaN is on none, its
-    // comparisons are false) run side by side, so the M7 overlaps their chains of dependent
-    // float operations; each takes exactly mcu_expf's operations. Otherwise one at a time.
-    if (x0 >= EXP_MIN && x1 >= EXP_MIN && x0 <= EXP_MAX && x1 <= EXP_MAX) {
-        int k0, k1;
+// The checks of the common path as integer arithmetic: a float compare costs the M7 a
+// VCMP and a VMRS whose flags the branch waits for. A value is in range when the difference
+// below is >= 0, so OR-ing the differences of four values tests all four with one sign.
+static inline int32_t exp_in_range(float x) {   // |x| <= EXP_MAX (a NaN's bits are above)
+    return (int32_t)(EXP_MAX_BITS - (to_bits(x) & 0x7fffffffu));
+}
+static inline int32_t pow2_normal(int k) {      // k in [-126, 127]: 2^k a normal float
+    return (int32_t)((uint32_t)(k + 126) | (uint32_t)(127 - k));
+}
+
+void mcu_expf4_sub(float* y, const float* x, float sub) {
+    float x0 = x[0] - sub, x1 = x[1] - sub, x2 = x[2] - sub, x3 = x[3] - sub;
+    // The common path, four side by side: |x| <= EXP_MAX ([-104, -88.7) takes mcu_expf's own
+    // path) and 2^k a normal float. Each takes exactly mcu_expf's operations; otherwise one at
+    // a time.
+    if ((exp_in_range(x0) | exp_in_range(x1) | exp_in_range(x2) | exp_in_range(x3)) >= 0) {
+        int k0, k1, k2, k3;
         float y0 = 1.0f + expm1_reduced(x0, &k0);
         float y1 = 1.0f + expm1_reduced(x1, &k1);
-        if (k0 >= -126 && k1 >= -126 && k0 <= 127 && k1 <= 127) {
+        float y2 = 1.0f + expm1_reduced(x2, &k2);
+        float y3 = 1.0f + expm1_reduced(x3, &k3);
+        if ((pow2_normal(k0) | pow2_normal(k1) | pow2_normal(k2) | pow2_normal(k3)) >= 0) {
             y[0] = y0 * pow2i(k0);
             y[1] = y1 * pow2i(k1);
+            y[2] = y2 * pow2i(k2);
+            y[3] = y3 * pow2i(k3);
             return;
         }
     }
     y[0] = mcu_expf(x0);
     y[1] = mcu_expf(x1);
+    y[2] = mcu_expf(x2);
+    y[3] = mcu_expf(x3);
 }
 
 // ----------------------------------------------------------------------------

@@ -9,9 +9,9 @@
 // x < -104 -> 0 (e^x < 2^-150 rounds to zero anyway).
 float mcu_expf(float x);
 
-// y[0] = mcu_expf(x0), y[1] = mcu_expf(x1), bit for bit; faster than two calls when both
-// take the common path.
-void mcu_expf2(float* y, float x0, float x1);
+// y[i] = mcu_expf(x[i] - sub) for i < 4, bit for bit (y may be x): softmax's exponentials,
+// four side by side when all four take the common path.
+void mcu_expf4_sub(float* y, const float* x, float sub);
 
 // tanh(x) for every float: odd, tanh(+-0) = +-0, saturates to +-1 for |x| > 9.1.
 float mcu_tanhf(float x);

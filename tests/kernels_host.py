@@ -39,7 +39,7 @@ _SHIM = r"""
 void host_expf_n(float* y, const float* x, int n) { for (int i = 0; i < n; i++) y[i] = mcu_expf(x[i]); }
 void host_tanhf_n(float* y, const float* x, int n) { for (int i = 0; i < n; i++) y[i] = mcu_tanhf(x[i]); }
 void host_tanhf2_n(float* y, const float* x, int n) { for (int i = 0; i + 1 < n; i += 2) mcu_tanhf2(y + i, x[i], x[i + 1]); }
-void host_expf2_n(float* y, const float* x, int n) { for (int i = 0; i + 1 < n; i += 2) mcu_expf2(y + i, x[i], x[i + 1]); }
+void host_expf4_sub_n(float* y, const float* x, int n, float sub) { for (int i = 0; i + 3 < n; i += 4) mcu_expf4_sub(y + i, x + i, sub); }
 void host_sqrtf_n(float* y, const float* x, int n) { for (int i = 0; i < n; i++) y[i] = mcu_sqrtf(x[i]); }
 int host_topk_max(void) { return TOPK_MAX; }
 int host_sizeof_topk(void) { return (int)sizeof(TopK); }
@@ -108,7 +108,7 @@ def lib():
         "host_expf_n": (None, [_FP, _FP, _INT]),
         "host_tanhf_n": (None, [_FP, _FP, _INT]),
         "host_tanhf2_n": (None, [_FP, _FP, _INT]),
-        "host_expf2_n": (None, [_FP, _FP, _INT]),
+        "host_expf4_sub_n": (None, [_FP, _FP, _INT, _FLOAT]),
         "host_sqrtf_n": (None, [_FP, _FP, _INT]),
         "host_topk_max": (_INT, []),
         "host_sizeof_topk": (_INT, []),
@@ -169,9 +169,13 @@ def tanhf(x):
     return _elementwise("host_tanhf_n", x)
 
 
-def expf2(x):
-    """mcu_expf2 on the pairs (x[0], x[1]), (x[2], x[3]), ... (x.size even)."""
-    return _elementwise("host_expf2_n", x)
+def expf4_sub(x, sub, in_place=False):
+    """mcu_expf4_sub on the groups x[0:4], x[4:8], ... (x.size a multiple of 4), in place of
+    x or into another array."""
+    x = _f32(x).copy()
+    y = x if in_place else np.empty_like(x)
+    lib().host_expf4_sub_n(_p(y), _p(x), x.size, ctypes.c_float(sub))
+    return y
 
 
 def tanhf2(x):

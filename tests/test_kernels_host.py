@@ -115,17 +115,22 @@ def test_tanhf_is_odd_keeps_signed_zero_and_saturates():
     assert np.isnan(kh.tanhf(np.array([np.nan]))[0])
 
 
-def test_expf2_is_two_expf_bit_for_bit():
-    # pairs on the common path (the side-by-side code) and off it: out of range, 2^k not a
-    # normal float (x < -87.3 or > 88.0), the bounds themselves, infinities and NaNs
+@pytest.mark.parametrize("sub", [0.0, 2.5, -3.0])
+def test_expf4_sub_is_four_expf_bit_for_bit(sub):
+    # groups on the common path (the side-by-side code) and off it: out of range, 2^k not a
+    # normal float (x < -87.3 or > 88.0), the bounds themselves, infinities and NaNs; in
+    # place (softmax's use) and not
     x = floats_from_bits(0, 0xFFFFFFFF, 1021)
-    edges = [around(e) for e in (-104.0, -87.3, 88.0, 88.72283172607421875, 1.0)]
+    edges = [around(e) for e in (-104.0, -88.72283172607421875, -87.3, 88.0, 88.72283172607421875, 1.0)]
     special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -1.0, -30.0, 5.0], dtype=f32)
     x = np.concatenate([x, *edges, special])
     rng = np.random.default_rng(4)
     for order in (np.argsort(x, kind="stable"), rng.permutation(x.size)):
-        pairs = x[order][: x.size // 2 * 2]
-        assert np.array_equal(kh.expf2(pairs).view(np.uint32), kh.expf(pairs).view(np.uint32))
+        fours = x[order][: x.size // 4 * 4]
+        with np.errstate(invalid="ignore"):   # inf - inf: NaN, as in C
+            want = kh.expf(fours - f32(sub)).view(np.uint32)
+        assert np.array_equal(kh.expf4_sub(fours, sub).view(np.uint32), want)
+        assert np.array_equal(kh.expf4_sub(fours, sub, in_place=True).view(np.uint32), want)
 
 
 def test_tanhf2_is_two_tanhf_bit_for_bit():
