@@ -744,61 +744,13 @@ void attention_accumulate_i8(float* out, float* e, const uint8_t* rows, int row_
             t = n & ~1;   // the last row of an odd block, if any
 #ifdef ASM_13_REGISTERS
             // In assembly for the M7's issue rules (target/m7_pipeline.py): SXTB16 takes the
-            // older slot beside a SMLAxy, and the loads and the loop's own instructions ride
-            // beside the others. Four rows per step while there are four: the second pair's
-            // row loads and unpacking overlap the first pair's SMLAxy (21 cycles per 16
-            // multiply-accumulates in the pipeline model, against 11 per 8 a pair at a time
-            // and 16 per 8 compiled from the C below, which spilled). 13 registers, as
-            // dot4_i8: the second pair's weights reuse the first's register, so they load
-            // only once the first pair's products are issued.
-            const uint32_t* w4_end = w2 + n / 4 * 2;
-            uint32_t w, x, xo, y, yo;
-            if (w2 < w4_end) {
+            // older slot beside a SMLAxy, and the loop's own instructions ride beside the
+            // other SMLAxy: 11 cycles per 8 multiply-accumulates (compiled from the C below,
+            // 16: the compiler spilled). 13 registers, as dot4_i8.
+            if (w2 < w2_end) {
+                uint32_t w, x, xo, y, yo;
                 __asm__ volatile(
                     "1:\n\t"
-                    "ldr    %[w], [%[w2]], #4\n\t"        // rows t, t + 1
-                    "ldr    %[y], [%[v]]\n\t"
-                    "sxtb16 %[yo], %[y], ror #8\n\t"
-                    "ldr    %[x], [%[v], %[rb]]\n\t"
-                    "sxtb16 %[y], %[y]\n\t"
-                    "smlabb %[a1], %[yo], %[w], %[a1]\n\t"
-                    "sxtb16 %[xo], %[x], ror #8\n\t"
-                    "smlatb %[a3], %[yo], %[w], %[a3]\n\t"
-                    "sxtb16 %[x], %[x]\n\t"
-                    "smlabb %[a0], %[y], %[w], %[a0]\n\t"
-                    "add    %[v], %[v], %[rb], lsl #1\n\t"
-                    "smlatb %[a2], %[y], %[w], %[a2]\n\t"
-                    // rows t + 2 and t + 3 into the registers rows t and t + 1 have finished
-                    // with: even lanes of t + 2 in yo, odd in xo; of t + 3 in y and x
-                    "ldr    %[yo], [%[v]]\n\t"
-                    "smlabt %[a1], %[xo], %[w], %[a1]\n\t"
-                    "ldr    %[y], [%[v], %[rb]]\n\t"
-                    "smlatt %[a3], %[xo], %[w], %[a3]\n\t"
-                    "sxtb16 %[xo], %[yo], ror #8\n\t"
-                    "smlabt %[a0], %[x], %[w], %[a0]\n\t"
-                    "sxtb16 %[yo], %[yo]\n\t"
-                    "smlatt %[a2], %[x], %[w], %[a2]\n\t"
-                    "sxtb16 %[x], %[y], ror #8\n\t"
-                    "ldr    %[w], [%[w2]], #4\n\t"        // rows t + 2, t + 3
-                    "sxtb16 %[y], %[y]\n\t"
-                    "add    %[v], %[v], %[rb], lsl #1\n\t"
-                    "smlabb %[a1], %[xo], %[w], %[a1]\n\t"
-                    "smlatb %[a3], %[xo], %[w], %[a3]\n\t"
-                    "smlabb %[a0], %[yo], %[w], %[a0]\n\t"
-                    "smlatb %[a2], %[yo], %[w], %[a2]\n\t"
-                    "cmp    %[w2], %[end]\n\t"
-                    "smlabt %[a1], %[x], %[w], %[a1]\n\t"
-                    "smlatt %[a3], %[x], %[w], %[a3]\n\t"
-                    "smlabt %[a0], %[y], %[w], %[a0]\n\t"
-                    "smlatt %[a2], %[y], %[w], %[a2]\n\t"
-                    "bne    1b\n\t"
-                    : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [v] "+r"(v), [w2] "+r"(w2),
-                      [w] "=&r"(w), [x] "=&r"(x), [xo] "=&r"(xo), [y] "=&r"(y), [yo] "=&r"(yo)
-                    : [rb] "r"(row_bytes), [end] "r"(w4_end)
-                    : "cc", "memory");
-            }
-            if (w2 < w2_end) {   // a last pair of rows: the same steps for two
-                __asm__ volatile(
                     "ldr    %[w], [%[w2]], #4\n\t"
                     "ldr    %[y], [%[v]]\n\t"
                     "sxtb16 %[yo], %[y], ror #8\n\t"
@@ -809,15 +761,17 @@ void attention_accumulate_i8(float* out, float* e, const uint8_t* rows, int row_
                     "smlatb %[a3], %[yo], %[w], %[a3]\n\t"
                     "sxtb16 %[x], %[x]\n\t"
                     "smlabb %[a0], %[y], %[w], %[a0]\n\t"
-                    "add    %[v], %[v], %[rb], lsl #1\n\t"   // to the last, odd row, if any
+                    "add    %[v], %[v], %[rb], lsl #1\n\t"
                     "smlatb %[a2], %[y], %[w], %[a2]\n\t"
+                    "cmp    %[w2], %[end]\n\t"
                     "smlabt %[a1], %[xo], %[w], %[a1]\n\t"
                     "smlatt %[a3], %[xo], %[w], %[a3]\n\t"
                     "smlabt %[a0], %[x], %[w], %[a0]\n\t"
                     "smlatt %[a2], %[x], %[w], %[a2]\n\t"
+                    "bne    1b\n\t"
                     : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [v] "+r"(v), [w2] "+r"(w2),
                       [w] "=&r"(w), [x] "=&r"(x), [xo] "=&r"(xo), [y] "=&r"(y), [yo] "=&r"(yo)
-                    : [rb] "r"(row_bytes)
+                    : [rb] "r"(row_bytes), [end] "r"(w2_end)
                     : "cc", "memory");
             }
 #else
