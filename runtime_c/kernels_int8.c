@@ -184,13 +184,12 @@ static void dot2_i8(int32_t* out, const int8_t* w0, const int8_t* w1, const int8
     DOT4_ROW(a0, "ldr    %[v], [%[w0]], #4\n\t")     \
     DOT4_ROW(a2, "ldr    %[v], [%[w2]], #4\n\t")
 
-// always_inline: with two callers (matvec_rows_i8, attention_scores_i8) GCC stops inlining
-// it, and a call per four rows saves and restores the 13 registers each time
-static inline __attribute__((always_inline)) void dot4_i8(int32_t* out, const int8_t* w, const uint32_t* xu, int n,
-                                                          int cols) {
+// Four rows of n int8 (n a multiple of 4) against the unpacked vector: rows w0, w0 + cols,
+// w2, w2 + cols. always_inline: with several callers GCC stops inlining it, and a call per
+// four rows saves and restores the 13 registers each time.
+static inline __attribute__((always_inline)) void dot4_i8_at(int32_t* out, const int8_t* w0, const int8_t* w2,
+                                                             const uint32_t* xu, int n, int cols) {
     int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    const int8_t* w0 = w;
-    const int8_t* w2 = w + 2 * cols;
     int k = n >> 3;    // two words per iteration
     uint32_t x02, x13, v, t;
     if (k > 0) {
@@ -216,6 +215,12 @@ static inline __attribute__((always_inline)) void dot4_i8(int32_t* out, const in
     out[1] = a1;
     out[2] = a2;
     out[3] = a3;
+}
+
+// Rows 0..3 of a matrix with rows of `cols` bytes.
+static inline __attribute__((always_inline)) void dot4_i8(int32_t* out, const int8_t* w, const uint32_t* xu, int n,
+                                                          int cols) {
+    dot4_i8_at(out, w, w + 2 * cols, xu, n, cols);
 }
 #endif
 
@@ -700,11 +705,12 @@ void attention_scores_i8(float* scores, const uint8_t* rows, int row_bytes, int 
 // below 1e-26): quantize.py ATTENTION_WEIGHT_MIN.
 #define WEIGHT_MIN 1e-30f
 
-void attention_accumulate_i8(float* out, float* e, const uint8_t* rows, int row_bytes, int n, int head_dim,
-                             int16_t* wq) {
-    // the weights w[t] = e[t] * s_v[t] (>= 0), in e's place, quantized to int16 with one
-    // scale for the block: their largest (two running maxima, VMAXNM; a NaN is skipped, and
-    // the softmax's sum is NaN then, which makes every output NaN)
+// One block's weights: w[t] = e[t] * s_v[t] (>= 0), in e's place, quantized to int16 with one
+// scale for the block (*sw). Returns 0 when the block adds nothing (largest weight below
+// WEIGHT_MIN).
+static int block_weights(float* e, const uint8_t* rows, int row_bytes, int n, int16_t* wq, float* sw) {
+    // their largest: two running maxima (VMAXNM; a NaN is skipped, and the softmax's sum is
+    // NaN then, which makes every output NaN)
     float m0 = 0.0f, m1 = 0.0f;
     int t = 0;
     for (; t + 2 <= n; t += 2) {
@@ -718,8 +724,9 @@ void attention_accumulate_i8(float* out, float* e, const uint8_t* rows, int row_
         m0 = mcu_fmaxf(m0, e[t]);
     }
     float amax = mcu_fmaxf(m0, m1);
-    if (!(amax >= WEIGHT_MIN)) return;
-    float inv = QMAX16 / amax, sw = amax / QMAX16;
+    if (!(amax >= WEIGHT_MIN)) return 0;
+    float inv = QMAX16 / amax;
+    *sw = amax / QMAX16;
     // round_half_away of values >= 0; four at a time, a step of each before the next, so the
     // M7 overlaps their float latencies
     for (t = 0; t + 4 <= n; t += 4) {
@@ -729,6 +736,41 @@ void attention_accumulate_i8(float* out, float* e, const uint8_t* rows, int row_
         wq[t] = (int16_t)i0, wq[t + 1] = (int16_t)i1, wq[t + 2] = (int16_t)i2, wq[t + 3] = (int16_t)i3;
     }
     for (; t < n; t++) wq[t] = (int16_t)(int32_t)(e[t] * inv + 0.5f);
+    return 1;
+}
+
+void attention_accumulate_cols_i8(float* out, float* e, const uint8_t* block, int row_bytes, int n, int16_t* wq,
+                                  uint32_t* wu) {
+    float sw;
+    if (!block_weights(e, block, row_bytes, n, wq, &sw)) return;
+    for (int j = 0; j < n >> 2; j++) {   // the weights as unpack_i8 lays out a vector
+        wu[2 * j] = (uint16_t)wq[4 * j] | (uint32_t)(uint16_t)wq[4 * j + 2] << 16;
+        wu[2 * j + 1] = (uint16_t)wq[4 * j + 1] | (uint32_t)(uint16_t)wq[4 * j + 3] << 16;
+    }
+    // columns d, d + 1 are row d / 2's values, d + 2, d + 3 the next row's: each column is a
+    // row of an int8 matrix with the weights for its input, so dot4_i8 sums four of them
+    for (int d = 0; d < 2 * n; d += 4) {
+        const int8_t* c0 = (const int8_t*)(block + (size_t)(d / 2) * (size_t)row_bytes + 4);
+        int32_t acc[4];
+#ifdef ASM_13_REGISTERS
+        dot4_i8_at(acc, c0, c0 + row_bytes, wu, n, n);
+#else
+        for (int i = 0; i < 4; i++) {
+            const int8_t* c = c0 + (i >= 2 ? row_bytes : 0) + (i & 1) * n;
+            acc[i] = 0;
+            for (int t = 0; t < n; t++) acc[i] += (int32_t)wq[t] * (int32_t)c[t];
+        }
+        (void)wu;
+#endif
+        for (int i = 0; i < 4; i++) out[d + i] = out[d + i] + (float)acc[i] * sw;
+    }
+}
+
+void attention_accumulate_i8(float* out, float* e, const uint8_t* rows, int row_bytes, int n, int head_dim,
+                             int16_t* wq) {
+    float sw;
+    if (!block_weights(e, rows, row_bytes, n, wq, &sw)) return;
+    int t;
     const int8_t* v0 = (const int8_t*)(rows + 4);
     int d = 0;
     if ((head_dim & 3) == 0 && (row_bytes & 3) == 0 && ((uintptr_t)rows & 3) == 0) {

@@ -89,4 +89,13 @@ void attention_scores_i8(float* scores, const uint8_t* rows, int row_bytes, int 
 void attention_accumulate_i8(float* out, float* e, const uint8_t* rows, int row_bytes, int n, int head_dim,
                              int16_t* wq);
 
+// attention_accumulate_i8 for a block of n positions stored transposed (runtime.c,
+// "transposed value blocks"): row r of the block holds position r's scale, as a value row
+// does, and then the values of columns 2r and 2r + 1 at the block's n positions (head_dim =
+// 2n; n a multiple of 4). The same weights, the same exact integer sums and the same out[d]
+// update, so the same bits; each column is a dot product of n int8 values with the int16
+// weights, four columns at a time (dot4_i8). wu: scratch of n / 2 words, 4-byte aligned.
+void attention_accumulate_cols_i8(float* out, float* e, const uint8_t* block, int row_bytes, int n, int16_t* wq,
+                                  uint32_t* wu);
+
 #endif // MCUGPT_KERNELS_INT8_H

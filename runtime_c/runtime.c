@@ -800,6 +800,38 @@ static uint8_t* kv_half(uint32_t t) {
 }
 #endif
 
+// Transposed value blocks. A value row is summed column by column against the block's
+// weights, which with rows as stored takes an SMLAxy a value (kernels_int8.c
+// attention_accumulate_i8). In the PSRAM, once a block of KV_BLOCK_POSITIONS value rows is
+// complete, it is rewritten transposed in the same bytes: row r keeps position t0 + r's
+// scale and its check word's place, and holds the values of columns 2r and 2r + 1 at the
+// block's positions (HEAD_DIM = 2 KV_BLOCK_POSITIONS: the GPT-2 family). Each column is then
+// a dot product with the weights, SMLAD two values at a time (attention_accumulate_cols_i8);
+// the integer sums are the same, and so are the bits. The block being filled stays as rows.
+#define KV_VALUES_TRANSPOSED (KV_INT8 && !KV_IN_SRAM && HEAD_DIM == 2 * KV_BLOCK_POSITIONS)
+
+#if KV_VALUES_TRANSPOSED
+static void kv_transpose_values(uint32_t layer, uint32_t head, uint32_t t0) {
+    uint8_t* rows = kv_half(0);                       // free between attention passes
+    uint8_t* cols = kv_half(KV_BLOCK_POSITIONS);
+    uint32_t at = kv_row_offset(layer, KV_VALUES_ROW, head, t0);
+    psram_read(at, rows, KV_BLOCK_POSITIONS * KV_ROW_BYTES);
+    kv_check(layer, KV_VALUES_ROW, head, t0, KV_BLOCK_POSITIONS, rows);
+    for (uint32_t r = 0; r < KV_BLOCK_POSITIONS; r++) {
+        uint8_t* out = cols + r * KV_ROW_BYTES;
+        *(float*)(void*)out = *(const float*)(const void*)(rows + r * KV_ROW_BYTES);
+        for (uint32_t half = 0; half < 2u; half++) {
+            const uint8_t* column = rows + F32 + 2u * r + half;
+            for (uint32_t t = 0; t < KV_BLOCK_POSITIONS; t++)
+                out[F32 + half * KV_BLOCK_POSITIONS + t] = column[t * KV_ROW_BYTES];
+        }
+        *check_word(out, KV_ROW_BYTES - PSRAM_CHECK_BYTES) =
+            psram_check(out, KV_ROW_BYTES - PSRAM_CHECK_BYTES, at + r * KV_ROW_BYTES);
+    }
+    psram_write(at, cols, KV_BLOCK_POSITIONS * KV_ROW_BYTES);
+}
+#endif
+
 static void kv_blocks_open(KvBlocks* b, uint32_t layer, uint32_t values, uint32_t head, uint32_t n_pos) {
     *b = (KvBlocks){layer, values, head, n_pos, 0, 0, 0};
 #if !KV_IN_SRAM
@@ -845,8 +877,16 @@ static void attention_head_i8(float* out, const float* q, uint32_t layer, uint32
     int16_t wq[KV_BLOCK_POSITIONS] __attribute__((aligned(4)));
     for (uint32_t d = 0; d < HEAD_DIM; d++) out[d] = 0.0f;
     kv_blocks_open(&b, layer, KV_VALUES_ROW, head, n_pos);
-    while (kv_blocks_next(&b))
+    while (kv_blocks_next(&b)) {
+#if KV_VALUES_TRANSPOSED
+        if (b.n == KV_BLOCK_POSITIONS) {   // complete: stored transposed
+            uint32_t wu[KV_BLOCK_POSITIONS / 2];
+            attention_accumulate_cols_i8(out, scores + b.t, b.rows, KV_ROW_BYTES, (int)b.n, wq, wu);
+            continue;
+        }
+#endif
         attention_accumulate_i8(out, scores + b.t, b.rows, KV_ROW_BYTES, (int)b.n, HEAD_DIM, wq);
+    }
     float inv = 1.0f / sum;
     for (uint32_t d = 0; d < HEAD_DIM; d++) out[d] = out[d] * inv;
 }
@@ -910,6 +950,9 @@ static void attn_one(const StageEntry* s, uint32_t pos, uint32_t slot) {
         uint32_t c = head * HEAD_DIM;
         kv_store(s->layer, KV_KEYS_ROW, head, pos, k + c);
         kv_store(s->layer, KV_VALUES_ROW, head, pos, v + c);
+#if KV_VALUES_TRANSPOSED
+        if ((pos + 1u) % KV_BLOCK_POSITIONS == 0) kv_transpose_values(s->layer, head, pos + 1u - KV_BLOCK_POSITIONS);
+#endif
     }
     for (uint32_t head = 0; head < N_HEAD; head++) {
         uint32_t c = head * HEAD_DIM;

@@ -769,10 +769,21 @@ def kv_rows(q, scales, row_bytes):
     return rows
 
 
-def c_attention_head(q, k_q, k_s, v_q, v_s, row_bytes, block=32):
+def transposed_block(rows, hd):
+    """runtime.c kv_transpose_values: a complete block of value rows rewritten so that row r
+    keeps its scale and then holds columns 2r and 2r + 1 at the block's positions."""
+    n = rows.shape[0]
+    out = rows.copy()
+    values = rows[:, 4:4 + hd]                      # (n positions, hd columns)
+    out[:, 4:4 + hd] = values.T.reshape(n, hd)      # row r: columns 2r, 2r + 1, n bytes each
+    return out
+
+
+def c_attention_head(q, k_q, k_s, v_q, v_s, row_bytes, block=32, transposed=True):
     """The firmware's calls for one head (runtime.c attention_head_i8): scores a block of keys
-    at a time, the softmax's exponentials, the values a block at a time, then the division by
-    the exponentials' sum."""
+    at a time, the softmax's exponentials, the values a block at a time (a complete block of a
+    head of 2 x block columns stored transposed, as in the PSRAM), then the division by the
+    exponentials' sum."""
     from compiler import numerics as nx
     L = lib()
     L.attention_scores_i8.restype = L.attention_accumulate_i8.restype = None
@@ -782,6 +793,9 @@ def c_attention_head(q, k_q, k_s, v_q, v_s, row_bytes, block=32):
                                       ctypes.c_void_p, ctypes.c_float, ctypes.c_int, ctypes.c_float]
     L.attention_accumulate_i8.argtypes = [_FP, _FP, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                                           ctypes.c_void_p]
+    L.attention_accumulate_cols_i8.restype = None
+    L.attention_accumulate_cols_i8.argtypes = [_FP, _FP, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+                                               ctypes.c_void_p, ctypes.c_void_p]
     n, hd = k_q.shape
     qh, qu, sq = np.zeros(hd, np.int16), np.zeros(hd // 2 + 2, np.uint32), ctypes.c_float(-1.0)
     L.quantize_query_i16(qh.ctypes.data, qu.ctypes.data, ctypes.byref(sq), _f32(q).ctypes.data_as(_FP), hd)
@@ -796,9 +810,14 @@ def c_attention_head(q, k_q, k_s, v_q, v_s, row_bytes, block=32):
                               qh.ctypes.data, None, float(sq), hd, float(nx.attention_scale(hd)))
     e, total = kh.softmax_exps(scores)
     out = np.zeros(hd, np.float32)
-    wq = np.zeros(block, np.int16)
+    wq, wu = np.zeros(block, np.int16), np.zeros(block // 2, np.uint32)
     for t in range(0, n, block):
         m = min(block, n - t)
+        if transposed and m == block and hd == 2 * block:
+            cols = transposed_block(values[t:t + m], hd)
+            L.attention_accumulate_cols_i8(out.ctypes.data_as(_FP), e[t:].ctypes.data_as(_FP), cols.ctypes.data,
+                                           row_bytes, m, wq.ctypes.data, wu.ctypes.data)
+            continue
         L.attention_accumulate_i8(out.ctypes.data_as(_FP), e[t:].ctypes.data_as(_FP), values[t:].ctypes.data,
                                   row_bytes, m, hd, wq.ctypes.data)
     return out * (f32(1) / total)
@@ -816,6 +835,8 @@ def test_int8_attention_kernels_match_the_reference(n, hd, row_bytes):
     q = rng.normal(0, 2, hd).astype(np.float32)
     want = qz.attention_int8(q, k_q, k_s[:, None], v_q, v_s[:, None], 1)
     assert same_bits(c_attention_head(q, k_q, k_s, v_q, v_s, row_bytes), want)
+    # complete blocks as rows (the cache in SRAM) and transposed (in the PSRAM): the same bits
+    assert same_bits(c_attention_head(q, k_q, k_s, v_q, v_s, row_bytes, transposed=False), want)
     # and it is the int8 arithmetic: the dequantized float attention has other bits (with one
     # position both are that value row, whatever the order of its two products)
     from compiler import numerics as nx

@@ -100,11 +100,15 @@ def test_distilgpt2_with_an_int8_cache_in_psram_is_the_references_bit_for_bit(tm
                           tiers="flash-only", quiet=True)   # the PSRAM holds the cache alone
     assert (built.plan.kv.dtype, built.plan.kv.placement, built.plan.ctx) == ("int8", "psram", 1024)
     _cfg, w = distil
-    prompt = tok.encode(PROMPT)
+    # 34 positions: the first block of 32 completes, is rewritten transposed (runtime.c
+    # kv_transpose_values) and read that way from position 32 on; the second is read as rows
+    prompt = tok.encode(PROMPT * 8)[:34]
     result = board_tokens(built, prompt)
     assert_bit_identical(result, reference(built, w, prompt, "int8"))
-    # each position writes one row per layer, head, key and value; attention reads rows 0..pos back
-    rows = lambda p: 2 * built.cfg.n_layer * built.cfg.n_head * (1 + (p + 1))
+    # each position writes one row per layer, head, key and value; attention reads rows 0..pos
+    # back; a completed block of value rows is read once more and written transposed
+    heads = built.cfg.n_layer * built.cfg.n_head
+    rows = lambda p: 2 * heads * (1 + (p + 1)) + (heads * 2 * 32 if (p + 1) % 32 == 0 else 0)
     n = len(prompt) + 3 - 1
     assert result.psram_bytes == sum(rows(p) for p in range(n)) * built.plan.kv.row_bytes
 
