@@ -761,8 +761,10 @@ static void kv_store(uint32_t layer, uint32_t values, uint32_t head, uint32_t po
 #if !KV_IN_SRAM
 // Check rows t..t+n-1 of one head, read from the PSRAM into `rows`, against their check
 // words. A block with a failing row is read again once (a transient error passes the second
-// time); a second failure stops the run naming the row.
-static void kv_check(uint32_t layer, uint32_t values, uint32_t head, uint32_t t, uint32_t n, uint8_t* rows) {
+// time); a second failure stops the run naming the row. Inlined into its two callers: it is
+// on attention's path, a call per block for every head and layer.
+static inline __attribute__((always_inline)) void kv_check(uint32_t layer, uint32_t values, uint32_t head,
+                                                           uint32_t t, uint32_t n, uint8_t* rows) {
     uint32_t at = kv_row_offset(layer, values, head, t);
     for (uint32_t attempt = 0;; attempt++) {
         uint32_t r = 0, computed = 0;
