@@ -71,7 +71,8 @@ def matvec_int8(q_w: np.ndarray, s_w: np.ndarray, x: np.ndarray, bias: np.ndarra
 def attention_int8(q: np.ndarray, k_q: np.ndarray, k_s: np.ndarray, v_q: np.ndarray, v_s: np.ndarray,
                    n_head: int) -> np.ndarray:
     """Every head of attn_core over an int8 KV cache, as runtime_c/kernels_int8.c
-    attention_scores_i8 and attention_accumulate_i8 compute it. q (n_embd,) float32; k_q, v_q
+    attention_scores_i8 and attention_accumulate_i8 (or attention_accumulate_cols_i8, the same
+    sums on a transposed block) compute it. q (n_embd,) float32; k_q, v_q
     (T, n_embd) int8 rows 0..pos, row t holding every head's key (value) at position t; k_s,
     v_s (T, n_head) their float32 scales. Per head, with (q_h, s_q) = quantize_vector(q's
     slice, QMAX16), int16:

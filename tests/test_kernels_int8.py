@@ -756,7 +756,8 @@ if __name__ == "__main__":
 
 
 # ----------------------------------------------------------------------------
-# attention over an int8 KV cache: attention_scores_i8 and attention_accumulate_i8 against
+# attention over an int8 KV cache: attention_scores_i8 and attention_accumulate_i8 (or, on a
+# complete block stored transposed, attention_accumulate_cols_i8) against
 # quantize.attention_int8 (one head), on rows laid out as the cache stores them
 
 

@@ -1,7 +1,7 @@
 """The int8 KV cache: each head's key and value quantized per position with a float32 scale
-(compiler/quantize.py quantize_vector), in SRAM or PSRAM, and read back dequantized by the
+(compiler/quantize.py quantize_vector), in SRAM or PSRAM, and attended over in int8 by the
 firmware exactly as the numpy reference does (compiler/plan.py KV_DTYPES, runtime_c/runtime.c
-kv_store/kv_load, compiler/reference.py Reference.kv_round_trip)."""
+kv_store and attention_head_i8, compiler/quantize.py attention_int8)."""
 
 import shutil
 
