@@ -359,6 +359,11 @@ def summarize(build: Build, result: RunResult, prompt: str, prompt_tokens: list[
         # (emulator) and on the simulated device. With one token there is no decode step
         # (decode_steps 0): the prompt's last forward pass stands for one.
         "decode_steps": len([p for p in result.per_position if p.position >= n_prompt]),
+        # each decode pass on the device, in order: how a token's time grows with the position
+        # (attention reads every earlier position)
+        "decode_by_position": [{"position": p.position, "device_ms": p.device_ns * 1e-6,
+                                "compute_ms": p.compute_ns * 1e-6, "io_ms": p.io_ns * 1e-6}
+                               for p in result.per_position if p.position >= n_prompt],
         "rates": {
             "emulator": {"prefill_s": prefill_wall_s, "prefill_positions_per_s": per_s(n_prompt, prefill_wall_s),
                          "decode_s_per_token": decode_wall_s, "decode_tokens_per_s": per_s(1, decode_wall_s),

@@ -135,6 +135,11 @@ def test_every_rate_says_whether_it_is_prompt_decode_or_overall(tiny_build):
     assert dev["boot_s"] + dev["prefill_s"] + (n - 1) * dev["decode_s_per_token"] == pytest.approx(
         dev["overall_s"], rel=0.02)
     assert dev["overall_tokens_per_s"] < dev["decode_tokens_per_s"] and r["decode_steps"] == n - 1
+    # each decode pass, in order, and its mean is the decode time
+    steps = r["decode_by_position"]
+    assert [s["position"] for s in steps] == list(range(len(r["prompt_tokens"]), len(r["prompt_tokens"]) + n - 1))
+    assert sum(s["device_ms"] for s in steps) / len(steps) == pytest.approx(1e3 * dev["decode_s_per_token"])
+    assert all(s["device_ms"] >= s["compute_ms"] * 0.999 for s in steps)   # I/O can hide under compute, not compute
     # the keys that were there keep their meaning
     assert (r["emulated_tokens_per_s"], r["decode_wall_s_per_token"], r["device"]["tokens_per_s"]) == (
         emu["overall_tokens_per_s"], emu["decode_s_per_token"], dev["decode_tokens_per_s"])
