@@ -19,6 +19,8 @@ are whole nanoseconds, so a slice nests in its parent exactly. The events come f
 Board(timeline=True): the moments each unit of the board recorded (CpuClock.events).
 
     python -m mcugpt.timeline TRACE.json PICTURE.png   draws a trace with matplotlib
+    python -m mcugpt.timeline RUN.json PICTURE.png     draws `mcugpt run --json`'s decode
+                                                       passes against their position
 """
 
 import bisect
@@ -357,12 +359,55 @@ def render(trace: dict, png, windows=None, title: str | None = None) -> None:
     plt.close(fig)
 
 
+def render_positions(report: dict, png) -> None:
+    """Draw a run's decode passes against their position (`mcugpt run --json`'s
+    `decode_by_position`) to `png`: the device time per token, its I/O and compute, their mean
+    over the run, and the 3.0 tokens/s line. Over a whole context, how attention, which reads
+    every earlier position, makes a token's time grow."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = report["decode_by_position"]
+    if not steps:
+        raise McugptError("the run decoded no token (--tokens 1): nothing to draw against the position")
+    x = [p["position"] for p in steps]
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    for key, label in (("device_ms", "device: what a token takes"), ("io_ms", "I/O: flash and PSRAM bus time, summed"),
+                       ("compute_ms", "compute")):
+        ax.plot(x, [p[key] for p in steps], label=label, lw=1.2)
+    mean = sum(p["device_ms"] for p in steps) / len(steps)
+    ax.axhline(mean, color="k", ls=":", lw=1, label=f"device, mean over the run: {mean:.1f} ms ({1e3 / mean:.2f} tokens/s)")
+    ax.axhline(1e3 / 3.0, color="r", ls="--", lw=1, label="3.0 tokens/s")
+    ax.set_xlabel("position decoded")
+    ax.set_ylabel("ms per token (simulated)")
+    ax.set_title(f"{report['model']} {report['dtype']} on {report['board']}, context {report['ctx']}: "
+                 f"{len(steps)} decoded tokens", fontsize=10, loc="left")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
-        print("usage: python -m mcugpt.timeline TRACE.json PICTURE.png", file=sys.stderr)
+        print("usage: python -m mcugpt.timeline RUN.json PICTURE.png   (RUN.json: a --trace file, or a "
+              "--json report)", file=sys.stderr)
         return 2
-    render(json.loads(Path(argv[0]).read_text()), argv[1])
+    try:
+        data = json.loads(Path(argv[0]).read_text())
+        if isinstance(data, dict) and "traceEvents" in data:
+            render(data, argv[1])
+        elif isinstance(data, dict) and "decode_by_position" in data:
+            render_positions(data, argv[1])
+        else:
+            raise McugptError(f"{argv[0]}: neither a --trace file (traceEvents) nor a --json report "
+                              "(decode_by_position)")
+    except (OSError, ValueError, McugptError) as e:   # one line, no traceback
+        print(f"mcugpt.timeline: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

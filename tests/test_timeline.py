@@ -302,3 +302,22 @@ def test_a_trace_draws_as_a_picture(sim64, tmp_path):
     subprocess.run([sys.executable, "-m", "mcugpt.timeline", report["trace"], png], check=True, cwd=REPO,
                    capture_output=True, timeout=120)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_runs_decode_passes_draw_against_their_position(sim64, tmp_path):
+    """`python -m mcugpt.timeline` takes a `--json` report too: its decode passes against their
+    position. Anything else is one line naming the file."""
+    import subprocess
+    _build, report, _trace = sim64
+    assert [s["position"] for s in report["decode_by_position"]] == list(
+        range(len(report["prompt_tokens"]), len(report["prompt_tokens"]) + len(report["tokens"]) - 1))
+    run_json, png = tmp_path / "run.json", tmp_path / "positions.png"
+    run_json.write_text(json.dumps(report))
+    subprocess.run([sys.executable, "-m", "mcugpt.timeline", run_json, png], check=True, cwd=REPO,
+                   capture_output=True, timeout=120)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    other = tmp_path / "other.json"
+    other.write_text("{}")
+    proc = subprocess.run([sys.executable, "-m", "mcugpt.timeline", other, png], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1 and str(other) in proc.stderr
