@@ -16,9 +16,9 @@ with one float32 scale (quantize_vector). Attention computes on those int8 value
 are, not dequantized: a key is a row of an int8 matrix and the head's query its input
 vector, quantized to int16 (the scores are matvec_int8's products with a 16-bit input, times
 the attention scale: the query's quantization adds no error that matters). Each
-value row's scale is folded into its softmax weight, w[t] = p[t] * s_v[t], and the weights
-of each block of KV_BLOCK positions are quantized to int16 with one scale, so that a block
-of values is an exact int32 sum too.
+value row's scale is folded into its softmax exponential, w[t] = e[t] * s_v[t], and the
+weights of each block of KV_BLOCK positions are quantized to int16 with one scale, so that a
+block of values is an exact int32 sum too; the softmax's division comes last, once per output.
 """
 
 import numpy as np

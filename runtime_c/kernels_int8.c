@@ -643,6 +643,15 @@ static inline float row_scale(const uint8_t* row) {
     return *(const float*)(const void*)row;
 }
 
+// int16 values laid out as unpack_i8 lays out an int8 vector, for dot4_i8's SMLAD lanes:
+// words 2j and 2j + 1 hold elements 4j, 4j + 2 and 4j + 1, 4j + 3 (n / 4 groups).
+static void unpack_i16(uint32_t* xu, const int16_t* q, int n) {
+    for (int j = 0; j < n >> 2; j++) {
+        xu[2 * j] = (uint16_t)q[4 * j] | (uint32_t)(uint16_t)q[4 * j + 2] << 16;
+        xu[2 * j + 1] = (uint16_t)q[4 * j + 1] | (uint32_t)(uint16_t)q[4 * j + 3] << 16;
+    }
+}
+
 void quantize_query_i16(int16_t* q, uint32_t* qu, float* scale, const float* x, int n) {
     float amax = amax_of(x, n);   // as quantize_vector_i8, with QMAX16 for QMAX
     if (amax == 0.0f) {
@@ -653,10 +662,7 @@ void quantize_query_i16(int16_t* q, uint32_t* qu, float* scale, const float* x, 
         for (int i = 0; i < n; i++) q[i] = (int16_t)round_half_away(x[i] * inv);
         *scale = amax / QMAX16;
     }
-    for (int j = 0; j < n >> 2; j++) {   // unpack_i8's layout: elements 4j, 4j+2 and 4j+1, 4j+3
-        qu[2 * j] = (uint16_t)q[4 * j] | (uint32_t)(uint16_t)q[4 * j + 2] << 16;
-        qu[2 * j + 1] = (uint16_t)q[4 * j + 1] | (uint32_t)(uint16_t)q[4 * j + 3] << 16;
-    }
+    unpack_i16(qu, q, n);
 }
 
 void attention_scores_i8(float* scores, const uint8_t* rows, int row_bytes, int n, const int16_t* qh,
@@ -702,7 +708,7 @@ void attention_scores_i8(float* scores, const uint8_t* rows, int row_bytes, int 
 #endif
 
 // Weights below this add nothing (their inverse would overflow float32; what they would add is
-// below 1e-26): quantize.py ATTENTION_WEIGHT_MIN.
+// below 1e-26): quantize.py WEIGHT_MIN.
 #define WEIGHT_MIN 1e-30f
 
 // One block's weights: w[t] = e[t] * s_v[t] (>= 0), in e's place, quantized to int16 with one
@@ -743,10 +749,7 @@ void attention_accumulate_cols_i8(float* out, float* e, const uint8_t* block, in
                                   uint32_t* wu) {
     float sw;
     if (!block_weights(e, block, row_bytes, n, wq, &sw)) return;
-    for (int j = 0; j < n >> 2; j++) {   // the weights as unpack_i8 lays out a vector
-        wu[2 * j] = (uint16_t)wq[4 * j] | (uint32_t)(uint16_t)wq[4 * j + 2] << 16;
-        wu[2 * j + 1] = (uint16_t)wq[4 * j + 1] | (uint32_t)(uint16_t)wq[4 * j + 3] << 16;
-    }
+    unpack_i16(wu, wq, n);
     // columns d, d + 1 are row d / 2's values, d + 2, d + 3 the next row's: each column is a
     // row of an int8 matrix with the weights for its input, so dot4_i8 sums four of them
     for (int d = 0; d < 2 * n; d += 4) {
