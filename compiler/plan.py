@@ -220,6 +220,10 @@ class KvPlan:
     dtype: str = "fp32"         # keys and values: "fp32" or "int8" (KV_DTYPES)
     row_bytes: int = 0          # one head's key or value at one position, as stored
     why: str = ""               # why this dtype
+    # int8 in PSRAM with head_dim = 2 block_positions (the GPT-2 family): each complete block of
+    # value rows is rewritten transposed, row r holding columns 2r and 2r + 1 (runtime.c
+    # kv_transpose_values), so attention sums its values on the SMLAD loop
+    values_transposed: bool = False
 
 
 @dataclass
@@ -662,12 +666,16 @@ def make_plan(cfg: GPTConfig, stages: list[Stage], ram: int | None = None, ctx: 
                     row_bytes=row, why=kv_why)
     else:
         where = "sram" if kv_in_sram else "psram"
+        block = min(ctx, KV_BLOCK_POSITIONS)
+        transposed = kvd == "int8" and not kv_in_sram and cfg.head_dim == 2 * block
         kv = KvPlan(where, ctx * kv_token, kv_token,
                     next(b.offset for b in buffers if b.name == "kv") if kv_in_sram else 0,
                     "[layer][keys, values][head][position]" + (" " + int8_row if int8_row else f"[head_dim]{check}")
-                    + (" from PSRAM address 0" if not kv_in_sram else ""),
-                    block_positions=min(ctx, KV_BLOCK_POSITIONS), psram_bytes=prof.psram_bytes if not kv_in_sram else 0,
-                    dtype=kvd, row_bytes=row, why=kv_why)
+                    + (" from PSRAM address 0" if not kv_in_sram else "")
+                    + (f"; each complete block of {block} value rows stored transposed, row r holding columns "
+                       "2r and 2r + 1" if transposed else ""),
+                    block_positions=block, psram_bytes=prof.psram_bytes if not kv_in_sram else 0,
+                    dtype=kvd, row_bytes=row, why=kv_why, values_transposed=transposed)
     plan = Plan(
         format=PLAN_FORMAT, plan_id=0, model=cfg, dtype=dtype, board=prof.name, ram_budget=ram, ctx=ctx,
         ctx_limited_by=None if ctx >= cfg.n_ctx else (

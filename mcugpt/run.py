@@ -170,9 +170,8 @@ def psram_label(plan: Plan, addr: int) -> str:
         rest, head = divmod(row, plan.model.n_head)
         layer, values = divmod(rest, 2)
         check = " (its check word)" if addr % kv.row_bytes >= kv.row_bytes - PSRAM_CHECK_BYTES else ""
-        block = kv.block_positions
-        if values and kv.dtype == "int8" and block and plan.model.n_embd // plan.model.n_head == 2 * block:
-            # runtime.c kv_transpose_values: a complete block of value rows is stored transposed
+        if values and kv.values_transposed:   # a complete block of value rows is stored transposed
+            block = kv.block_positions
             first = pos // block * block
             check += (f", row {pos - first} of the block from position {first}, which holds columns "
                       f"{2 * (pos - first)} and {2 * (pos - first) + 1} once the block is complete")

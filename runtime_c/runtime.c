@@ -810,7 +810,9 @@ static uint8_t* kv_half(uint32_t t) {
 // block's positions (HEAD_DIM = 2 KV_BLOCK_POSITIONS: the GPT-2 family). Each column is then
 // a dot product with the weights, SMLAD two values at a time (attention_accumulate_cols_i8);
 // the integer sums are the same, and so are the bits. The block being filled stays as rows.
-#define KV_VALUES_TRANSPOSED (KV_INT8 && !KV_IN_SRAM && HEAD_DIM == 2 * KV_BLOCK_POSITIONS)
+// The plan decides (compiler/plan.py KvPlan.values_transposed: KV_VALUES_TRANSPOSED).
+_Static_assert(!KV_VALUES_TRANSPOSED || (KV_INT8 && !KV_IN_SRAM && HEAD_DIM == 2 * KV_BLOCK_POSITIONS),
+               "transposed value blocks: int8 in PSRAM, two columns per row");
 
 #if KV_VALUES_TRANSPOSED
 static void kv_transpose_values(uint32_t layer, uint32_t head, uint32_t t0) {

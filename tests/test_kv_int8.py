@@ -87,6 +87,7 @@ def tiny_int8_kv(tmp_path_factory):
 
 def test_the_board_with_an_int8_cache_in_sram_is_the_references_bit_for_bit(tiny_int8_kv, tiny, tok):
     _cfg, w = tiny
+    assert not tiny_int8_kv.plan.kv.values_transposed   # in SRAM the rows stay rows
     prompt = tok.encode(PROMPT)
     result = board_tokens(tiny_int8_kv, prompt)
     assert_bit_identical(result, reference(tiny_int8_kv, w, prompt, "int8"))
@@ -99,6 +100,7 @@ def test_distilgpt2_with_an_int8_cache_in_psram_is_the_references_bit_for_bit(tm
     built = compile_model("distilgpt2", tmp_path_factory.mktemp("distil_kv8"), board=H7, dtype="int8",
                           tiers="flash-only", quiet=True)   # the PSRAM holds the cache alone
     assert (built.plan.kv.dtype, built.plan.kv.placement, built.plan.ctx) == ("int8", "psram", 1024)
+    assert built.plan.kv.values_transposed   # head_dim 64: two columns of a 32-position block per row
     _cfg, w = distil
     # 34 positions: the first block of 32 completes, is rewritten transposed (runtime.c
     # kv_transpose_values) and read that way from position 32 on; the second is read as rows
